@@ -1,0 +1,56 @@
+# attrx developer commands. Everything runs inside a local virtual environment (.venv).
+# Override any variable on the command line, e.g. `make test TORCH_SPEC="torch==2.13.0"`.
+PYTHON      ?= python3
+VENV        ?= .venv
+# An exact pin: a looser spec pulls the newest CUDA build of torch (several GB).
+TORCH_SPEC  ?= torch==2.13.0
+EXTRAS      ?= train,dev
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.attrx-installed
+
+DEMO_DIR    ?= build/demo
+DEMO_BUNDLE ?= build/demo-bundle
+DEMO_N      ?= 3000
+DEMO_SEED   ?= 0
+DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 14 --tune-epochs 2 --batch-size 32
+
+.PHONY: help venv install test lint demo-bundle bench clean
+
+help:
+	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
+	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
+	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
+	@echo "make lint         ruff"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+venv install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service training export tests benchmarks
+
+$(DEMO_BUNDLE)/manifest.json: $(STAMP)
+	$(VENV)/bin/attrx demo-data --out $(DEMO_DIR)/data --n $(DEMO_N) --seed $(DEMO_SEED)
+	$(VENV)/bin/attrx train --catalog $(DEMO_DIR)/data/catalog.csv --attributes category,colour,pattern,gender \
+		--config tiny --out $(DEMO_DIR)/checkpoint $(DEMO_TRAIN_FLAGS)
+	$(VENV)/bin/attrx eval --checkpoint $(DEMO_DIR)/checkpoint --catalog $(DEMO_DIR)/data/catalog.csv
+	$(VENV)/bin/attrx export --checkpoint $(DEMO_DIR)/checkpoint --out $(DEMO_BUNDLE)
+	$(VENV)/bin/attrx validate-bundle $(DEMO_BUNDLE)
+
+demo-bundle: $(DEMO_BUNDLE)/manifest.json
+
+bench: demo-bundle
+	$(PY) benchmarks/runtime.py --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_DIR)/checkpoint
+
+clean:
+	rm -rf build .pytest_cache

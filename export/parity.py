@@ -1,0 +1,41 @@
+"""onnxruntime vs PyTorch: every probability and modality weight must agree within a tolerance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ParityError(AssertionError):
+    pass
+
+
+def onnx_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_parity(model, onnx_path: Path, batches: dict[str, dict[str, np.ndarray]], output_names: list[str],
+                 tolerance: float = 1e-4) -> dict:
+    """Run each named batch through both; raise ParityError if any output differs by more than
+    `tolerance`. Returns {batch name: max abs difference}."""
+    from training.models.cma_clip import ExportWrapper
+
+    sess = onnx_session(onnx_path)
+    wrapper = ExportWrapper(model).eval()
+    report, failures = {}, []
+    for name, feeds in batches.items():
+        got = sess.run(output_names, feeds)
+        with torch.no_grad():
+            ref = [t.numpy() for t in wrapper(*(torch.from_numpy(v) for v in feeds.values()))]
+        diffs = {o: float(np.abs(g - r).max()) for o, g, r in zip(output_names, got, ref, strict=True)}
+        worst = max(diffs, key=diffs.get)
+        report[name] = {"batch": int(len(feeds["input_ids"])), "max_abs_diff": diffs[worst]}
+        if not diffs[worst] <= tolerance:  # also catches NaN
+            failures.append(f"{name}: {worst} differs by {diffs[worst]:.3g} (> {tolerance:g})")
+    if failures:
+        raise ParityError("onnxruntime and PyTorch disagree: " + "; ".join(failures))
+    return report

@@ -1,0 +1,147 @@
+"""The `attrx` command. Training commands import torch lazily, so the serving install works without it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _csv_list(s: str) -> list[str]:
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. colour,pattern")
+    return items
+
+
+def _need_training_extra() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(
+            f"attrx: this command needs the training extra ({e.name} is not installed): "
+            "pip install torch==2.13.0 && pip install 'attrx[train]'"
+        ) from None
+
+
+def cmd_demo_data(a) -> None:
+    from training.demo import write_demo_catalog
+
+    path = write_demo_catalog(a.out, n=a.n, seed=a.seed, progress=not a.quiet)
+    print(f"demo catalog: {path} ({a.n} products, seed {a.seed})")
+
+
+def cmd_train(a) -> None:
+    _need_training_extra()
+    from training.train import TrainConfig, train
+
+    fields = TrainConfig.model_fields
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None}, progress=not a.quiet)
+    train(cfg)
+
+
+def cmd_eval(a) -> None:
+    _need_training_extra()
+    from training.evaluate import evaluate
+
+    evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
+             progress=not a.quiet)
+
+
+def cmd_export(a) -> None:
+    _need_training_extra()
+    from export.bundle import export_bundle
+
+    export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, opset=a.opset, tolerance=a.tolerance)
+
+
+def cmd_validate_bundle(a) -> None:
+    from service.bundle import BundleError, load_bundle
+
+    try:
+        b = load_bundle(a.bundle)
+    except BundleError as e:
+        raise SystemExit(f"attrx: invalid bundle: {e}") from None
+    m = b.manifest
+    print(f"bundle {a.bundle} is valid: {m.name} {m.version} ({m.model.family}), "
+          f"attributes {', '.join(x.name for x in m.attributes)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attrx", description="Product attribute extraction from titles and images.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo-data", help="write the synthetic demo catalog (catalog.csv + images/)")
+    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--n", type=int, default=3000, help="number of products (default 3000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo_data)
+
+    t = sub.add_parser("train", help="train a CMA-CLIP multi-task model (three stages)")
+    t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
+    t.add_argument("--attributes", required=True, type=_csv_list, help="attribute columns, e.g. colour,pattern")
+    t.add_argument("--out", required=True, help="checkpoint folder")
+    t.add_argument("--config", default="tiny", help="tiny, base, or a JSON file (default tiny)")
+    t.add_argument("--init-from", help="local Hugging Face CLIP folder for the text and image towers")
+    t.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the titles")
+    t.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size when training a tokenizer")
+    for stage, (ep, lr) in {"warmup": (2, 1e-3), "e2e": (10, 5e-4), "tune": (2, 5e-4)}.items():
+        t.add_argument(f"--{stage}-epochs", type=int, help=f"epochs of the {stage} stage (default {ep}; 0 skips it)")
+        t.add_argument(f"--{stage}-lr", type=float, help=f"peak learning rate of the {stage} stage (default {lr:g})")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    t.add_argument("--modality-dropout", type=float,
+                   help="probability of hiding the title or the image of a training item (default 0.1)")
+    t.add_argument("--no-mwa", action="store_true", help="ablation: plain average instead of modality-wise attention")
+    t.add_argument("--no-swa", action="store_true", help="ablation: towers' [CLS] outputs, no sequence-wise attention")
+    t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
+    t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy, macro-F1, recall@precision; calibrate per-class thresholds")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--catalog", required=True)
+    e.add_argument("--out", help="where metrics.json and plots go (default: the checkpoint folder)")
+    e.add_argument("--precision", type=lambda s: [float(x) for x in _csv_list(s)], default=[0.90, 0.95],
+                   help="target precisions (default 0.90,0.95)")
+    e.add_argument("--min-positives", type=int, default=5,
+                   help="classes with fewer positives (val or test) are left out of macro recall (default 5)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="checkpoint -> model bundle (ONNX + manifest + tokenizer), with parity check")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--name", help="model name (default: the checkpoint folder's name)")
+    x.add_argument("--version", default="0.1.0")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
+    v.add_argument("bundle")
+    v.set_defaults(func=cmd_validate_bundle)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except (FileNotFoundError, ValueError) as e:
+        from pydantic import ValidationError
+
+        if isinstance(e, ValidationError):
+            raise SystemExit(f"attrx {args.command}: invalid arguments:\n{e}") from None
+        raise SystemExit(f"attrx {args.command}: {e}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

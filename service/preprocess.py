@@ -1,0 +1,184 @@
+"""The one preprocessing contract: title + image -> model input arrays.
+
+Training builds every tensor through these functions and the service calls the same ones, so
+what is trained is what is served. numpy, Pillow and `tokenizers` only; no torch.
+
+Model inputs (all numpy, batch first):
+  input_ids       int64   [B, L]   token ids, padded/truncated to `max_text_len`
+  attention_mask  int64   [B, L]   1 for real tokens
+  pixel_values    float32 [B, 3, S, S]  RGB, resized (shorter side), centre-cropped, normalised
+  text_present    float32 [B]      1 when the product has a title
+  image_present   float32 [B]      1 when the product has an image
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "text_present", "image_present")
+
+# Pillow's own bomb guard raises only past 2x its limit; we check the declared size ourselves.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class PreprocessConfig(BaseModel):
+    """Recorded in every checkpoint and bundle."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_size: int = Field(64, ge=8, le=1024)
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_text_len: int = Field(32, ge=4, le=512)
+    resample: str = Field("bicubic", pattern="^(bicubic|bilinear|lanczos)$")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels are refused")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used. `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Image.Image:
+    """Decode an image (bytes or a path) into an RGB Pillow image.
+
+    The declared size is checked before any pixel is decoded (decompression bombs), and large
+    JPEGs are decoded at a reduced scale with Pillow's draft mode.
+    """
+    what = "image" if isinstance(source, bytes) else f"image {os.fspath(source)!r}"
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise ImageError("bad_image", f"{what}: cannot be read ({e.strerror or e})") from e
+    with fp:
+        try:
+            img = Image.open(fp)
+        except UnidentifiedImageError as e:
+            raise ImageError("bad_image", f"{what}: not a decodable image (unknown format or corrupt header)") from e
+        except Exception as e:  # truncated headers and the like
+            raise ImageError("bad_image", f"{what}: cannot be decoded ({e})") from e
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageError("bad_image", f"{what}: declares an empty size {w}x{h}")
+        if w * h > cfg.max_image_pixels:
+            raise ImageError(
+                "too_large",
+                f"{what}: declares {w}x{h} = {w * h:,} pixels, over the limit of {cfg.max_image_pixels:,}",
+            )
+        if img.format == "JPEG":
+            img.draft("RGB", (cfg.image_size, cfg.image_size))
+        try:
+            img.load()
+        except Exception as e:
+            raise ImageError("bad_image", f"{what}: pixel data cannot be decoded ({e})") from e
+    if img.mode != "RGB":
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img)
+        img = img.convert("RGB")
+    return img
+
+
+def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> float32 [3, S, S]: shorter side resized to S, centre crop, normalised."""
+    s = cfg.image_size
+    w, h = img.size
+    scale = s / min(w, h)
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), _RESAMPLE[cfg.resample])
+    left, top = (nw - s) // 2, (nh - s) // 2
+    img = img.crop((left, top, left + s, top + s))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(cfg.image_mean, np.float32)) / np.asarray(cfg.image_std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_image_array(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> np.ndarray:
+    return image_to_array(open_image(source, cfg), cfg)
+
+
+def load_tokenizer(path: str | os.PathLike, max_text_len: int) -> Tokenizer:
+    """Load a `tokenizers` JSON file and fix its padding/truncation to `max_text_len`."""
+    tok = Tokenizer.from_file(str(Path(path)))
+    pad_id, pad_token = _pad_token(tok)
+    tok.enable_truncation(max_length=max_text_len)
+    tok.enable_padding(length=max_text_len, pad_id=pad_id, pad_token=pad_token)
+    return tok
+
+
+def _pad_token(tok: Tokenizer) -> tuple[int, str]:
+    for cand in ("[PAD]", "<pad>", "<|endoftext|>", "</s>"):
+        tid = tok.token_to_id(cand)
+        if tid is not None:
+            return tid, cand
+    return 0, tok.id_to_token(0) or "[PAD]"
+
+
+def normalise_title(title: str | None) -> str | None:
+    if title is None:
+        return None
+    title = " ".join(str(title).split())
+    return title or None
+
+
+def encode_titles(tok: Tokenizer, titles: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Titles (None for a missing one) -> (input_ids, attention_mask), int64 [B, L].
+
+    A missing title is encoded as the empty string (just the special tokens) so the text tower
+    sees a valid sequence; the model masks it out through `text_present`.
+    """
+    encs = tok.encode_batch([normalise_title(t) or "" for t in titles])
+    ids = np.asarray([e.ids for e in encs], dtype=np.int64)
+    mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
+    return ids, mask
+
+
+def build_inputs(
+    tok: Tokenizer,
+    titles: Sequence[str | None],
+    images: Sequence[np.ndarray | None],
+    cfg: PreprocessConfig,
+) -> dict[str, np.ndarray]:
+    """Assemble one batch of model inputs from titles and preprocessed image arrays."""
+    if len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles but {len(images)} images")
+    titles = [normalise_title(t) for t in titles]
+    for i, (t, im) in enumerate(zip(titles, images, strict=True)):
+        if t is None and im is None:
+            raise ValueError(f"item {i} has neither a title nor an image")
+    ids, mask = encode_titles(tok, titles)
+    s = cfg.image_size
+    pixels = np.zeros((len(images), 3, s, s), dtype=np.float32)
+    for i, im in enumerate(images):
+        if im is not None:
+            pixels[i] = im
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixels,
+        "text_present": np.asarray([t is not None for t in titles], dtype=np.float32),
+        "image_present": np.asarray([im is not None for im in images], dtype=np.float32),
+    }

@@ -1,0 +1,269 @@
+"""`attrx train`: the paper's three stages on a catalog.
+
+1. warm-up: text and image towers frozen; sequence-wise attention, modality-wise attention and
+   heads train;
+2. end-to-end: everything trains;
+3. tuning: only the modality-wise attention vectors and the MLP heads train.
+
+AdamW (weight decay 1e-4 by default), linear warm-up + cosine learning-rate schedule per stage,
+and at the end of each stage the checkpoint with the lowest validation loss is carried into the
+next one (as in the paper). Per-epoch metrics go to train_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from service.catalog import read_catalog, write_errors
+from service.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig, load_tokenizer
+from training import text
+from training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
+from training.data import IGNORE, Encoded, encode_catalog, label_maps, split_of
+from training.models.cma_clip import CMAClip, load_config
+
+STAGES = ("warmup", "e2e", "tune")
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run; written to the checkpoint's config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: str
+    attributes: list[str] = Field(min_length=1)
+    out: str
+    config: str = "tiny"
+    init_from: str | None = None
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    warmup_epochs: int = Field(2, ge=0)
+    warmup_lr: float = 1e-3
+    e2e_epochs: int = Field(10, ge=0)
+    e2e_lr: float = 5e-4
+    tune_epochs: int = Field(2, ge=0)
+    tune_lr: float = 5e-4
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = 1e-4
+    modality_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    no_mwa: bool = False
+    no_swa: bool = False
+    val_frac: float = Field(0.1, gt=0.0, lt=0.5)
+    test_frac: float = Field(0.1, ge=0.0, lt=0.5)
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+def _pretrained_preprocess(init_from: Path, image_size: int, max_len: int) -> PreprocessConfig:
+    mean, std = CLIP_MEAN, CLIP_STD
+    pp = init_from / "preprocessor_config.json"
+    if pp.is_file():
+        d = json.loads(pp.read_text())
+        mean, std = tuple(d.get("image_mean", mean)), tuple(d.get("image_std", std))
+    return PreprocessConfig(image_size=image_size, image_mean=mean, image_std=std, max_text_len=max_len)
+
+
+def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int], vocab: int):
+    mcfg = load_config(cfg.config).model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa})
+    if cfg.init_from:
+        from transformers import CLIPTextModel, CLIPVisionModel
+
+        src = Path(cfg.init_from)
+        if not (src / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from {src}: no config.json; point it to a local Hugging Face CLIP folder")
+        tm = CLIPTextModel.from_pretrained(src)
+        vm = CLIPVisionModel.from_pretrained(src)
+        max_len = min(int(mcfg.preprocess.get("max_text_len", 77)), tm.config.max_position_embeddings)
+        mcfg = mcfg.model_copy(update={"preprocess": {**mcfg.preprocess, "max_text_len": max_len,
+                                                      "image_size": vm.config.image_size}})
+        pre = _pretrained_preprocess(src, vm.config.image_size, max_len)
+        return CMAClip(mcfg, n_classes, text_model=tm, vision_model=vm), pre
+    mcfg = mcfg.model_copy(update={"vocab_size": vocab})
+    pre = PreprocessConfig(**mcfg.preprocess)
+    return CMAClip(mcfg, n_classes, **special), pre
+
+
+def _loss(outs, labels: torch.Tensor) -> torch.Tensor:
+    total = labels.new_zeros((), dtype=torch.float32)
+    for j, (logits, _) in enumerate(outs):
+        y = labels[:, j]
+        ok = y >= 0
+        if ok.any():
+            total = total + F.cross_entropy(logits[ok], y[ok])
+    return total
+
+
+def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> None:
+    """Hide the title or the image (never both) of a random fraction p of the batch, in place."""
+    if p <= 0:
+        return
+    tp, ip = batch["text_present"], batch["image_present"]
+    both = (tp > 0) & (ip > 0)
+    drop = (torch.rand(tp.shape, generator=gen) < p) & both
+    hide_text = drop & (torch.rand(tp.shape, generator=gen) < 0.5)
+    tp[hide_text] = 0.0
+    ip[drop & ~hide_text] = 0.0
+
+
+@torch.no_grad()
+def predict(model: CMAClip, data: Encoded, idx: np.ndarray, batch_size: int = 256):
+    """Class probabilities and modality weights per attribute for the items idx."""
+    model.eval()
+    probs, weights = None, None
+    for s in range(0, len(idx), batch_size):
+        outs = model(**torch_inputs(data.take(idx[s : s + batch_size])))
+        if probs is None:
+            probs, weights = [[] for _ in outs], [[] for _ in outs]
+        for j, (logits, w) in enumerate(outs):
+            probs[j].append(torch.softmax(logits, -1).numpy())
+            weights[j].append(w.numpy())
+    if probs is None:
+        return [], []
+    return [np.concatenate(p) for p in probs], [np.concatenate(w) for w in weights]
+
+
+def _validate(model, data: Encoded, idx: np.ndarray) -> tuple[float, list[float | None]]:
+    probs, _ = predict(model, data, idx)
+    y = data.labels[idx]
+    loss, accs = 0.0, []
+    for j, p in enumerate(probs):
+        ok = y[:, j] >= 0
+        if ok.any():
+            loss += float(-np.log(np.clip(p[ok, y[ok, j]], 1e-12, None)).mean())
+        lab = y[:, j] != IGNORE
+        accs.append(float((p[lab].argmax(1) == y[lab, j]).mean()) if lab.any() else None)
+    return loss, accs
+
+
+def _trainable(model: CMAClip, stage: str) -> list[torch.nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(stage == "e2e")
+    if stage == "warmup":
+        tower = {id(p) for p in model.tower_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in tower)
+    elif stage == "tune":
+        for p in model.head_parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _schedule(steps: int):
+    warm = max(1, int(0.05 * steps))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return f
+
+
+def train(cfg: TrainConfig) -> Path:
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = tuple(cfg.attributes)
+
+    catalog = read_catalog(cfg.catalog, attrs, require_labels=True)
+    train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
+    if not train_products:
+        raise ValueError(f"{cfg.catalog}: no usable product in the training split")
+    classes = label_maps(train_products, attrs)
+
+    # tokenizer: given, the pretrained CLIP's, or trained on the training titles
+    tok_file = out / TOKENIZER
+    src_tok = cfg.tokenizer or (str(Path(cfg.init_from) / TOKENIZER) if cfg.init_from else None)
+    if src_tok:
+        if not Path(src_tok).is_file():
+            raise FileNotFoundError(f"tokenizer {src_tok} not found")
+        tok_file.write_bytes(Path(src_tok).read_bytes())
+        from tokenizers import Tokenizer
+
+        raw_tok = Tokenizer.from_file(str(tok_file))
+    else:
+        mcfg0 = load_config(cfg.config)
+        raw_tok = text.train_wordpiece([p.title for p in train_products], cfg.vocab_size or mcfg0.vocab_size)
+        text.save(raw_tok, tok_file)
+    special = text.special_ids(raw_tok)
+    model, pre = build_model(cfg, [len(classes[a]) for a in attrs], special, raw_tok.get_vocab_size())
+    tok = load_tokenizer(tok_file, pre.max_text_len)
+
+    data, img_errors = encode_catalog(catalog, tok, pre, classes, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                                      progress=cfg.progress)
+    errors = sorted([*catalog.errors, *img_errors], key=lambda e: e.line)
+    write_errors(errors, out / "catalog_errors.jsonl")
+    tr, va = data.indices("train"), data.indices("val")
+    print(f"catalog: {len(data)} products used ({len(tr)} train, {len(va)} val, {len(data.indices('test'))} test), "
+          f"{len(errors)} rows skipped" + (f" (reasons in {out / 'catalog_errors.jsonl'})" if errors else ""))
+    if len(va) == 0:
+        raise ValueError("the validation split is empty; use a larger catalog or a larger --val-frac")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    y_all = torch.from_numpy(data.labels)
+    log = open(out / "train_log.jsonl", "w")
+    for stage in STAGES:
+        epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
+        if epochs == 0:
+            continue
+        params = _trainable(model, stage)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))
+        best = (float("inf"), None, 0)
+        for epoch in range(1, epochs + 1):
+            t0 = time.time()
+            model.train()
+            if stage != "e2e":  # frozen towers stay in eval mode
+                model.text.eval()
+                model.vision.eval()
+            perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
+            total, n = 0.0, 0
+            bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"{stage} {epoch}/{epochs}", unit="batch",
+                       leave=False, disable=not cfg.progress)
+            for s in bar:
+                idx = perm[s : s + cfg.batch_size]
+                batch = torch_inputs(data.take(idx))
+                _modality_dropout(batch, cfg.modality_dropout, gen)
+                loss = _loss(model(**batch), y_all[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                total += float(loss) * len(idx)
+                n += len(idx)
+                bar.set_postfix(loss=f"{total / n:.3f}")
+            val_loss, val_acc = _validate(model, data, va)
+            rec = {"stage": stage, "epoch": epoch, "train_loss": round(total / n, 5), "val_loss": round(val_loss, 5),
+                   "val_accuracy": {a: None if v is None else round(v, 4) for a, v in zip(attrs, val_acc, strict=True)},
+                   "lr": lr, "seconds": round(time.time() - t0, 2)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            accs = " ".join(f"{a}={v:.3f}" for a, v in zip(attrs, val_acc, strict=True) if v is not None)
+            print(f"{stage} {epoch}/{epochs}: train_loss {total / n:.4f} val_loss {val_loss:.4f} val_acc {accs} "
+                  f"({rec['seconds']:.1f}s)", flush=True)
+            if val_loss < best[0]:
+                best = (val_loss, copy.deepcopy(model.state_dict()), epoch)
+        model.load_state_dict(best[1])
+        print(f"{stage}: best validation loss {best[0]:.4f} at epoch {best[2]}, carried forward", flush=True)
+    log.close()
+
+    meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
+            "train_seconds": round(time.time() - t_start, 1),
+            "counts": {"train": len(tr), "val": len(va), "test": len(data.indices("test")), "skipped": len(errors)}}
+    save_checkpoint(out, model, classes, pre, tok_file, meta)
+    print(f"checkpoint written to {out} ({meta['train_seconds']:.0f}s)")
+    return out
