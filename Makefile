@@ -12,7 +12,7 @@ DEMO_DIR    ?= build/demo
 DEMO_BUNDLE ?= build/demo-bundle
 DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
-DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 14 --tune-epochs 2 --batch-size 32
+DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 --modality-dropout 0.4 --batch-size 32
 
 .PHONY: help venv install test lint demo-bundle bench clean
 
@@ -44,7 +44,7 @@ $(DEMO_BUNDLE)/manifest.json: $(STAMP)
 	$(VENV)/bin/attrx train --catalog $(DEMO_DIR)/data/catalog.csv --attributes category,colour,pattern,gender \
 		--config tiny --out $(DEMO_DIR)/checkpoint $(DEMO_TRAIN_FLAGS)
 	$(VENV)/bin/attrx eval --checkpoint $(DEMO_DIR)/checkpoint --catalog $(DEMO_DIR)/data/catalog.csv
-	$(VENV)/bin/attrx export --checkpoint $(DEMO_DIR)/checkpoint --out $(DEMO_BUNDLE)
+	$(VENV)/bin/attrx export --checkpoint $(DEMO_DIR)/checkpoint --out $(DEMO_BUNDLE) --name attrx-demo
 	$(VENV)/bin/attrx validate-bundle $(DEMO_BUNDLE)
 
 demo-bundle: $(DEMO_BUNDLE)/manifest.json

@@ -28,9 +28,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "text_present", "image_present")
 
-# Pillow's own bomb guard raises only past 2x its limit; we check the declared size ourselves.
-Image.MAX_IMAGE_PIXELS = None
-
 
 class PreprocessConfig(BaseModel):
     """Recorded in every checkpoint and bundle."""
@@ -74,6 +71,8 @@ def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Imag
     with fp:
         try:
             img = Image.open(fp)
+        except Image.DecompressionBombError as e:  # Pillow's own guard, past twice its limit
+            raise ImageError("too_large", f"{what}: {e}") from e
         except UnidentifiedImageError as e:
             raise ImageError("bad_image", f"{what}: not a decodable image (unknown format or corrupt header)") from e
         except Exception as e:  # truncated headers and the like

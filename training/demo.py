@@ -181,9 +181,9 @@ def draw_product(rng: np.random.Generator, category: str, colour: str, pattern: 
         d.line(pts, fill=shade, width=int(rng.integers(1, 3)))
 
     # silhouette mask, with position/scale jitter
-    scale = rng.uniform(0.78, 1.0) * size
-    ox = rng.uniform(0, size - scale)
-    oy = rng.uniform(0, size - scale)
+    scale = rng.uniform(0.82, 1.0) * size
+    ox = (size - scale) / 2 + rng.uniform(-0.05, 0.05) * size
+    oy = (size - scale) / 2 + rng.uniform(-0.05, 0.05) * size
     mask = Image.new("L", (size, size), 0)
     md = ImageDraw.Draw(mask)
     outline = Image.new("L", (size, size), 0)

@@ -81,6 +81,9 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
         src = Path(cfg.init_from)
         if not (src / "config.json").is_file():
             raise FileNotFoundError(f"--init-from {src}: no config.json; point it to a local Hugging Face CLIP folder")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # a full CLIP folder holds both towers: each load skips the other's keys
         tm = CLIPTextModel.from_pretrained(src)
         vm = CLIPVisionModel.from_pretrained(src)
         max_len = min(int(mcfg.preprocess.get("max_text_len", 77)), tm.config.max_position_embeddings)
@@ -173,6 +176,8 @@ def train(cfg: TrainConfig) -> Path:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
+        raise FileNotFoundError(f"--init-from {cfg.init_from}: no config.json; point it to a local Hugging Face CLIP folder")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     attrs = tuple(cfg.attributes)
@@ -243,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 n += len(idx)
                 bar.set_postfix(loss=f"{total / n:.3f}")
             val_loss, val_acc = _validate(model, data, va)
