@@ -34,12 +34,23 @@ def example_inputs(model: CMAClip, batch: int, max_len: int, image_size: int, se
     }
 
 
+def use_eager_attention(model: CMAClip) -> None:
+    """Trace the CLIP towers' attention as plain MatMul/Softmax: onnxruntime runs that faster on
+    CPU than the exported form of torch's fused SDPA (measured by benchmarks/runtime.py)."""
+    for tower in (model.text, model.vision):
+        for m in tower.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                cfg._attn_implementation = "eager"
+
+
 def export_onnx(model: CMAClip, attributes: list[str], path: Path, *, max_len: int, image_size: int,
                 opset: int = 17) -> list[str]:
     """Write the ONNX graph; returns its output names."""
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: attrx bundles need opset >= 17")
     model = model.eval()
+    use_eager_attention(model)
     wrapper = ExportWrapper(model).eval()
     outputs = [n for a in attributes for n in output_names(a)]
     args = tuple(torch.from_numpy(v) for v in example_inputs(model, 2, max_len, image_size).values())

@@ -65,7 +65,7 @@ def encode_catalog(
     """Decode every image once and tokenise every title. Rows whose image cannot be read are
     returned as errors (with line and reason) and left out; the rest is kept."""
     kept, images, errors = [], [], []
-    for p in tqdm(catalog.products, desc="preprocess", unit="item", disable=not progress, mininterval=1.0):
+    for p in tqdm(catalog.products, desc="preprocess", unit="item", disable=None if progress else True, mininterval=1.0):
         arr = None
         if p.image is not None:
             try:

@@ -252,7 +252,7 @@ def write_demo_catalog(out: str | Path, n: int = 3000, seed: int = 0, progress: 
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "title", "image", *ATTRIBUTES])
-        for i in tqdm(range(n), desc="demo catalog", unit="item", disable=not progress):
+        for i in tqdm(range(n), desc="demo catalog", unit="item", disable=None if progress else True):
             item = make_item(seed, i)
             rel = ""
             if item["image"] is not None:

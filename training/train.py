@@ -237,7 +237,7 @@ def train(cfg: TrainConfig) -> Path:
             perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
             total, n = 0.0, 0
             bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"{stage} {epoch}/{epochs}", unit="batch",
-                       leave=False, disable=not cfg.progress)
+                       leave=False, disable=None if cfg.progress else True)
             for s in bar:
                 idx = perm[s : s + cfg.batch_size]
                 batch = torch_inputs(data.take(idx))

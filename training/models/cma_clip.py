@@ -92,8 +92,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # keep: [B, S] bool, True where a key may be attended to
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        # keep: [B, S] bool, True where a key may be attended to. An additive mask (rather than a
+        # boolean one) exports to a plain Add before Softmax, without the NaN guards of the bool form.
+        bias = (1.0 - keep.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
