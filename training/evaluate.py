@@ -66,7 +66,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
                 for t in targets
             },
         }
-        _plot(out / f"pr_{a}.png", a, pt, yt, targets)
+        _plot(out / f"pr_{a}.png", a, pt, yt, calibration[a])
 
     result = {
         "checkpoint": str(ck.path), "catalog": str(catalog),
@@ -100,29 +100,37 @@ def _print_table(result: dict) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def _plot(path: Path, attr: str, probs: np.ndarray, labels: np.ndarray, targets: list[float]) -> None:
-    """Precision-recall of the attribute's accepted predictions as the confidence threshold moves."""
+def _plot(path: Path, attr: str, probs: np.ndarray, labels: np.ndarray, thresholds: dict[str, list]) -> None:
+    """Precision-recall of the attribute's accepted predictions as one confidence threshold moves,
+    with the operating points of the calibrated per-class thresholds on this (test) split."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     conf = probs.max(1)
-    correct = probs.argmax(1) == labels
+    pred = probs.argmax(1)
+    correct = pred == labels
     order = np.argsort(-conf, kind="stable")
     tp = np.cumsum(correct[order])
     precision = tp / np.arange(1, len(order) + 1)
     recall = tp / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    ax.plot(recall, precision, lw=2, label="all classes (accept if confidence ≥ t)")
-    for t in targets:
-        ax.axhline(t, ls="--", lw=1, color="grey")
-        ax.text(0.01, t + 0.005, f"precision {t:.2f}", fontsize=8, color="grey")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=100)
+    ax.plot(recall, precision, lw=2, label="one threshold for all classes")
+    for (key, ths), colour in zip(thresholds.items(), ("tab:orange", "tab:red", "tab:purple"), strict=False):
+        t = float(key)
+        thr = np.array([np.inf if x is None else x for x in ths])
+        accepted = conf >= thr[pred]
+        if accepted.any():
+            p_op, r_op = correct[accepted].mean(), (correct & accepted).sum() / len(labels)
+            ax.plot([r_op], [p_op], "o", color=colour, ms=8,
+                    label=f"calibrated for P≥{t:.2f}: P={p_op:.3f} R={r_op:.3f}")
+        ax.axhline(t, ls="--", lw=1, color=colour, alpha=0.6)
+    ax.set_xlabel("recall (accepted and correct / all)")
+    ax.set_ylabel("precision (correct / accepted)")
     ax.set_xlim(0, 1.0)
     ax.set_ylim(min(0.5, float(precision.min()) - 0.02), 1.01)
-    ax.set_title(f"{attr}: precision-recall on the test split (n={len(labels)})")
+    ax.set_title(f"{attr}: test split (n={len(labels)})")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
