@@ -122,3 +122,13 @@ def test_console_script_validates_a_bundle(bundle):
     assert "is valid: tiny-test" in r.stdout
     r = subprocess.run([_attrx(), "train", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--no-mwa" in r.stdout and "--init-from" in r.stdout
+
+
+def test_service_modules_do_not_import_torch():
+    """The serving install has no torch: service/ may import it only lazily, inside training commands."""
+    code = ("import sys, service.preprocess, service.catalog, service.bundle, service.cli; "
+            "service.cli.build_parser(); "
+            "bad = sorted(m for m in ('torch', 'transformers', 'training', 'export') if m in sys.modules); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"service imports {r.stdout.strip()} at module level"
