@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
@@ -91,6 +91,7 @@ def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Imag
             img.load()
         except Exception as e:
             raise ImageError("bad_image", f"{what}: pixel data cannot be decoded ({e})") from e
+        img = ImageOps.exif_transpose(img)  # phone photos: honour the EXIF orientation
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")

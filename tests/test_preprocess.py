@@ -58,6 +58,13 @@ def test_resize_shorter_side_then_centre_crop():
     assert not np.isclose(arr[0], white[0], atol=0.1).any()
 
 
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (60, 30), (200, 10, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    assert open_image(_bytes(img, "JPEG", exif=exif), CFG).size == (30, 60)
+
+
 def test_large_jpeg_uses_draft_mode():
     big = Image.new("RGB", (2400, 1600), (10, 200, 30))
     img = open_image(_bytes(big, "JPEG", quality=80), CFG)
