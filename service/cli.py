@@ -68,6 +68,40 @@ def cmd_validate_bundle(a) -> None:
           f"attributes {', '.join(x.name for x in m.attributes)}")
 
 
+def cmd_serve(a) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.bundle import BundleError, load_bundle
+    from service.settings import ServeSettings
+
+    fields = ServeSettings.model_fields
+    settings = ServeSettings(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
+    try:
+        load_bundle(settings.bundle)
+    except BundleError as e:
+        raise SystemExit(f"attrx serve: {e}") from None
+    url = f"http://{settings.host}:{settings.port}"
+    auth = ' -H "Authorization: Bearer $ATTRX_API_KEY"' if settings.api_key else ""
+    print(f"attrx: serving {settings.bundle} at {url} (API docs: {url}/docs, metrics: {url}/metrics)\n"
+          f"try:\n  curl -s{auth} -F 'title=Roadster Men Blue Striped T-Shirt' -F image=@some-product.jpg {url}/v1/extract\n"
+          f"  curl -s{auth} -H 'Content-Type: application/json' -d '{{\"title\": \"Velora Women Red Dress\"}}' "
+          f"{url}/v1/extract", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=a.log_level,
+                timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=a.access_log)
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    from service.settings import ServeSettings
+
+    for name, f in ServeSettings.model_fields.items():
+        ann = f.annotation
+        typ = ann if ann in (int, float, str) else str
+        default = f.default
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
+                       help=f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attrx", description="Product attribute extraction from titles and images.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
     x.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI, dynamic batching, Prometheus metrics)")
+    _add_settings_flags(s)
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    s.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
     v.add_argument("bundle")

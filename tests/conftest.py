@@ -38,3 +38,97 @@ def bundle(checkpoint, tmp_path_factory) -> Path:
     from export.bundle import export_bundle
 
     return export_bundle(checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-bundle", name="tiny-test")
+
+
+class Server:
+    """A real `attrx serve` process on 127.0.0.1."""
+
+    def __init__(self, bundle: Path, wait_ready: bool = True, env: dict | None = None, **settings):
+        import os
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        exe = str(Path(sys.executable).parent / "attrx")
+        args = [exe, "serve", "--bundle", str(bundle), "--port", str(self.port), "--log-level", "warning"]
+        for k, v in settings.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.wait_listening()
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_listening(self, timeout: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server not listening after {timeout}s: {self.output()}")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server(bundle):
+    servers = []
+
+    def start(wait_ready: bool = True, env: dict | None = None, **settings) -> Server:
+        s = Server(bundle, wait_ready=wait_ready, env=env, **settings)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> Server:
+    """A default server shared by the tests that do not change its settings."""
+    return start_server(max_queue_delay_ms=20, max_body_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+def product_images(demo_catalog) -> list[bytes]:
+    from service.catalog import read_catalog
+
+    return [p.image.read_bytes() for p in read_catalog(demo_catalog).products if p.image][:64]

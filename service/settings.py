@@ -1,0 +1,32 @@
+"""Serving configuration: flags of `attrx serve`, or environment variables ATTRX_<NAME>."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATTRX_", extra="ignore")
+
+    bundle: str = Field("build/demo-bundle", description="model bundle folder")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # dynamic batching (Triton semantics)
+    max_batch_size: int = Field(32, ge=1, description="a batch closes at this many items; 1 turns batching off")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="...or when its oldest item has waited this long")
+    max_queue_size: int = Field(256, ge=1, description="queued items beyond this are refused with 429")
+    request_timeout_ms: float = Field(5000.0, gt=0, description="deadline of a request; expired while queued -> 504")
+    inference_workers: int = Field(1, ge=1, description="threads running model batches")
+    preprocess_workers: int = Field(2, ge=1, description="threads decoding images and tokenising titles")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per batch (0: its default)")
+    providers: str = Field("cpu", description="onnxruntime execution providers: cpu, cuda, tensorrt or auto")
+    warmup_batches: int = Field(1, ge=1, description="full batches run before /readyz turns 200")
+    # input limits
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels -> 413, undecoded")
+    max_title_chars: int = Field(2000, ge=1, description="longer titles -> 422")
+    max_batch_items: int = Field(64, ge=1, description="most products in one /v1/extract/batch call")
+    # lifecycle and access
+    drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")
+    api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>'")
