@@ -91,6 +91,14 @@ def cmd_serve(a) -> None:
                 timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=a.access_log)
 
 
+def cmd_score(a) -> None:
+    from service.scoring import score
+
+    score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
+          overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
+          max_image_pixels=a.max_image_pixels, progress=not a.quiet)
+
+
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     from service.settings import ServeSettings
 
@@ -163,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
 
+    c = sub.add_parser("score", help="predict every product of a catalog file (CSV/JSONL/Parquet in and out)")
+    c.add_argument("catalog", help="CSV, JSONL or Parquet with id, title, image")
+    c.add_argument("--bundle", required=True)
+    c.add_argument("--out", required=True, help="output file: .jsonl, .csv or .parquet; bad rows go to OUT.errors.jsonl")
+    c.add_argument("--resume", action="store_true", help="skip the ids already in OUT and append the rest")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--workers", type=int, help="image-decoding processes (default: cores - 1, at least 1)")
+    c.add_argument("--min-precision", type=float, help="calibrated precision target for `accepted` (default: lowest)")
+    c.add_argument("--providers", default="cpu", help="onnxruntime execution providers: cpu, cuda, tensorrt, auto")
+    c.add_argument("--max-image-pixels", type=int, help="refuse images declaring more pixels (default 40,000,000)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_score)
+
     v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
     v.add_argument("bundle")
     v.set_defaults(func=cmd_validate_bundle)
@@ -175,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         from pydantic import ValidationError
 
         if isinstance(e, ValidationError):

@@ -1,0 +1,117 @@
+"""`attrx score` on real catalog files with the real tiny bundle."""
+
+import base64
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.cli import main
+from tests.conftest import ATTRS
+
+
+@pytest.fixture()
+def messy_catalog(demo_catalog, tmp_path) -> Path:
+    """Demo products plus a corrupt image, a missing image file and a row with neither title nor image."""
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rows = list(csv.DictReader(open(demo_catalog)))[:40]
+    img_dir = demo_catalog.parent
+    p = tmp_path / "score-me.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for r in rows[:20]:
+            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
+        w.writerow(["bad-corrupt", "Some Tee", "corrupt.jpg"])     # line 22
+        w.writerow(["bad-missing", "", "no/such/file.jpg"])       # line 23
+        w.writerow(["bad-empty", "", ""])                          # line 24
+        for r in rows[20:]:
+            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
+    return p
+
+
+def _read(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(x) for x in path.read_text().splitlines()]
+    if path.suffix == ".csv":
+        return list(csv.DictReader(open(path)))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".csv", ".parquet"])
+def test_score_writes_rows_and_errors(messy_catalog, bundle, tmp_path, ext, capsys):
+    out = tmp_path / f"pred{ext}"
+    main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(out), "--batch-size", "8", "--quiet"])
+    rows = _read(out)
+    assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
+    for a in ATTRS:
+        assert {f"{a}", f"{a}_confidence", f"{a}_accepted", f"{a}_text_weight", f"{a}_image_weight"} <= set(rows[0])
+    errors = [json.loads(x) for x in Path(str(out) + ".errors.jsonl").read_text().splitlines()]
+    assert {(e["line"], e["id"]) for e in errors} == {(22, "bad-corrupt"), (23, "bad-missing"), (24, "bad-empty")}
+    assert all(e["reason"] for e in errors)
+    assert "scored 40, failed 3" in capsys.readouterr().out
+
+
+def test_score_matches_the_http_service(messy_catalog, bundle, server, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(out), "--quiet"])
+    row = _read(out)[0]
+    first = next(csv.DictReader(open(messy_catalog)))
+    body = {"title": first["title"] or None,
+            "image_base64": base64.b64encode(Path(first["image"]).read_bytes()).decode() if first["image"] else None}
+    preds = httpx.post(server.url + "/v1/extract", json=body, timeout=10).json()["predictions"]
+    for a in ATTRS:
+        assert row[a] == preds[a]["value"]
+        assert row[f"{a}_confidence"] == pytest.approx(preds[a]["confidence"], abs=1e-5)
+        assert row[f"{a}_accepted"] == preds[a]["accepted"]
+
+
+def test_existing_output_needs_resume_or_overwrite(messy_catalog, bundle, tmp_path):
+    out = tmp_path / "pred.csv"
+    out.write_text("id\n")
+    with pytest.raises(SystemExit, match="--resume continues it, --overwrite replaces it"):
+        main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(out), "--quiet"])
+    with pytest.raises(SystemExit, match="unknown output format"):
+        main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "x.xlsx"), "--quiet"])
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".csv"])
+def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path, ext):
+    # a catalog long enough to interrupt: the demo products repeated under new ids
+    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
+    cat = tmp_path / "long.csv"
+    ids = []
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for k in range(30):
+            for r in rows:
+                ids.append(f"{r['id']}-{k}")
+                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
+    out = tmp_path / f"pred{ext}"
+    exe = str(Path(sys.executable).parent / "attrx")
+    proc = subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out),
+                             "--batch-size", "4", "--workers", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 2000):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0 and "interrupted: rerun with --resume" in log, log
+    partial = _read(out)
+    assert 0 < len(partial) < len(ids)
+    with open(out, "a") as f:  # as if killed in the middle of a line
+        f.write('{"id": "half-writ' if ext == ".jsonl" else "half-writ")
+    main(["score", str(cat), "--bundle", str(bundle), "--out", str(out), "--resume", "--quiet"])
+    final = [r["id"] for r in _read(out)]
+    assert len(final) == len(set(final)) == len(ids) and set(final) == set(ids)
+    assert final[: len(partial)] == [r["id"] for r in partial]  # kept, not rescored
