@@ -8,18 +8,22 @@ EXTRAS      ?= train,dev
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
 
+HOST        ?= 127.0.0.1
+PORT        ?= 8000
 DEMO_DIR    ?= build/demo
 DEMO_BUNDLE ?= build/demo-bundle
 DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test lint demo-bundle bench clean
+.PHONY: help venv install test lint serve demo-bundle bench bench-serve clean
 
 help:
+	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
+	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
 	@echo "make lint         ruff"
 
 $(PY):
@@ -39,7 +43,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service training export tests benchmarks
 
-$(DEMO_BUNDLE)/manifest.json: $(STAMP)
+# order-only on the install: an existing demo bundle is reused after a reinstall
+$(DEMO_BUNDLE)/manifest.json: | $(STAMP)
 	$(VENV)/bin/attrx demo-data --out $(DEMO_DIR)/data --n $(DEMO_N) --seed $(DEMO_SEED)
 	$(VENV)/bin/attrx train --catalog $(DEMO_DIR)/data/catalog.csv --attributes category,colour,pattern,gender \
 		--config tiny --out $(DEMO_DIR)/checkpoint $(DEMO_TRAIN_FLAGS)
@@ -47,10 +52,16 @@ $(DEMO_BUNDLE)/manifest.json: $(STAMP)
 	$(VENV)/bin/attrx export --checkpoint $(DEMO_DIR)/checkpoint --out $(DEMO_BUNDLE) --name attrx-demo
 	$(VENV)/bin/attrx validate-bundle $(DEMO_BUNDLE)
 
-demo-bundle: $(DEMO_BUNDLE)/manifest.json
+demo-bundle: $(STAMP) $(DEMO_BUNDLE)/manifest.json
+
+serve: demo-bundle
+	$(VENV)/bin/attrx serve --bundle $(DEMO_BUNDLE) --host $(HOST) --port $(PORT)
 
 bench: demo-bundle
 	$(PY) benchmarks/runtime.py --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_DIR)/checkpoint
 
 clean:
 	rm -rf build .pytest_cache
+
+bench-serve: demo-bundle
+	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv

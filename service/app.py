@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from service.bundle import Bundle, load_bundle
@@ -248,7 +249,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         return JSONResponse(_error_body("bad_request", msg), status_code=422)
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:
         key = settings.api_key
         if not key:
             return
@@ -300,7 +301,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         raise e
 
     @app.exception_handler(ClientGone)
-    async def _gone(request: Request, e: ClientGone):
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: Exception):
+        # the client hung up (while sending its body, or while its request was queued): nobody to answer
+        if isinstance(e, ClientDisconnect):
+            reject("client_gone")
         return Response(status_code=499)
 
     def parse_image_b64(data: str | None) -> bytes | None:

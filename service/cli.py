@@ -105,7 +105,7 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     for name, f in ServeSettings.model_fields.items():
         ann = f.annotation
         typ = ann if ann in (int, float, str) else str
-        default = f.default
+        default = f.default_factory() if f.default_factory is not None else f.default
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
                        help=f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip())
 

@@ -181,7 +181,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     workers = workers or max(1, (os.cpu_count() or 2) - 1)
     ctx = mp.get_context("fork")  # before the ONNX session or any thread exists: cheap and safe
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), max_image_pixels))
-    backend = load_backend(bundle, providers=providers)
+    # the model gets the cores the decoding workers leave free
+    backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers))
     writer = WRITERS[suffix](out, columns, append=resume and out.exists())
     errors_f = open(errors_path, "w", encoding="utf-8")
     for e in cat.errors:

@@ -1,0 +1,230 @@
+"""Serving benchmark: the HTTP server with and without dynamic batching, the in-process pipeline,
+and `attrx score`, measured in one run on the same machine.
+
+    python benchmarks/serve.py --bundle build/demo-bundle --catalog build/demo/data/catalog.csv
+
+Load comes from wrk (Debian package `wrk`; a C load generator, so the client is not the
+bottleneck a Python client would be) with a Lua script that cycles through real products
+(title + base64 JPEG). Each level runs for --duration seconds (bounded), on 127.0.0.1 only.
+Prints JSON; progress goes to stderr. Targets (issue "Serving spine"), reported, not asserted:
+  batched >= 1.3x unbatched requests/s at concurrency 32
+  batched server >= 0.7x the in-process pipeline's items/s
+  p99 at concurrency 32 <= max_queue_delay_ms + 3 x median batch inference time
+  attrx score >= 0.7x the in-process pipeline's items/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LUA = r"""
+local bodies = {}
+local counter = 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/v1/extract", {["Content-Type"] = "application/json"}, bodies[(counter % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "status_errors": %d, "timeouts": %d, ' ..
+    '"connect_errors": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.timeout, summary.errors.connect,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_process(bundle_dir: str, products, batch: int, seconds: float) -> dict:
+    """Preprocess + inference at `batch`, sequentially in this process: no HTTP, no queue."""
+    from service.bundle import load_bundle
+    from service.predict import Predictor, stack
+    from service.runtime import load_backend
+
+    b = load_bundle(bundle_dir)
+    pred, backend = Predictor(b), load_backend(b)
+    items = [(p.title, p.image.read_bytes() if p.image else None) for p in products]
+    backend.run(stack([pred.prepare(*items[0])] * batch))  # warm-up
+    n, k, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        chunk = [items[(k + i) % len(items)] for i in range(batch)]
+        k += batch
+        backend.run(stack([pred.prepare(t, im) for t, im in chunk]))
+        n += batch
+    rate = n / (time.perf_counter() - t0)
+    feeds = stack([pred.prepare(*items[i % len(items)]) for i in range(batch)])
+    runs = []
+    for _ in range(30):
+        t = time.perf_counter()
+        backend.run(feeds)
+        runs.append(time.perf_counter() - t)
+    return {"batch": batch, "items_per_s": round(rate, 1),
+            "median_batch_inference_ms": round(statistics.median(runs) * 1000, 3)}
+
+
+def run_wrk(url: str, bodies: Path, script: Path, concurrency: int, duration: float) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script),
+         url, "--", str(bodies)], capture_output=True, text=True, timeout=duration + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    m = re.search(r"^RESULT (.*)$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(m.group(1))
+    secs = r["duration_us"] / 1e6
+    ok = r["requests"] - r["status_errors"]
+    return {
+        "concurrency": concurrency, "requests": r["requests"], "errors": r["status_errors"] + r["timeouts"],
+        "requests_per_s": round(ok / secs, 1),
+        "p50_ms": round(r["p50_us"] / 1000, 2), "p95_ms": round(r["p95_us"] / 1000, 2),
+        "p99_ms": round(r["p99_us"] / 1000, 2),
+        "loadgen_cpu_cores": round(((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / secs, 2),
+    }
+
+
+def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path) -> list[dict]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_log = open(Path(tempfile.gettempdir()) / f"attrx-bench-{name}.log", "w")  # never an unread pipe
+    exe = str(Path(sys.executable).parent / "attrx")
+    proc = subprocess.Popen([exe, "serve", "--bundle", args.bundle, "--port", str(port), "--log-level", "warning",
+                             "--max-queue-size", "4096", "--request-timeout-ms", "30000", *extra],
+                            stdout=subprocess.DEVNULL, stderr=server_log)
+    import httpx
+
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end or proc.poll() is not None:
+                raise RuntimeError(f"server did not get ready; see {server_log.name}")
+            time.sleep(0.1)
+        rows = []
+        for c in args.concurrency:
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            row = run_wrk(url, bodies, script, c, args.duration)
+            row["server_cpu_cores"] = round((cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0), 2)
+            rows.append(row)
+            log(f"{name:9s} c={c:3d}: {row['requests_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+                f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f}  errors {row['errors']}  "
+                f"(server {row['server_cpu_cores']} cores, wrk {row['loadgen_cpu_cores']})")
+        metrics = httpx.get(url + "/metrics", timeout=5).text
+        s = re.search(r"^attrx_batch_size_sum ([0-9.e+]+)$", metrics, re.M)
+        n = re.search(r"^attrx_batch_size_count ([0-9.e+]+)$", metrics, re.M)
+        if s and n and float(n.group(1)):
+            rows.append({"mean_batch_size_over_run": round(float(s.group(1)) / float(n.group(1)), 2)})
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        server_log.close()
+
+
+def score_run(args) -> dict:
+    exe = str(Path(sys.executable).parent / "attrx")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([exe, "score", args.catalog, "--bundle", args.bundle, "--out", f"{tmp}/s.jsonl",
+                              "--quiet"], capture_output=True, text=True, timeout=600)
+    m = re.search(r"scored (\d+), failed (\d+).*?, ([0-9.]+) items/s", out.stdout)
+    if not m:
+        raise RuntimeError(out.stdout + out.stderr)
+    return {"scored": int(m.group(1)), "failed": int(m.group(2)), "items_per_s": float(m.group(3))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="build/demo-bundle")
+    ap.add_argument("--catalog", default="build/demo/data/catalog.csv")
+    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
+    ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--products", type=int, default=256, help="distinct products the load cycles through")
+    a = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/serve.py needs wrk (Debian: apt-get install wrk)")
+
+    from service.catalog import read_catalog
+
+    products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
+    work = Path(tempfile.mkdtemp(prefix="attrx-bench-"))
+    bodies, script = work / "bodies.jsonl", work / "post.lua"
+    bodies.write_text("".join(json.dumps({"title": p.title, "image_base64": base64.b64encode(
+        p.image.read_bytes()).decode()}) + "\n" for p in products))
+    script.write_text(LUA)
+
+    log("in-process pipeline (preprocess + inference, batch 32, no HTTP)...")
+    inproc = in_process(a.bundle, products, 32, 5.0)
+    log(f"in-process: {inproc['items_per_s']} items/s, median batch-32 inference {inproc['median_batch_inference_ms']} ms")
+    batched = serve_and_load(a, "batched", ["--max-batch-size", str(a.max_batch_size), "--max-queue-delay-ms",
+                                            str(a.max_queue_delay_ms)], bodies, script)
+    unbatched = serve_and_load(a, "unbatched", ["--max-batch-size", "1"], bodies, script)
+    log("attrx score on the catalog...")
+    sc = score_run(a)
+    log(f"attrx score: {sc['items_per_s']} items/s")
+
+    def at(rows, c):
+        return next((r for r in rows if r.get("concurrency") == c), None)
+
+    b32, u32 = at(batched, 32), at(unbatched, 32)
+    best = max(r["requests_per_s"] for r in batched if "requests_per_s" in r)
+    bound = a.max_queue_delay_ms + 3 * inproc["median_batch_inference_ms"]
+    result = {
+        "benchmark": "serve", "machine": {"cpus": os.cpu_count()},
+        "settings": {"max_batch_size": a.max_batch_size, "max_queue_delay_ms": a.max_queue_delay_ms,
+                     "duration_s": a.duration, "products": len(products), "loadgen": "wrk -t1"},
+        "in_process": inproc, "batched": batched, "unbatched": unbatched, "score": sc,
+        "targets": {
+            "batched_over_unbatched_at_c32": {"measured": round(b32["requests_per_s"] / u32["requests_per_s"], 2),
+                                              "target": 1.3},
+            "batched_server_over_in_process": {"measured": round(best / inproc["items_per_s"], 2), "target": 0.7},
+            "p99_at_c32_ms": {"measured": b32["p99_ms"], "target_at_most": round(bound, 2)},
+            "score_over_in_process": {"measured": round(sc["items_per_s"] / inproc["items_per_s"], 2), "target": 0.7},
+        },
+    }
+    for t in result["targets"].values():
+        t["met"] = t["measured"] <= t["target_at_most"] if "target_at_most" in t else t["measured"] >= t["target"]
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
