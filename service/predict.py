@@ -68,17 +68,18 @@ class Predictor:
         """Row i of a batch's outputs -> per attribute value, confidence, top-k, weights, threshold."""
         result = {}
         for j, attr in enumerate(self.manifest.attributes):
-            probs, weights = outputs[2 * j][i], outputs[2 * j + 1][i]
-            c = int(np.argmax(probs))
-            conf = float(probs[c])
+            # plain Python on small rows: numpy's per-call overhead dominated this on the event loop
+            probs, (w_text, w_image) = outputs[2 * j][i].tolist(), outputs[2 * j + 1][i].tolist()
+            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
+            c = order[0]
+            conf = probs[c]
             thr = attr.thresholds[key][c]
-            k = max(1, min(top_k, len(attr.classes)))
-            top = np.argsort(-probs, kind="stable")[:k]
+            top = order[: max(1, min(top_k, len(attr.classes)))]
             result[attr.name] = {
                 "value": attr.classes[c],
                 "confidence": conf,
-                "top_k": [{"value": attr.classes[t], "probability": float(probs[t])} for t in top],
-                "modality_weights": {"text": float(weights[0]), "image": float(weights[1])},
+                "top_k": [{"value": attr.classes[t], "probability": probs[t]} for t in top],
+                "modality_weights": {"text": w_text, "image": w_image},
                 "threshold": thr,
                 "accepted": thr is not None and conf >= thr,
             }

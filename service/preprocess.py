@@ -13,6 +13,7 @@ Model inputs (all numpy, batch first):
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -111,9 +112,15 @@ def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
         img = img.resize((nw, nh), _RESAMPLE[cfg.resample])
     left, top = (nw - s) // 2, (nh - s) // 2
     img = img.crop((left, top, left + s, top + s))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(cfg.image_mean, np.float32)) / np.asarray(cfg.image_std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    scale, shift = _normaliser(cfg.image_mean, cfg.image_std)
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)  # (x / 255 - mean) / std, per channel
+    return np.ascontiguousarray(arr * scale - shift)
+
+
+@functools.lru_cache(maxsize=8)
+def _normaliser(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+    m, s = np.asarray(mean, np.float32)[:, None, None], np.asarray(std, np.float32)[:, None, None]
+    return (1.0 / (255.0 * s)).astype(np.float32), (m / s).astype(np.float32)
 
 
 def load_image_array(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> np.ndarray:
