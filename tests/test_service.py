@@ -119,6 +119,18 @@ def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
     assert _metric(_scrape(s), "attrx_rejections_total", '{reason="queue_full"}') == 4
 
 
+def test_a_client_that_disconnects_is_dropped_from_the_queue(start_server):
+    s = start_server(max_queue_delay_ms=2000, max_batch_size=64, request_timeout_ms=10000)
+    before = _scrape(s)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=0.4)
+    time.sleep(2.3)  # past the batch delay: the abandoned request must not have been run
+    after = _scrape(s)
+    assert _metric(after, "attrx_batch_size_count") == _metric(before, "attrx_batch_size_count")
+    assert _metric(after, "attrx_rejections_total", '{reason="client_gone"}') == 1
+    assert httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize(
     "kind, status, reason",
     [
