@@ -47,3 +47,21 @@ def test_compose_mounts_files_that_exist():
     installs = [ln for ln in runtime_stage.splitlines() if "pip install" in ln]
     assert installs and not any("torch" in ln or "[train" in ln for ln in installs)  # serving image: no torch
     assert "USER attrx" in docker and "/readyz" in docker
+
+
+def test_kubernetes_manifest_matches_the_app():
+    yaml = pytest.importorskip("yaml")
+    from service.settings import ServeSettings
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/attrx.yaml").read_text()))
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["ports"][0]["containerPort"] == 8000
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    fields = {f"ATTRX_{n.upper()}" for n in ServeSettings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    assert pod["terminationGracePeriodSeconds"] > float(env["ATTRX_DRAIN_TIMEOUT_S"]) + 5
+    svc = next(d for d in docs if d["kind"] == "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
