@@ -13,17 +13,17 @@ from service.preprocess import INPUT_NAMES
 from training.models.cma_clip import CMAClip, ExportWrapper
 
 
-def example_inputs(model: CMAClip, batch: int, max_len: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def example_inputs(model, batch: int, max_len: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random but valid inputs: real-looking token sequences, random pixels, random modality presence
     (never both missing)."""
     rng = np.random.default_rng(seed)
-    cfg = model.text.config
-    ids = np.full((batch, max_len), cfg.pad_token_id, dtype=np.int64)
+    spec = model.token_spec
+    ids = np.full((batch, max_len), spec["pad_token_id"], dtype=np.int64)
     mask = np.zeros((batch, max_len), dtype=np.int64)
     for i in range(batch):
         n = int(rng.integers(2, max_len + 1))
-        ids[i, :n] = rng.integers(5, cfg.vocab_size, n)
-        ids[i, 0], ids[i, n - 1] = cfg.bos_token_id, cfg.eos_token_id
+        ids[i, :n] = rng.integers(5, spec["vocab_size"], n)
+        ids[i, 0], ids[i, n - 1] = spec["bos_token_id"], spec["eos_token_id"]
         mask[i, :n] = 1
     tp = (rng.random(batch) < 0.8).astype(np.float32)
     ip = np.where(tp == 0, 1.0, (rng.random(batch) < 0.8)).astype(np.float32)
@@ -37,6 +37,8 @@ def example_inputs(model: CMAClip, batch: int, max_len: int, image_size: int, se
 def use_eager_attention(model: CMAClip) -> None:
     """Trace the CLIP towers' attention as plain MatMul/Softmax: onnxruntime runs that faster on
     CPU than the exported form of torch's fused SDPA (measured by benchmarks/runtime.py)."""
+    if model.family != "cma-clip":
+        return
     for tower in (model.text, model.vision):
         for m in tower.modules():
             cfg = getattr(m, "config", None)
@@ -44,7 +46,7 @@ def use_eager_attention(model: CMAClip) -> None:
                 cfg._attn_implementation = "eager"
 
 
-def export_onnx(model: CMAClip, attributes: list[str], path: Path, *, max_len: int, image_size: int,
+def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image_size: int,
                 opset: int = 17) -> list[str]:
     """Write the ONNX graph; returns its output names."""
     if opset < 17:

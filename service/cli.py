@@ -125,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
     t.add_argument("--attributes", required=True, type=_csv_list, help="attribute columns, e.g. colour,pattern")
     t.add_argument("--out", required=True, help="checkpoint folder")
-    t.add_argument("--config", default="tiny", help="tiny, base, or a JSON file (default tiny)")
+    t.add_argument("--family", choices=["cma-clip", "momo"],
+                   help="model family (default: the config's; --family momo defaults to --config momo-tiny)")
+    t.add_argument("--config", default="tiny",
+                   help="tiny, base, cma-clip-b32, momo-tiny, momo-base, or a JSON file (default tiny)")
     t.add_argument("--init-from", help="local Hugging Face CLIP folder for the text and image towers")
     t.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the titles")
     t.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size when training a tokenizer")

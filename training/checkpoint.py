@@ -22,8 +22,8 @@ CALIBRATION, METRICS = "calibration.json", "metrics.json"
 @dataclass
 class Checkpoint:
     path: Path
-    model: CMAClip
-    model_config: ModelConfig
+    model: CMAClip  # or MoMoClassifier: same forward signature
+    model_config: ModelConfig  # or MoMoConfig
     classes: dict[str, list[str]]
     preprocess: PreprocessConfig
     tokenizer: Tokenizer
@@ -41,8 +41,8 @@ def save_checkpoint(path: Path, model: CMAClip, classes: dict, preprocess: Prepr
     save_file(state, str(path / WEIGHTS))
     cfg = {
         "model": model.cfg.model_dump(),
-        "text_config": model.text.config.to_dict(),
-        "vision_config": model.vision.config.to_dict(),
+        **({"text_config": model.text.config.to_dict(), "vision_config": model.vision.config.to_dict()}
+           if model.family == "cma-clip" else {"token_spec": model.token_spec}),
         "attributes": classes,
         "preprocess": preprocess.model_dump(),
         **meta,
@@ -58,14 +58,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path} is not an attrx checkpoint: {f} is missing (made by `attrx train`)")
     cfg = json.loads((path / CONFIG).read_text())
-    mcfg = ModelConfig.model_validate(cfg["model"])
     pre = PreprocessConfig.model_validate(cfg["preprocess"])
-    tc = {k: v for k, v in cfg["text_config"].items() if k not in ("architectures", "transformers_version")}
-    vc = {k: v for k, v in cfg["vision_config"].items() if k not in ("architectures", "transformers_version")}
-    model = CMAClip(
-        mcfg, [len(c) for c in cfg["attributes"].values()],
-        text_model=CLIPTextModel(CLIPTextConfig(**tc)), vision_model=CLIPVisionModel(CLIPVisionConfig(**vc)),
-    )
+    n_classes = [len(c) for c in cfg["attributes"].values()]
+    if cfg["model"].get("family") == "momo":
+        from training.models.momo import MoMoClassifier, MoMoConfig
+
+        mcfg = MoMoConfig.model_validate(cfg["model"])
+        spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
+        model = MoMoClassifier(mcfg, n_classes, **spec)
+    else:
+        mcfg = ModelConfig.model_validate(cfg["model"])
+        tc = {k: v for k, v in cfg["text_config"].items() if k not in ("architectures", "transformers_version")}
+        vc = {k: v for k, v in cfg["vision_config"].items() if k not in ("architectures", "transformers_version")}
+        model = CMAClip(mcfg, n_classes, text_model=CLIPTextModel(CLIPTextConfig(**tc)),
+                        vision_model=CLIPVisionModel(CLIPVisionConfig(**vc)))
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path / WEIGHTS} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

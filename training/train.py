@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     attributes: list[str] = Field(min_length=1)
     out: str
     config: str = "tiny"
+    family: str | None = Field(None, pattern="^(cma-clip|momo)$")
     init_from: str | None = None
     tokenizer: str | None = None
     vocab_size: int | None = None
@@ -73,8 +74,31 @@ def _pretrained_preprocess(init_from: Path, image_size: int, max_len: int) -> Pr
     return PreprocessConfig(image_size=image_size, image_mean=mean, image_std=std, max_text_len=max_len)
 
 
+def resolve_config(cfg: TrainConfig):
+    """The model config named by --config, checked against --family (momo defaults to momo-tiny)."""
+    name = cfg.config
+    if cfg.family == "momo" and name == "tiny":
+        name = "momo-tiny"
+    mcfg = load_config(name)
+    if cfg.family and mcfg.family != cfg.family:
+        raise ValueError(f"--config {name} is a {mcfg.family} config but --family is {cfg.family}")
+    return mcfg
+
+
 def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int], vocab: int):
-    mcfg = load_config(cfg.config).model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa})
+    mcfg = resolve_config(cfg)
+    if mcfg.family == "momo":
+        from training.models.momo import MoMoClassifier
+
+        if cfg.no_swa:
+            raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
+        if cfg.init_from:
+            raise ValueError("--init-from with --family momo needs a MoMo pre-training folder; "
+                             "`attrx pretrain` is not available yet")
+        mcfg = mcfg.model_copy(update={"use_mwa": not cfg.no_mwa, "vocab_size": vocab})
+        pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
+        return MoMoClassifier(mcfg, n_classes, **special), pre
+    mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa})
     if cfg.init_from:
         from transformers import CLIPTextModel, CLIPVisionModel
 
@@ -199,7 +223,7 @@ def train(cfg: TrainConfig) -> Path:
 
         raw_tok = Tokenizer.from_file(str(tok_file))
     else:
-        mcfg0 = load_config(cfg.config)
+        mcfg0 = resolve_config(cfg)
         raw_tok = text.train_wordpiece([p.title for p in train_products], cfg.vocab_size or mcfg0.vocab_size)
         text.save(raw_tok, tok_file)
     special = text.special_ids(raw_tok)
@@ -232,8 +256,8 @@ def train(cfg: TrainConfig) -> Path:
             t0 = time.time()
             model.train()
             if stage != "e2e":  # frozen towers stay in eval mode
-                model.text.eval()
-                model.vision.eval()
+                for m in model.tower_modules():
+                    m.eval()
             perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
             total, n = 0.0, 0
             bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"{stage} {epoch}/{epochs}", unit="batch",

@@ -65,15 +65,21 @@ class ModelConfig(BaseModel):
     use_mwa: bool = True
 
 
-def load_config(name_or_path: str) -> ModelConfig:
-    """`tiny`, `base`, or a path to a JSON file."""
+def load_config(name_or_path: str):
+    """A built-in name (`tiny`, `base`, `momo-tiny`, ...) or a path to a JSON file. The file's
+    `family` picks the schema: CMA-CLIP's ModelConfig or MoMo's MoMoConfig."""
     p = Path(name_or_path)
     if not p.suffix:
         p = CONFIG_DIR / f"{name_or_path}.json"
     if not p.is_file():
         known = sorted(q.stem for q in CONFIG_DIR.glob("*.json"))
         raise FileNotFoundError(f"model config {name_or_path!r} not found; built-in configs: {', '.join(known)}")
-    return ModelConfig.model_validate(json.loads(p.read_text()))
+    data = json.loads(p.read_text())
+    if data.get("family") == "momo":
+        from training.models.momo import MoMoConfig
+
+        return MoMoConfig.model_validate(data)
+    return ModelConfig.model_validate(data)
 
 
 class Block(nn.Module):
@@ -154,7 +160,18 @@ class CMAClip(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.heads = nn.ModuleList(TaskHead(d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
 
+    family = "cma-clip"
+
+    @property
+    def token_spec(self) -> dict:
+        c = self.text.config
+        return {"vocab_size": c.vocab_size, "pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id,
+                "eos_token_id": c.eos_token_id}
+
     # parameter groups for the paper's three stages
+    def tower_modules(self) -> list[nn.Module]:
+        return [self.text, self.vision]
+
     def tower_parameters(self):
         return [*self.text.parameters(), *self.vision.parameters()]
 

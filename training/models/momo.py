@@ -1,0 +1,138 @@
+"""MoMo (Chada et al., "MoMo: A shared encoder Model for text, image and multi-Modal representations").
+
+One transformer encoder for text tokens, image patches and both: modality-specific input
+embeddings (token embedding + positions for text; patch projection + positions for images; a
+modality-type embedding), a [CLS] token, shared attention and MLP layers.
+
+For attribute extraction the shared encoder reads [CLS; title tokens; image patches]; the text
+part and the image part of its output are mean-pooled into T' and I', and the same task-specific
+modality-wise attention and MLP heads as CMA-CLIP turn them into predictions, so a MoMo bundle
+reports modality weights and masks a missing modality the same way.
+
+`visible_tokens` is the MAE-style selection used by masked modelling: the encoder gets only the
+visible tokens (masked ones are not in its input at all).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from training.models.cma_clip import Block, HeadConfig, TaskHead
+
+TEXT, IMAGE = 0, 1
+
+
+class MoMoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str = "momo"
+    description: str = ""
+    width: int = 64
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    image_size: int = 64
+    patch_size: int = 16
+    # decoders used only by pre-training (discarded afterwards)
+    decoder_width: int = 48
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+    head: HeadConfig = HeadConfig()
+    preprocess: dict = {}
+    vocab_size: int = 1000
+    use_mwa: bool = True
+    modality_specific_layernorm: bool = False  # MS-CLIP: shared weights, per-modality LayerNorms
+
+
+class SharedEncoder(nn.Module):
+    def __init__(self, cfg: MoMoConfig, max_text_len: int, pad_token_id: int = 0):
+        super().__init__()
+        d, p = cfg.width, cfg.patch_size
+        self.cfg = cfg
+        self.n_patches = (cfg.image_size // p) ** 2
+        self.tok_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=pad_token_id)
+        self.txt_pos = nn.Parameter(torch.randn(1, max_text_len, d) * 0.02)
+        self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
+        self.img_pos = nn.Parameter(torch.randn(1, self.n_patches, d) * 0.02)
+        self.type_emb = nn.Parameter(torch.randn(2, d) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.num_layers))
+        self.ln = nn.LayerNorm(d)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.tok_embed(input_ids) + self.txt_pos[:, : input_ids.shape[1]] + self.type_emb[TEXT]
+
+    def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)
+        return x + self.img_pos + self.type_emb[IMAGE]
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S, D] (already embedded), keep [B, S] bool -> [B, 1 + S, D] with [CLS] first."""
+        b = tokens.shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
+        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], 1)
+        for blk in self.blocks:
+            x = blk(x, keep)
+        return self.ln(x)
+
+
+def visible_tokens(x: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather the visible tokens of each row to the front (MAE-style removal of masked tokens).
+
+    x [B, S, D], visible [B, S] bool -> (x_vis [B, K, D], keep [B, K], index [B, K]) where K is the
+    largest visible count in the batch; slots past a row's count are zeros with keep False, so no
+    masked token's content reaches the encoder.
+    """
+    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)
+    k = int(visible.sum(1).max())
+    idx = order[:, :k]
+    keep = torch.gather(visible, 1, idx)
+    x_vis = torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1])) * keep[..., None]
+    return x_vis, keep, idx
+
+
+class MoMoClassifier(nn.Module):
+    """Shared encoder + per-task modality-wise attention heads, with CMA-CLIP's forward signature."""
+
+    family = "momo"
+
+    def __init__(self, cfg: MoMoConfig, n_classes: list[int], *, pad_token_id: int = 0, bos_token_id: int = 2,
+                 eos_token_id: int = 3, **_):
+        super().__init__()
+        self.cfg = cfg
+        self.max_text_len = int(cfg.preprocess.get("max_text_len", 32))
+        self.token_spec = {"vocab_size": cfg.vocab_size, "pad_token_id": pad_token_id,
+                           "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
+        self.encoder = SharedEncoder(cfg, self.max_text_len, pad_token_id)
+        self.heads = nn.ModuleList(TaskHead(cfg.width, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
+
+    # parameter groups for the three fine-tuning stages (the encoder plays the towers' part)
+    def tower_modules(self) -> list[nn.Module]:
+        return [self.encoder]
+
+    def tower_parameters(self):
+        return list(self.encoder.parameters())
+
+    def head_parameters(self):
+        return list(self.heads.parameters())
+
+    def encode(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+        tp, ip = text_present.float(), image_present.float()
+        t = self.encoder.embed_text(input_ids)
+        v = self.encoder.embed_image(pixel_values)
+        tkeep = attention_mask.bool() & (tp[:, None] > 0)
+        vkeep = (ip[:, None] > 0).expand(-1, v.shape[1])
+        out = self.encoder(torch.cat([t, v], 1), torch.cat([tkeep, vkeep], 1))
+        lt = t.shape[1]
+        text_out, image_out = out[:, 1 : 1 + lt], out[:, 1 + lt :]
+        tw = tkeep.to(out.dtype)[..., None]
+        vw = vkeep.to(out.dtype)[..., None]
+        t_feat = (text_out * tw).sum(1) / tw.sum(1).clamp(min=1.0)
+        i_feat = (image_out * vw).sum(1) / vw.sum(1).clamp(min=1.0)
+        return t_feat, i_feat, tp, ip
+
+    def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+        t_feat, i_feat, tp, ip = self.encode(input_ids, attention_mask, pixel_values, text_present, image_present)
+        return [h(t_feat, i_feat, tp, ip, self.cfg.use_mwa) for h in self.heads]
