@@ -41,6 +41,15 @@ def cmd_train(a) -> None:
     train(cfg)
 
 
+def cmd_pretrain(a) -> None:
+    _need_training_extra()
+    from training.pretrain import PretrainConfig, pretrain
+
+    fields = PretrainConfig.model_fields
+    pretrain(PretrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None},
+                            progress=not a.quiet))
+
+
 def cmd_eval(a) -> None:
     _need_training_extra()
     from training.evaluate import evaluate
@@ -141,12 +150,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability of hiding the title or the image of a training item (default 0.1)")
     t.add_argument("--no-mwa", action="store_true", help="ablation: plain average instead of modality-wise attention")
     t.add_argument("--no-swa", action="store_true", help="ablation: towers' [CLS] outputs, no sequence-wise attention")
+    t.add_argument("--fusion", choices=["mwa", "tirg"],
+                   help="how title and image features meet before the heads: modality-wise attention (default) "
+                        "or text-image residual gating (LiT-TIRG)")
+    t.add_argument("--lock-image", action="store_true",
+                   help="locked-image tuning: the image tower (MoMo: the image input embedding) never trains")
+    t.add_argument("--modality-specific-layernorm", action="store_true",
+                   help="MoMo: shared attention/MLP weights, per-modality LayerNorms (MS-CLIP)")
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("pretrain", help="MoMo's three-stage self-supervised pre-training (no labels needed)")
+    r.add_argument("--family", default="momo", choices=["momo"])
+    r.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id, title, image (labels unused)")
+    r.add_argument("--out", required=True, help="folder for the pre-trained encoder")
+    r.add_argument("--config", help="momo-tiny (default), momo-base or a JSON file")
+    r.add_argument("--split", choices=["train", "val", "test"],
+                   help="use only this id-hash split (e.g. train, to keep evaluation products unseen)")
+    for st, what in ((1, "MIM"), (2, "MIM + MLM"), (3, "MLM + cross-modal masking + contrastive + matching")):
+        r.add_argument(f"--stage{st}-steps", type=int, help=f"steps of stage {st}: {what} (default 100; 0 skips)")
+    r.add_argument("--batch-size", type=int, help="default 32")
+    r.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    r.add_argument("--mim-ratio", type=float, help="masked share of patches (default 0.75)")
+    r.add_argument("--mlm-ratio", type=float, help="masked share of title tokens (default 0.15)")
+    r.add_argument("--cmm-ratio", type=float, help="masked share of both in cross-modal masking (default 0.75)")
+    r.add_argument("--modality-specific-layernorm", action="store_true", help="per-modality LayerNorms (MS-CLIP)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_pretrain)
 
     e = sub.add_parser("eval", help="accuracy, macro-F1, recall@precision; calibrate per-class thresholds")
     e.add_argument("--checkpoint", required=True)

@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
     modality_dropout: float = Field(0.1, ge=0.0, le=1.0)
     no_mwa: bool = False
     no_swa: bool = False
+    fusion: str = Field("mwa", pattern="^(mwa|tirg)$")
+    lock_image: bool = False
+    modality_specific_layernorm: bool = False
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0
@@ -92,13 +95,30 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
 
         if cfg.no_swa:
             raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
-        if cfg.init_from:
-            raise ValueError("--init-from with --family momo needs a MoMo pre-training folder; "
-                             "`attrx pretrain` is not available yet")
-        mcfg = mcfg.model_copy(update={"use_mwa": not cfg.no_mwa, "vocab_size": vocab})
+        update = {"use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion}
+        if cfg.init_from:  # a folder written by `attrx pretrain --family momo`
+            from safetensors.torch import load_file
+
+            from training.models.momo import MoMoConfig
+
+            src = json.loads((Path(cfg.init_from) / "config.json").read_text())
+            if src.get("kind") != "pretrained-encoder" or src.get("family") != "momo":
+                raise ValueError(f"--init-from {cfg.init_from}: not a MoMo pre-training folder (made by attrx pretrain)")
+            mcfg = MoMoConfig.model_validate(src["model"]).model_copy(update=update)
+            model = MoMoClassifier(mcfg, n_classes, **special)
+            missing, unexpected = model.load_state_dict(load_file(str(Path(cfg.init_from) / "model.safetensors")),
+                                                        strict=False)
+            if unexpected or any(not k.startswith("heads.") for k in missing):
+                raise ValueError(f"--init-from {cfg.init_from}: encoder weights do not fit "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            return model, PreprocessConfig.model_validate(src["preprocess"])
+        update.update(vocab_size=vocab, modality_specific_layernorm=cfg.modality_specific_layernorm)
+        mcfg = mcfg.model_copy(update=update)
         pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
         return MoMoClassifier(mcfg, n_classes, **special), pre
-    mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa})
+    if cfg.modality_specific_layernorm:
+        raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
+    mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion})
     if cfg.init_from:
         from transformers import CLIPTextModel, CLIPVisionModel
 
@@ -172,7 +192,7 @@ def _validate(model, data: Encoded, idx: np.ndarray) -> tuple[float, list[float 
     return loss, accs
 
 
-def _trainable(model: CMAClip, stage: str) -> list[torch.nn.Parameter]:
+def _trainable(model: CMAClip, stage: str, lock_image: bool = False) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(stage == "e2e")
     if stage == "warmup":
@@ -182,6 +202,9 @@ def _trainable(model: CMAClip, stage: str) -> list[torch.nn.Parameter]:
     elif stage == "tune":
         for p in model.head_parameters():
             p.requires_grad_(True)
+    if lock_image:  # locked-image tuning: the image tower never trains
+        for p in model.image_tower_parameters():
+            p.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -247,7 +270,7 @@ def train(cfg: TrainConfig) -> Path:
         epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
         if epochs == 0:
             continue
-        params = _trainable(model, stage)
+        params = _trainable(model, stage, cfg.lock_image)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))

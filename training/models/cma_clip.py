@@ -63,6 +63,7 @@ class ModelConfig(BaseModel):
     vocab_size: int = 1000
     use_swa: bool = True
     use_mwa: bool = True
+    head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
 
 
 def load_config(name_or_path: str):
@@ -125,6 +126,33 @@ class TaskHead(nn.Module):
         return self.mlp(feat), torch.stack([lam, 1.0 - lam], dim=-1)
 
 
+class TirgHead(nn.Module):
+    """Text-image residual gating (TIRG, Vo et al. 2019; the LiT-TIRG paper's fusion) before the MLP:
+    f = w_g * sigmoid(G([I; T])) * I + w_r * R([I; T]). It has no learned modality weights: the
+    reported weights only say which modalities were present (0.5/0.5 with both)."""
+
+    def __init__(self, width: int, hidden: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, width))
+        self.res = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, width))
+        self.w = nn.Parameter(torch.tensor([1.0, 0.1]))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool):
+        cat = torch.cat([i, t], -1)
+        fused = self.w[0] * torch.sigmoid(self.gate(cat)) * i + self.w[1] * self.res(cat)
+        both = (tp * ip)[:, None]
+        feat = both * fused + (1.0 - both) * (tp[:, None] * t + ip[:, None] * i)  # one modality: use it alone
+        lam = both[:, 0] * 0.5 + (1.0 - both[:, 0]) * tp
+        return self.mlp(feat), torch.stack([lam, 1.0 - lam], dim=-1)
+
+
+def make_head(fusion: str, width: int, hidden: int, n_classes: int, dropout: float) -> nn.Module:
+    if fusion == "tirg":
+        return TirgHead(width, hidden, n_classes, dropout)
+    return TaskHead(width, hidden, n_classes, dropout)
+
+
 class CMAClip(nn.Module):
     def __init__(
         self,
@@ -158,7 +186,7 @@ class CMAClip(nn.Module):
         f = cfg.fusion
         self.blocks = nn.ModuleList(Block(d, f.num_heads, f.mlp_ratio, f.dropout) for _ in range(f.num_layers))
         self.ln = nn.LayerNorm(d)
-        self.heads = nn.ModuleList(TaskHead(d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
+        self.heads = nn.ModuleList(make_head(cfg.head_fusion, d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
 
     family = "cma-clip"
 
@@ -174,6 +202,9 @@ class CMAClip(nn.Module):
 
     def tower_parameters(self):
         return [*self.text.parameters(), *self.vision.parameters()]
+
+    def image_tower_parameters(self):
+        return list(self.vision.parameters())
 
     def head_parameters(self):
         return list(self.heads.parameters())

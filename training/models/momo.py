@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.models.cma_clip import Block, HeadConfig, TaskHead
+from training.models.cma_clip import Block, HeadConfig, make_head
 
 TEXT, IMAGE = 0, 1
 
@@ -43,7 +43,36 @@ class MoMoConfig(BaseModel):
     preprocess: dict = {}
     vocab_size: int = 1000
     use_mwa: bool = True
+    head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
     modality_specific_layernorm: bool = False  # MS-CLIP: shared weights, per-modality LayerNorms
+
+
+class SharedBlock(Block):
+    """A pre-norm transformer block shared by all modalities. With `modality_specific_layernorm`
+    (MS-CLIP's finding), attention and MLP weights stay shared but each modality has its own
+    LayerNorms; `modality` [B, S] says which one a token takes (0 text and [CLS], 1 image)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float, modality_specific_ln: bool):
+        super().__init__(width, heads, mlp_ratio, dropout)
+        self.specific = modality_specific_ln
+        if modality_specific_ln:
+            self.ln1_img = nn.LayerNorm(width)
+            self.ln2_img = nn.LayerNorm(width)
+
+    def _norm(self, ln, ln_img, x, is_img):
+        return torch.where(is_img, ln_img(x), ln(x)) if self.specific else ln(x)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        b, s, d = x.shape
+        is_img = (modality == IMAGE)[..., None] if (self.specific and modality is not None) else None
+        if is_img is None and self.specific:
+            is_img = torch.zeros(b, s, 1, dtype=torch.bool, device=x.device)
+        h = self._norm(self.ln1, getattr(self, "ln1_img", None), x, is_img)
+        q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        bias = (1.0 - keep.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min
+        attn = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
+        return x + self.drop(self.mlp(self._norm(self.ln2, getattr(self, "ln2_img", None), x, is_img)))
 
 
 class SharedEncoder(nn.Module):
@@ -58,7 +87,8 @@ class SharedEncoder(nn.Module):
         self.img_pos = nn.Parameter(torch.randn(1, self.n_patches, d) * 0.02)
         self.type_emb = nn.Parameter(torch.randn(2, d) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(SharedBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.dropout,
+                                                cfg.modality_specific_layernorm) for _ in range(cfg.num_layers))
         self.ln = nn.LayerNorm(d)
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -68,13 +98,20 @@ class SharedEncoder(nn.Module):
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)
         return x + self.img_pos + self.type_emb[IMAGE]
 
-    def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """tokens [B, S, D] (already embedded), keep [B, S] bool -> [B, 1 + S, D] with [CLS] first."""
+    def image_parameters(self) -> list[nn.Parameter]:
+        """The image-specific input embedding (what --lock-image freezes in a shared encoder)."""
+        return [*self.patch_embed.parameters(), self.img_pos]
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, S, D] (already embedded), keep [B, S] bool, modality [B, S] (0 text, 1 image;
+        needed for modality-specific LayerNorms) -> [B, 1 + S, D] with [CLS] first."""
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
         keep = torch.cat([torch.ones_like(keep[:, :1]), keep], 1)
+        if modality is not None:
+            modality = torch.cat([torch.full_like(modality[:, :1], TEXT), modality], 1)
         for blk in self.blocks:
-            x = blk(x, keep)
+            x = blk(x, keep, modality)
         return self.ln(x)
 
 
@@ -106,7 +143,11 @@ class MoMoClassifier(nn.Module):
         self.token_spec = {"vocab_size": cfg.vocab_size, "pad_token_id": pad_token_id,
                            "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
         self.encoder = SharedEncoder(cfg, self.max_text_len, pad_token_id)
-        self.heads = nn.ModuleList(TaskHead(cfg.width, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
+        self.heads = nn.ModuleList(make_head(cfg.head_fusion, cfg.width, cfg.head.hidden, n, cfg.head.dropout)
+                                   for n in n_classes)
+
+    def image_tower_parameters(self):
+        return self.encoder.image_parameters()
 
     # parameter groups for the three fine-tuning stages (the encoder plays the towers' part)
     def tower_modules(self) -> list[nn.Module]:
@@ -124,7 +165,9 @@ class MoMoClassifier(nn.Module):
         v = self.encoder.embed_image(pixel_values)
         tkeep = attention_mask.bool() & (tp[:, None] > 0)
         vkeep = (ip[:, None] > 0).expand(-1, v.shape[1])
-        out = self.encoder(torch.cat([t, v], 1), torch.cat([tkeep, vkeep], 1))
+        modality = torch.cat([torch.full(tkeep.shape, TEXT, device=t.device),
+                              torch.full(vkeep.shape, IMAGE, device=t.device)], 1)
+        out = self.encoder(torch.cat([t, v], 1), torch.cat([tkeep, vkeep], 1), modality)
         lt = t.shape[1]
         text_out, image_out = out[:, 1 : 1 + lt], out[:, 1 + lt :]
         tw = tkeep.to(out.dtype)[..., None]
@@ -136,3 +179,37 @@ class MoMoClassifier(nn.Module):
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         t_feat, i_feat, tp, ip = self.encode(input_ids, attention_mask, pixel_values, text_present, image_present)
         return [h(t_feat, i_feat, tp, ip, self.cfg.use_mwa) for h in self.heads]
+
+
+class MAEDecoder(nn.Module):
+    """A light decoder (MAE-style): encoder outputs of the visible tokens are put back in place, the
+    masked places get a learned [MASK] embedding, and a few transformer blocks predict every place."""
+
+    def __init__(self, enc_width: int, width: int, layers: int, heads: int, seq_len: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(enc_width, width)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, seq_len, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads, 2, 0.0) for _ in range(layers))
+        self.ln = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, enc_vis: torch.Tensor, idx: torch.Tensor, keep: torch.Tensor, seq_len: int) -> torch.Tensor:
+        b = enc_vis.shape[0]
+        y = self.proj(enc_vis)
+        full = self.mask_token.expand(b, seq_len, -1).clone()
+        # only real visible slots go back in place (padding slots would overwrite masked places)
+        src = torch.where(keep[..., None], y, full.gather(1, idx[..., None].expand(-1, -1, y.shape[-1])))
+        full = full.scatter(1, idx[..., None].expand(-1, -1, y.shape[-1]), src)
+        x = full + self.pos[:, :seq_len]
+        ones = torch.ones(b, seq_len, dtype=torch.bool, device=x.device)
+        for blk in self.blocks:
+            x = blk(x, ones)
+        return self.out(self.ln(x))
+
+
+def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, N, p*p*3], in the patch order of the encoder's patch embedding."""
+    b, c, h, w = pixels.shape
+    x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
