@@ -16,7 +16,7 @@ DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test lint serve demo-bundle bench bench-serve clean
+.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-families clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -24,6 +24,7 @@ help:
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
+	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make lint         ruff"
 
 $(PY):
@@ -65,3 +66,6 @@ clean:
 
 bench-serve: demo-bundle
 	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
+
+bench-families: demo-bundle
+	$(PY) benchmarks/families.py --catalog $(DEMO_DIR)/data/catalog.csv --out build/families --markdown
