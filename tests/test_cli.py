@@ -97,6 +97,19 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
                                clip.text_model.embeddings.token_embedding.weight)
     torch.testing.assert_close(ck.model.vision.embeddings.patch_embedding.weight,
                                clip.vision_model.embeddings.patch_embedding.weight)
+    # and the model made from it goes all the way: eval -> export -> a real server answers
+    import httpx
+
+    from tests.conftest import Server
+
+    main(["eval", "--checkpoint", str(out), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
+    main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "bundle")])
+    server = Server(tmp_path / "bundle")
+    try:
+        r = httpx.post(server.url + "/v1/extract", json={"title": "Nimbus Men Blue Cap"}, timeout=10)
+        assert r.status_code == 200 and r.json()["predictions"]["colour"]["modality_weights"]["text"] == 1.0
+    finally:
+        server.stop()
 
 
 def test_cli_errors_are_clear(demo_catalog, tmp_path, capsys):

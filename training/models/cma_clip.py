@@ -184,7 +184,9 @@ class CMAClip(nn.Module):
         self.proj_v = nn.Linear(dv, d)
         self.type_emb = nn.Parameter(torch.randn(2, d) * 0.02)
         f = cfg.fusion
-        self.blocks = nn.ModuleList(Block(d, f.num_heads, f.mlp_ratio, f.dropout) for _ in range(f.num_layers))
+        # --no-swa: no sequence-wise attention blocks at all (not just unused ones)
+        self.blocks = nn.ModuleList(Block(d, f.num_heads, f.mlp_ratio, f.dropout)
+                                    for _ in range(f.num_layers if cfg.use_swa else 0))
         self.ln = nn.LayerNorm(d)
         self.heads = nn.ModuleList(make_head(cfg.head_fusion, d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
 
