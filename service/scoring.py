@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,12 +152,9 @@ def _prepare(task: tuple[int, str, str | None, str | None]):
         return line, pid, None, str(e)
 
 
-class _Stop(Exception):
-    pass
+def _prepare_chunk(tasks: list) -> list:
+    return [_prepare(t) for t in tasks]
 
-
-def _raise_stop(signum, frame):
-    raise _Stop
 
 
 def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
@@ -188,13 +186,17 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     for e in cat.errors:
         errors_f.write(json.dumps(e.to_json()) + "\n")
     scored, failed, interrupted = 0, len(cat.errors), False
-    old_term = signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
+    # own locked sections and deadlock pool.terminate(); the loop below stops at a clean point.
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
 
-    def tasks() -> Iterator:
-        for p in todo:
-            yield p.line, p.id, p.title, str(p.image) if p.image else None
+    def chunks(size: int = 8) -> Iterator[list]:
+        # chunked by hand: Pool.imap's own chunking returns a plain generator without next(timeout)
+        for s in range(0, len(todo), size):
+            yield [(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo[s : s + size]]
 
     def flush(batch: list) -> None:
         nonlocal scored
@@ -203,25 +205,33 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
         scored += len(batch)
         bar.update(len(batch))
 
+    batch: list = []
     try:
-        batch: list = []
-        for line, pid, inputs, err in pool.imap(_prepare, tasks(), chunksize=8):
-            if err is not None:
-                errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")
-                errors_f.flush()
-                failed += 1
-                bar.update(1)
+        results = pool.imap(_prepare_chunk, chunks())
+        while not stop.is_set():
+            try:
+                chunk = results.next(timeout=0.2)
+            except mp.TimeoutError:
                 continue
-            batch.append((pid, inputs))
-            if len(batch) >= batch_size:
-                flush(batch)
-                batch = []
-        if batch:
+            except StopIteration:
+                break
+            for line, pid, inputs, err in chunk:
+                if err is not None:
+                    errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")
+                    errors_f.flush()
+                    failed += 1
+                    bar.update(1)
+                    continue
+                batch.append((pid, inputs))
+                if len(batch) >= batch_size:
+                    flush(batch)
+                    batch = []
+        if batch:  # already decoded: score it, also when stopping
             flush(batch)
-    except (KeyboardInterrupt, _Stop):
-        interrupted = True
+        interrupted = stop.is_set()
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
         bar.close()
         pool.terminate()
         writer.close()
