@@ -55,7 +55,8 @@ def cmd_eval(a) -> None:
     from training.evaluate import evaluate
 
     evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
-             progress=not a.quiet)
+             progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
+             strip_label_words=a.strip_label_words or [], report=a.report)
 
 
 def cmd_export(a) -> None:
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fusion", choices=["mwa", "tirg"],
                    help="how title and image features meet before the heads: modality-wise attention (default) "
                         "or text-image residual gating (LiT-TIRG)")
+    t.add_argument("--inputs", choices=["both", "text", "image"],
+                   help="single-modality baselines: a text-only (image-only) model ignores every image (title), "
+                        "also when served (default both)")
     t.add_argument("--lock-image", action="store_true",
                    help="locked-image tuning: the image tower (MoMo: the image input embedding) never trains")
     t.add_argument("--modality-specific-layernorm", action="store_true",
@@ -192,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target precisions (default 0.90,0.95)")
     e.add_argument("--min-positives", type=int, default=5,
                    help="classes with fewer positives (val or test) are left out of macro recall (default 5)")
+    e.add_argument("--split", choices=["test", "all"], default="test",
+                   help="test: the checkpoint's own test split, thresholds calibrated on its validation split "
+                        "(default); all: every row of any catalog with the same attribute columns, at the "
+                        "checkpoint's calibrated thresholds")
+    e.add_argument("--drop-title", action="store_true", help="condition: evaluate with the titles removed")
+    e.add_argument("--drop-image", action="store_true", help="condition: evaluate with the images removed")
+    e.add_argument("--strip-label-words", type=_csv_list, metavar="ATTR[,ATTR]",
+                   help="condition: remove every class name of these attributes from the titles (e.g. colour)")
+    e.add_argument("--report", help="also write figures and a Markdown summary (summary.md) into this folder")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 

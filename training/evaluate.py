@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from service.catalog import read_catalog
 from training import metrics as M
 from training.checkpoint import CALIBRATION, METRICS, load_checkpoint
-from training.data import IGNORE, encode_catalog
+from training.data import IGNORE, encode_catalog, split_of
 from training.train import predict
 
 
@@ -26,57 +27,135 @@ def _title_names(title: str | None, label: str) -> bool:
     return re.search(rf"\b{re.escape(label.lower())}\b", title.lower()) is not None
 
 
+def strip_words(title: str | None, words: list[str]) -> str | None:
+    """Remove whole-word, case-insensitive occurrences of `words` (longest first) from a title."""
+    if not title:
+        return title
+    for w in sorted(words, key=len, reverse=True):
+        title = re.sub(rf"(?<!\w){re.escape(w)}(?!\w)", " ", title, flags=re.IGNORECASE)
+    return " ".join(title.split()) or None
+
+
 def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | None = None,
-             targets: list[float] = (0.90, 0.95), min_positives: int = 5, progress: bool = True) -> dict:
+             targets: list[float] = (0.90, 0.95), min_positives: int = 5, progress: bool = True,
+             split: str = "test", drop_title: bool = False, drop_image: bool = False,
+             strip_label_words: list[str] = (), report: str | Path | None = None) -> dict:
+    """split="test": thresholds calibrated on the checkpoint's validation split, figures on its test
+    split (the catalog it was trained on). split="all": every row of any catalog with the same
+    attribute columns, at the thresholds the checkpoint was calibrated with. drop_title /
+    drop_image / strip_label_words change the evaluated rows only (test conditions)."""
     ck = load_checkpoint(checkpoint)
-    out = Path(out) if out else ck.path
-    out.mkdir(parents=True, exist_ok=True)
     attrs = ck.attributes
-    split = ck.meta.get("split", {})
+    if split not in ("test", "all"):
+        raise ValueError(f"split must be 'test' or 'all', got {split!r}")
+    if drop_title and drop_image:
+        raise ValueError("--drop-title and --drop-image together leave nothing to predict from")
+    unknown = [a for a in strip_label_words if a not in ck.classes]
+    if unknown:
+        raise ValueError(f"--strip-label-words {unknown}: the model has no such attribute ({', '.join(attrs)})")
+    conditioned = bool(drop_title or drop_image or strip_label_words)
+    custom = conditioned or split == "all"
+    if out is None:
+        tag = "-".join(["all" if split == "all" else "test", Path(catalog).stem]
+                       + (["no-title"] if drop_title else []) + (["no-image"] if drop_image else [])
+                       + [f"no-{a}-words" for a in strip_label_words])
+        out = ck.path / "eval" / tag if custom else ck.path
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sp = ck.meta.get("split", {})
     cat = read_catalog(catalog, attrs)
-    data, img_errors = encode_catalog(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress, **split)
-    va, te = data.indices("val"), data.indices("test")
-    if len(va) == 0 or len(te) == 0:
-        raise ValueError(f"{catalog}: the validation ({len(va)}) or test ({len(te)}) split is empty")
-    p_val, _ = predict(ck.model, data, va)
-    p_test, w_test = predict(ck.model, data, te)
+    words = [w for a in strip_label_words for w in ck.classes[a]]
+    kept, excluded = [], 0
+    for p in cat.products:
+        if conditioned and (split == "all" or split_of(p.id, **sp) == "test"):
+            title = None if drop_title else strip_words(p.title, words) if words else p.title
+            image = None if drop_image else p.image
+            if title is None and image is None:
+                excluded += 1  # nothing left to predict from under this condition
+                continue
+            p = replace(p, title=title, image=image)
+        kept.append(p)
+    cat.products = kept
+    data, img_errors = encode_catalog(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress, **sp)
+    if split == "all":
+        ev = np.arange(len(data))
+        calib_file = ck.path / CALIBRATION
+        if not calib_file.is_file():
+            raise FileNotFoundError(f"{calib_file} is missing: evaluate the checkpoint on its own catalog first "
+                                    "(attrx eval --checkpoint ... --catalog TRAINING_CATALOG) to calibrate thresholds")
+        calib_saved = json.loads(calib_file.read_text())
+        targets = calib_saved["precision_targets"]
+        va = np.array([], dtype=int)
+    else:
+        va, ev = data.indices("val"), data.indices("test")
+        if len(va) == 0 or len(ev) == 0:
+            raise ValueError(f"{catalog}: the validation ({len(va)}) or test ({len(ev)}) split is empty; "
+                             "for a catalog the model was not trained on, use --split all")
+    p_eval, w_eval = predict(ck.model, data, ev)
+    p_val = predict(ck.model, data, va)[0] if len(va) else None
 
     targets = sorted(float(t) for t in targets)
-    calibration, report = {}, {}
+    calibration, results = {}, {}
     for j, a in enumerate(attrs):
-        y_val, y_test = data.labels[va, j], data.labels[te, j]
-        lab_val = y_val != IGNORE
-        calibration[a] = M.calibrate(p_val[j][lab_val], y_val[lab_val], targets)
-        lab = y_test != IGNORE
-        pt, yt, wt = p_test[j][lab], y_test[lab], w_test[j][lab]
-        prods = [data.products[i] for i in te[lab]]
+        if split == "all":
+            calibration[a] = calib_saved["thresholds"][a]
+        else:
+            y_val = data.labels[va, j]
+            lab_val = y_val != IGNORE
+            calibration[a] = M.calibrate(p_val[j][lab_val], y_val[lab_val], targets)
+        y = data.labels[ev, j]
+        lab = y != IGNORE
+        pt, yt, wt = p_eval[j][lab], y[lab], w_eval[j][lab]
+        prods = [data.products[i] for i in ev[lab]]
         both = np.array([p.title is not None and p.image is not None for p in prods], dtype=bool)
-        # products whose title does not name their label: what the image has to carry
         unnamed = np.array([not _title_names(p.title, p.labels[a]) for p in prods], dtype=bool)
-        val_pos = np.bincount(y_val[y_val >= 0], minlength=len(ck.classes[a]))
-        report[a] = {
+        seen = yt >= 0
+        unseen_counts: dict[str, int] = {}
+        for p, ok in zip(prods, seen, strict=True):
+            if not ok:
+                unseen_counts[p.labels[a]] = unseen_counts.get(p.labels[a], 0) + 1
+        if split == "all":
+            pos_ref = np.bincount(yt[seen], minlength=len(ck.classes[a]))
+        else:
+            y_val = data.labels[va, j]
+            pos_ref = np.bincount(y_val[y_val >= 0], minlength=len(ck.classes[a]))
+        results[a] = {
             "n_test": int(lab.sum()),
             "accuracy": M.accuracy(pt, yt),
             "macro_f1": M.macro_f1(pt, yt),
             "accuracy_title_lacks_label": M.accuracy(pt[unnamed], yt[unnamed]) if unnamed.any() else None,
             "n_title_lacks_label": int(unnamed.sum()),
             "mean_image_weight": float(wt[both, 1].mean()) if both.any() else None,
+            # labels the model has no class for: counted wrong above, and listed here
+            "unseen_labels": {"count": int((~seen).sum()),
+                              "labels": dict(sorted(unseen_counts.items(), key=lambda kv: -kv[1])[:20])},
+            "accuracy_seen_labels": M.accuracy(pt[seen], yt[seen]) if seen.any() else None,
             "recall_at_precision": {
-                f"{t:.2f}": M.recall_report(pt, yt, calibration[a][f"{t:.2f}"], ck.classes[a], val_pos, min_positives)
+                f"{t:.2f}": M.recall_report(pt, yt, calibration[a][f"{t:.2f}"], ck.classes[a], pos_ref, min_positives)
                 for t in targets
             },
         }
         _plot(out / f"pr_{a}.png", a, pt, yt, calibration[a])
+        results[a]["_image_weights"] = wt[both, 1]
 
+    weights = {a: r.pop("_image_weights") for a, r in results.items()}
     result = {
-        "checkpoint": str(ck.path), "catalog": str(catalog),
-        "splits": {"val": len(va), "test": len(te)}, "rows_skipped": len(cat.errors) + len(img_errors),
-        "precision_targets": targets, "attributes": report,
+        "checkpoint": str(ck.path), "catalog": str(catalog), "split": split,
+        "conditions": {"drop_title": drop_title, "drop_image": drop_image, "strip_label_words": list(strip_label_words),
+                       "rows_excluded_nothing_left": excluded},
+        "splits": {"val": int(len(va)), "test": int(len(ev))}, "rows_skipped": len(cat.errors) + len(img_errors),
+        "precision_targets": targets, "attributes": results,
     }
     (out / METRICS).write_text(json.dumps(result, indent=2))
-    (out / CALIBRATION).write_text(json.dumps({"precision_targets": targets, "thresholds": calibration}, indent=2))
+    if not custom:  # only the plain evaluation on the training catalog (re)calibrates the checkpoint
+        (out / CALIBRATION).write_text(json.dumps({"precision_targets": targets, "thresholds": calibration}, indent=2))
     _print_table(result)
-    print(f"metrics: {out / METRICS}; thresholds: {out / CALIBRATION}; plots: {out}/pr_*.png")
+    if report:
+        from training.report import write_report
+
+        write_report(result, weights, Path(report), pr_dir=out)
+    print(f"metrics: {out / METRICS}" + ("" if custom else f"; thresholds: {out / CALIBRATION}")
+          + f"; plots: {out}/pr_*.png" + (f"; report: {report}/summary.md" if report else ""))
     return result
 
 

@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     no_mwa: bool = False
     no_swa: bool = False
     fusion: str = Field("mwa", pattern="^(mwa|tirg)$")
+    inputs: str = Field("both", pattern="^(both|text|image)$")
     lock_image: bool = False
     modality_specific_layernorm: bool = False
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
@@ -95,7 +96,7 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
 
         if cfg.no_swa:
             raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
-        update = {"use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion}
+        update = {"use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion, "inputs": cfg.inputs}
         if cfg.init_from:  # a folder written by `attrx pretrain --family momo`
             from safetensors.torch import load_file
 
@@ -118,7 +119,8 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
         return MoMoClassifier(mcfg, n_classes, **special), pre
     if cfg.modality_specific_layernorm:
         raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
-    mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion})
+    mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion,
+                                   "inputs": cfg.inputs})
     if cfg.init_from:
         from transformers import CLIPTextModel, CLIPVisionModel
 
@@ -258,6 +260,12 @@ def train(cfg: TrainConfig) -> Path:
     errors = sorted([*catalog.errors, *img_errors], key=lambda e: e.line)
     write_errors(errors, out / "catalog_errors.jsonl")
     tr, va = data.indices("train"), data.indices("val")
+    if cfg.inputs != "both":  # single-modality baseline: train only on items that have that modality
+        present = data.arrays["text_present" if cfg.inputs == "text" else "image_present"] > 0
+        tr = tr[present[tr]]
+        if cfg.modality_dropout:
+            print(f"--inputs {cfg.inputs}: modality dropout does not apply and is off")
+            cfg = cfg.model_copy(update={"modality_dropout": 0.0})
     print(f"catalog: {len(data)} products used ({len(tr)} train, {len(va)} val, {len(data.indices('test'))} test), "
           f"{len(errors)} rows skipped" + (f" (reasons in {out / 'catalog_errors.jsonl'})" if errors else ""))
     if len(va) == 0:

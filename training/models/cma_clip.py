@@ -64,6 +64,7 @@ class ModelConfig(BaseModel):
     use_swa: bool = True
     use_mwa: bool = True
     head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
+    inputs: str = Field("both", pattern="^(both|text|image)$")  # single-modality baselines
 
 
 def load_config(name_or_path: str):
@@ -124,6 +125,15 @@ class TaskHead(nn.Module):
         lam = both * lam + (1.0 - both) * tp  # exactly 1 / 0 when one modality is missing
         feat = lam[:, None] * t + (1.0 - lam)[:, None] * i
         return self.mlp(feat), torch.stack([lam, 1.0 - lam], dim=-1)
+
+
+def apply_inputs(inputs: str, tp: torch.Tensor, ip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A text-only (image-only) model treats every image (title) as absent, in training and serving."""
+    if inputs == "text":
+        return tp, torch.zeros_like(ip)
+    if inputs == "image":
+        return torch.zeros_like(tp), ip
+    return tp, ip
 
 
 class TirgHead(nn.Module):
@@ -213,7 +223,7 @@ class CMAClip(nn.Module):
 
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         """Returns a list (one per task) of (logits [B, C], modality weights [B, 2] = (text, image))."""
-        tp, ip = text_present.float(), image_present.float()
+        tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
         t_out = self.text(input_ids=input_ids, attention_mask=attention_mask)
         v_out = self.vision(pixel_values=pixel_values)
         if self.cfg.use_swa:

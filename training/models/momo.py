@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.models.cma_clip import Block, HeadConfig, make_head
+from training.models.cma_clip import Block, HeadConfig, apply_inputs, make_head
 
 TEXT, IMAGE = 0, 1
 
@@ -44,6 +44,7 @@ class MoMoConfig(BaseModel):
     vocab_size: int = 1000
     use_mwa: bool = True
     head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
+    inputs: str = Field("both", pattern="^(both|text|image)$")  # single-modality baselines
     modality_specific_layernorm: bool = False  # MS-CLIP: shared weights, per-modality LayerNorms
 
 
@@ -160,7 +161,7 @@ class MoMoClassifier(nn.Module):
         return list(self.heads.parameters())
 
     def encode(self, input_ids, attention_mask, pixel_values, text_present, image_present):
-        tp, ip = text_present.float(), image_present.float()
+        tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
         t = self.encoder.embed_text(input_ids)
         v = self.encoder.embed_image(pixel_values)
         tkeep = attention_mask.bool() & (tp[:, None] > 0)
