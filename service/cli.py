@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{stage}-epochs", type=int, help=f"epochs of the {stage} stage (default {ep}; 0 skips it)")
         t.add_argument(f"--{stage}-lr", type=float, help=f"peak learning rate of the {stage} stage (default {lr:g})")
     t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--min-class-count", type=int,
+                   help="labels with fewer training examples fold into one class 'other' (default 0: none)")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
     t.add_argument("--modality-dropout", type=float,
                    help="probability of hiding the title or the image of a training item (default 0.1)")

@@ -89,3 +89,22 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
     b = sess.run(None, other)
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # the ignored input changes nothing
     assert (a[1][:, 0] == (1.0 if inputs == "text" else 0.0)).all()
+
+
+def test_rare_classes_fold_into_other(checkpoint):
+    from service.catalog import Catalog, Product
+    from training.checkpoint import load_checkpoint
+    from training.data import OTHER, encode_catalog, label_maps
+
+    prods = [Product(f"p{i}", f"title {i}", None, {"colour": c}, i + 2)
+             for i, c in enumerate(["red"] * 12 + ["blue"] * 10 + ["teal"] * 3 + ["ochre"])]
+    classes = label_maps(prods, ("colour",), min_count=10)
+    assert classes == {"colour": ["blue", "red", OTHER]}
+    assert label_maps(prods, ("colour",))["colour"] == ["blue", "ochre", "red", "teal"]  # no folding by default
+    ck = load_checkpoint(checkpoint)
+    probe = [*prods[:1], Product("x", "t", None, {"colour": "teal"}, 99), Product("y", "t", None, {"colour": "never"}, 100)]
+    cat = Catalog(checkpoint, probe, [], ("colour",))
+    folded, _ = encode_catalog(cat, ck.tokenizer, ck.preprocess, classes, progress=False, other_for=["colour"])
+    assert folded.labels[:, 0].tolist() == [1, 2, 2]  # red; rare teal and never-seen labels -> other
+    plain, _ = encode_catalog(cat, ck.tokenizer, ck.preprocess, classes, progress=False)
+    assert plain.labels[:, 0].tolist() == [1, -1, -1]  # without folding they are unseen (counted wrong)

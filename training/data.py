@@ -24,13 +24,25 @@ def split_of(product_id: str, val_frac: float = 0.1, test_frac: float = 0.1) -> 
     return "val" if u < 1.0 - test_frac else "test"
 
 
-def label_maps(products: list[Product], attributes: tuple[str, ...]) -> dict[str, list[str]]:
-    """Classes per attribute, sorted, from the given (training) products."""
+OTHER = "other"
+
+
+def label_maps(products: list[Product], attributes: tuple[str, ...], min_count: int = 0) -> dict[str, list[str]]:
+    """Classes per attribute, sorted, from the given (training) products. With min_count, labels seen
+    fewer times fold into one class "other" (appended last); any label outside the kept classes,
+    unseen ones included, then maps to it (see encode_catalog's other_for)."""
     out = {}
     for a in attributes:
-        classes = sorted({p.labels[a] for p in products if p.labels.get(a) is not None})
+        counts: dict[str, int] = {}
+        for p in products:
+            v = p.labels.get(a)
+            if v is not None:
+                counts[v] = counts.get(v, 0) + 1
+        classes = sorted(c for c, n in counts.items() if n >= min_count)
+        if min_count and len(classes) < len(counts):
+            classes = [c for c in classes if c != OTHER] + [OTHER]
         if len(classes) < 2:
-            raise ValueError(f"attribute {a!r} has {len(classes)} distinct label(s) in the training split; need >= 2")
+            raise ValueError(f"attribute {a!r} has {len(classes)} class(es) in the training split; need >= 2")
         out[a] = classes
     return out
 
@@ -61,6 +73,7 @@ def encode_catalog(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     progress: bool = True,
+    other_for: tuple[str, ...] | list[str] = (),
 ) -> tuple[Encoded, list[RowError]]:
     """Decode every image once and tokenise every title. Rows whose image cannot be read are
     returned as errors (with line and reason) and left out; the rest is kept."""
@@ -83,6 +96,7 @@ def encode_catalog(
         for j, a in enumerate(attrs):
             v = p.labels.get(a)
             if v is not None:
-                labels[i, j] = index[a].get(v, UNSEEN)
+                fallback = index[a][OTHER] if a in other_for else UNSEEN
+                labels[i, j] = index[a].get(v, fallback)
     split = np.array([split_of(p.id, val_frac, test_frac) for p in kept], dtype=object)
     return Encoded(kept, arrays, labels, split), errors

@@ -76,7 +76,8 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
             p = replace(p, title=title, image=image)
         kept.append(p)
     cat.products = kept
-    data, img_errors = encode_catalog(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress, **sp)
+    data, img_errors = encode_catalog(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress,
+                                      other_for=ck.meta.get("other_for", []), **sp)
     if split == "all":
         ev = np.arange(len(data))
         calib_file = ck.path / CALIBRATION

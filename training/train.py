@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     tune_epochs: int = Field(2, ge=0)
     tune_lr: float = 5e-4
     batch_size: int = Field(32, ge=1)
+    min_class_count: int = Field(0, ge=0, description="labels with fewer training examples fold into 'other'")
     weight_decay: float = 1e-4
     modality_dropout: float = Field(0.1, ge=0.0, le=1.0)
     no_mwa: bool = False
@@ -235,7 +236,8 @@ def train(cfg: TrainConfig) -> Path:
     train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
     if not train_products:
         raise ValueError(f"{cfg.catalog}: no usable product in the training split")
-    classes = label_maps(train_products, attrs)
+    classes = label_maps(train_products, attrs, cfg.min_class_count)
+    other_for = [a for a in attrs if cfg.min_class_count and classes[a][-1] == "other"]
 
     # tokenizer: given, the pretrained CLIP's, or trained on the training titles
     tok_file = out / TOKENIZER
@@ -256,7 +258,7 @@ def train(cfg: TrainConfig) -> Path:
     tok = load_tokenizer(tok_file, pre.max_text_len)
 
     data, img_errors = encode_catalog(catalog, tok, pre, classes, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                      progress=cfg.progress)
+                                      progress=cfg.progress, other_for=other_for)
     errors = sorted([*catalog.errors, *img_errors], key=lambda e: e.line)
     write_errors(errors, out / "catalog_errors.jsonl")
     tr, va = data.indices("train"), data.indices("val")
@@ -322,6 +324,7 @@ def train(cfg: TrainConfig) -> Path:
     log.close()
 
     meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
+            "other_for": other_for,
             "train_seconds": round(time.time() - t_start, 1),
             "counts": {"train": len(tr), "val": len(va), "test": len(data.indices("test")), "skipped": len(errors)}}
     save_checkpoint(out, model, classes, pre, tok_file, meta)
