@@ -140,6 +140,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         results[a]["_image_weights"] = wt[both, 1]
 
     weights = {a: r.pop("_image_weights") for a, r in results.items()}
+    np.savez_compressed(out / "image_weights.npz", **weights)  # per product, for comparisons across runs
     result = {
         "checkpoint": str(ck.path), "catalog": str(catalog), "split": split,
         "conditions": {"drop_title": drop_title, "drop_image": drop_image, "strip_label_words": list(strip_label_words),

@@ -1,0 +1,317 @@
+"""Real products: a reproducible quality benchmark with ablations and missing-modality conditions.
+
+    python benchmarks/quality.py --catalog ../shared/data/fashion-products/catalog.csv
+
+Protocol (deterministic: fixed seeds, split by a hash of the product id):
+- 80% train / 10% validation (early stopping, threshold calibration) / 10% test (every figure).
+- Per attribute, labels with fewer than --min-class-count (10) training examples fold into `other`.
+- Models, all with the same fine-tuning budget (--epochs): text-only, image-only, CMA-CLIP,
+  CMA-CLIP --no-mwa, CMA-CLIP --no-swa, and MoMo pre-trained on the training split's titles and
+  images (attrx pretrain --split train) then fine-tuned. Multimodal models train with modality
+  dropout, so a missing modality at test time is a case they have seen.
+- Conditions on the test split: (a) titles as they are; (b) every baseColour label word removed
+  from the titles (whole words, case-insensitive); (c) image missing; (d) title missing.
+- Per model, condition and attribute: accuracy, macro-F1, recall at precision 0.90 (with the
+  number of classes counted and unreachable), mean image modality weight.
+- Cross-check: the CMA-CLIP bundle is served by `attrx serve` and `attrx score` scores the test
+  split; its accuracy must equal `attrx eval`'s to 3 decimals.
+
+Writes build/quality/results.json, docs/RESULTS.md and docs/figures/*.png. Never copies the data.
+Run it in the background with its log in a file: about an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CATALOG = ROOT.parent / "shared" / "data" / "fashion-products" / "catalog.csv"
+ATTRS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+CONDITIONS = {
+    "a": ("titles as they are", []),
+    "b": ("colour words removed from titles", ["--strip-label-words", "baseColour"]),
+    "c": ("image missing", ["--drop-image"]),
+    "d": ("title missing", ["--drop-title"]),
+}
+MODELS = {
+    "text-only": ["--inputs", "text"],
+    "image-only": ["--inputs", "image"],
+    "cma-clip": ["--modality-dropout", "{md}"],
+    "cma-clip --no-mwa": ["--no-mwa", "--modality-dropout", "{md}"],
+    "cma-clip --no-swa": ["--no-swa", "--modality-dropout", "{md}"],
+    "momo (pre-trained)": ["--family", "momo", "--init-from", "{pretrained}", "--modality-dropout", "{md}"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def attrx(*args: str, timeout: float | None = None) -> float:
+    exe = str(Path(sys.executable).parent / "attrx")
+    t0 = time.time()
+    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"attrx {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return time.time() - t0
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace("(", "").replace(")", "").replace("--", "").replace("-", "_")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--catalog", default=str(DEFAULT_CATALOG))
+    ap.add_argument("--out", default=str(ROOT / "build" / "quality"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), help="where RESULTS.md and figures/ go")
+    ap.add_argument("--epochs", default="2,24,2", help="warm-up,end-to-end,tuning epochs for every model")
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--modality-dropout", type=float, default=0.3)
+    ap.add_argument("--min-class-count", type=int, default=10)
+    ap.add_argument("--only", help="comma-separated model names (default: all)")
+    a = ap.parse_args()
+    catalog = Path(a.catalog)
+    if not catalog.is_file():
+        print(f"benchmarks/quality.py: no catalog at {catalog}. Point --catalog to the fashion-products "
+              "catalog.csv (it lives outside the repository, in ../shared/data/fashion-products/).", file=sys.stderr)
+        raise SystemExit(2)
+    out, docs = Path(a.out), Path(a.docs)
+    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    warm, e2e, tune = a.epochs.split(",")
+    budget = ["--warmup-epochs", warm, "--e2e-epochs", e2e, "--e2e-lr", "1e-3", "--tune-epochs", tune,
+              "--batch-size", "32", "--min-class-count", str(a.min_class_count), "--quiet"]
+    models = {k: v for k, v in MODELS.items() if not a.only or k in a.only.split(",")}
+    t_all = time.time()
+    timings: dict[str, dict] = {}
+
+    pre_dir = out / "momo-pretrained"
+    if any("{pretrained}" in " ".join(v) for v in models.values()):
+        n = str(a.pretrain_steps)
+        log(f"MoMo pre-training on the training split ({n} steps per stage)...")
+        timings["momo pre-training"] = {"seconds": round(attrx(
+            "pretrain", "--catalog", str(catalog), "--out", str(pre_dir), "--split", "train",
+            "--stage1-steps", n, "--stage2-steps", n, "--stage3-steps", n, "--quiet"), 1)}
+
+    results: dict[str, dict] = {}
+    for name, flags in models.items():
+        ck = out / slug(name)
+        flags = [f.replace("{pretrained}", str(pre_dir)).replace("{md}", str(a.modality_dropout)) for f in flags]
+        log(f"{name}: training")
+        secs = attrx("train", "--catalog", str(catalog), "--attributes", ",".join(ATTRS), "--out", str(ck),
+                     *flags, *budget)
+        timings[name] = {"seconds": round(secs, 1)}
+        log(f"{name}: trained in {secs:.0f}s; evaluating 4 conditions")
+        results[name] = {}
+        for cond, (_, cflags) in CONDITIONS.items():
+            if name == "text-only" and cond == "d" or name == "image-only" and cond == "c":
+                results[name][cond] = None  # nothing left for the model to read
+                continue
+            ev_out = ck / "eval" / f"condition-{cond}"
+            if cond == "a":
+                attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--quiet")
+                src = ck / "metrics.json"
+                ev_out.mkdir(parents=True, exist_ok=True)
+                for f in ck.glob("pr_*.png"):
+                    shutil.copyfile(f, ev_out / f.name)
+                shutil.copyfile(ck / "image_weights.npz", ev_out / "image_weights.npz")
+            else:
+                attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--out", str(ev_out), *cflags,
+                      "--quiet")
+                src = ev_out / "metrics.json"
+            results[name][cond] = json.loads(src.read_text())
+        accs = " ".join(f"{k}={v['accuracy']:.3f}" for k, v in results[name]["a"]["attributes"].items())
+        log(f"{name}: (a) {accs}")
+
+    cross = cross_check(out, catalog) if "cma-clip" in results else None
+    summary = {"catalog": str(catalog), "attributes": ATTRS, "budget": " ".join(budget),
+               "modality_dropout": a.modality_dropout, "timings": timings, "cross_check": cross,
+               "total_seconds": round(time.time() - t_all, 1),
+               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+               "results": {m: {c: (None if r is None else r["attributes"]) for c, r in conds.items()}
+                           for m, conds in results.items()}}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    figures(summary, results, out, docs / "figures")
+    write_results_md(summary, docs / "RESULTS.md", sys.argv[1:])
+    log(f"done in {summary['total_seconds'] / 60:.1f} min: {out / 'results.json'}, {docs / 'RESULTS.md'}")
+
+
+def cross_check(out: Path, catalog: Path) -> dict:
+    """Export the CMA-CLIP run, serve it, and score the test split with attrx score."""
+    import httpx
+
+    from service.catalog import read_catalog
+    from training.data import split_of
+
+    ck, bundle = out / "cma_clip", out / "cma_clip-bundle"
+    attrx("export", "--checkpoint", str(ck), "--out", str(bundle), "--name", "fashion-cma-clip")
+    cfg = json.loads((ck / "config.json").read_text())
+    test = [p for p in read_catalog(catalog, ATTRS).products if split_of(p.id, **cfg["split"]) == "test"]
+    test_csv = out / "test-split.csv"
+    with open(test_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image", *ATTRS])
+        for p in test:
+            w.writerow([p.id, p.title or "", str(p.image) if p.image else "", *(p.labels[x] or "" for x in ATTRS)])
+    scored = out / "test-split-scored.jsonl"
+    scored.unlink(missing_ok=True)
+    attrx("score", str(test_csv), "--bundle", str(bundle), "--out", str(scored), "--quiet")
+    rows = {r["id"]: r for r in map(json.loads, scored.read_text().splitlines())}
+    classes = cfg["attributes"]
+    other_for = set(cfg.get("other_for", []))
+    metrics = json.loads((ck / "metrics.json").read_text())["attributes"]
+    per_attr = {}
+    for x in ATTRS:
+        n = ok = 0
+        for p in test:
+            lab = p.labels[x]
+            if lab is None or p.id not in rows:
+                continue
+            if lab not in classes[x] and x in other_for:
+                lab = "other"
+            n += 1
+            ok += rows[p.id][x] == lab
+        per_attr[x] = {"score_accuracy": round(ok / n, 3), "eval_accuracy": round(metrics[x]["accuracy"], 3)}
+    # and the bundle serves
+    port = 8799
+    exe = str(Path(sys.executable).parent / "attrx")
+    proc = subprocess.Popen([exe, "serve", "--bundle", str(bundle), "--port", str(port), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served = False
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        p = next(t for t in test if t.title and t.image)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/extract", data={"title": p.title},
+                       files={"image": ("p.jpg", p.image.read_bytes(), "image/jpeg")}, timeout=10)
+        served = r.status_code == 200 and r.json()["predictions"]["baseColour"]["value"] == rows[p.id]["baseColour"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    match = all(v["score_accuracy"] == v["eval_accuracy"] for v in per_attr.values())
+    log(f"cross-check: attrx score matches attrx eval to 3 decimals: {match}; served: {served}")
+    return {"test_rows": len(test), "scored": len(rows), "attributes": per_attr, "score_matches_eval": match,
+            "served_and_agrees": served}
+
+
+def figures(summary: dict, results: dict, out: Path, fig_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(results)
+    conds = list(CONDITIONS)
+    fig, axes = plt.subplots(len(ATTRS), 1, figsize=(11, 2.3 * len(ATTRS)), dpi=100, sharex=True)
+    width = 0.8 / len(conds)
+    x = np.arange(len(models))
+    for ax, attr in zip(axes, ATTRS, strict=True):
+        for k, c in enumerate(conds):
+            vals = [(results[m][c] or {"attributes": {attr: {"accuracy": np.nan}}})["attributes"][attr]["accuracy"]
+                    for m in models]
+            ax.bar(x + (k - (len(conds) - 1) / 2) * width, vals, width, label=f"({c}) {CONDITIONS[c][0]}")
+        ax.set_ylabel(attr, fontsize=9)
+        ax.set_ylim(0, 1.0)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=4, loc="lower left")
+    axes[-1].set_xticks(x, models, rotation=15)
+    fig.suptitle("test accuracy by model and condition (fashion-products)")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "accuracy_by_model_and_condition.png")
+    plt.close(fig)
+    if "cma-clip" in results:
+        for attr in ("baseColour", "articleType"):
+            src = out / "cma_clip" / "eval" / "condition-a" / f"pr_{attr}.png"
+            if src.is_file():
+                shutil.copyfile(src, fig_dir / f"pr_{attr}_cma_clip.png")
+        wa = np.load(out / "cma_clip" / "eval" / "condition-a" / "image_weights.npz")["baseColour"]
+        wb = np.load(out / "cma_clip" / "eval" / "condition-b" / "image_weights.npz")["baseColour"]
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        bins = np.linspace(0, 1, 26)
+        ax.hist(wa, bins=bins, alpha=0.6, label=f"(a) titles as they are, mean {wa.mean():.2f}")
+        ax.hist(wb, bins=bins, alpha=0.6, label=f"(b) colour words removed, mean {wb.mean():.2f}")
+        ax.set_xlabel("image modality weight for baseColour")
+        ax.set_ylabel("test products")
+        ax.set_title("CMA-CLIP: where the modality-wise attention looks for colour")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "image_weight_baseColour_a_vs_b.png")
+        plt.close(fig)
+
+
+def _f(v) -> str:
+    if v is None:
+        return "-"
+    return v if isinstance(v, str) else f"{v:.3f}"
+
+
+def write_results_md(s: dict, path: Path, argv: list[str]) -> None:
+    res = s["results"]
+    lines = ["# attrx on real products (fashion-products)", "",
+             "Produced by `python benchmarks/quality.py " + " ".join(argv) + "` "
+             f"in {s['total_seconds'] / 60:.0f} minutes on {s['machine']['cpus']} CPU cores (Python "
+             f"{s['machine']['python']}). Every figure is on the test split (10% of products by id hash); "
+             "thresholds were calibrated on the validation split. Training budget for every model: "
+             f"`{s['budget']}`; multimodal models with modality dropout {s['modality_dropout']}.", "",
+             "| model | training time |", "|---|---|"]
+    lines += [f"| {m} | {t['seconds']:.0f} s |" for m, t in s["timings"].items()]
+    for c, (desc, _) in CONDITIONS.items():
+        lines += ["", f"## ({c}) {desc}", "",
+                  "Accuracy / macro-F1 / recall@P0.90 (classes counted, unreachable) / mean image weight.", "",
+                  "| attribute | " + " | ".join(res) + " |", "|---" * (1 + len(res)) + "|"]
+        for attr in ATTRS:
+            cells = []
+            for m in res:
+                r = res[m].get(c)
+                if r is None:
+                    cells.append("n/a")
+                    continue
+                x = r[attr]
+                rap = x["recall_at_precision"]["0.90"]
+                cells.append(f"{_f(x['accuracy'])} / {_f(x['macro_f1'])} / {_f(rap['macro_recall'])} "
+                             f"({rap['classes_counted']}, {len(rap['classes_unreachable'])}) / {_f(x['mean_image_weight'])}")
+            lines.append(f"| {attr} | " + " | ".join(cells) + " |")
+    cc = s.get("cross_check")
+    if cc:
+        lines += ["", "## Bundle cross-check", "",
+                  f"The CMA-CLIP bundle scored {cc['scored']} of {cc['test_rows']} test products with `attrx score`; "
+                  f"accuracy equal to `attrx eval` to 3 decimals on every attribute: **{cc['score_matches_eval']}**; "
+                  f"`attrx serve` answered a real request with the same baseColour as `attrx score`: "
+                  f"**{cc['served_and_agrees']}**.", ""]
+    lines += ["", "## Figures", "", "![accuracy](figures/accuracy_by_model_and_condition.png)", "",
+              "![baseColour image weight](figures/image_weight_baseColour_a_vs_b.png)", "",
+              "![PR baseColour](figures/pr_baseColour_cma_clip.png) ![PR articleType](figures/pr_articleType_cma_clip.png)",
+              "", "## Data caveats", "",
+              "- Titles leak labels: about 89% of titles contain their baseColour word, and most name the "
+              "article type and gender, so title-only models score high under (a); condition (b) measures "
+              "what the image contributes to colour.",
+              "- Label noise: Heels whose title says Flats, kids' items labelled Men/Women, colours that "
+              "contradict the title; 216 items share a byte-identical image with another item.",
+              "- `season` follows the cataloguing batch more than the product; usage is 77% Casual.",
+              "- Labels with fewer than 10 training examples are folded into `other` (see `min_class_count` "
+              "in each checkpoint's config.json for the classes kept).",
+              "- Images are 60x80 px; the tiny models here are trained from scratch, not from a pretrained CLIP.",
+              ""]
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
