@@ -16,7 +16,7 @@ DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-families clean
+.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-families bench-quality clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
+	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~35 min)"
 	@echo "make lint         ruff"
 
 $(PY):
@@ -69,3 +70,9 @@ bench-serve: demo-bundle
 
 bench-families: demo-bundle
 	$(PY) benchmarks/families.py --catalog $(DEMO_DIR)/data/catalog.csv --out build/families --markdown
+
+# the real-products study (data stays in ../shared; log in build/quality.log)
+QUALITY_CATALOG ?= ../shared/data/fashion-products/catalog.csv
+bench-quality: $(STAMP)
+	mkdir -p build
+	$(PY) benchmarks/quality.py --catalog $(QUALITY_CATALOG) 2>&1 | tee build/quality.log

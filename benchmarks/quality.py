@@ -81,7 +81,15 @@ def main() -> None:
     ap.add_argument("--modality-dropout", type=float, default=0.3)
     ap.add_argument("--min-class-count", type=int, default=10)
     ap.add_argument("--only", help="comma-separated model names (default: all)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-write docs/RESULTS.md and the figures from an earlier run's results.json")
     a = ap.parse_args()
+    if a.render_only:
+        summary = json.loads((Path(a.out) / "results.json").read_text())
+        (Path(a.docs) / "figures").mkdir(parents=True, exist_ok=True)
+        figures(summary, Path(a.out), Path(a.docs) / "figures")
+        write_results_md(summary, Path(a.docs) / "RESULTS.md", summary.get("argv", []))
+        return
     catalog = Path(a.catalog)
     if not catalog.is_file():
         print(f"benchmarks/quality.py: no catalog at {catalog}. Point --catalog to the fashion-products "
@@ -136,14 +144,18 @@ def main() -> None:
         log(f"{name}: (a) {accs}")
 
     cross = cross_check(out, catalog) if "cma-clip" in results else None
-    summary = {"catalog": str(catalog), "attributes": ATTRS, "budget": " ".join(budget),
+    classes = {}
+    if (out / "cma_clip" / "config.json").is_file():
+        classes = {k: len(v) for k, v in json.loads((out / "cma_clip" / "config.json").read_text())["attributes"].items()}
+    summary = {"catalog": str(catalog), "attributes": ATTRS, "budget": " ".join(budget), "argv": sys.argv[1:],
+               "classes_kept": classes, "min_class_count": a.min_class_count,
                "modality_dropout": a.modality_dropout, "timings": timings, "cross_check": cross,
                "total_seconds": round(time.time() - t_all, 1),
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "results": {m: {c: (None if r is None else r["attributes"]) for c, r in conds.items()}
                            for m, conds in results.items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    figures(summary, results, out, docs / "figures")
+    figures(summary, out, docs / "figures")
     write_results_md(summary, docs / "RESULTS.md", sys.argv[1:])
     log(f"done in {summary['total_seconds'] / 60:.1f} min: {out / 'results.json'}, {docs / 'RESULTS.md'}")
 
@@ -211,7 +223,9 @@ def cross_check(out: Path, catalog: Path) -> dict:
             "served_and_agrees": served}
 
 
-def figures(summary: dict, results: dict, out: Path, fig_dir: Path) -> None:
+def figures(summary: dict, out: Path, fig_dir: Path) -> None:
+    results = {m: {c: (None if r is None else {"attributes": r}) for c, r in conds.items()}
+               for m, conds in summary["results"].items()}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,6 +271,43 @@ def figures(summary: dict, results: dict, out: Path, fig_dir: Path) -> None:
         plt.close(fig)
 
 
+def targets(res: dict) -> list[str]:
+    """The issue's expectations, checked against the figures (reported, not asserted)."""
+    def acc(m, c, a, key="accuracy"):
+        r = (res.get(m) or {}).get(c)
+        return None if r is None else r[a][key]
+
+    out = []
+    if {"cma-clip", "text-only", "image-only"} <= set(res):
+        worse = [a for a in ATTRS if acc("cma-clip", "a", a) < max(acc("text-only", "a", a), acc("image-only", "a", a))]
+        out.append("(a) CMA-CLIP at least as accurate as the better single-modality model on every attribute: "
+                   + ("**met**" if not worse else f"**not met** on {', '.join(worse)} " + ", ".join(
+                       f"({a}: {acc('cma-clip', 'a', a):.3f} vs {max(acc('text-only', 'a', a), acc('image-only', 'a', a)):.3f})"
+                       for a in worse)))
+    if {"cma-clip", "image-only", "cma-clip --no-mwa"} <= set(res):
+        c_acc, i_acc, n_acc = acc("cma-clip", "b", "baseColour"), acc("image-only", "b", "baseColour"), acc("cma-clip --no-mwa", "b", "baseColour")
+
+        def rap(m):
+            v = res[m]["b"]["baseColour"]["recall_at_precision"]["0.90"]["macro_recall"]
+            return 0.0 if isinstance(v, str) or v is None else v
+
+        w_a, w_b = acc("cma-clip", "a", "baseColour", "mean_image_weight"), acc("cma-clip", "b", "baseColour", "mean_image_weight")
+        out.append(f"(b) CMA-CLIP baseColour accuracy {c_acc:.3f} vs image-only {i_acc:.3f} and --no-mwa {n_acc:.3f}; "
+                   f"recall@0.90 {rap('cma-clip'):.3f} vs {rap('image-only'):.3f} and {rap('cma-clip --no-mwa'):.3f}: "
+                   + ("**met**" if c_acc >= i_acc and c_acc > n_acc and rap("cma-clip") >= rap("image-only")
+                      and rap("cma-clip") > rap("cma-clip --no-mwa") else "**not met**"))
+        out.append(f"(b) mean image weight for baseColour rises from (a) {w_a:.3f} to (b) {w_b:.3f}: "
+                   + ("**met**" if w_b > w_a else "**not met**"))
+    for c, single in (("c", "text-only"), ("d", "image-only")):
+        if single in res and "cma-clip" in res:
+            gaps = [acc(single, "a", a) - acc("cma-clip", c, a) for a in ATTRS]
+            worst = max(gaps)
+            out.append(f"({c}) multimodal models vs {single} when the other modality is missing: CMA-CLIP is at most "
+                       f"{worst:.3f} below {single} on any attribute (the largest gap; 'roughly the matching "
+                       f"single-modality model' if small): " + ("**met**" if worst <= 0.05 else "**not met**"))
+    return out or ["(not enough models in this run to check the targets)"]
+
+
 def _f(v) -> str:
     if v is None:
         return "-"
@@ -289,6 +340,10 @@ def write_results_md(s: dict, path: Path, argv: list[str]) -> None:
                 cells.append(f"{_f(x['accuracy'])} / {_f(x['macro_f1'])} / {_f(rap['macro_recall'])} "
                              f"({rap['classes_counted']}, {len(rap['classes_unreachable'])}) / {_f(x['mean_image_weight'])}")
             lines.append(f"| {attr} | " + " | ".join(cells) + " |")
+    if s.get("classes_kept"):
+        lines += ["", f"Classes per attribute after folding labels with fewer than {s.get('min_class_count', 10)} "
+                  "training examples into `other`: " + ", ".join(f"{k} {v}" for k, v in s["classes_kept"].items()) + "."]
+    lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(res)]
     cc = s.get("cross_check")
     if cc:
         lines += ["", "## Bundle cross-check", "",
