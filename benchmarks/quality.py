@@ -351,6 +351,9 @@ def write_results_md(s: dict, path: Path, argv: list[str]) -> None:
                   f"accuracy equal to `attrx eval` to 3 decimals on every attribute: **{cc['score_matches_eval']}**; "
                   f"`attrx serve` answered a real request with the same baseColour as `attrx score`: "
                   f"**{cc['served_and_agrees']}**.", ""]
+    notes = path.parent / "RESULTS-notes.md"  # hand-written reading of the figures, kept across re-renders
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
     lines += ["", "## Figures", "", "![accuracy](figures/accuracy_by_model_and_condition.png)", "",
               "![baseColour image weight](figures/image_weight_baseColour_a_vs_b.png)", "",
               "![PR baseColour](figures/pr_baseColour_cma_clip.png) ![PR articleType](figures/pr_articleType_cma_clip.png)",
