@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,14 +208,25 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
 
     batch: list = []
     try:
-        results = pool.imap(_prepare_chunk, chunks())
-        while not stop.is_set():
+        # a bounded window of chunks in flight (apply_async, not imap): memory stays bounded and no
+        # background thread keeps pushing tasks into a full pipe, which can hang pool.terminate()
+        pending: deque = deque()
+        source = chunks()
+
+        def submit() -> None:
+            chunk = next(source, None)
+            if chunk is not None:
+                pending.append(pool.apply_async(_prepare_chunk, (chunk,)))
+
+        for _ in range(4 * workers):
+            submit()
+        while pending and not stop.is_set():
             try:
-                chunk = results.next(timeout=0.2)
+                chunk = pending[0].get(timeout=0.2)
             except mp.TimeoutError:
                 continue
-            except StopIteration:
-                break
+            pending.popleft()
+            submit()
             for line, pid, inputs, err in chunk:
                 if err is not None:
                     errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")
@@ -234,6 +246,9 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
             signal.signal(sig, h)
         bar.close()
         pool.terminate()
+        for child in mp.active_children():  # nothing may outlive us (it would hold our stdout open)
+            child.kill()
+        pool.join()
         writer.close()
         errors_f.close()
     dt = time.perf_counter() - t0

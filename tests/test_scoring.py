@@ -98,14 +98,16 @@ def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp
                 w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
     out = tmp_path / f"pred{ext}"
     exe = str(Path(sys.executable).parent / "attrx")
-    proc = subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out),
-                             "--batch-size", "4", "--workers", "1", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 2000):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    log = proc.communicate(timeout=60)[0]
+    log_file = tmp_path / "score.log"
+    with open(log_file, "w") as lf:  # a file, not a pipe: the test waits on the process, not on EOF
+        proc = subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out),
+                                 "--batch-size", "4", "--workers", "1", "--quiet"], stdout=lf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 2000):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log = log_file.read_text()
     assert proc.returncode != 0 and "interrupted: rerun with --resume" in log, log
     partial = _read(out)
     assert 0 < len(partial) < len(ids)
