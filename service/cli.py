@@ -104,9 +104,17 @@ def cmd_serve(a) -> None:
 def cmd_score(a) -> None:
     from service.scoring import score
 
-    score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
-          overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
-          max_image_pixels=a.max_image_pixels, progress=not a.quiet)
+    summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
+                    overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
+                    max_image_pixels=a.max_image_pixels, progress=not a.quiet)
+    if summary["interrupted"]:
+        # the work done is saved and its workers are gone; leave without the pool's exit-time
+        # cleanup, which can block on results still in its pipes
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:

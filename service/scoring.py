@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -245,10 +246,14 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
         for sig, h in handlers.items():
             signal.signal(sig, h)
         bar.close()
-        pool.terminate()
-        for child in mp.active_children():  # nothing may outlive us (it would hold our stdout open)
-            child.kill()
-        pool.join()
+        if stop.is_set() or sys.exc_info()[0] is not None:
+            # stopping early: results may sit in the pool's pipes, where Pool.terminate() can block
+            # forever; kill the workers instead (the CLI then exits without the pool's finalizers)
+            for child in mp.active_children():
+                child.kill()
+        else:
+            pool.close()  # every result was consumed: a graceful join cannot block
+            pool.join()
         writer.close()
         errors_f.close()
     dt = time.perf_counter() - t0
@@ -258,6 +263,4 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     print(f"scored {scored}, failed {failed}" + (f", skipped {len(skip)} already in {out}" if skip else "")
           + f", {summary['items_per_s']} items/s; output {out}; errors {errors_path}"
           + ("  [interrupted: rerun with --resume]" if interrupted else ""), flush=True)
-    if interrupted:
-        raise KeyboardInterrupt
     return summary
