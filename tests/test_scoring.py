@@ -109,6 +109,22 @@ def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp
         proc.wait(timeout=60)
     log = log_file.read_text()
     assert proc.returncode != 0 and "interrupted: rerun with --resume" in log, log
+    # nothing of the run survives it: no orphaned decoding worker
+    def survivors():
+        found = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if str(cat).encode() in (d / "cmdline").read_bytes():
+                        found.append(int(d.name))
+                except OSError:
+                    pass
+        return found
+
+    end = time.monotonic() + 10
+    while survivors() and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not survivors()
     partial = _read(out)
     assert 0 < len(partial) < len(ids)
     with open(out, "a") as f:  # as if killed in the middle of a line
