@@ -47,8 +47,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
     ck = load_checkpoint(checkpoint)
     calib_file = ck.path / CALIBRATION
     if not calib_file.is_file():
-        raise FileNotFoundError(f"{calib_file} is missing: run `attrx eval --checkpoint {ck.path} --catalog ...` "
-                                "first, it calibrates the per-class thresholds the bundle carries")
+        raise FileNotFoundError(f"{calib_file} is missing: `attrx train` writes it; for an older checkpoint run "
+                                f"`attrx eval --checkpoint {ck.path} --catalog ...` first, it calibrates the "
+                                "per-class thresholds the bundle carries")
     calib = json.loads(calib_file.read_text())
     metrics = json.loads((ck.path / METRICS).read_text()) if (ck.path / METRICS).is_file() else {}
     out = Path(out)
@@ -78,7 +79,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": {"family": ck.model_config.family, "config": ck.model_config.model_dump(),
                       "inputs": list(INPUT_NAMES), "outputs": outputs, "opset": opset},
-            "attributes": [{"name": a, "classes": ck.classes[a], "thresholds": calib["thresholds"][a]}
+            "attributes": [{"name": a, "classes": ck.classes[a], "thresholds": calib["thresholds"][a],
+                            "support": calib.get("support", {}).get(a), "min_support": calib.get("min_support")}
                            for a in ck.attributes],
             "precision_targets": targets,
             "preprocess": pre.model_dump(),

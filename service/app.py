@@ -426,7 +426,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         return ModelInfo(
             name=m.name, version=m.version, family=m.model.family, created=m.created,
             precision_targets=m.precision_targets,
-            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds} for a in m.attributes],
+            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
+                        for a in m.attributes],
             metrics=m.metrics, backend=st.backend.name, providers=st.backend.providers,
             batching={"max_batch_size": st.settings.max_batch_size,
                       "max_queue_delay_ms": st.settings.max_queue_delay_ms,

@@ -42,6 +42,10 @@ class AttributeSpec(BaseModel):
     classes: list[str] = Field(min_length=2)
     # precision target ("0.90") -> one threshold per class; None: the target is unreachable for that class
     thresholds: dict[str, list[float | None]]
+    # validation positives per class that the thresholds rest on; a class with fewer than
+    # min_support of them has no threshold (None) for any target
+    support: list[int] | None = None
+    min_support: int | None = Field(None, ge=0)
 
     @field_validator("classes")
     @classmethod
@@ -59,6 +63,8 @@ class AttributeSpec(BaseModel):
             bad = [t for t in ths if t is not None and not 0.0 <= t <= 1.0]
             if bad:
                 raise ValueError(f"thresholds[{key!r}] has values outside [0, 1]: {bad[:3]}")
+        if self.support is not None and len(self.support) != len(self.classes):
+            raise ValueError(f"support has {len(self.support)} values for {len(self.classes)} classes")
         return self
 
 

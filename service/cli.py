@@ -15,6 +15,11 @@ def _csv_list(s: str) -> list[str]:
 
 
 def _need_training_extra() -> None:
+    # OpenMP threads that wait for work sleep instead of spinning: two trainings sharing a machine
+    # then slow each other about 2x rather than fighting for the cores (set it yourself to override)
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -56,7 +61,8 @@ def cmd_eval(a) -> None:
 
     evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
              progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
-             strip_label_words=a.strip_label_words or [], report=a.report)
+             strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
+             confidence=a.calibration_confidence)
 
 
 def cmd_export(a) -> None:
@@ -159,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
     t.add_argument("--modality-dropout", type=float,
                    help="probability of hiding the title or the image of a training item (default 0.1)")
+    t.add_argument("--silence-title", type=float,
+                   help="per training item and attribute, the probability of removing the words that name that "
+                        "attribute's labels from the title, so the model learns that a present title can be silent "
+                        "(default 0.3; 0 turns it off; off for --inputs text|image)")
+    t.add_argument("--aux-loss-weight", type=float,
+                   help="weight of the unimodal auxiliary heads' losses (a head on the title tower alone and one "
+                        "on the image tower alone; training only, never exported) (default 0.5; 0 turns them off)")
+    t.add_argument("--modality-weights", choices=["paper", "evidence"],
+                   help="paper: lambda mixes the sequence-wise attention outputs T', I' (which have already "
+                        "attended to each other); evidence: the same lambda, still read from T', I', mixes each "
+                        "tower's own features, so it is the share of the title's vs the image's own evidence "
+                        "(default paper)")
+    t.add_argument("--no-augment-images", dest="augment_images", action="store_false", default=None,
+                   help="no image augmentation (default: random crop/shift/flip; colours never change)")
+    t.add_argument("--patience", type=int,
+                   help="end a stage after this many epochs without a better validation loss (default 5; 0: never)")
     t.add_argument("--no-mwa", action="store_true", help="ablation: plain average instead of modality-wise attention")
     t.add_argument("--no-swa", action="store_true", help="ablation: towers' [CLS] outputs, no sequence-wise attention")
     t.add_argument("--fusion", choices=["mwa", "tirg"],
@@ -174,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    t.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: every core this process may use). On a machine shared with "
+                        "another training, give each run its share, e.g. --threads 1 each on 2 cores")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -205,7 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", type=lambda s: [float(x) for x in _csv_list(s)], default=[0.90, 0.95],
                    help="target precisions (default 0.90,0.95)")
     e.add_argument("--min-positives", type=int, default=5,
-                   help="classes with fewer positives (val or test) are left out of macro recall (default 5)")
+                   help="recall@precision is macro-averaged over the classes with at least this many positives "
+                        "both in the validation split (the thresholds' support) and in the evaluated rows; the "
+                        "same rule for --split test and --split all, so the two figures count alike (default 5)")
+    e.add_argument("--min-support", type=int, default=10,
+                   help="when calibrating: a class needs this many validation positives to get a threshold (default 10)")
+    e.add_argument("--calibration-confidence", type=float, default=0.5,
+                   help="when calibrating: a threshold's validation precision must reach the target at this "
+                        "one-sided Clopper-Pearson confidence; 0 uses the point estimate (default 0.5)")
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="test: the checkpoint's own test split, thresholds calibrated on its validation split "
                         "(default); all: every row of any catalog with the same attribute columns, at the "

@@ -75,6 +75,7 @@ class AttributeInfo(BaseModel):
     name: str
     classes: list[str]
     thresholds: dict[str, list[float | None]]
+    support: list[int] | None = Field(None, description="validation positives per class behind the thresholds")
 
 
 class ModelInfo(BaseModel):

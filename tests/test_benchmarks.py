@@ -20,18 +20,27 @@ def test_quality_targets_are_checked_from_the_figures():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import quality
 
-    def attrs(acc, w=0.5, rap=0.5):
-        return {a: {"accuracy": acc, "macro_f1": acc, "mean_image_weight": w,
+    def attrs(acc, w=0.5, rap=0.5, lacks=None, prec=0.95):
+        return {a: {"accuracy": acc, "macro_f1": acc, "mean_image_weight": w, "n_title_lacks_label": 100,
+                    "accuracy_title_lacks_label": acc if lacks is None else lacks,
+                    "accepted_precision": {"0.90": {"precision": prec, "coverage": 0.8}},
                     "recall_at_precision": {"0.90": {"macro_recall": rap, "classes_counted": 3,
                                                      "classes_unreachable": []}}} for a in quality.ATTRS}
 
     res = {
         "text-only": {"a": attrs(0.90), "b": attrs(0.5), "c": attrs(0.90), "d": None},
-        "image-only": {"a": attrs(0.70), "b": attrs(0.70, rap=0.4), "c": None, "d": attrs(0.70)},
-        "cma-clip": {"a": attrs(0.92, w=0.2), "b": attrs(0.75, w=0.8, rap=0.6), "c": attrs(0.88), "d": attrs(0.60)},
-        "cma-clip --no-mwa": {"a": attrs(0.91), "b": attrs(0.70, rap=0.45), "c": attrs(0.8), "d": attrs(0.6)},
+        "image-only": {"a": attrs(0.71, rap=0.4, lacks=0.6), "b": attrs(0.71), "c": None, "d": attrs(0.71)},
+        "cma-clip": {"a": attrs(0.92, w=0.2, lacks=0.65, prec=0.87), "b": attrs(0.75, w=0.8, rap=0.6),
+                     "c": attrs(0.895), "d": attrs(0.70)},
+        "cma-clip --no-mwa": {"a": attrs(0.91), "b": attrs(0.70), "c": attrs(0.8), "d": attrs(0.65)},
     }
     lines = quality.targets(res)
-    assert lines[0].startswith("(a)") and "**met**" in lines[0]
-    assert "**met**" in lines[1] and "rises from (a) 0.200 to (b) 0.800: **met**" in lines[2]
-    assert "**met**" in lines[3] and "**not met**" in lines[4]  # (d): 0.10 below image-only
+    assert lines[0].startswith("Image-only: baseColour 0.710") and lines[0].count("**met**") == 1  # 0.71 < 0.80
+    assert "(b) CMA-CLIP baseColour accuracy 0.750" in lines[1] and lines[1].endswith("**met**")
+    assert lines[2].endswith("**met**") and "(+0.600): **met**" in lines[3]
+    assert "CMA-CLIP baseColour 0.650 vs image-only 0.600" in lines[4] and lines[4].endswith("**met**")
+    d = next(x for x in lines if x.startswith("(d)"))
+    assert "largest gap 0.060 (cma-clip --no-mwa)" in d and d.endswith("**not met**")  # every multimodal model
+    assert next(x for x in lines if x.startswith("(a)")).endswith("**met**")
+    assert next(x for x in lines if x.startswith("(c)")).endswith("**met**")
+    assert next(x for x in lines if x.startswith("At the P")).endswith("**not met**")  # 0.87 < 0.88

@@ -17,6 +17,20 @@ def test_strip_words_is_whole_word_case_insensitive_longest_first():
     assert strip_words("Blue", words) is None and strip_words(None, words) is None
 
 
+def test_split_all_and_split_test_count_the_same_classes(checkpoint, demo_catalog):
+    """recall@precision under --split all counts the classes with enough validation support, as
+    --split test does, not every class that happens to have test items."""
+    from training.evaluate import evaluate
+
+    test = evaluate(checkpoint, demo_catalog, out=checkpoint / "eval" / "cmp-test", progress=False, min_positives=5)
+    calib = json.loads((checkpoint / "calibration.json").read_text())
+    for a, r in test["attributes"].items():
+        rap = r["recall_at_precision"]["0.90"]
+        counted = set(rap["per_class"])
+        assert all(calib["support"][a][i] >= 5 for i, c in enumerate(json.loads(
+            (checkpoint / "config.json").read_text())["attributes"][a]) if c in counted)
+
+
 def test_eval_on_another_catalog_counts_unseen_labels_separately(checkpoint, demo_catalog, tmp_path):
     rows = list(csv.DictReader(open(demo_catalog)))[:60]
     for r in rows[:7]:
@@ -73,7 +87,11 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
     main(["train", "--inputs", inputs, "--catalog", str(demo_catalog), "--attributes", "colour,gender",
           "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "1", "--tune-epochs", "0", "--quiet",
           "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
-    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
+    # a condition that removes the only input the model reads is refused, naming why
+    with pytest.raises(SystemExit, match=f"reads only {'titles' if inputs == 'text' else 'images'}.*leaves it nothing"):
+        main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet",
+              "--drop-image" if inputs == "image" else "--drop-title"])
+    # train calibrated the thresholds already: export needs no eval first
     main(["export", "--checkpoint", str(ck), "--out", str(out)])
     model = load_checkpoint(ck).model
     feeds = example_inputs(model, 8, model.cfg.preprocess["max_text_len"], 64)

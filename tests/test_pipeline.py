@@ -44,6 +44,7 @@ def test_bundle_validates_and_matches_checkpoint(bundle, checkpoint):
     calib = json.loads((checkpoint / "calibration.json").read_text())
     for a in m.attributes:
         assert a.thresholds == calib["thresholds"][a.name]
+        assert a.support == calib["support"][a.name] and a.min_support == calib["min_support"]
     assert m.parity["max_abs_diff"] <= 1e-4 and "real_catalog" in m.parity["batches"]
 
 

@@ -31,8 +31,24 @@ def class_scores(probs: np.ndarray, c: int) -> np.ndarray:
     return np.where(probs.argmax(axis=1) == c, probs[:, c], -np.inf)
 
 
-def recall_at_precision(scores: np.ndarray, positive: np.ndarray, target: float) -> RPPoint:
-    """Best recall with precision >= target, over thresholds at the distinct finite scores."""
+def precision_lower_bound(tp: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bound of a precision tp/n at the given confidence
+    (0 returns the point estimate tp/n)."""
+    tp, n = np.asarray(tp, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    if confidence <= 0:
+        return tp / np.maximum(n, 1)
+    from scipy.stats import beta
+
+    with np.errstate(invalid="ignore"):
+        lo = beta.ppf(1.0 - confidence, tp, n - tp + 1)
+    return np.where(tp > 0, np.nan_to_num(lo, nan=0.0), 0.0)
+
+
+def recall_at_precision(scores: np.ndarray, positive: np.ndarray, target: float,
+                        confidence: float = 0.0) -> RPPoint:
+    """Best recall with precision >= target, over thresholds at the distinct finite scores. With a
+    confidence > 0, the precision that must reach the target is its Clopper-Pearson lower bound,
+    so a threshold resting on a handful of accepted items is not trusted."""
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
@@ -48,7 +64,7 @@ def recall_at_precision(scores: np.ndarray, positive: np.ndarray, target: float)
     last = np.r_[s[1:] != s[:-1], True]
     thr, tp, pp = s[last], tp[last], pp[last]
     precision = tp / pp
-    ok = precision >= target - 1e-12
+    ok = precision_lower_bound(tp, pp, confidence) >= target - 1e-12
     if not ok.any():
         return RPPoint(None, None, None)
     recall = tp / n_pos
@@ -70,14 +86,39 @@ def precision_recall_at(scores: np.ndarray, positive: np.ndarray, threshold: flo
     return (tp / int(acc.sum()) if acc.any() else None), (tp / n_pos if n_pos else 0.0)
 
 
-def calibrate(probs: np.ndarray, labels: np.ndarray, targets: list[float]) -> dict[str, list[float | None]]:
-    """Per target precision, a threshold per class (None: unreachable or no positives)."""
+def calibrate(probs: np.ndarray, labels: np.ndarray, targets: list[float], *, min_support: int = 0,
+              confidence: float = 0.0) -> dict[str, list[float | None]]:
+    """Per target precision, a threshold per class. None: the target is unreachable, or the class
+    has fewer than min_support validation positives (a threshold on so few promises nothing)."""
+    support = np.bincount(labels[labels >= 0], minlength=probs.shape[1])
     out = {}
     for t in targets:
         out[f"{t:.2f}"] = [
-            recall_at_precision(class_scores(probs, c), labels == c, t).threshold for c in range(probs.shape[1])
+            recall_at_precision(class_scores(probs, c), labels == c, t, confidence).threshold
+            if support[c] >= max(1, min_support) else None
+            for c in range(probs.shape[1])
         ]
     return out
+
+
+def accepted_precision(probs: np.ndarray, labels: np.ndarray, thresholds: list[float | None],
+                       classes: list[str]) -> dict:
+    """Realised precision of the predictions a threshold set accepts (argmax >= its class's
+    threshold): micro over all accepted items, and per predicted class."""
+    m = labels != -100
+    probs, labels = probs[m], labels[m]
+    pred, conf = probs.argmax(1), probs.max(1)
+    thr = np.array([np.inf if x is None else x for x in thresholds])
+    acc = conf >= thr[pred]
+    ok = acc & (pred == labels)
+    per_class = {}
+    for c, name in enumerate(classes):
+        n = int((acc & (pred == c)).sum())
+        if n:
+            per_class[name] = {"accepted": n, "precision": round(float(ok[pred == c].sum() / n), 4)}
+    n_acc = int(acc.sum())
+    return {"accepted": n_acc, "of": int(len(labels)), "coverage": round(n_acc / max(1, len(labels)), 4),
+            "precision": round(float(ok.sum() / n_acc), 4) if n_acc else None, "per_class": per_class}
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from service.catalog import read_catalog, write_errors
 from service.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig, load_tokenizer
 from training import text
+from training.augment import TitleSilencer, augment_images
 from training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
 from training.data import IGNORE, Encoded, encode_catalog, label_maps, split_of
 from training.models.cma_clip import CMAClip, load_config
@@ -57,6 +59,14 @@ class TrainConfig(BaseModel):
     min_class_count: int = Field(0, ge=0, description="labels with fewer training examples fold into 'other'")
     weight_decay: float = 1e-4
     modality_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    # teach a multimodal model that a present title can be silent: per item and attribute, with this
+    # probability, the words naming that attribute's labels are removed from the training title
+    silence_title: float = Field(0.3, ge=0.0, le=1.0)
+    # unimodal auxiliary heads on the title tower and the image tower (Gradient-Blending); 0 turns them off
+    aux_loss_weight: float = Field(0.5, ge=0.0)
+    modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
+    augment_images: bool = True
+    patience: int = Field(5, ge=0, description="end a stage after this many epochs without a better val loss (0: never)")
     no_mwa: bool = False
     no_swa: bool = False
     fusion: str = Field("mwa", pattern="^(mwa|tirg)$")
@@ -121,7 +131,8 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
     if cfg.modality_specific_layernorm:
         raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
     mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion,
-                                   "inputs": cfg.inputs})
+                                   "inputs": cfg.inputs, "modality_weights": cfg.modality_weights,
+                                   "aux_heads": cfg.aux_loss_weight > 0 and cfg.inputs == "both"})
     if cfg.init_from:
         from transformers import CLIPTextModel, CLIPVisionModel
 
@@ -143,14 +154,29 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
     return CMAClip(mcfg, n_classes, **special), pre
 
 
-def _loss(outs, labels: torch.Tensor) -> torch.Tensor:
+def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over tasks of the cross-entropy on labelled items (and, with rows, only those rows)."""
     total = labels.new_zeros((), dtype=torch.float32)
-    for j, (logits, _) in enumerate(outs):
-        y = labels[:, j]
-        ok = y >= 0
+    for j, lg in enumerate(logits):
+        ok = labels[:, j] >= 0
+        if rows is not None:
+            ok = ok & rows
         if ok.any():
-            total = total + F.cross_entropy(logits[ok], y[ok])
+            total = total + F.cross_entropy(lg[ok], labels[ok, j])
     return total
+
+
+def _loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    """The fused heads' loss, plus the unimodal auxiliary heads' (each on the items that have
+    that modality) weighted by aux_weight."""
+    if not hasattr(model, "forward_train"):  # MoMo: fused heads only
+        return _ce([lg for lg, _ in model(**batch)], labels)
+    fused, aux_t, aux_i = model.forward_train(**batch)
+    loss = _ce([lg for lg, _ in fused], labels)
+    if aux_t and aux_weight > 0:
+        loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0)
+                                    + _ce(aux_i, labels, batch["image_present"] > 0))
+    return loss
 
 
 def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> None:
@@ -211,6 +237,18 @@ def _trainable(model: CMAClip, stage: str, lock_image: bool = False) -> list[tor
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def param_groups(model: torch.nn.Module, params: list, weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on biases, norms, gains, embeddings or the modality vectors."""
+    wanted = {id(p) for p in params}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if id(p) not in wanted:
+            continue
+        plain = p.ndim < 2 or "embedding" in name or "type_emb" in name or name.endswith(".w")
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _schedule(steps: int):
     warm = max(1, int(0.05 * steps))
 
@@ -222,24 +260,30 @@ def _schedule(steps: int):
     return f
 
 
-def train(cfg: TrainConfig) -> Path:
-    t_start = time.time()
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
-        raise FileNotFoundError(f"--init-from {cfg.init_from}: no config.json; point it to a local Hugging Face CLIP folder")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    attrs = tuple(cfg.attributes)
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
-    catalog = read_catalog(cfg.catalog, attrs, require_labels=True)
-    train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
-    if not train_products:
-        raise ValueError(f"{cfg.catalog}: no usable product in the training split")
-    classes = label_maps(train_products, attrs, cfg.min_class_count)
-    other_for = [a for a in attrs if cfg.min_class_count and classes[a][-1] == "other"]
 
-    # tokenizer: given, the pretrained CLIP's, or trained on the training titles
+@dataclass
+class Prepared:
+    """What a run trains on: the encoded catalog, its splits, the model and the tokenizer."""
+
+    model: torch.nn.Module
+    pre: PreprocessConfig
+    tok: object
+    tok_file: Path
+    data: Encoded
+    classes: dict[str, list[str]]
+    label_words: dict[str, list[str]]
+    other_for: list[str]
+    tr: np.ndarray
+    va: np.ndarray
+    errors: list
+
+
+def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None]):
+    """Given, the pretrained CLIP's, or a WordPiece trained on the training titles."""
     tok_file = out / TOKENIZER
     src_tok = cfg.tokenizer or (str(Path(cfg.init_from) / TOKENIZER) if cfg.init_from else None)
     if src_tok:
@@ -248,15 +292,26 @@ def train(cfg: TrainConfig) -> Path:
         tok_file.write_bytes(Path(src_tok).read_bytes())
         from tokenizers import Tokenizer
 
-        raw_tok = Tokenizer.from_file(str(tok_file))
-    else:
-        mcfg0 = resolve_config(cfg)
-        raw_tok = text.train_wordpiece([p.title for p in train_products], cfg.vocab_size or mcfg0.vocab_size)
-        text.save(raw_tok, tok_file)
-    special = text.special_ids(raw_tok)
-    model, pre = build_model(cfg, [len(classes[a]) for a in attrs], special, raw_tok.get_vocab_size())
-    tok = load_tokenizer(tok_file, pre.max_text_len)
+        return Tokenizer.from_file(str(tok_file)), tok_file
+    raw = text.train_wordpiece(train_titles, cfg.vocab_size or resolve_config(cfg).vocab_size)
+    text.save(raw, tok_file)
+    return raw, tok_file
 
+
+def prepare(cfg: TrainConfig, out: Path) -> tuple[Prepared, TrainConfig]:
+    attrs = tuple(cfg.attributes)
+    catalog = read_catalog(cfg.catalog, attrs, require_labels=True)
+    train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
+    if not train_products:
+        raise ValueError(f"{cfg.catalog}: no usable product in the training split")
+    classes = label_maps(train_products, attrs, cfg.min_class_count)
+    other_for = [a for a in attrs if cfg.min_class_count and classes[a][-1] == "other"]
+    # every label seen in training names its attribute, folded ones included
+    label_words = {a: sorted({p.labels[a] for p in train_products if p.labels.get(a)} - {"other"}) for a in attrs}
+    raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products])
+    model, pre = build_model(cfg, [len(classes[a]) for a in attrs], text.special_ids(raw_tok),
+                             raw_tok.get_vocab_size())
+    tok = load_tokenizer(tok_file, pre.max_text_len)
     data, img_errors = encode_catalog(catalog, tok, pre, classes, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                                       progress=cfg.progress, other_for=other_for)
     errors = sorted([*catalog.errors, *img_errors], key=lambda e: e.line)
@@ -265,68 +320,117 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.inputs != "both":  # single-modality baseline: train only on items that have that modality
         present = data.arrays["text_present" if cfg.inputs == "text" else "image_present"] > 0
         tr = tr[present[tr]]
-        if cfg.modality_dropout:
-            print(f"--inputs {cfg.inputs}: modality dropout does not apply and is off")
-            cfg = cfg.model_copy(update={"modality_dropout": 0.0})
+        off = {k: 0.0 for k in ("modality_dropout", "silence_title") if getattr(cfg, k)}
+        if off:
+            print(f"--inputs {cfg.inputs}: {', '.join(off)} do not apply and are off")
+            cfg = cfg.model_copy(update=off)
     print(f"catalog: {len(data)} products used ({len(tr)} train, {len(va)} val, {len(data.indices('test'))} test), "
           f"{len(errors)} rows skipped" + (f" (reasons in {out / 'catalog_errors.jsonl'})" if errors else ""))
     if len(va) == 0:
         raise ValueError("the validation split is empty; use a larger catalog or a larger --val-frac")
+    return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors), cfg
 
+
+class _Best:
+    """The lowest validation loss seen so far, across stages, and the weights that reached it."""
+
+    def __init__(self):
+        self.loss, self.state, self.where = float("inf"), None, ""
+
+    def offer(self, loss: float, model: torch.nn.Module, where: str) -> bool:
+        if loss < self.loss:
+            self.loss, self.state, self.where = loss, copy.deepcopy(model.state_dict()), where
+            return True
+        return False
+
+
+def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen, silencer, desc: str) -> float:
+    model.train()
+    if desc.startswith(("warmup", "tune")):  # frozen towers stay in eval mode
+        for m in model.tower_modules():
+            m.eval()
+    y_all = torch.from_numpy(run.data.labels)
+    perm = run.tr[torch.randperm(len(run.tr), generator=gen).numpy()]
+    total, n = 0.0, 0
+    bar = tqdm(range(0, len(perm), cfg.batch_size), desc=desc, unit="batch", leave=False,
+               disable=None if cfg.progress else True)
+    for s in bar:
+        idx = perm[s : s + cfg.batch_size]
+        batch = torch_inputs(run.data.take(idx))
+        if silencer is not None:
+            silencer([run.data.products[i].title for i in idx], batch)
+        _modality_dropout(batch, cfg.modality_dropout, gen)
+        if cfg.augment_images:
+            batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], gen)
+        loss = _loss(model, batch, y_all[idx], cfg.aux_loss_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(idx)
+        n += len(idx)
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    return total / max(1, n)
+
+
+def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, gen, silencer, log) -> None:
+    """One stage from the best weights so far; stops early after `patience` epochs without a
+    better validation loss."""
+    epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    params = _trainable(model, stage, cfg.lock_image)
+    opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=lr, foreach=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * math.ceil(len(run.tr) / cfg.batch_size)))
+    attrs, stale = list(run.classes), 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.time()
+        train_loss = _train_epoch(model, run, cfg, params, opt, sched, gen, silencer, f"{stage} {epoch}/{epochs}")
+        val_loss, val_acc = _validate(model, run.data, run.va)
+        improved = best.offer(val_loss, model, f"{stage} epoch {epoch}")
+        rec = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+               "val_accuracy": {a: None if v is None else round(v, 4) for a, v in zip(attrs, val_acc, strict=True)},
+               "lr": lr, "best": improved, "seconds": round(time.time() - t0, 2)}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        accs = " ".join(f"{a}={v:.3f}" for a, v in zip(attrs, val_acc, strict=True) if v is not None)
+        print(f"{stage} {epoch}/{epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} val_acc {accs} "
+              f"({rec['seconds']:.1f}s){' *' if improved else ''}", flush=True)
+        stale = 0 if improved else stale + 1
+        if cfg.patience and stale >= cfg.patience and epoch < epochs:
+            print(f"{stage}: no better validation loss for {stale} epochs, stage ends early", flush=True)
+            break
+
+
+def train(cfg: TrainConfig) -> Path:
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads or default_threads())
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
+        raise FileNotFoundError(f"--init-from {cfg.init_from}: no config.json; point it to a local Hugging Face CLIP folder")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, cfg = prepare(cfg, out)
+    model = run.model
     gen = torch.Generator().manual_seed(cfg.seed)
-    y_all = torch.from_numpy(data.labels)
-    log = open(out / "train_log.jsonl", "w")
-    for stage in STAGES:
-        epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
-        if epochs == 0:
-            continue
-        params = _trainable(model, stage, cfg.lock_image)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))
-        best = (float("inf"), None, 0)
-        for epoch in range(1, epochs + 1):
-            t0 = time.time()
-            model.train()
-            if stage != "e2e":  # frozen towers stay in eval mode
-                for m in model.tower_modules():
-                    m.eval()
-            perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
-            total, n = 0.0, 0
-            bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"{stage} {epoch}/{epochs}", unit="batch",
-                       leave=False, disable=None if cfg.progress else True)
-            for s in bar:
-                idx = perm[s : s + cfg.batch_size]
-                batch = torch_inputs(data.take(idx))
-                _modality_dropout(batch, cfg.modality_dropout, gen)
-                loss = _loss(model(**batch), y_all[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-                n += len(idx)
-                bar.set_postfix(loss=f"{total / n:.3f}")
-            val_loss, val_acc = _validate(model, data, va)
-            rec = {"stage": stage, "epoch": epoch, "train_loss": round(total / n, 5), "val_loss": round(val_loss, 5),
-                   "val_accuracy": {a: None if v is None else round(v, 4) for a, v in zip(attrs, val_acc, strict=True)},
-                   "lr": lr, "seconds": round(time.time() - t0, 2)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            accs = " ".join(f"{a}={v:.3f}" for a, v in zip(attrs, val_acc, strict=True) if v is not None)
-            print(f"{stage} {epoch}/{epochs}: train_loss {total / n:.4f} val_loss {val_loss:.4f} val_acc {accs} "
-                  f"({rec['seconds']:.1f}s)", flush=True)
-            if val_loss < best[0]:
-                best = (val_loss, copy.deepcopy(model.state_dict()), epoch)
-        model.load_state_dict(best[1])
-        print(f"{stage}: best validation loss {best[0]:.4f} at epoch {best[2]}, carried forward", flush=True)
-    log.close()
+    silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed) if cfg.silence_title else None
+    best = _Best()
+    with open(out / "train_log.jsonl", "w") as log:
+        for stage in STAGES:
+            if getattr(cfg, f"{stage}_epochs"):
+                _run_stage(stage, model, run, cfg, best, gen, silencer, log)
+    model.load_state_dict(best.state)
+    print(f"best validation loss {best.loss:.4f} ({best.where}): these weights are the checkpoint", flush=True)
 
     meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
-            "other_for": other_for,
+            "other_for": run.other_for, "label_words": run.label_words, "best": best.where,
             "train_seconds": round(time.time() - t_start, 1),
-            "counts": {"train": len(tr), "val": len(va), "test": len(data.indices("test")), "skipped": len(errors)}}
-    save_checkpoint(out, model, classes, pre, tok_file, meta)
-    print(f"checkpoint written to {out} ({meta['train_seconds']:.0f}s)")
+            "counts": {"train": len(run.tr), "val": len(run.va), "test": len(run.data.indices("test")),
+                       "skipped": len(run.errors)}}
+    save_checkpoint(out, model, run.classes, run.pre, run.tok_file, meta)
+    from training.calibration import calibrate_checkpoint
+
+    calibrate_checkpoint(out, model, run.data, run.va, run.classes)
+    print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
     return out

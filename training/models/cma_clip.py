@@ -65,6 +65,23 @@ class ModelConfig(BaseModel):
     use_mwa: bool = True
     head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
     inputs: str = Field("both", pattern="^(both|text|image)$")  # single-modality baselines
+    # "patch": CLIP's one-conv patch embedding; "cnn": a small convolutional stem with the same
+    # output grid (total stride = patch_size), far better at low-resolution images trained from scratch
+    image_stem: str = Field("patch", pattern="^(patch|cnn)$")
+    stem_channels: list[int] = [32, 64, 128]
+    # bins per RGB channel of a colour histogram computed from the pixels and added to the image
+    # [CLS] feature (0: none). Colour is an attribute: a global colour summary is cheap to compute
+    # and slow for a small network trained from scratch to learn
+    colour_histogram: int = Field(0, ge=0, le=16)
+    # unimodal auxiliary heads (training only; not exported): a per-task head on the title tower's
+    # and on the image tower's own [CLS] feature
+    aux_heads: bool = False
+    # what the modality-wise attention weighs. "paper": lambda = softmax(w.T', w.I') mixes the
+    # sequence-wise attention outputs T', I', which have already attended to each other, so lambda
+    # need not say where the evidence came from. "evidence": the same lambda (still read from T', I')
+    # mixes each tower's own features T, I, so lambda is the share of the title's own evidence
+    # against the image's own evidence in what the head sees
+    modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
 
 
 def load_config(name_or_path: str):
@@ -108,17 +125,68 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
+class CnnStem(nn.Module):
+    """Conv-BN-GELU stages, each halving the resolution, then a 1x1 conv to the tower width:
+    [B, 3, S, S] -> [B, hidden, S/patch, S/patch], a drop-in for CLIP's patch embedding."""
+
+    def __init__(self, hidden: int, patch_size: int, channels: list[int]):
+        super().__init__()
+        n = max(1, patch_size.bit_length() - 1)
+        if 2**n != patch_size:
+            raise ValueError(f"image_stem cnn needs a power-of-two patch_size, got {patch_size}")
+        chans = [3, *(channels[min(k, len(channels) - 1)] for k in range(n))]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU(),
+                       nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+        layers.append(nn.Conv2d(chans[-1], hidden, 1))
+        self.body = nn.Sequential(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:  # CLIPVisionEmbeddings reads patch_embedding.weight.dtype
+        return self.body[0].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ColourHistogram(nn.Module):
+    """Normalised pixels -> a projected, square-rooted joint RGB histogram [B, width]."""
+
+    def __init__(self, bins: int, width: int, mean, std):
+        super().__init__()
+        self.bins = bins
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.proj = nn.Sequential(nn.Linear(bins**3, width), nn.LayerNorm(width))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        b, k = pixel_values.shape[0], self.bins
+        rgb = (pixel_values * self.std + self.mean).clamp(0.0, 1.0 - 1e-6)
+        q = torch.floor(rgb * k).to(torch.int64).flatten(2)  # [B, 3, P]
+        idx = (q[:, 0] * k + q[:, 1]) * k + q[:, 2]
+        ones = torch.ones_like(idx, dtype=pixel_values.dtype)
+        hist = torch.zeros(b, k**3, dtype=pixel_values.dtype, device=pixel_values.device).scatter_add(1, idx, ones)
+        return self.proj(torch.sqrt(hist / idx.shape[1]))
+
+
+def _mlp(width: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+
 class TaskHead(nn.Module):
     """Task-specific modality-wise attention + MLP head."""
 
     def __init__(self, width: int, hidden: int, n_classes: int, dropout: float):
         super().__init__()
         self.w = nn.Parameter(torch.randn(width) * 0.02)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        self.mlp = _mlp(width, hidden, n_classes, dropout)
 
-    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool):
+    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool,
+                gate: tuple[torch.Tensor, torch.Tensor] | None = None):
         if learned:
-            lam = torch.sigmoid(t @ self.w - i @ self.w)  # = exp(eT) / (exp(eT) + exp(eI))
+            gt, gi = gate if gate is not None else (t, i)
+            lam = torch.sigmoid(gt @ self.w - gi @ self.w)  # = exp(eT) / (exp(eT) + exp(eI))
         else:
             lam = torch.full_like(tp, 0.5)
         both = tp * ip
@@ -148,7 +216,8 @@ class TirgHead(nn.Module):
         self.w = nn.Parameter(torch.tensor([1.0, 0.1]))
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
-    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool):
+    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool,
+                gate=None):
         cat = torch.cat([i, t], -1)
         fused = self.w[0] * torch.sigmoid(self.gate(cat)) * i + self.w[1] * self.res(cat)
         both = (tp * ip)[:, None]
@@ -198,7 +267,23 @@ class CMAClip(nn.Module):
         self.blocks = nn.ModuleList(Block(d, f.num_heads, f.mlp_ratio, f.dropout)
                                     for _ in range(f.num_layers if cfg.use_swa else 0))
         self.ln = nn.LayerNorm(d)
+        if cfg.image_stem == "cnn":
+            vcfg = vision_model.config
+            inner = getattr(vision_model, "vision_model", vision_model)  # transformers < 5 nests it
+            inner.embeddings.patch_embedding = CnnStem(vcfg.hidden_size, vcfg.patch_size,
+                                                                           cfg.stem_channels)
         self.heads = nn.ModuleList(make_head(cfg.head_fusion, d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
+        self.colour = None
+        if cfg.colour_histogram:
+            from service.preprocess import CLIP_MEAN, CLIP_STD
+
+            self.colour = ColourHistogram(cfg.colour_histogram, d, cfg.preprocess.get("image_mean", CLIP_MEAN),
+                                          cfg.preprocess.get("image_std", CLIP_STD))
+        h = cfg.head
+        self.aux_text = nn.ModuleList(_mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
+        self.aux_image = nn.ModuleList(_mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
+        # the towers' own features, before they meet (aux heads, modality_weights="evidence")
+        self.ln_uni = nn.LayerNorm(d) if cfg.use_swa and (cfg.aux_heads or cfg.modality_weights == "evidence") else None
 
     family = "cma-clip"
 
@@ -223,24 +308,50 @@ class CMAClip(nn.Module):
 
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         """Returns a list (one per task) of (logits [B, C], modality weights [B, 2] = (text, image))."""
+        return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present)[0]
+
+    def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+        """(fused outputs as forward returns them, aux text logits, aux image logits); the aux lists
+        are empty without aux heads. Only the fused outputs are exported."""
         tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
         t_out = self.text(input_ids=input_ids, attention_mask=attention_mask)
         v_out = self.vision(pixel_values=pixel_values)
-        if self.cfg.use_swa:
-            t_seq = self.proj_t(torch.cat([t_out.pooler_output[:, None], t_out.last_hidden_state], 1))
-            v_seq = self.proj_v(v_out.last_hidden_state)
-            seq = torch.cat([t_seq + self.type_emb[0], v_seq + self.type_emb[1]], 1)
-            tkeep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], 1).bool() & (tp[:, None] > 0)
-            vkeep = (ip[:, None] > 0).expand(-1, v_seq.shape[1])
-            keep = torch.cat([tkeep, vkeep], 1)
-            for blk in self.blocks:
-                seq = blk(seq, keep)
-            seq = self.ln(seq)
-            t_feat, i_feat = seq[:, 0], seq[:, t_seq.shape[1]]
-        else:  # --no-swa: the towers' own [CLS] outputs
+        colour = self.colour(pixel_values) if self.colour is not None else None
+        t_feat, i_feat, t_uni, i_uni = self._features(t_out, v_out, attention_mask, tp, ip, colour)
+        if self.cfg.modality_weights == "evidence":
+            fused = [h(t_uni, i_uni, tp, ip, self.cfg.use_mwa, (t_feat, i_feat)) for h in self.heads]
+        else:
+            fused = [h(t_feat, i_feat, tp, ip, self.cfg.use_mwa) for h in self.heads]
+        if self.aux_text is None:
+            return fused, [], []
+        return fused, [h(t_uni) for h in self.aux_text], [h(i_uni) for h in self.aux_image]
+
+    def _features(self, t_out, v_out, attention_mask, tp, ip, colour=None):
+        """(T', I') for the heads and the towers' own (T, I) features. The colour summary, when the
+        config has one, is added to the image [CLS] feature."""
+        v_cls = self.proj_v(v_out.pooler_output)
+        if colour is not None:
+            v_cls = v_cls + colour
+        if not self.cfg.use_swa:  # --no-swa: the towers' own [CLS] outputs
             t_feat = self.ln(self.proj_t(t_out.pooler_output))
-            i_feat = self.ln(self.proj_v(v_out.pooler_output))
-        return [h(t_feat, i_feat, tp, ip, self.cfg.use_mwa) for h in self.heads]
+            i_feat = self.ln(v_cls)
+            return t_feat, i_feat, t_feat, i_feat
+        t_uni = i_uni = None
+        if self.ln_uni is not None:
+            t_uni = self.ln_uni(self.proj_t(t_out.pooler_output))
+            i_uni = self.ln_uni(v_cls)
+        t_seq = self.proj_t(torch.cat([t_out.pooler_output[:, None], t_out.last_hidden_state], 1))
+        v_seq = self.proj_v(v_out.last_hidden_state)
+        if colour is not None:
+            v_seq = torch.cat([v_seq[:, :1] + colour[:, None], v_seq[:, 1:]], 1)
+        seq = torch.cat([t_seq + self.type_emb[0], v_seq + self.type_emb[1]], 1)
+        tkeep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], 1).bool() & (tp[:, None] > 0)
+        vkeep = (ip[:, None] > 0).expand(-1, v_seq.shape[1])
+        keep = torch.cat([tkeep, vkeep], 1)
+        for blk in self.blocks:
+            seq = blk(seq, keep)
+        seq = self.ln(seq)
+        return seq[:, 0], seq[:, t_seq.shape[1]], t_uni, i_uni
 
 
 class ExportWrapper(nn.Module):
