@@ -14,7 +14,7 @@ DEMO_DIR    ?= build/demo
 DEMO_BUNDLE ?= build/demo-bundle
 DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
-DEMO_TRAIN_FLAGS ?= --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 --modality-dropout 0.4 --batch-size 32
+DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
 .PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-families bench-quality clean
 

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: lambda mixes the sequence-wise attention outputs T', I' (which have already "
                         "attended to each other); evidence: the same lambda, still read from T', I', mixes each "
                         "tower's own features, so it is the share of the title's vs the image's own evidence "
-                        "(default paper)")
+                        "(default evidence)")
     t.add_argument("--no-augment-images", dest="augment_images", action="store_false", default=None,
                    help="no image augmentation (default: random crop/shift/flip; colours never change)")
     t.add_argument("--patience", type=int,

@@ -18,17 +18,20 @@ def test_strip_words_is_whole_word_case_insensitive_longest_first():
 
 
 def test_split_all_and_split_test_count_the_same_classes(checkpoint, demo_catalog):
-    """recall@precision under --split all counts the classes with enough validation support, as
-    --split test does, not every class that happens to have test items."""
+    """recall@precision counts the classes with enough validation support (the thresholds'
+    support) under --split all as under --split test, not every class that has enough rows."""
     from training.evaluate import evaluate
 
-    test = evaluate(checkpoint, demo_catalog, out=checkpoint / "eval" / "cmp-test", progress=False, min_positives=5)
     calib = json.loads((checkpoint / "calibration.json").read_text())
-    for a, r in test["attributes"].items():
-        rap = r["recall_at_precision"]["0.90"]
-        counted = set(rap["per_class"])
-        assert all(calib["support"][a][i] >= 5 for i, c in enumerate(json.loads(
-            (checkpoint / "config.json").read_text())["attributes"][a]) if c in counted)
+    classes = json.loads((checkpoint / "config.json").read_text())["attributes"]
+    for split in ("test", "all"):
+        res = evaluate(checkpoint, demo_catalog, out=checkpoint / "eval" / f"cmp-{split}", progress=False,
+                       min_positives=5, split=split)
+        for a, r in res["attributes"].items():
+            counted = set(r["recall_at_precision"]["0.90"]["per_class"])
+            thin = {c for i, c in enumerate(classes[a]) if calib["support"][a][i] < 5}
+            assert not counted & thin, (split, a)
+    assert (checkpoint / "calibration.json").read_text() == json.dumps(calib, indent=2)
 
 
 def test_eval_on_another_catalog_counts_unseen_labels_separately(checkpoint, demo_catalog, tmp_path):
@@ -91,7 +94,9 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
     with pytest.raises(SystemExit, match=f"reads only {'titles' if inputs == 'text' else 'images'}.*leaves it nothing"):
         main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet",
               "--drop-image" if inputs == "image" else "--drop-title"])
-    # train calibrated the thresholds already: export needs no eval first
+    # train calibrated the thresholds already: neither --split all nor export needs a plain eval first
+    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--split", "all", "--quiet",
+          "--min-positives", "1"])
     main(["export", "--checkpoint", str(ck), "--out", str(out)])
     model = load_checkpoint(ck).model
     feeds = example_inputs(model, 8, model.cfg.preprocess["max_text_len"], 64)

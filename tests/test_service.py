@@ -75,6 +75,7 @@ def test_min_precision_selects_thresholds(server):
     body = r.json()
     assert body["min_precision"] == "0.95"
     colour = next(a for a in model["attributes"] if a["name"] == "colour")
+    assert len(colour["support"]) == len(colour["classes"])  # the validation positives behind each threshold
     p = body["predictions"]["colour"]
     assert p["threshold"] == colour["thresholds"]["0.95"][colour["classes"].index(p["value"])]
     r = httpx.post(server.url + "/v1/extract", json={"title": "Cap", "min_precision": 0.5}, timeout=10)

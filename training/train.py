@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
     silence_title: float = Field(0.3, ge=0.0, le=1.0)
     # unimodal auxiliary heads on the title tower and the image tower (Gradient-Blending); 0 turns them off
     aux_loss_weight: float = Field(0.5, ge=0.0)
-    modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
+    modality_weights: str = Field("evidence", pattern="^(paper|evidence)$")
     augment_images: bool = True
     patience: int = Field(5, ge=0, description="end a stage after this many epochs without a better val loss (0: never)")
     no_mwa: bool = False
