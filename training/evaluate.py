@@ -83,8 +83,11 @@ def _attribute_result(ck, a: str, j: int, data, ev, p_eval, w_eval, calib: dict,
             unseen_counts[p.labels[a]] = unseen_counts.get(p.labels[a], 0) + 1
     # the classes counted in recall@precision: enough validation positives (the calibration's
     # support) and enough positives in the evaluated rows, whichever split is evaluated
-    support = np.asarray(calib["support"][a]) if "support" in calib else np.bincount(
-        data.labels[data.indices("val"), j][data.labels[data.indices("val"), j] >= 0], minlength=len(ck.classes[a]))
+    if "support" in calib:
+        support = np.asarray(calib["support"][a])
+    else:  # a calibration.json from before supports were recorded: count the evaluated catalog's val split
+        y_val = data.labels[data.indices("val"), j]
+        support = np.bincount(y_val[y_val >= 0], minlength=len(ck.classes[a]))
     ths = calib["thresholds"][a]
     _plot(out / f"pr_{a}.png", a, pt, yt, ths)
     return {

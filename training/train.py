@@ -344,9 +344,10 @@ class _Best:
         return False
 
 
-def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen, silencer, desc: str) -> float:
+def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen, silencer, stage: str,
+                 desc: str) -> float:
     model.train()
-    if desc.startswith(("warmup", "tune")):  # frozen towers stay in eval mode
+    if stage != "e2e":  # frozen towers stay in eval mode
         for m in model.tower_modules():
             m.eval()
     y_all = torch.from_numpy(run.data.labels)
@@ -386,7 +387,8 @@ def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, 
     attrs, stale = list(run.classes), 0
     for epoch in range(1, epochs + 1):
         t0 = time.time()
-        train_loss = _train_epoch(model, run, cfg, params, opt, sched, gen, silencer, f"{stage} {epoch}/{epochs}")
+        train_loss = _train_epoch(model, run, cfg, params, opt, sched, gen, silencer, stage,
+                                  f"{stage} {epoch}/{epochs}")
         val_loss, val_acc = _validate(model, run.data, run.va)
         improved = best.offer(val_loss, model, f"{stage} epoch {epoch}")
         rec = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
