@@ -1,14 +1,15 @@
 """The FastAPI service: POST a title and/or an image, get attributes back.
 
-Requests are preprocessed in a thread pool, queued into the dynamic batcher and run by its
-inference threads; the event loop only parses, waits and answers.
+A request passes, in order: the admission gate (`service.asgi`, 429 past the in-flight limit), the
+body limit, its parser (`service.requests`), image decoding and tokenising in a thread pool, the
+dynamic batcher (`service.batcher`) and the model. Every wait after admission is bounded by the
+request's deadline, the server's drain deadline and the client staying connected
+(`service.watch`); the event loop itself only parses, waits and answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import io
 import logging
@@ -16,37 +17,37 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from service.admission import Admission, Ticket
+from service.asgi import AdmissionGate, BodyLimit, RequestMetrics
 from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from service.bundle import Bundle, load_bundle
+from service.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
 from service.metrics import Metrics
 from service.predict import InputError, Predictor
 from service.preprocess import ImageError
+from service.requests import Product, check_options, from_model, item_id, read_batch, read_one
 from service.runtime import Backend, load_backend
 from service.schemas import BatchResponse, ErrorResponse, ExtractRequest, ExtractResponse, ModelInfo
 from service.settings import ServeSettings
+from service.watch import Drain, Watch
 
 log = logging.getLogger("uvicorn.error")
 
-ENDPOINTS = {"/v1/extract", "/v1/extract/batch", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
-             "/openapi.json"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers
-
-
-class ClientGone(Exception):
-    pass
+MULTIPART_SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string"}, "image": {"type": "string", "format": "binary"},
+    "min_precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
 
 
 @dataclass
@@ -58,20 +59,10 @@ class State:
     metrics: Metrics
     batcher: Batcher
     pool: ThreadPoolExecutor
+    admission: Admission
     ready: bool = False
+    drained: bool | None = None
     model_ref: dict = field(default_factory=dict)
-
-
-def _error_body(reason: str, message: str) -> dict:
-    return {"error": {"reason": reason, "message": message}}
-
-
-def _input_error(e: Exception) -> ApiError:
-    if isinstance(e, ImageError):
-        return ApiError(413 if e.reason == "too_large" else 422, e.reason, str(e))
-    if isinstance(e, InputError):
-        return ApiError(422, e.reason, str(e))
-    raise e
 
 
 def _warmup_image() -> bytes:
@@ -82,292 +73,280 @@ def _warmup_image() -> bytes:
     return buf.getvalue()
 
 
-class _BodyLimit:
-    """Refuse bodies over the limit (413), by Content-Length or by counting a streamed body."""
-
-    def __init__(self, app, limit: int, on_reject):
-        self.app, self.limit, self.on_reject = app, limit, on_reject
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        seen = 0
-        started = False
-
-        async def counted_receive():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return msg
-
-        async def tracked_send(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
-
-    async def _reject(self, send):
-        self.on_reject()
-        resp = JSONResponse(_error_body("too_large", f"request body is over the limit of {self.limit:,} bytes"),
-                            status_code=413)
-        await resp({"type": "http"}, None, send)
+def _load(settings: ServeSettings) -> State:
+    bundle = load_bundle(settings.bundle)
+    m = bundle.manifest
+    metrics = Metrics([a.name for a in m.attributes])
+    metrics.model_info.info({"name": m.name, "version": m.version, "family": m.model.family,
+                             "sha256": m.files["model.onnx"].sha256})
+    backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads)
+    predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
+                          max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
+    batcher = Batcher(
+        backend.run, max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
+        max_queue_size=settings.max_queue_size, workers=settings.inference_workers,
+        on_batch=lambda n, dt: (metrics.batch_size.observe(n), metrics.inference_seconds.observe(dt)),
+        on_dequeue=metrics.queue_seconds.observe,
+        on_expired=lambda: metrics.rejections.labels("timeout").inc(),
+        on_depth=metrics.queue_depth.set,
+    )
+    return State(settings, bundle, predictor, backend, metrics, batcher,
+                 ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre"),
+                 Admission(settings.max_in_flight), model_ref={"name": m.name, "version": m.version})
 
 
-class _TooLarge(Exception):
-    pass
+async def _warm_up(st: State) -> None:
+    """Full batches through the real preprocessing and the real model; ready afterwards."""
+    s = st.settings
+    item = st.predictor.prepare("warm-up product", _warmup_image())
+    n = min(s.max_batch_size, s.max_queue_size)
+    try:
+        for _ in range(s.warmup_batches):
+            await asyncio.gather(*(asyncio.wrap_future(st.batcher.submit(item, 60.0)) for _ in range(n)))
+    except Exception:
+        log.exception("attrx: warm-up failed; the server stays not ready")
+        return
+    st.ready = True
+    st.metrics.ready.set(1)
+    log.info("attrx: %s %s ready (%s, batch <= %d, delay %.1f ms, in flight <= %d)", st.model_ref["name"],
+             st.model_ref["version"], st.backend.providers[0], s.max_batch_size, s.max_queue_delay_ms,
+             s.max_in_flight)
 
 
-class _RequestMetrics:
-    """Requests by endpoint and status code, and their duration (pure ASGI: cheap)."""
+class Service:
+    """The routes' work, on the state the lifespan loads."""
 
-    def __init__(self, app, get_metrics):
-        self.app, self.get_metrics = app, get_metrics
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.drain = Drain()
+        self.state: State | None = None
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in ENDPOINTS else "other"
-        status = {"code": 500}
-        t0 = time.perf_counter()
-
-        async def tracked_send(msg):
-            if msg["type"] == "http.response.start":
-                status["code"] = msg["status"]
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, tracked_send)
-        finally:
-            m = self.get_metrics()
-            if m is not None:
-                m.requests.labels(endpoint, str(status["code"])).inc()
-                m.request_seconds.labels(endpoint).observe(time.perf_counter() - t0)
-
-
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
-    settings = settings or ServeSettings()
-    holder: dict[str, State] = {}
+    # -- lifecycle ----------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """SIGTERM/SIGINT: not ready from now on; work that cannot finish in time is answered 503."""
+        self.drain.begin(self.settings.drain_timeout_s)
+        st = self.state
+        if st is not None:
+            st.ready = False
+            st.metrics.ready.set(0)
+            # this may run in a signal handler: leave the locking to the event loop
+            self._loop.call_soon_threadsafe(st.batcher.close_intake)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        bundle = load_bundle(settings.bundle)
-        m = bundle.manifest
-        metrics = Metrics([a.name for a in m.attributes])
-        metrics.model_info.info({"name": m.name, "version": m.version, "family": m.model.family,
-                                 "sha256": m.files["model.onnx"].sha256})
-        backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads)
-        predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
-                              max_image_pixels=settings.max_image_pixels)
-        batcher = Batcher(
-            backend.run, max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
-            max_queue_size=settings.max_queue_size, workers=settings.inference_workers,
-            on_batch=lambda n, dt: (metrics.batch_size.observe(n), metrics.inference_seconds.observe(dt)),
-            on_dequeue=metrics.queue_seconds.observe,
-            on_expired=lambda: metrics.rejections.labels("timeout").inc(),
-            on_depth=metrics.queue_depth.set,
-        )
-        st = State(settings, bundle, predictor, backend, metrics, batcher,
-                   ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre"),
-                   model_ref={"name": m.name, "version": m.version})
-        holder["state"] = st
+    async def lifespan(self, app: FastAPI):
+        st = self.state = _load(self.settings)
+        self._loop = asyncio.get_running_loop()
         app.state.attrx = st
-        batcher.start()
-
-        async def warm_up() -> None:
-            # full batches through the real preprocessing and the real model; ready afterwards
-            item = predictor.prepare("warm-up product", _warmup_image())
-            n = min(settings.max_batch_size, settings.max_queue_size)
-            try:
-                for _ in range(settings.warmup_batches):
-                    await asyncio.gather(*(asyncio.wrap_future(batcher.submit(item, 60.0)) for _ in range(n)))
-            except Exception:
-                log.exception("attrx: warm-up failed; the server stays not ready")
-                return
-            st.ready = True
-            metrics.ready.set(1)
-            log.info("attrx: %s %s ready (%s, batch <= %d, delay %.1f ms)", m.name, m.version,
-                     backend.providers[0], settings.max_batch_size, settings.max_queue_delay_ms)
-
-        warm = asyncio.create_task(warm_up())
+        st.batcher.start()
+        warm = asyncio.create_task(_warm_up(st))
         try:
             yield
         finally:
             warm.cancel()
-            st.ready = False
-            metrics.ready.set(0)
-            drained = await asyncio.get_running_loop().run_in_executor(None, batcher.stop, settings.drain_timeout_s)
+            self.begin_drain()
+            left = max(0.1, self.drain.deadline - time.monotonic())
+            done = await asyncio.get_running_loop().run_in_executor(None, st.batcher.stop, left)
             st.pool.shutdown(wait=False, cancel_futures=True)
-            log.info("attrx: stopped (%s)", "drained" if drained else "drain timed out")
+            refused = self.drain.refused
+            st.drained = done and refused == 0
+            log.info("attrx: stopped (%s)", "drained" if st.drained else
+                     f"drain timed out after {self.settings.drain_timeout_s:g} s: {refused} refused with 503")
 
-    app = FastAPI(
-        title="attrx",
-        description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",
-        version="0.1.0",
-        lifespan=lifespan,
-        responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                   422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
-                   504: {"model": ErrorResponse}},
-    )
-
-    def state() -> State:
-        st = holder.get("state")
+    def ready_state(self) -> State:
+        st = self.state
         if st is None or not st.ready:
-            raise ApiError(503, "draining" if st is not None else "not_ready", "the model is not ready yet",
-                           {"Retry-After": "1"})
+            if self.drain.draining:
+                raise retry_later(503, "draining", "the server is shutting down")
+            raise retry_later(503, "not_ready", "the model is loading or warming up")
         return st
 
-    def reject(reason: str) -> None:
-        st = holder.get("state")
-        if st is not None:
-            st.metrics.rejections.labels(reason).inc()
+    def reject(self, reason: str) -> None:
+        if reason == "draining":
+            self.drain.refused += 1
+        if self.state is not None:
+            self.state.metrics.rejections.labels(reason).inc()
 
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes, on_reject=lambda: reject("too_large"))
-    app.add_middleware(_RequestMetrics, get_metrics=lambda: holder["state"].metrics if "state" in holder else None)
+    # -- one product --------------------------------------------------------------------------
+    async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> BatchResult:
+        st = self.state
+        watch.check("decoding")
+        fut = st.pool.submit(st.predictor.prepare, p.title, p.image)
+        if ticket is not None:
+            ticket.hold(fut)
+        try:
+            inputs = await watch.wait(fut, "decoding")
+        except (ImageError, InputError) as e:
+            raise input_error(e) from None
+        watch.check("queueing")
+        try:
+            job = st.batcher.submit(inputs, watch.deadline - time.monotonic())
+        except QueueFull as e:
+            raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
+        except Draining as e:
+            raise retry_later(503, "draining", str(e)) from None
+        if ticket is not None:
+            ticket.hold(job)
+        try:
+            return await watch.wait(job, "running")
+        except DeadlineExceeded:  # counted by the batcher
+            raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms", counted=True) from None
+        except Draining as e:
+            raise retry_later(503, "draining", str(e)) from None
 
+    def watch(self, request: Request, t0: float) -> Watch:
+        ms = self.settings.request_timeout_ms
+        return Watch(request.receive, t0 + ms / 1000.0, self.drain, ms)
+
+    def precision_key(self, st: State, min_precision: float | None) -> str:
+        try:
+            return st.predictor.precision_key(min_precision)
+        except InputError as e:
+            raise input_error(e) from None
+
+    async def extract(self, request: Request) -> JSONResponse:
+        t0 = time.monotonic()
+        st = self.ready_state()
+        watch = self.watch(request, t0)
+        try:
+            p = await read_one(request)
+            check_options(p)
+            key = self.precision_key(st, p.min_precision)
+            res = await self.run(p, watch, request.scope.get("attrx.ticket"))
+        finally:
+            watch.close()
+        preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=p.top_k)
+        st.metrics.observe_predictions(preds)
+        return JSONResponse({"model": st.model_ref, "min_precision": key, "predictions": preds,
+                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    # -- a batch of products ------------------------------------------------------------------
+    async def _batch_item(self, st: State, i: int, raw, watch: Watch, ticket: Ticket) -> dict:
+        pid = item_id(raw)
+        try:
+            p = from_model(ExtractRequest.model_validate(raw))
+            key = self.precision_key(st, p.min_precision)
+            res = await self.run(p, watch, ticket)
+        except ApiError as e:
+            if not e.counted:
+                self.reject(e.reason)
+            return {"index": i, "id": pid, "error": {"reason": e.reason, "message": e.message}}
+        except ValidationError as e:
+            self.reject("bad_request")
+            return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
+        except ClientGone:
+            return {"index": i, "gone": True}
+        preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=p.top_k)
+        st.metrics.observe_predictions(preds)
+        return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
+
+    async def extract_batch(self, request: Request) -> JSONResponse:
+        t0 = time.monotonic()
+        st = self.ready_state()
+        watch = self.watch(request, t0)
+        try:
+            body = await read_batch(request, self.settings.max_batch_items)
+            ticket = st.admission.try_acquire(len(body))
+            if ticket is None:
+                raise retry_later(429, "overloaded", f"{len(body)} products do not fit under the server's limit "
+                                                     f"of {st.admission.limit} in flight; retry shortly")
+            try:
+                results = await asyncio.gather(*(self._batch_item(st, i, raw, watch, ticket)
+                                                 for i, raw in enumerate(body)))
+            finally:
+                ticket.close()
+        finally:
+            watch.close()
+        if any(r.get("gone") for r in results):
+            raise ClientGone
+        return JSONResponse({"model": st.model_ref, "results": results,
+                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    # -- the rest -----------------------------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        st = self.ready_state()
+        m, s = st.bundle.manifest, st.settings
+        return ModelInfo(
+            name=m.name, version=m.version, family=m.model.family, created=m.created,
+            precision_targets=m.precision_targets,
+            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
+                        for a in m.attributes],
+            metrics=m.metrics, backend=st.backend.name, providers=st.backend.providers,
+            batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
+                      "max_queue_size": s.max_queue_size, "max_in_flight": s.max_in_flight,
+                      "request_timeout_ms": s.request_timeout_ms},
+        )
+
+    def readyz(self) -> JSONResponse:
+        try:
+            st = self.ready_state()
+        except ApiError as e:
+            return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
+        return JSONResponse({"status": "ready", "model": st.model_ref})
+
+    def metrics(self) -> Response:
+        st = self.state
+        if st is None:
+            return Response("", media_type=CONTENT_TYPE_LATEST)
+        st.metrics.queue_depth.set(st.batcher.depth)
+        st.metrics.in_flight.set(st.admission.in_flight)
+        return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served from this process: the page works on an offline network."""
+    import fastapi_offline
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-static", StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="attrx API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+
+def _error_handlers(app: FastAPI, svc: Service) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
-        if not getattr(e, "counted", False):
-            reject(e.reason)
-        return JSONResponse(_error_body(e.reason, e.message), status_code=e.status, headers=e.headers)
+        if not e.counted:
+            svc.reject(e.reason)
+        return JSONResponse(error_body(e.reason, e.message), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
-        reject("bad_request")
+        svc.reject("bad_request")
         msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        return JSONResponse(_error_body("bad_request", msg), status_code=422)
-
-    async def require_key(request: Request) -> None:
-        key = settings.api_key
-        if not key:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                           {"WWW-Authenticate": "Bearer"})
-
-    async def prepare(st: State, title, image):
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(st.pool, st.predictor.prepare, title, image)
-        except (ImageError, InputError) as e:
-            raise _input_error(e) from None
-
-    async def infer(st: State, inputs, request: Request, deadline: float) -> BatchResult:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ApiError(504, "timeout", "the request's deadline passed before it was queued")
-        try:
-            fut = st.batcher.submit(inputs, remaining)
-        except QueueFull as e:
-            raise ApiError(429, "queue_full", f"{e}; retry shortly", {"Retry-After": "1"}) from None
-        except Draining as e:
-            raise ApiError(503, "draining", str(e), {"Retry-After": "1"}) from None
-        afut = asyncio.wrap_future(fut)
-        while True:
-            left = deadline - time.monotonic()
-            done, _ = await asyncio.wait({afut}, timeout=max(0.0, min(0.25, left)))
-            if done:
-                break
-            if time.monotonic() >= deadline and fut.cancel():
-                raise ApiError(504, "timeout", f"not run within {st.settings.request_timeout_ms:.0f} ms")
-            if await request.is_disconnected() and fut.cancel():
-                reject("client_gone")
-                raise ClientGone
-        try:
-            return afut.result()
-        except DeadlineExceeded:
-            # counted as a timeout rejection by the batcher; answered here without another count
-            return _raise_quiet(504, "timeout", f"not run within {st.settings.request_timeout_ms:.0f} ms")
-        except Draining as e:
-            raise ApiError(503, "draining", str(e), {"Retry-After": "1"}) from None
-
-    def _raise_quiet(status, reason, message):
-        e = ApiError(status, reason, message)
-        e.counted = True
-        raise e
+        return JSONResponse(error_body("bad_request", msg), status_code=422)
 
     @app.exception_handler(ClientGone)
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, e: Exception):
-        # the client hung up (while sending its body, or while its request was queued): nobody to answer
-        if isinstance(e, ClientDisconnect):
-            reject("client_gone")
+        # the client hung up (while sending its body, or while its work waited): nobody to answer
+        svc.reject("client_gone")
         return Response(status_code=499)
 
-    def parse_image_b64(data: str | None) -> bytes | None:
-        if data is None or data == "":
-            return None
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(422, "bad_image", "image_base64 is not valid base64") from None
+
+def _routes(app: FastAPI, svc: Service) -> None:
+    async def require_key(request: Request) -> None:
+        key = svc.settings.api_key
+        if not key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                           {"WWW-Authenticate": "Bearer"})
 
     @app.post("/v1/extract", response_model=ExtractResponse, dependencies=[Depends(require_key)],
               summary="Attributes of one product",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": ExtractRequest.model_json_schema()},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "title": {"type": "string"}, "image": {"type": "string", "format": "binary"},
-                      "min_precision": {"type": "number"}, "top_k": {"type": "integer"}}}}}}})
+                  "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}})
     async def extract(request: Request):
         """One product as multipart (`title` field, `image` file) or JSON (`title`, `image_base64`).
         Either may be absent, not both."""
-        t0 = time.monotonic()
-        st = state()
-        deadline = t0 + st.settings.request_timeout_ms / 1000.0
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=8)
-            except Exception as e:  # malformed multipart
-                raise ApiError(422, "bad_request", f"malformed multipart body ({e})") from None
-            title = form.get("title")
-            upload = form.get("image")
-            image = await upload.read() if hasattr(upload, "read") else None
-            try:
-                mp = form.get("min_precision")
-                min_precision = float(mp) if mp not in (None, "") else None
-                top_k = int(form.get("top_k") or 1)
-            except ValueError:
-                raise ApiError(422, "bad_option", "min_precision must be a number and top_k an integer") from None
-            if isinstance(title, str) is False and title is not None:
-                raise ApiError(422, "bad_request", "title must be a text field")
-        elif ctype == "application/json":
-            try:
-                req = ExtractRequest.model_validate_json(await request.body())
-            except ValidationError as e:
-                raise ApiError(422, "bad_request", _explain(e)) from None
-            title, image = req.title, parse_image_b64(req.image_base64)
-            min_precision, top_k = req.min_precision, req.top_k
-        else:
-            raise ApiError(415, "unsupported_media_type",
-                           f"content type {ctype or '(none)'!r} is not accepted; send multipart/form-data or application/json")
-        if not 1 <= top_k <= 50:
-            raise ApiError(422, "bad_option", "top_k must be between 1 and 50")
-        try:
-            key = st.predictor.precision_key(min_precision)
-        except InputError as e:
-            raise _input_error(e) from None
-        inputs = await prepare(st, title, image)
-        res = await infer(st, inputs, request, deadline)
-        preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=top_k)
-        st.metrics.observe_predictions(preds)
-        return JSONResponse({"model": st.model_ref, "min_precision": key, "predictions": preds,
-                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        return await svc.extract(request)
 
     @app.post("/v1/extract/batch", response_model=BatchResponse, dependencies=[Depends(require_key)],
               summary="Attributes of several products",
@@ -376,86 +355,42 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def extract_batch(request: Request):
         """A JSON list of products (each as in /v1/extract's JSON form). One failed item gets its own
         error entry and does not fail the others."""
-        t0 = time.monotonic()
-        st = state()
-        deadline = t0 + st.settings.request_timeout_ms / 1000.0
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise ApiError(415, "unsupported_media_type", f"content type {ctype or '(none)'!r}: send application/json")
-        try:
-            import json
-
-            body = json.loads(await request.body())
-        except ValueError:
-            raise ApiError(422, "bad_request", "body is not valid JSON") from None
-        if not isinstance(body, list):
-            raise ApiError(422, "bad_request", "body must be a JSON list of products")
-        if len(body) > st.settings.max_batch_items:
-            raise ApiError(413, "too_large", f"{len(body)} products; the limit is {st.settings.max_batch_items}")
-
-        async def one(i: int, raw) -> dict:
-            pid = raw.get("id") if isinstance(raw, dict) else None
-            try:
-                req = ExtractRequest.model_validate(raw)
-                key = st.predictor.precision_key(req.min_precision)
-                inputs = await prepare(st, req.title, parse_image_b64(req.image_base64))
-                res = await infer(st, inputs, request, deadline)
-            except ApiError as e:
-                if not getattr(e, "counted", False):
-                    reject(e.reason)
-                return {"index": i, "id": pid, "error": {"reason": e.reason, "message": e.message}}
-            except ValidationError as e:
-                reject("bad_request")
-                return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": _explain(e)}}
-            except InputError as e:
-                reject(e.reason)
-                return {"index": i, "id": pid, "error": {"reason": e.reason, "message": str(e)}}
-            preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=req.top_k)
-            st.metrics.observe_predictions(preds)
-            return {"index": i, "id": req.id, "min_precision": key, "predictions": preds}
-
-        results = await asyncio.gather(*(one(i, raw) for i, raw in enumerate(body)))
-        return JSONResponse({"model": st.model_ref, "results": results,
-                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        return await svc.extract_batch(request)
 
     @app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_key)],
              summary="The served bundle: attributes, classes, thresholds, training metrics")
     async def model_info():
-        st = state()
-        m = st.bundle.manifest
-        return ModelInfo(
-            name=m.name, version=m.version, family=m.model.family, created=m.created,
-            precision_targets=m.precision_targets,
-            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
-                        for a in m.attributes],
-            metrics=m.metrics, backend=st.backend.name, providers=st.backend.providers,
-            batching={"max_batch_size": st.settings.max_batch_size,
-                      "max_queue_delay_ms": st.settings.max_queue_delay_ms,
-                      "max_queue_size": st.settings.max_queue_size,
-                      "request_timeout_ms": st.settings.request_timeout_ms},
-        )
+        return svc.model_info()
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="503 until the bundle is loaded and a warm-up batch has run")
+    @app.get("/readyz", summary="200 once the bundle is loaded and warmed up; 503 before and while draining",
+             responses={503: {"model": ErrorResponse}})
     async def readyz():
-        st = holder.get("state")
-        if st is None or not st.ready:
-            return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "model": st.model_ref}
+        return svc.readyz()
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():
-        st = holder.get("state")
-        if st is None:
-            return Response("", media_type=CONTENT_TYPE_LATEST)
-        st.metrics.queue_depth.set(st.batcher.depth)
-        return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return svc.metrics()
 
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    svc = Service(settings or ServeSettings())
+    app = FastAPI(
+        title="attrx",
+        description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",
+        version="0.1.0", lifespan=svc.lifespan, docs_url=None, redoc_url=None,
+        responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 503, 504)},
+    )
+    app.state.service = svc
+    st = lambda: svc.state  # noqa: E731
+    app.add_middleware(BodyLimit, limit=svc.settings.max_body_bytes, on_reject=lambda: svc.reject("too_large"))
+    app.add_middleware(AdmissionGate, get_admission=lambda: st().admission if st() else None,
+                       on_reject=lambda: svc.reject("overloaded"))
+    app.add_middleware(RequestMetrics, get_metrics=lambda: st().metrics if st() else None)
+    _error_handlers(app, svc)
+    _routes(app, svc)
+    _docs(app)
     return app
-
-
-def _explain(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())

@@ -107,6 +107,12 @@ class Batcher:
             self._cond.notify()
         return job.future
 
+    def close_intake(self) -> None:
+        """Draining: refuse new items and run what is queued now, without waiting for a batch to fill."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+
     def stop(self, drain_timeout: float = 10.0) -> bool:
         """Stop accepting; wait up to drain_timeout for queued and running work. True if drained."""
         end = time.monotonic() + drain_timeout

@@ -85,12 +85,13 @@ def cmd_validate_bundle(a) -> None:
 
 
 def cmd_serve(a) -> None:
-    import uvicorn
-
-    from service.app import create_app
     from service.bundle import BundleError, load_bundle
+    from service.server import serve
     from service.settings import ServeSettings
 
+    if a.api_key is not None:
+        print("attrx serve: warning: --api-key shows in the process list (/proc/PID/cmdline, ps); "
+              "set ATTRX_API_KEY or use --api-key-file instead", file=sys.stderr, flush=True)
     fields = ServeSettings.model_fields
     settings = ServeSettings(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
     try:
@@ -103,8 +104,7 @@ def cmd_serve(a) -> None:
           f"try:\n  curl -s{auth} -F 'title=Roadster Men Blue Striped T-Shirt' -F image=@some-product.jpg {url}/v1/extract\n"
           f"  curl -s{auth} -H 'Content-Type: application/json' -d '{{\"title\": \"Velora Women Red Dress\"}}' "
           f"{url}/v1/extract", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=a.log_level,
-                timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=a.access_log)
+    raise SystemExit(serve(settings, log_level=a.log_level, access_log=a.access_log))
 
 
 def cmd_score(a) -> None:

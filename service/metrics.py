@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNIT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
-REJECTION_REASONS = ("queue_full", "timeout", "bad_image", "too_large", "empty", "title_too_long",
-                     "unsupported_media_type", "bad_request", "bad_option", "unauthorized", "draining",
-                     "client_gone")
+REJECTION_REASONS = ("overloaded", "queue_full", "timeout", "bad_image", "too_large", "empty", "title_too_long",
+                     "unsupported_media_type", "bad_request", "bad_option", "unauthorized", "not_ready",
+                     "draining", "client_gone", "slow_client", "too_many_connections")
 
 
 class Metrics:
@@ -26,6 +26,8 @@ class Metrics:
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("attrx_batch_size", "items per model batch", buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("attrx_queue_depth", "items waiting in the batching queue", registry=r)
+        self.in_flight = Gauge("attrx_in_flight", "products admitted and not finished (decoding, queued or "
+                                                  "running); the admission limit bounds it", registry=r)
         self.items = Counter("attrx_items", "products predicted", registry=r)
         self.rejections = Counter("attrx_rejections", "requests or items refused, by reason", ["reason"],
                                   registry=r)

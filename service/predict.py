@@ -30,12 +30,13 @@ def stack(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class Predictor:
     """The bundle's preprocessing and postprocessing around any runtime backend."""
 
-    def __init__(self, bundle: Bundle, *, max_title_chars: int = 2000, max_image_pixels: int | None = None):
+    def __init__(self, bundle: Bundle, *, max_title_chars: int = 2000, max_image_pixels: int | None = None,
+                 max_image_aspect: float | None = None):
         self.bundle = bundle
         self.manifest = bundle.manifest
         pre = self.manifest.preprocess
-        if max_image_pixels is not None:
-            pre = pre.model_copy(update={"max_image_pixels": max_image_pixels})
+        limits = {"max_image_pixels": max_image_pixels, "max_image_aspect": max_image_aspect}
+        pre = pre.model_copy(update={k: v for k, v in limits.items() if v is not None})
         self.preprocess = pre
         self.tokenizer = load_tokenizer(bundle.tokenizer_path, pre.max_text_len)
         self.max_title_chars = max_title_chars

@@ -41,6 +41,8 @@ class PreprocessConfig(BaseModel):
     max_text_len: int = Field(32, ge=4, le=512)
     resample: str = Field("bicubic", pattern="^(bicubic|bilinear|lanczos)$")
     max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels are refused")
+    max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side is more than this many "
+                                                              "times the shorter are refused")
 
 
 class ImageError(ValueError):
@@ -61,8 +63,9 @@ _RESAMPLE = {
 def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Image.Image:
     """Decode an image (bytes or a path) into an RGB Pillow image.
 
-    The declared size is checked before any pixel is decoded (decompression bombs), and large
-    JPEGs are decoded at a reduced scale with Pillow's draft mode.
+    The declared size and aspect ratio are checked before any pixel is decoded (decompression and
+    aspect-ratio bombs: the resize below costs at most `max_image_aspect` times the model's image
+    area), and large JPEGs are decoded at a reduced scale with Pillow's draft mode.
     """
     what = "image" if isinstance(source, bytes) else f"image {os.fspath(source)!r}"
     try:
@@ -85,6 +88,13 @@ def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Imag
             raise ImageError(
                 "too_large",
                 f"{what}: declares {w}x{h} = {w * h:,} pixels, over the limit of {cfg.max_image_pixels:,}",
+            )
+        if max(w, h) > cfg.max_image_aspect * min(w, h):
+            # resizing the shorter side to the model's size would blow the longer one up
+            raise ImageError(
+                "bad_image",
+                f"{what}: declares {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):,.0f}:1, over the limit of "
+                f"{cfg.max_image_aspect:g}:1",
             )
         if img.format == "JPEG":
             img.draft("RGB", (cfg.image_size, cfg.image_size))

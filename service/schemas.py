@@ -6,12 +6,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ExtractRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "3" is not an integer and true is not a number; the types are the ones documented
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = Field(None, description="echoed back in batch results")
     title: str | None = Field(None, description="product title")
     image_base64: str | None = Field(None, description="the image file (JPEG, PNG, WebP, ...) base64-encoded")
-    min_precision: float | None = Field(None, description="a calibrated precision target of the bundle; default the lowest")
-    top_k: int = Field(1, ge=1, le=50)
+    min_precision: float | None = Field(None, gt=0, le=1,
+                                        description="one of the bundle's calibrated precision targets (GET /v1/model "
+                                                    "lists them; another value is answered 422 bad_option); "
+                                                    "default the lowest")
+    top_k: int = Field(1, ge=1, le=50, description="how many candidates to list per attribute")
 
 
 class Candidate(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,7 +18,9 @@ class ServeSettings(BaseSettings):
     # dynamic batching (Triton semantics)
     max_batch_size: int = Field(32, ge=1, description="a batch closes at this many items; 1 turns batching off")
     max_queue_delay_ms: float = Field(5.0, ge=0, description="...or when its oldest item has waited this long")
-    max_queue_size: int = Field(256, ge=1, description="queued items beyond this are refused with 429")
+    max_queue_size: int = Field(256, ge=1, description="items waiting for a batch beyond this are refused with 429")
+    max_in_flight: int = Field(64, ge=1, description="products admitted at once (decoding + queued + running); "
+                                                    "past it a request is refused at once with 429")
     request_timeout_ms: float = Field(5000.0, gt=0, description="deadline of a request; expired while queued -> 504")
     inference_workers: int = Field(1, ge=1, description="threads running model batches")
     # half the cores each for preprocessing and the model: on 2 cores this beat onnxruntime's
@@ -31,11 +34,39 @@ class ServeSettings(BaseSettings):
     # input limits
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels -> 413, undecoded")
+    max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side exceeds this many times "
+                                                              "the shorter -> 422, undecoded")
     max_title_chars: int = Field(2000, ge=1, description="longer titles -> 422")
     max_batch_items: int = Field(64, ge=1, description="most products in one /v1/extract/batch call")
+    # connections
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "
+                                                           "within this is closed (408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request whose body has not fully arrived within this "
+                                                         "is answered 408 and closed")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(1024, ge=1, description="open connections beyond this are answered 503 and closed")
     # lifecycle and access
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")
-    api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>'")
+    api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>' "
+                                                  "(prefer the environment variable or --api-key-file: a flag "
+                                                  "shows in the process list)")
+    api_key_file: str | None = Field(None, description="read the API key from this file (first line)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.max_in_flight < self.max_batch_items:
+            raise ValueError(f"max_in_flight ({self.max_in_flight}) must be at least max_batch_items "
+                             f"({self.max_batch_items}), or a full batch request could never be admitted")
+        if self.api_key_file and not self.api_key:
+            try:
+                text = Path(self.api_key_file).read_text(encoding="utf-8")
+            except OSError as e:
+                raise ValueError(f"api_key_file {self.api_key_file}: {e.strerror or e}") from None
+            key = text.strip().splitlines()[0].strip() if text.strip() else ""
+            if not key:
+                raise ValueError(f"api_key_file {self.api_key_file} is empty")
+            self.api_key = key
+        return self
 
 
 def _half_cores() -> int:

@@ -1,0 +1,82 @@
+"""Admission control at the door: a bound on the products in flight, whatever stage they are in.
+
+A product is in flight from the moment its request is admitted until its last piece of work (image
+decoding, waiting in the batching queue, running in a batch) has finished, even when its client
+has left or its deadline passed, so the bound holds on work, not on answers. Past the bound a
+request is refused at once (429): the queue ahead of decoding can never grow without limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+
+class Admission:
+    """A thread-safe counter of products in flight, bounded by `limit`."""
+
+    def __init__(self, limit: int, on_change=None):
+        if limit < 1:
+            raise ValueError("the in-flight limit must be >= 1")
+        self.limit = limit
+        self._n = 0
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    @property
+    def in_flight(self) -> int:
+        return self._n
+
+    @property
+    def full(self) -> bool:
+        return self._n >= self.limit
+
+    def try_acquire(self, n: int = 1) -> Ticket | None:
+        """n slots at once, or None (nothing taken) when they do not all fit."""
+        with self._lock:
+            if self._n + n > self.limit:
+                return None
+            self._n += n
+            value = self._n
+        if self._on_change:
+            self._on_change(value)
+        return Ticket(self, n)
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._n -= n
+            value = self._n
+        if self._on_change:
+            self._on_change(value)
+
+
+class Ticket:
+    """n admitted slots. `close()` gives them back, but only once every piece of work attached
+    with `hold()` has finished (a decode or a batch cannot be stopped once it runs)."""
+
+    def __init__(self, admission: Admission, n: int):
+        self._admission, self._n = admission, n
+        self._pending = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def hold(self, fut: Future) -> None:
+        with self._lock:
+            self._pending += 1
+        fut.add_done_callback(self._done)
+
+    def _done(self, _fut) -> None:
+        with self._lock:
+            self._pending -= 1
+            release = self._closed and self._pending == 0
+        if release:
+            self._admission._release(self._n)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            release = self._pending == 0
+        if release:
+            self._admission._release(self._n)

@@ -1,0 +1,46 @@
+"""The service's error answers: one JSON shape, {"error": {"reason": ..., "message": ...}}."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from service.predict import InputError
+from service.preprocess import ImageError
+
+
+class ApiError(Exception):
+    """An answer other than 200. `counted`: the rejection metric was already incremented."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None, counted: bool = False):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
+        self.counted = counted
+
+
+class TooLarge(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(413, "too_large", f"request body is over the limit of {limit:,} bytes")
+
+
+class ClientGone(Exception):
+    """The client hung up: there is nobody to answer."""
+
+
+def error_body(reason: str, message: str) -> dict:
+    return {"error": {"reason": reason, "message": message}}
+
+
+def input_error(e: Exception) -> ApiError:
+    if isinstance(e, ImageError):
+        return ApiError(413 if e.reason == "too_large" else 422, e.reason, str(e))
+    if isinstance(e, InputError):
+        return ApiError(422, e.reason, str(e))
+    raise e
+
+
+def explain(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
+
+
+def retry_later(status: int, reason: str, message: str, seconds: int = 1) -> ApiError:
+    return ApiError(status, reason, message, {"Retry-After": str(seconds)})

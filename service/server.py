@@ -1,0 +1,162 @@
+"""uvicorn, hardened for slow and vanished clients, with a drain that answers and exits cleanly.
+
+- `GuardedHttpProtocol` (httptools) adds what uvicorn lacks: a connection must send a request's
+  headers within `header_timeout_s` and its body within `body_timeout_s` (else 408 and close), and
+  connections beyond `max_connections` are answered 503 and closed. Idle keep-alive connections
+  are closed by uvicorn's own `timeout_keep_alive`.
+- `AttrxServer` tells the app the moment SIGTERM/SIGINT arrives (readiness turns 503, the drain
+  clock starts, so requests that cannot finish in time get 503 instead of being cancelled), and
+  exits with status 0 after a clean drain instead of re-raising the signal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+from collections.abc import Callable
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("uvicorn.error")
+
+
+def _raw_response(status: int, phrase: str, reason: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"reason": reason, "message": message}}).encode()
+    head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n{extra}\r\n")
+    return head.encode() + body
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """Configured through class attributes by `guarded_protocol()`."""
+
+    header_timeout_s = 10.0
+    body_timeout_s = 30.0
+    max_connections = 1024
+    on_close: Callable[[str], None] | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._timer = None
+        self._begun = False
+        if len(self.connections) > self.max_connections:
+            self._close("too_many_connections", _raw_response(
+                503, "Service Unavailable", "too_many_connections",
+                f"the server holds {self.max_connections} connections, its limit; retry shortly", "retry-after: 1\r\n"))
+            return
+        self._arm(self.header_timeout_s, "slow_headers")
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        if self._timer is None:  # a later request on a keep-alive connection
+            self._arm(self.header_timeout_s, "slow_headers")
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._arm(self.body_timeout_s, "slow_body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._begun = False
+        super().on_message_complete()
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_timer", None) is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        answered = cycle is not None and cycle.response_started and not cycle.response_complete
+        if what == "slow_headers" and not self._begun:
+            return self._close("slow_client", b"")  # never sent a byte of a request: just close
+        if answered:
+            return self._close("slow_client", b"")
+        limit = self.header_timeout_s if what == "slow_headers" else self.body_timeout_s
+        part = "headers" if what == "slow_headers" else "body"
+        self._close("slow_client", _raw_response(
+            408, "Request Timeout", "slow_client", f"the request's {part} did not arrive within {limit:g} s"))
+
+    def _close(self, reason: str, response: bytes) -> None:
+        if response:
+            self.transport.write(response)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's receive() now answers http.disconnect
+            self.cycle.message_event.set()
+        self.transport.close()
+        hook = type(self).on_close
+        if hook is not None:
+            hook(reason)
+
+
+def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_connections: int,
+                     on_close: Callable[[str], None] | None = None) -> type[GuardedHttpProtocol]:
+    return type("AttrxHttpProtocol", (GuardedHttpProtocol,), {
+        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+        "max_connections": max_connections, "on_close": staticmethod(on_close) if on_close else None})
+
+
+class AttrxServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit_signal: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit_signal = on_exit_signal
+
+    def handle_exit(self, sig, frame) -> None:
+        self._on_exit_signal()
+        super().handle_exit(sig, frame)
+
+    async def serve(self, sockets=None) -> None:
+        with self.capture_signals():
+            await self._serve(sockets)
+            # shut down as asked, after draining: exit normally rather than re-raising the signal
+            self._captured_signals.clear()
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards the hard one if needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        log.warning("attrx: open-files limit is %d, below --max-connections + 64 = %d", new, wanted)
+
+
+def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int:
+    """Run `attrx serve` until SIGTERM/SIGINT; the exit status: 0 drained cleanly, 1 not."""
+    from service.app import create_app
+
+    app = create_app(settings)
+    svc = app.state.service
+    raise_open_files_limit(settings.max_connections + 64)
+    protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
+                                on_close=svc.reject)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log, http=protocol,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        # the app answers what cannot finish by the drain deadline itself (503); uvicorn's own
+        # cancellation, which would answer 500, only comes after it
+        timeout_graceful_shutdown=settings.drain_timeout_s + 5,
+    )
+    server = AttrxServer(config, on_exit_signal=svc.begin_drain)
+    server.run()
+    st = svc.state
+    if st is None:  # startup failed (uvicorn logged why)
+        return 3
+    return 0 if st.drained else 1
