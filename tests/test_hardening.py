@@ -1,0 +1,299 @@
+"""Nothing lost, nothing hangs: one regression test per finding of the hardening issue, each against
+a real `attrx serve` process on 127.0.0.1 (raw sockets where a client has to misbehave)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures as cf
+import json
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_service import _metric, _scrape, _wait_metric
+
+
+def _png(width: int, height: int, fill: int = 0x80) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = (b"\0" + bytes([fill]) * (3 * width)) * height
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def _connect(server) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return s
+
+
+def _read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    t0 = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open for {timeout} s; got {data[:200]!r}")
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - t0
+
+
+# -- load shedding ----------------------------------------------------------------------------------
+def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
+    # a long batch delay keeps 4 products in flight; the next requests must be refused at the door
+    s = start_server(max_in_flight=4, max_batch_items=4, max_queue_delay_ms=2000, max_batch_size=64)
+    with cf.ThreadPoolExecutor(4) as ex:
+        held = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=20)
+                for i in range(4)]
+        _wait_metric(s, "attrx_in_flight", 4)
+        t0 = time.monotonic()
+        refused = [httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=5) for _ in range(5)]
+        batch = httpx.post(s.url + "/v1/extract/batch", json=[{"title": "Tee"}], timeout=5)
+        fast = time.monotonic() - t0
+        assert [r.status_code for r in held_results(held)] == [200] * 4
+    assert [r.status_code for r in refused] == [429] * 5 and batch.status_code == 429
+    assert fast < 1.5, f"6 refusals took {fast:.2f} s: they waited for work instead of being refused"
+    body = refused[0].json()["error"]
+    assert body["reason"] == "overloaded" and "4 products are in flight" in body["message"]
+    assert refused[0].headers["retry-after"] == "1"
+    after = _scrape(s)
+    assert _metric(after, "attrx_rejections_total", '{reason="overloaded"}') == 6
+    assert _metric(after, "attrx_in_flight") == 0  # every slot came back
+    assert httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
+
+
+def held_results(futs):
+    return [f.result() for f in futs]
+
+
+# -- input that costs far more than its size --------------------------------------------------------
+def test_aspect_ratio_bombs_are_refused_before_decoding(server):
+    bomb = base64.b64encode(_png(1, 50_000)).decode()
+    t0 = time.monotonic()
+    r = httpx.post(server.url + "/v1/extract", files={"image": ("b.png", _png(1, 50_000), "image/png")}, timeout=10)
+    assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_image"
+    assert "aspect ratio of 50,000:1" in r.json()["error"]["message"]
+    items = [{"id": f"b{i}", "image_base64": bomb} for i in range(16)] + [{"id": "t", "title": "Red Cap"}]
+    b = httpx.post(server.url + "/v1/extract/batch", json=items, timeout=10)
+    assert time.monotonic() - t0 < 3.0
+    res = b.json()["results"]
+    assert all(x["error"]["reason"] == "bad_image" for x in res[:16]) and res[16]["predictions"]
+
+
+@pytest.mark.parametrize("field", ["top_k", "min_precision", "title"])
+def test_options_sent_as_file_parts_are_a_4xx(server, field):
+    data = {"title": "Red Cap"} if field != "title" else {}
+    r = httpx.post(server.url + "/v1/extract", data=data, files={field: ("k.txt", b"3", "text/plain")}, timeout=10)
+    assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_request"
+    assert f"{field} must be a text field" in r.json()["error"]["message"]
+
+
+def test_an_image_sent_as_a_text_field_is_a_4xx(server):
+    r = httpx.post(server.url + "/v1/extract", data={"title": "Red Cap", "image": "not a file"},
+                   files={"x": ("x", b"", "text/plain")}, timeout=10)
+    assert r.status_code == 422 and "image must be a file part" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"[" + b'{"a":' * 50_000, b'[{"title": ' + b"[" * 100_000])
+def test_deeply_nested_json_is_a_4xx(server, body):
+    for path in ("/v1/extract/batch", "/v1/extract"):
+        r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_request", (path, r.text[:200])
+
+
+def test_chunked_multipart_over_the_body_limit_is_413(server):
+    boundary = "xyzzy"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+
+    def chunks():  # no Content-Length: the body is streamed chunked, 3 MiB against a 2 MiB limit
+        yield head
+        for _ in range(48):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = httpx.post(server.url + "/v1/extract", content=chunks(), timeout=10,
+                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and r.json()["error"]["reason"] == "too_large", r.text[:300]
+    json_body = httpx.post(server.url + "/v1/extract", content=(b" " * 65536 for _ in range(48)), timeout=10,
+                           headers={"content-type": "application/json"})
+    assert json_body.status_code == 413
+
+
+def test_the_batch_endpoint_echoes_only_string_ids(server):
+    r = httpx.post(server.url + "/v1/extract/batch", json=[{"id": {}}, {"id": 7, "title": "Cap"},
+                                                           {"id": "ok", "title": "Cap"}], timeout=10)
+    res = r.json()["results"]
+    assert res[0]["id"] is None and res[1]["id"] is None and res[2]["id"] == "ok"
+    assert res[0]["error"]["reason"] == res[1]["error"]["reason"] == "bad_request"
+
+
+@pytest.mark.parametrize("extra", [{"top_k": "3"}, {"top_k": True}, {"min_precision": "0.9"},
+                                   {"min_precision": 0}, {"min_precision": 1.5}, {"title": 5}])
+def test_json_types_are_strict_and_as_documented(server, extra):
+    r = httpx.post(server.url + "/v1/extract", json={"title": "Red Cap", **extra}, timeout=10)
+    assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_request", r.text
+
+
+def test_the_schema_says_what_the_server_accepts(server):
+    spec = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    body = spec["paths"]["/v1/extract"]["post"]["requestBody"]["content"]
+    mp = body["application/json"]["schema"]["properties"]["min_precision"]["anyOf"][0]
+    assert mp["exclusiveMinimum"] == 0 and mp["maximum"] == 1
+    assert body["multipart/form-data"]["schema"]["properties"]["min_precision"]["exclusiveMinimum"] == 0
+
+
+# -- slow and vanished clients ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def impatient(start_server):
+    return start_server(header_timeout_s=1, body_timeout_s=1, keep_alive_timeout_s=1)
+
+
+@pytest.mark.parametrize("kind", ["partial_headers", "short_body", "unfinished_chunked", "idle"])
+def test_slow_clients_are_closed(impatient, kind):
+    before = _metric(_scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
+    sock = _connect(impatient)
+    if kind == "partial_headers":
+        sock.sendall(b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+    elif kind == "short_body":
+        sock.sendall(b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"title\": ")
+    elif kind == "unfinished_chunked":
+        sock.sendall(b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"tit\r\n")
+    data, took = _read_until_closed(sock, timeout=10)
+    sock.close()
+    assert took < 5, f"closed after {took:.1f} s"
+    if kind == "idle":
+        assert data == b""
+    else:
+        assert data.startswith(b"HTTP/1.1 408") and b'"reason": "slow_client"' in data, data[:300]
+    after = _metric(_scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
+    assert after == before + 1
+    assert httpx.post(impatient.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
+
+
+def test_idle_keep_alive_connections_are_closed(impatient):
+    sock = _connect(impatient)
+    body = b'{"title": "Red Cap"}'
+    sock.sendall(b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    data, took = _read_until_closed(sock, timeout=10)
+    assert data.startswith(b"HTTP/1.1 200") and took < 5
+
+
+def test_connections_past_the_limit_are_refused(start_server):
+    s = start_server(max_connections=4, header_timeout_s=30)
+    held = [_connect(s) for _ in range(4)]
+    time.sleep(0.3)
+    extra = _connect(s)
+    data, _ = _read_until_closed(extra, timeout=10)
+    assert data.startswith(b"HTTP/1.1 503") and b"too_many_connections" in data
+    for c in held:
+        c.close()
+    time.sleep(0.3)
+    assert httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
+    assert _metric(_scrape(s), "attrx_rejections_total", '{reason="too_many_connections"}') == 1
+
+
+def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
+    # one decoding thread busy with slow images: the clients that give up meanwhile are dropped
+    s = start_server(preprocess_workers=1, max_queue_delay_ms=1)
+    heavy = _png(4000, 4000)
+    before = _scrape(s)
+    with cf.ThreadPoolExecutor(4) as ex:
+        futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy, "image/png")},
+                          timeout=0.3) for _ in range(4)]
+        for f in futs:
+            with pytest.raises(httpx.ReadTimeout):
+                f.result()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _metric(_scrape(s), "attrx_in_flight") > 0:
+        time.sleep(0.1)
+    after = _scrape(s)
+    gone = _metric(after, "attrx_rejections_total", '{reason="client_gone"}')
+    assert gone == 4
+    ran = _metric(after, "attrx_batch_size_sum") - _metric(before, "attrx_batch_size_sum")
+    assert ran == 0, f"{ran} abandoned products were still run by the model"
+
+
+# -- shutdown and waiting ---------------------------------------------------------------------------
+def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_server):
+    s = start_server(preprocess_workers=1, drain_timeout_s=1, log_level="info")
+    heavy = _png(4000, 4000)
+    with cf.ThreadPoolExecutor(10) as ex:
+        futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy, "image/png")},
+                          timeout=30) for _ in range(10)]
+        _wait_metric(s, "attrx_in_flight", 10)
+        s.proc.send_signal(signal.SIGTERM)
+        rs = [f.result() for f in futs]
+    codes = [r.status_code for r in rs]
+    assert set(codes) <= {200, 503} and codes.count(503) >= 3, codes
+    assert all(r.json()["error"]["reason"] == "draining" for r in rs if r.status_code == 503)
+    assert s.proc.wait(timeout=20) == 1
+    assert "drain timed out" in s.output()
+
+
+def test_waiting_past_the_deadline_on_running_work_does_not_spin():
+    from service.watch import Drain, Watch
+
+    async def main() -> tuple[str, float]:
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()  # a batch already running: it cannot be cancelled
+        threading.Timer(1.0, fut.set_result, ["done"]).start()
+        never = asyncio.get_running_loop().create_future()
+
+        async def receive():  # a client that stays connected
+            await never
+
+        watch = Watch(receive, time.monotonic() + 0.1, Drain(), 100)
+        c0 = resource.getrusage(resource.RUSAGE_SELF)
+        result = await watch.wait(fut, "running")
+        c1 = resource.getrusage(resource.RUSAGE_SELF)
+        watch.close()
+        return result, (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+
+    result, cpu = asyncio.run(main())
+    assert result == "done"  # admitted in time and running: answered, not 504
+    assert cpu < 0.2, f"waiting 0.9 s past the deadline burned {cpu:.2f} s of CPU"
+
+
+# -- smaller ----------------------------------------------------------------------------------------
+def test_docs_work_offline(server):
+    page = httpx.get(server.url + "/docs", timeout=10)
+    assert page.status_code == 200 and "cdn" not in page.text.lower()
+    assert "/docs-static/swagger-ui-bundle.js" in page.text
+    js = httpx.get(server.url + "/docs-static/swagger-ui-bundle.js", timeout=10)
+    assert js.status_code == 200 and len(js.content) > 100_000
+
+
+def test_api_key_on_the_command_line_warns_and_a_key_file_works(start_server, tmp_path):
+    exe = str(Path(sys.executable).parent / "attrx")
+    r = subprocess.run([exe, "serve", "--bundle", str(tmp_path / "missing"), "--api-key", "k"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--api-key shows in the process list" in r.stderr
+    key = tmp_path / "key"
+    key.write_text("s3cret-from-file\n")
+    s = start_server(api_key_file=str(key))
+    assert httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 401
+    ok = httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10,
+                    headers={"Authorization": "Bearer s3cret-from-file"})
+    assert ok.status_code == 200
+    assert "s3cret" not in " ".join(s.proc.args)
+    assert json.loads(httpx.get(s.url + "/readyz", timeout=5).text)["status"] == "ready"
