@@ -7,12 +7,13 @@ the rest of the catalog is kept.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from service.csvrecords import _NOT_UTF8, records
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -64,30 +65,45 @@ def _clean(value) -> str | None:
     return s or None
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None, list[str]]]:
+    recs = records(path)
+    header = next(recs, None)
+    while header is not None and header.fields is None:  # an unreadable first line is no header
+        header = next(recs, None)
+    cols = [c.strip() for c in header.fields] if header is not None else []
+    id_at = cols.index("id") if "id" in cols else None
+    for rec in recs:
+        fields = rec.fields
+        if rec.error is None and fields is not None and len(fields) > len(cols):
+            rec.error = f"{len(fields)} fields, header has {len(cols)}"
+        if rec.error is not None:
+            readable = fields is not None and id_at is not None and id_at < len(fields)
+            yield rec.line, {"__error_id__": _clean(fields[id_at]) if readable else None}, rec.error, cols
+            continue
+        yield rec.line, dict(zip(cols, [*fields, *[None] * (len(cols) - len(fields))], strict=True)), None, cols
+
+
 def _raw_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None, list[str]]]:
     """Yield (line, row-or-None, parse-error, columns)."""
     fmt = catalog_format(path)
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            cols = list(reader.fieldnames or [])
-            line = 1
-            for row in reader:
-                start, line = line + 1, reader.line_num
-                if None in row:  # more fields than the header
-                    yield start, None, f"{len(cols) + len(row[None])} fields, header has {len(cols)}", cols
-                    continue
-                yield start, row, None, cols
+        yield from _csv_rows(path)
     elif fmt == "jsonl":
         cols: list[str] = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             for n, text in enumerate(f, start=1):
                 if not text.strip():
+                    continue
+                if _NOT_UTF8.search(text):
+                    yield n, None, "is not valid UTF-8 (re-encode the file as UTF-8)", cols
                     continue
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as e:
                     yield n, None, f"invalid JSON ({e.msg} at column {e.colno})", cols
+                    continue
+                except RecursionError:
+                    yield n, None, "invalid JSON (nested too deeply)", cols
                     continue
                 if not isinstance(row, dict):
                     yield n, None, f"expected a JSON object, got {type(row).__name__}", cols
@@ -124,8 +140,8 @@ def read_catalog(
         if not checked_columns:
             _check_columns(path, cols, attributes)
             checked_columns = True
-        if row is None:
-            errors.append(RowError(line, None, err or "unreadable row"))
+        if err is not None or row is None:
+            errors.append(RowError(line, (row or {}).get("__error_id__"), err or "unreadable row"))
             continue
         pid = _clean(row.get("id"))
         if pid is None:
