@@ -133,3 +133,70 @@ def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp
     final = [r["id"] for r in _read(out)]
     assert len(final) == len(set(final)) == len(ids) and set(final) == set(ids)
     assert final[: len(partial)] == [r["id"] for r in partial]  # kept, not rescored
+
+
+def _long_catalog(demo_catalog, tmp_path, repeats: int = 30) -> tuple[Path, list[str]]:
+    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
+    cat = tmp_path / "long.csv"
+    ids = []
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for k in range(repeats):
+            for r in rows:
+                ids.append(f"{r['id']}-{k}")
+                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
+    return cat, ids
+
+
+def test_parquet_output_survives_kill_9_and_resumes(demo_catalog, bundle, tmp_path):
+    from service.outputs import partial_path
+
+    cat, ids = _long_catalog(demo_catalog, tmp_path)
+    out = tmp_path / "pred.parquet"
+    exe = str(Path(sys.executable).parent / "attrx")
+    proc = subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out),
+                             "--batch-size", "4", "--workers", "1", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = partial_path(out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < 4000):
+        time.sleep(0.02)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # the scorer and its decoding workers, no chance to clean up
+    proc.wait(timeout=30)
+    assert not out.exists() and partial.exists()
+    kept = [json.loads(x)["id"] for x in partial.read_text().splitlines() if x.endswith("}")]
+    assert kept
+    with pytest.raises(SystemExit, match="--resume continues it"):
+        main(["score", str(cat), "--bundle", str(bundle), "--out", str(out), "--quiet"])
+    main(["score", str(cat), "--bundle", str(bundle), "--out", str(out), "--resume", "--quiet"])
+    final = [r["id"] for r in _read(out)]
+    assert len(final) == len(set(final)) == len(ids) and final[: len(kept)] == kept
+    assert not partial.exists()
+
+
+def test_resume_refuses_another_bundle_or_options(messy_catalog, bundle, tmp_path):
+    import shutil
+
+    out = tmp_path / "pred.jsonl"
+    args = ["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(out), "--quiet"]
+    main(args)
+    other = tmp_path / "other-bundle"
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["version"] = "9.9.9"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="written with another bundle or options.*bundle_sha256"):
+        main(["score", str(messy_catalog), "--bundle", str(other), "--out", str(out), "--resume", "--quiet"])
+    targets = manifest["precision_targets"]
+    if len(targets) > 1:
+        with pytest.raises(SystemExit, match="min_precision"):
+            main([*args, "--resume", "--min-precision", str(targets[1])])
+    main([*args, "--resume"])  # the same bundle and options: fine (nothing left to do)
+    (tmp_path / "pred.jsonl.meta.json").unlink()
+    with pytest.raises(SystemExit, match="no pred.jsonl.meta.json records"):
+        main([*args, "--resume"])
+    main([*args, "--overwrite"])
+    assert len(_read(out)) == 40
