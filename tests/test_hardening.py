@@ -297,3 +297,20 @@ def test_api_key_on_the_command_line_warns_and_a_key_file_works(start_server, tm
     assert ok.status_code == 200
     assert "s3cret" not in " ".join(s.proc.args)
     assert json.loads(httpx.get(s.url + "/readyz", timeout=5).text)["status"] == "ready"
+
+
+# -- fuzzing ----------------------------------------------------------------------------------------
+def test_schemathesis_finds_no_server_error_or_schema_violation(server):
+    """Every operation of /openapi.json fuzzed (coverage and fuzzing phases, a bounded number of
+    examples each): no 5xx, and every answer matches the schema the server publishes."""
+    st = Path(sys.executable).parent / "st"
+    if not st.exists():
+        pytest.skip("schemathesis is not installed (it is in the dev extra)")
+    t0 = time.monotonic()
+    r = subprocess.run([str(st), "run", server.url + "/openapi.json", "--checks",
+                        "not_a_server_error,response_schema_conformance", "--max-examples", "60", "--seed", "7",
+                        "--no-color", "--request-timeout", "20"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "No issues found" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+    assert time.monotonic() - t0 < 120
+    assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
