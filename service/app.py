@@ -10,6 +10,7 @@ request's deadline, the server's drain deadline and the client staying connected
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import io
 import logging
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.admission import Admission, Ticket
-from service.asgi import AdmissionGate, BodyLimit, RequestMetrics
+from service.asgi import BodyLimit, Gate, RequestMetrics
 from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from service.bundle import Bundle, load_bundle
 from service.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
@@ -106,6 +107,10 @@ async def _warm_up(st: State) -> None:
     except Exception:
         log.exception("attrx: warm-up failed; the server stays not ready")
         return
+    # the objects of startup (bundle, tokenizer, modules) live as long as the process: keep them out
+    # of the collector's full passes, which otherwise scan them all and stall the event loop
+    gc.collect()
+    gc.freeze()
     st.ready = True
     st.metrics.ready.set(1)
     log.info("attrx: %s %s ready (%s, batch <= %d, delay %.1f ms, in flight <= %d)", st.model_ref["name"],
@@ -120,6 +125,7 @@ class Service:
         self.settings = settings
         self.drain = Drain()
         self.state: State | None = None
+        self.gate: Gate | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -135,6 +141,7 @@ class Service:
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
         st = self.state = _load(self.settings)
+        self.gate = Gate(st.admission, st.metrics)
         self._loop = asyncio.get_running_loop()
         app.state.attrx = st
         st.batcher.start()
@@ -376,19 +383,38 @@ def _routes(app: FastAPI, svc: Service) -> None:
         return svc.metrics()
 
 
+class AttrxApp(FastAPI):
+    """FastAPI with the admission gate in front of everything else it does per request."""
+
+    service: Service
+
+    async def __call__(self, scope, receive, send):
+        gate = self.service.gate
+        if gate is None or scope["type"] != "http" or scope["path"] not in Gate.PATHS:
+            return await super().__call__(scope, receive, send)
+        # admitted already by the HTTP protocol (`service.server`), or decided here
+        ticket = scope["attrx.ticket"] if "attrx.admitted" in scope else gate.admit(scope["path"])
+        if ticket is False:
+            return await gate.refuse(scope["path"], send)
+        scope["attrx.ticket"] = ticket
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if ticket is not None:
+                ticket.close()
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     svc = Service(settings or ServeSettings())
-    app = FastAPI(
+    app = AttrxApp(
         title="attrx",
         description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",
         version="0.1.0", lifespan=svc.lifespan, docs_url=None, redoc_url=None,
         responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 503, 504)},
     )
-    app.state.service = svc
+    app.state.service = app.service = svc
     st = lambda: svc.state  # noqa: E731
     app.add_middleware(BodyLimit, limit=svc.settings.max_body_bytes, on_reject=lambda: svc.reject("too_large"))
-    app.add_middleware(AdmissionGate, get_admission=lambda: st().admission if st() else None,
-                       on_reject=lambda: svc.reject("overloaded"))
     app.add_middleware(RequestMetrics, get_metrics=lambda: st().metrics if st() else None)
     _error_handlers(app, svc)
     _routes(app, svc)

@@ -1,8 +1,6 @@
 """Pure-ASGI middleware in front of the routes: cheap enough to run on every request.
 
 - `BodyLimit`: bodies over the limit get 413, by Content-Length or by counting a streamed body.
-- `AdmissionGate`: a request that would take the server past its in-flight limit gets 429 at once,
-  before its body is read or any work is queued (`service.admission`).
 - `RequestMetrics`: requests by endpoint and status code, and their duration.
 """
 
@@ -18,12 +16,60 @@ ENDPOINTS = {"/v1/extract", "/v1/extract/batch", "/v1/model", "/healthz", "/read
              "/openapi.json"}
 
 
-async def send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
+def json_response(status: int, body: dict, headers: dict | None = None) -> tuple[dict, dict]:
+    """The two ASGI messages of a JSON answer (built once, sendable many times)."""
     data = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
+    return {"type": "http.response.start", "status": status, "headers": raw}, {"type": "http.response.body",
+                                                                               "body": data}
+
+
+async def send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
+    start, body_msg = json_response(status, body, headers)
+    await send(start)
+    await send(body_msg)
+
+
+class Gate:
+    """Admission at the door (`service.admission`), for the app's own `__call__`: a request that
+    would take the server past its in-flight limit gets 429 at once, before its body is read,
+    before any routing or middleware, so shedding load costs as little as possible."""
+
+    PATHS = ("/v1/extract", "/v1/extract/batch")
+
+    def __init__(self, admission, metrics):
+        self.admission = admission
+        body = error_body("overloaded", f"{admission.limit} products are in flight, the server's limit; "
+                                        "retry shortly")
+        self._answer = json_response(429, body, {"Retry-After": "1"})
+        data = self._answer[1]["body"]
+        head = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+                b"content-length: %d\r\n" % len(data))
+        self.raw_429 = head + b"\r\n" + data  # for the HTTP protocol's own refusals
+        self.raw_429_close = head + b"connection: close\r\n\r\n" + data
+        self._count = {p: (metrics.requests.labels(p, "429"), metrics.request_seconds.labels(p))
+                       for p in self.PATHS}
+        self._rejected = metrics.rejections.labels("overloaded")
+
+    def admit(self, path: str):
+        """A Ticket (one slot for /v1/extract), None (a batch, which takes its slots once its body
+        is read), or False: refuse."""
+        if path == "/v1/extract":
+            return self.admission.try_acquire(1) or False
+        return False if self.admission.full else None
+
+    def record_refusal(self, path: str, seconds: float = 0.0) -> None:
+        self._rejected.inc()
+        counter, hist = self._count[path]
+        counter.inc()
+        hist.observe(seconds)
+
+    async def refuse(self, path: str, send) -> None:
+        t0 = time.perf_counter()
+        await send(self._answer[0])
+        await send(self._answer[1])
+        self.record_refusal(path, time.perf_counter() - t0)
 
 
 class BodyLimit:
@@ -64,37 +110,10 @@ class BodyLimit:
                 await send_json(send, 413, error_body(e.reason, e.message))
 
 
-class AdmissionGate:
-    """`get_admission()` returns the running server's Admission, or None before it is loaded."""
-
-    def __init__(self, app, get_admission: Callable, on_reject: Callable[[], None]):
-        self.app, self.get_admission, self.on_reject = app, get_admission, on_reject
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path")
-        if scope["type"] != "http" or path not in ("/v1/extract", "/v1/extract/batch"):
-            return await self.app(scope, receive, send)
-        adm = self.get_admission()
-        if adm is None:  # not loaded yet: the route answers 503
-            return await self.app(scope, receive, send)
-        # /v1/extract takes its one slot here; a batch takes one per product once its body is read
-        ticket = adm.try_acquire(1) if path == "/v1/extract" else None
-        if ticket is None and (path == "/v1/extract" or adm.full):
-            self.on_reject()
-            return await send_json(send, 429, error_body(
-                "overloaded", f"{adm.limit} products are in flight, the server's limit; retry shortly"),
-                {"Retry-After": "1"})
-        scope["attrx.ticket"] = ticket
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if ticket is not None:
-                ticket.close()
-
-
 class RequestMetrics:
     def __init__(self, app, get_metrics: Callable):
         self.app, self.get_metrics = app, get_metrics
+        self._children: dict = {}  # (endpoint, code) -> (counter, histogram): labels() per request is dear
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -114,5 +133,10 @@ class RequestMetrics:
         finally:
             m = self.get_metrics()
             if m is not None:
-                m.requests.labels(endpoint, str(status["code"])).inc()
-                m.request_seconds.labels(endpoint).observe(time.perf_counter() - t0)
+                key = (endpoint, status["code"])
+                pair = self._children.get(key)
+                if pair is None:
+                    pair = self._children[key] = (m.requests.labels(endpoint, str(key[1])),
+                                                  m.request_seconds.labels(endpoint))
+                pair[0].inc()
+                pair[1].observe(time.perf_counter() - t0)

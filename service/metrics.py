@@ -44,8 +44,11 @@ class Metrics:
             self.confidence.labels(a)
             self.image_weight.labels(a)
 
+        self._per_attribute = {a: (self.confidence.labels(a), self.image_weight.labels(a)) for a in attributes}
+
     def observe_predictions(self, predictions: dict[str, dict]) -> None:
         self.items.inc()
         for attr, p in predictions.items():
-            self.confidence.labels(attr).observe(p["confidence"])
-            self.image_weight.labels(attr).observe(p["modality_weights"]["image"])
+            conf, weight = self._per_attribute[attr]
+            conf.observe(p["confidence"])
+            weight.observe(p["modality_weights"]["image"])

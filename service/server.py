@@ -1,9 +1,12 @@
 """uvicorn, hardened for slow and vanished clients, with a drain that answers and exits cleanly.
 
 - `GuardedHttpProtocol` (httptools) adds what uvicorn lacks: a connection must send a request's
-  headers within `header_timeout_s` and its body within `body_timeout_s` (else 408 and close), and
+  headers within `header_timeout_s` and its body within `body_timeout_s` (else 408 and close,
+  checked by a sweep over the connections 4 times a second), and
   connections beyond `max_connections` are answered 503 and closed. Idle keep-alive connections
   are closed by uvicorn's own `timeout_keep_alive`.
+- Admission control runs in the protocol too: a request past the in-flight limit is answered 429
+  straight from the socket callback that parsed its headers (the cheapest place to shed load).
 - `AttrxServer` tells the app the moment SIGTERM/SIGINT arrives (readiness turns 503, the drain
   clock starts, so requests that cannot finish in time get 503 instead of being cancelled), and
   exits with status 0 after a clean drain instead of re-raising the signal.
@@ -16,6 +19,7 @@ import logging
 import resource
 from collections.abc import Callable
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -29,9 +33,22 @@ def _raw_response(status: int, phrase: str, reason: str, message: str, extra: st
     return head.encode() + body
 
 
+class _Answered:
+    """Stands in for uvicorn's request cycle once a request was answered at the door."""
+
+    response_started = response_complete = True
+    disconnected = False
+
+    def __init__(self):
+        import asyncio
+
+        self.message_event = asyncio.Event()
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """Configured through class attributes by `guarded_protocol()`."""
 
+    gate_source: Callable | None = None
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
@@ -39,46 +56,68 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._timer = None
-        self._begun = False
+        self._deadline, self._what, self._begun = None, "", False
         if len(self.connections) > self.max_connections:
             self._close("too_many_connections", _raw_response(
                 503, "Service Unavailable", "too_many_connections",
                 f"the server holds {self.max_connections} connections, its limit; retry shortly", "retry-after: 1\r\n"))
             return
         self._arm(self.header_timeout_s, "slow_headers")
+        _Sweeper.ensure(self.loop, self.connections)
 
     def connection_lost(self, exc) -> None:
-        self._disarm()
+        self._deadline = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._begun = True
-        if self._timer is None:  # a later request on a keep-alive connection
+        if self._deadline is None:  # a later request on a keep-alive connection
             self._arm(self.header_timeout_s, "slow_headers")
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        if self._refused_at_door():
+            return
         super().on_headers_complete()
         self._arm(self.body_timeout_s, "slow_body")
 
+    def _refused_at_door(self) -> bool:
+        """Admission (`service.asgi.Gate`) decided here, as soon as the headers are parsed: a refusal
+        is one pre-built 429 written to the socket, with no ASGI task, no routing, no middleware.
+        An admitted request carries its ticket into the ASGI scope."""
+        source = type(self).gate_source
+        gate = source() if source is not None else None
+        if gate is None or (self.cycle is not None and not self.cycle.response_complete):
+            return False  # not loaded yet, or a pipelined request: the app's own gate decides
+        path = httptools.parse_url(self.url).path.decode("latin-1")
+        if path not in gate.PATHS or self.parser.get_method() != b"POST":
+            return False
+        ticket = gate.admit(path)
+        if ticket is not False:
+            self.scope["attrx.admitted"], self.scope["attrx.ticket"] = True, ticket
+            return False
+        keep = self.parser.should_keep_alive()
+        self.transport.write(gate.raw_429 if keep else gate.raw_429_close)
+        gate.record_refusal(path)
+        self.cycle = _Answered()  # the body that follows is read and dropped
+        self._deadline = None
+        if keep:
+            self.on_response_complete()  # keep-alive timer, pipelined requests: as after any answer
+        else:
+            self.transport.close()
+        return True
+
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._deadline = None
         self._begun = False
         super().on_message_complete()
 
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._expired, what)
-
-    def _disarm(self) -> None:
-        if getattr(self, "_timer", None) is not None:
-            self._timer.cancel()
-            self._timer = None
+        # a deadline the sweeper checks, not a timer per phase: cheaper per request
+        self._deadline, self._what = self.loop.time() + seconds, what
 
     def _expired(self, what: str) -> None:
-        self._timer = None
+        self._deadline = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -104,11 +143,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             hook(reason)
 
 
+class _Sweeper:
+    """One task per event loop that closes connections past their deadline, 4 times a second."""
+
+    _tasks: dict = {}
+    INTERVAL_S = 0.25
+
+    @classmethod
+    def ensure(cls, loop, connections: set) -> None:
+        task = cls._tasks.get(loop)
+        if task is None or task.done():
+            cls._tasks[loop] = loop.create_task(cls._run(loop, connections))
+
+    @staticmethod
+    async def _run(loop, connections: set) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(_Sweeper.INTERVAL_S)
+            now = loop.time()
+            for conn in list(connections):
+                deadline = getattr(conn, "_deadline", None)
+                if deadline is not None and now >= deadline:
+                    conn._expired(conn._what)
+
+
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_connections: int,
-                     on_close: Callable[[str], None] | None = None) -> type[GuardedHttpProtocol]:
+                     on_close: Callable[[str], None] | None = None,
+                     gate_source: Callable | None = None) -> type[GuardedHttpProtocol]:
     return type("AttrxHttpProtocol", (GuardedHttpProtocol,), {
         "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-        "max_connections": max_connections, "on_close": staticmethod(on_close) if on_close else None})
+        "max_connections": max_connections, "on_close": staticmethod(on_close) if on_close else None,
+        "gate_source": staticmethod(gate_source) if gate_source else None})
 
 
 class AttrxServer(uvicorn.Server):
@@ -146,7 +212,7 @@ def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int
     svc = app.state.service
     raise_open_files_limit(settings.max_connections + 64)
     protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
-                                on_close=svc.reject)
+                                on_close=svc.reject, gate_source=lambda: svc.gate)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log, http=protocol,
         timeout_keep_alive=settings.keep_alive_timeout_s,
