@@ -16,7 +16,7 @@ DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-families bench-quality clean
+.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-overload bench-families bench-quality clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -24,6 +24,7 @@ help:
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
+	@echo "make bench-overload  benchmarks/overload.py: open-loop 1x/2x/4x capacity, status mix, latency, RSS (~3 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~35 min)"
 	@echo "make lint         ruff"
@@ -67,6 +68,9 @@ clean:
 
 bench-serve: demo-bundle
 	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
+
+bench-overload: demo-bundle
+	$(PY) benchmarks/overload.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
 
 bench-families: demo-bundle
 	$(PY) benchmarks/families.py --catalog $(DEMO_DIR)/data/catalog.csv --out build/families --markdown

@@ -6,6 +6,8 @@ and `attrx score`, measured in one run on the same machine.
 Load comes from wrk (Debian package `wrk`; a C load generator, so the client is not the
 bottleneck a Python client would be) with a Lua script that cycles through real products
 (title + base64 JPEG). Each level runs for --duration seconds (bounded), on 127.0.0.1 only.
+Admission control is opened wide (`--max-in-flight 4096`): this measures throughput and latency
+at a fixed concurrency; shedding under overload is benchmarks/overload.py's subject.
 Prints JSON; progress goes to stderr. Targets (issue "Serving spine"), reported, not asserted:
   batched >= 1.3x unbatched requests/s at concurrency 32
   batched server >= 0.7x the in-process pipeline's items/s
@@ -122,7 +124,8 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
     server_log = open(Path(tempfile.gettempdir()) / f"attrx-bench-{name}.log", "w")  # never an unread pipe
     exe = str(Path(sys.executable).parent / "attrx")
     proc = subprocess.Popen([exe, "serve", "--bundle", args.bundle, "--port", str(port), "--log-level", "warning",
-                             "--max-queue-size", "4096", "--request-timeout-ms", "30000", *extra],
+                             "--max-queue-size", "4096", "--max-in-flight", "4096", "--request-timeout-ms", "30000",
+                             *extra],
                             stdout=subprocess.DEVNULL, stderr=server_log)
     import httpx
 
