@@ -87,8 +87,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         An admitted request carries its ticket into the ASGI scope."""
         source = type(self).gate_source
         gate = source() if source is not None else None
-        if gate is None or (self.cycle is not None and not self.cycle.response_complete):
-            return False  # not loaded yet, or a pipelined request: the app's own gate decides
+        if gate is None or (self.cycle is not None and not self.cycle.response_complete) or self.parser.should_upgrade():
+            return False  # not loaded yet, a pipelined request, an upgrade: the app's own gate decides
         path = httptools.parse_url(self.url).path.decode("latin-1")
         if path not in gate.PATHS or self.parser.get_method() != b"POST":
             return False

@@ -314,3 +314,31 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server):
     assert r.returncode == 0 and "No issues found" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
     assert time.monotonic() - t0 < 120
     assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("extra_headers", [b"", b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n"
+                                               b"Sec-WebSocket-Version: 13\r\n"])
+def test_pipelined_and_upgrade_requests_give_their_slots_back(server, extra_headers):
+    body = b'{"title": "Red Cap"}'
+    req = (b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + extra_headers
+           + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock = _connect(server)
+    sock.sendall(req * 3 if not extra_headers else req)  # three pipelined requests, or one upgrade
+    sock.settimeout(2 if extra_headers else 10)  # an upgrade may get no HTTP answer at all
+    data = b""
+    end = time.monotonic() + 10
+    try:
+        while time.monotonic() < end and data.count(b"HTTP/1.1 ") < (3 if not extra_headers else 1):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        assert extra_headers, data
+    sock.close()
+    if not extra_headers:
+        assert data.count(b"HTTP/1.1 200") == 3
+    end = time.monotonic() + 10
+    while time.monotonic() < end and _metric(_scrape(server), "attrx_in_flight") > 0:
+        time.sleep(0.1)
+    assert _metric(_scrape(server), "attrx_in_flight") == 0
