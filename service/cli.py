@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attrx", description="Product attribute extraction from titles and images.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _demo_data_parser(sub)
+    _train_parser(sub)
+    _pretrain_parser(sub)
+    _eval_parser(sub)
+    _export_parser(sub)
+    _serve_parser(sub)
+    _score_parser(sub)
+    _validate_bundle_parser(sub)
+    return p
+
+
+def _demo_data_parser(sub) -> None:
     d = sub.add_parser("demo-data", help="write the synthetic demo catalog (catalog.csv + images/)")
     d.add_argument("--out", required=True, type=Path)
     d.add_argument("--n", type=int, default=3000, help="number of products (default 3000)")
@@ -145,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo_data)
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a CMA-CLIP multi-task model (three stages)")
     t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
     t.add_argument("--attributes", required=True, type=_csv_list, help="attribute columns, e.g. colour,pattern")
@@ -202,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
+
+def _pretrain_parser(sub) -> None:
     r = sub.add_parser("pretrain", help="MoMo's three-stage self-supervised pre-training (no labels needed)")
     r.add_argument("--family", default="momo", choices=["momo"])
     r.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id, title, image (labels unused)")
@@ -222,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_pretrain)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="accuracy, macro-F1, recall@precision; calibrate per-class thresholds")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--catalog", required=True)
@@ -249,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
+
+def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="checkpoint -> model bundle (ONNX + manifest + tokenizer), with parity check")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)
@@ -258,12 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
     x.set_defaults(func=cmd_export)
 
+
+def _serve_parser(sub) -> None:
     s = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI, dynamic batching, Prometheus metrics)")
     _add_settings_flags(s)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
 
+
+def _score_parser(sub) -> None:
     c = sub.add_parser("score", help="predict every product of a catalog file (CSV/JSONL/Parquet in and out)")
     c.add_argument("catalog", help="CSV, JSONL or Parquet with id, title, image")
     c.add_argument("--bundle", required=True)
@@ -278,10 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_score)
 
+
+def _validate_bundle_parser(sub) -> None:
     v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
     v.add_argument("bundle")
     v.set_defaults(func=cmd_validate_bundle)
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:
