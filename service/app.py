@@ -13,6 +13,7 @@ import asyncio
 import gc
 import hmac
 import io
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +46,28 @@ from service.watch import Drain, Watch
 
 log = logging.getLogger("uvicorn.error")
 
-MULTIPART_SCHEMA = {"type": "object", "properties": {
-    "title": {"type": "string"}, "image": {"type": "string", "format": "binary"},
-    "min_precision": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
+def _calibrated_targets(settings: ServeSettings) -> list[float] | None:
+    """The bundle's precision targets, read from its manifest for the API schema (None if unreadable:
+    the server then fails at startup with the bundle's own error)."""
+    try:
+        return [float(t) for t in json.loads((Path(settings.bundle) / "manifest.json").read_text())["precision_targets"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
+    """(JSON, multipart) request schemas; min_precision lists the calibrated targets, which are the
+    only values the server takes."""
+    mp = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    if targets:
+        mp = {"type": "number", "enum": targets}
+    js = ExtractRequest.model_json_schema()
+    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
+                                         "description": js["properties"]["min_precision"].get("description", "")}
+    multipart = {"type": "object", "properties": {
+        "title": {"type": "string"}, "image": {"type": "string", "format": "binary"}, "min_precision": mp,
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
+    return js, multipart
 
 
 @dataclass
@@ -336,6 +355,8 @@ def _error_handlers(app: FastAPI, svc: Service) -> None:
 
 
 def _routes(app: FastAPI, svc: Service) -> None:
+    json_schema, multipart_schema = _request_schemas(_calibrated_targets(svc.settings))
+
     async def require_key(request: Request) -> None:
         key = svc.settings.api_key
         if not key:
@@ -348,8 +369,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/extract", response_model=ExtractResponse, dependencies=[Depends(require_key)],
               summary="Attributes of one product",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": ExtractRequest.model_json_schema()},
-                  "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}})
+                  "application/json": {"schema": json_schema},
+                  "multipart/form-data": {"schema": multipart_schema}}}})
     async def extract(request: Request):
         """One product as multipart (`title` field, `image` file) or JSON (`title`, `image_base64`).
         Either may be absent, not both."""
@@ -358,7 +379,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/extract/batch", response_model=BatchResponse, dependencies=[Depends(require_key)],
               summary="Attributes of several products",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "type": "array", "items": ExtractRequest.model_json_schema()}}}}})
+                  "type": "array", "items": json_schema}}}}})
     async def extract_batch(request: Request):
         """A JSON list of products (each as in /v1/extract's JSON form). One failed item gets its own
         error entry and does not fail the others."""

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import concurrent.futures as cf
 import json
+import re
 import resource
 import signal
 import socket
@@ -154,9 +155,10 @@ def test_json_types_are_strict_and_as_documented(server, extra):
 def test_the_schema_says_what_the_server_accepts(server):
     spec = httpx.get(server.url + "/openapi.json", timeout=10).json()
     body = spec["paths"]["/v1/extract"]["post"]["requestBody"]["content"]
+    targets = httpx.get(server.url + "/v1/model", timeout=10).json()["precision_targets"]
     mp = body["application/json"]["schema"]["properties"]["min_precision"]["anyOf"][0]
-    assert mp["exclusiveMinimum"] == 0 and mp["maximum"] == 1
-    assert body["multipart/form-data"]["schema"]["properties"]["min_precision"]["exclusiveMinimum"] == 0
+    assert mp["enum"] == targets  # the calibrated targets are the only values the server takes
+    assert body["multipart/form-data"]["schema"]["properties"]["min_precision"]["enum"] == targets
 
 
 # -- slow and vanished clients ----------------------------------------------------------------------
@@ -311,7 +313,8 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server):
                         "not_a_server_error,response_schema_conformance", "--max-examples", "60", "--seed", "7",
                         "--no-color", "--request-timeout", "20"],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "No issues found" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+    # exit status 0: no check failed (warnings, e.g. about data the API rejects, do not count)
+    assert r.returncode == 0 and re.search(r"(\d+) generated, \1 passed", r.stdout), r.stdout[-4000:] + r.stderr[-2000:]
     assert time.monotonic() - t0 < 120
     assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
 
