@@ -1,0 +1,156 @@
+"""The Batcher driven directly: plain functions and events instead of a model and sleeps.
+
+A `Gate` run function records every batch it is given and can hold a batch running until the test
+releases it, so each test decides exactly what is queued while what runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+
+WAIT = 10.0  # an upper bound for events that should happen at once; never a sleep
+
+
+def _item(i: int) -> dict[str, np.ndarray]:
+    return {"x": np.array([[i]], dtype=np.int64)}
+
+
+class Gate:
+    def __init__(self, hold: bool = False):
+        self.batches: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, inputs):
+        self.batches.append([int(v) for v in inputs["x"][:, 0]])
+        self.started.set()
+        assert self.release.wait(WAIT), "the test never released the batch"
+        return [inputs["x"] * 2]
+
+
+def _batcher(run, **kw) -> Batcher:
+    b = Batcher(run, **{"max_batch_size": 4, "max_queue_delay_ms": 60_000, "max_queue_size": 8, **kw})
+    b.start()
+    return b
+
+
+def test_a_batch_closes_at_the_size_limit_without_waiting_for_the_delay():
+    run = Gate()
+    b = _batcher(run)  # a delay of a minute: only the size limit can close this batch
+    futs = [b.submit(_item(i), 30) for i in range(4)]
+    results = [f.result(timeout=WAIT) for f in futs]
+    assert run.batches == [[0, 1, 2, 3]]
+    assert [r.row for r in results] == [0, 1, 2, 3] and all(r.batch_size == 4 for r in results)
+    assert results[2].outputs[0][2, 0] == 4
+    assert b.stop(1.0)
+
+
+def test_a_batch_closes_when_its_oldest_item_has_waited_the_delay():
+    run = Gate()
+    b = _batcher(run, max_queue_delay_ms=50)
+    t0 = time.monotonic()
+    res = b.submit(_item(7), 30).result(timeout=WAIT)
+    waited = time.monotonic() - t0
+    assert run.batches == [[7]] and res.batch_size == 1
+    assert waited >= 0.05 and res.queue_seconds >= 0.05
+    assert b.stop(1.0)
+
+
+def test_a_full_queue_refuses_at_once():
+    run = Gate(hold=True)
+    b = _batcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
+    running = b.submit(_item(0), 30)
+    assert run.started.wait(WAIT)  # item 0 is running and held
+    queued = [b.submit(_item(i), 30) for i in (1, 2)]
+    with pytest.raises(QueueFull):
+        b.submit(_item(3), 30)
+    assert b.depth == 2
+    run.release.set()
+    assert [f.result(timeout=WAIT).outputs[0][0, 0] for f in (running, *queued)] == [0, 2, 4]
+    assert b.stop(1.0)
+
+
+def test_an_item_whose_deadline_passed_while_queued_is_never_run():
+    run = Gate(hold=True)
+    expired = threading.Event()
+    b = _batcher(run, max_batch_size=1, max_queue_delay_ms=0, on_expired=expired.set)
+    b.submit(_item(0), 30)
+    assert run.started.wait(WAIT)
+    late = b.submit(_item(1), 0.01)  # queued behind the held batch, with a 10 ms deadline
+    ok = b.submit(_item(2), 30)
+    threading.Event().wait(0.05)  # let the 10 ms deadline pass (a bound, not a guess)
+    run.release.set()
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=WAIT)
+    assert ok.result(timeout=WAIT).outputs[0][0, 0] == 4
+    assert expired.is_set() and [1] not in run.batches
+    assert b.stop(1.0)
+
+
+def test_a_cancelled_item_is_skipped():
+    run = Gate(hold=True)
+    b = _batcher(run, max_batch_size=4, max_queue_delay_ms=0)
+    b.submit(_item(0), 30)
+    assert run.started.wait(WAIT)
+    gone = b.submit(_item(1), 30)
+    kept = b.submit(_item(2), 30)
+    assert gone.cancel()  # the client left while its item was queued
+    run.release.set()
+    assert kept.result(timeout=WAIT).batch_size == 1
+    with pytest.raises(CancelledError):
+        gone.result(timeout=0)
+    assert run.batches == [[0], [2]]
+    assert b.stop(1.0)
+
+
+def test_drain_runs_what_is_queued_at_once_then_refuses():
+    run = Gate()
+    b = _batcher(run)  # a minute's delay: only draining can close this half-full batch
+    futs = [b.submit(_item(i), 30) for i in range(2)]
+    assert not run.started.is_set()
+    b.close_intake()
+    assert [f.result(timeout=WAIT).batch_size for f in futs] == [2, 2]
+    with pytest.raises(Draining):
+        b.submit(_item(9), 30)
+    assert b.stop(1.0)
+
+
+def test_stop_past_its_timeout_fails_what_is_still_queued():
+    run = Gate(hold=True)
+    b = _batcher(run, max_batch_size=1, max_queue_delay_ms=0)
+    running = b.submit(_item(0), 30)
+    assert run.started.wait(WAIT)
+    queued = b.submit(_item(1), 30)
+    assert b.stop(0.05) is False  # the held batch outlasts the drain
+    with pytest.raises(Draining):
+        queued.result(timeout=WAIT)
+    run.release.set()
+    assert running.result(timeout=WAIT).outputs[0][0, 0] == 0
+
+
+def test_a_failing_model_fails_every_item_of_its_batch_and_the_batcher_goes_on():
+    calls = []
+
+    def run(inputs):
+        calls.append(len(inputs["x"]))
+        if len(calls) == 1:
+            raise RuntimeError("model exploded")
+        return [inputs["x"]]
+
+    b = _batcher(run)
+    futs = [b.submit(_item(i), 30) for i in range(4)]
+    for f in futs:
+        with pytest.raises(RuntimeError, match="exploded"):
+            f.result(timeout=WAIT)
+    again = [b.submit(_item(i), 30) for i in range(4)]
+    assert [f.result(timeout=WAIT).row for f in again] == [0, 1, 2, 3]
+    assert b.stop(1.0)
