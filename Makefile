@@ -16,11 +16,12 @@ DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test lint serve demo-bundle bench bench-serve bench-overload bench-families bench-quality clean
+.PHONY: help venv install test test-fast lint serve demo-bundle bench bench-serve bench-overload bench-families bench-quality clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
+	@echo "make test-fast    the tests that train no model (seconds, for the edit loop)"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
@@ -42,6 +43,10 @@ venv install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the edit loop: everything but the tests that train a model (marker `slow`)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service training export tests benchmarks

@@ -132,3 +132,29 @@ def product_images(demo_catalog) -> list[bytes]:
     from service.catalog import read_catalog
 
     return [p.image.read_bytes() for p in read_catalog(demo_catalog).products if p.image][:64]
+
+
+# -- the `slow` marker: tests that train a model (directly, or through the session's checkpoint,
+# bundle or server fixtures). `make test` runs everything; `make test-fast` skips these.
+SLOW_FIXTURES = {"checkpoint", "bundle", "server", "start_server", "impatient"}
+TRAINS = ("train(", "pretrain(", "TrainConfig(", "PretrainConfig(", '"train"', '"pretrain"')
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model (directly or through a session fixture)")
+
+
+def _trains(item) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return False
+    return any(t in src for t in TRAINS)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or _trains(item):
+            item.add_marker(pytest.mark.slow)
