@@ -6,6 +6,10 @@ and `attrx score`, measured in one run on the same machine.
 Load comes from wrk (Debian package `wrk`; a C load generator, so the client is not the
 bottleneck a Python client would be) with a Lua script that cycles through real products
 (title + base64 JPEG). Each level runs for --duration seconds (bounded), on 127.0.0.1 only.
+Every configuration runs --repeats times (default 3), alternating, and the medians and ranges
+are reported. `--litserve` adds the peer: LitServe serving the same bundle with attrx's own
+preprocessing, backend and decoding (benchmarks/litserve_peer.py; `pip install -e '.[bench]'`),
+and the attrx / LitServe ratio per concurrency, repetition by repetition.
 Admission control is opened wide (`--max-in-flight 4096`): this measures throughput and latency
 at a fixed concurrency; shedding under overload is benchmarks/overload.py's subject.
 Prints JSON; progress goes to stderr. Targets (issue "Serving spine"), reported, not asserted:
@@ -65,9 +69,22 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a server process and its children (LitServe works in child processes)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def in_process(bundle_dir: str, products, batch: int, seconds: float) -> dict:
@@ -118,15 +135,20 @@ def run_wrk(url: str, bodies: Path, script: Path, concurrency: int, duration: fl
     }
 
 
+def server_command(args, name: str, port: int, extra: list[str]) -> list[str]:
+    if name == "litserve":
+        return [sys.executable, str(ROOT / "benchmarks/litserve_peer.py"), "--bundle", args.bundle, "--port", str(port),
+                "--max-batch-size", str(args.max_batch_size), "--batch-timeout-ms", str(args.max_queue_delay_ms)]
+    exe = str(Path(sys.executable).parent / "attrx")
+    return [exe, "serve", "--bundle", args.bundle, "--port", str(port), "--log-level", "warning",
+            "--max-queue-size", "4096", "--max-in-flight", "4096", "--request-timeout-ms", "30000", *extra]
+
+
 def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = open(Path(tempfile.gettempdir()) / f"attrx-bench-{name}.log", "w")  # never an unread pipe
-    exe = str(Path(sys.executable).parent / "attrx")
-    proc = subprocess.Popen([exe, "serve", "--bundle", args.bundle, "--port", str(port), "--log-level", "warning",
-                             "--max-queue-size", "4096", "--max-in-flight", "4096", "--request-timeout-ms", "30000",
-                             *extra],
-                            stdout=subprocess.DEVNULL, stderr=server_log)
+    proc = subprocess.Popen(server_command(args, name, port, extra), stdout=subprocess.DEVNULL, stderr=server_log)
     import httpx
 
     try:
@@ -149,6 +171,8 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
             log(f"{name:9s} c={c:3d}: {row['requests_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
                 f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f}  errors {row['errors']}  "
                 f"(server {row['server_cpu_cores']} cores, wrk {row['loadgen_cpu_cores']})")
+        if name == "litserve":
+            return rows
         metrics = httpx.get(url + "/metrics", timeout=5).text
         s = re.search(r"^attrx_batch_size_sum ([0-9.e+]+)$", metrics, re.M)
         n = re.search(r"^attrx_batch_size_count ([0-9.e+]+)$", metrics, re.M)
@@ -159,6 +183,35 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
         proc.terminate()
         proc.wait(timeout=30)
         server_log.close()
+
+
+def summarise_reps(reps: list[list[dict]], concurrency: list[int]) -> list[dict]:
+    """Per concurrency: the median over repetitions of req/s and latencies, with the req/s range."""
+    out = []
+    for c in concurrency:
+        rows = [r for rep in reps for r in rep if r.get("concurrency") == c]
+        med = {k: round(statistics.median(r[k] for r in rows), 2) for k in
+               ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "loadgen_cpu_cores")}
+        rps = [r["requests_per_s"] for r in rows]
+        out.append({"concurrency": c, **med, "requests_per_s_range": [min(rps), max(rps)], "n": len(rows)})
+    sizes = [r["mean_batch_size_over_run"] for rep in reps for r in rep if "mean_batch_size_over_run" in r]
+    if sizes:
+        out.append({"mean_batch_size_over_run": round(statistics.median(sizes), 2)})
+    return out
+
+
+def versus(ours: list[list[dict]], peer: list[list[dict]], concurrency: list[int]) -> list[dict]:
+    """attrx / LitServe req/s per concurrency: repetition by repetition (they ran side by side)."""
+    out = []
+    for c in concurrency:
+        ratios = [next(r for r in a if r.get("concurrency") == c)["requests_per_s"]
+                  / next(r for r in b if r.get("concurrency") == c)["requests_per_s"] for a, b in zip(ours, peer, strict=True)]
+        p99 = [next(r for r in a if r.get("concurrency") == c)["p99_ms"]
+               / next(r for r in b if r.get("concurrency") == c)["p99_ms"] for a, b in zip(ours, peer, strict=True)]
+        out.append({"concurrency": c, "req_per_s_ratio": round(statistics.median(ratios), 3),
+                    "range": [round(min(ratios), 3), round(max(ratios), 3)],
+                    "p99_ratio": round(statistics.median(p99), 3)})
+    return out
 
 
 def score_run(args) -> dict:
@@ -181,7 +234,15 @@ def main() -> None:
     ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--products", type=int, default=256, help="distinct products the load cycles through")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every configuration")
+    ap.add_argument("--litserve", action="store_true",
+                    help="also serve the same bundle with LitServe (benchmarks/litserve_peer.py; pip install -e '.[bench]')")
     a = ap.parse_args()
+    if a.litserve:
+        try:
+            import litserve  # noqa: F401
+        except ImportError:
+            raise SystemExit("--litserve needs litserve: pip install -e '.[bench]'") from None
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk (Debian: apt-get install wrk)")
 
@@ -197,9 +258,17 @@ def main() -> None:
     log("in-process pipeline (preprocess + inference, batch 32, no HTTP)...")
     inproc = in_process(a.bundle, products, 32, 5.0)
     log(f"in-process: {inproc['items_per_s']} items/s, median batch-32 inference {inproc['median_batch_inference_ms']} ms")
-    batched = serve_and_load(a, "batched", ["--max-batch-size", str(a.max_batch_size), "--max-queue-delay-ms",
-                                            str(a.max_queue_delay_ms)], bodies, script)
-    unbatched = serve_and_load(a, "unbatched", ["--max-batch-size", "1"], bodies, script)
+    configs = {"batched": ["--max-batch-size", str(a.max_batch_size), "--max-queue-delay-ms",
+                           str(a.max_queue_delay_ms)], "unbatched": ["--max-batch-size", "1"]}
+    if a.litserve:
+        configs["litserve"] = []
+    reps = {name: [] for name in configs}
+    for rep in range(a.repeats):  # alternating: each repetition starts with the next configuration
+        names = list(configs)
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            reps[name].append(serve_and_load(a, name, configs[name], bodies, script))
+    summary = {name: summarise_reps(rows, a.concurrency) for name, rows in reps.items()}
+    batched, unbatched = summary["batched"], summary["unbatched"]
     log("attrx score on the catalog...")
     sc = score_run(a)
     log(f"attrx score: {sc['items_per_s']} items/s")
@@ -214,7 +283,8 @@ def main() -> None:
         "benchmark": "serve", "machine": {"cpus": os.cpu_count()},
         "settings": {"max_batch_size": a.max_batch_size, "max_queue_delay_ms": a.max_queue_delay_ms,
                      "duration_s": a.duration, "products": len(products), "loadgen": "wrk -t1"},
-        "in_process": inproc, "batched": batched, "unbatched": unbatched, "score": sc,
+        "repeats": a.repeats, "in_process": inproc, "batched": batched, "unbatched": unbatched, "score": sc,
+        "raw": reps,
         "targets": {
             "batched_over_unbatched_at_c32": {"measured": round(b32["requests_per_s"] / u32["requests_per_s"], 2),
                                               "target": 1.3},
@@ -223,6 +293,9 @@ def main() -> None:
             "score_over_in_process": {"measured": round(sc["items_per_s"] / inproc["items_per_s"], 2), "target": 0.7},
         },
     }
+    if a.litserve:
+        result["litserve"] = summary["litserve"]
+        result["attrx_over_litserve"] = versus(reps["batched"], reps["litserve"], a.concurrency)
     for t in result["targets"].values():
         t["met"] = t["measured"] <= t["target_at_most"] if "target_at_most" in t else t["measured"] >= t["target"]
     print(json.dumps(result, indent=2))

@@ -1,0 +1,69 @@
+"""The peer for benchmarks/serve.py: a LitServe server answering /v1/extract with attrx's own
+preprocessing, backend and decoding, so the two servers differ only in their serving machinery.
+
+    python benchmarks/litserve_peer.py --bundle build/demo-bundle --port 8001
+
+Needs `pip install -e '.[bench]'` (litserve); the attrx package itself never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import litserve as ls  # noqa: E402
+
+from service.bundle import load_bundle  # noqa: E402
+from service.predict import Predictor, stack  # noqa: E402
+from service.runtime import load_backend  # noqa: E402
+
+
+class AttrxAPI(ls.LitAPI):
+    def __init__(self, bundle: str, threads: int, **kw):
+        super().__init__(**kw)
+        self.bundle_dir, self.threads = bundle, threads
+
+    def setup(self, device):
+        bundle = load_bundle(self.bundle_dir)
+        self.predictor = Predictor(bundle)
+        self.backend = load_backend(bundle, providers="cpu", threads=self.threads)
+        self.key = self.predictor.precision_key(None)
+
+    def decode_request(self, request):
+        data = request.get("image_base64")
+        return self.predictor.prepare(request.get("title"), base64.b64decode(data) if data else None)
+
+    def batch(self, inputs):
+        return stack(inputs)
+
+    def predict(self, x):
+        return self.backend.run(x)
+
+    def unbatch(self, outputs):
+        return [(outputs, i) for i in range(len(outputs[0]))]
+
+    def encode_response(self, output):
+        outputs, i = output
+        return {"min_precision": self.key, "predictions": self.predictor.decode(outputs, i, key=self.key)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="build/demo-bundle")
+    ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--batch-timeout-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads (attrx's default on 2 cores: 1)")
+    a = ap.parse_args()
+    api = AttrxAPI(a.bundle, a.threads, max_batch_size=a.max_batch_size, batch_timeout=a.batch_timeout_ms / 1000,
+                   api_path="/v1/extract")
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, healthcheck_path="/readyz")
+    server.run(host="127.0.0.1", port=a.port, log_level="warning", generate_client_file=False)
+
+
+if __name__ == "__main__":
+    main()
