@@ -135,6 +135,23 @@ def run_wrk(url: str, bodies: Path, script: Path, concurrency: int, duration: fl
     }
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL to whatever is left after 30 s."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children still alive after their parent left
+    except ProcessLookupError:
+        pass
+
+
 def server_command(args, name: str, port: int, extra: list[str]) -> list[str]:
     if name == "litserve":
         return [sys.executable, str(ROOT / "benchmarks/litserve_peer.py"), "--bundle", args.bundle, "--port", str(port),
@@ -148,7 +165,9 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = open(Path(tempfile.gettempdir()) / f"attrx-bench-{name}.log", "w")  # never an unread pipe
-    proc = subprocess.Popen(server_command(args, name, port, extra), stdout=subprocess.DEVNULL, stderr=server_log)
+    # its own process group: LitServe's worker processes outlive a signal to their parent alone
+    proc = subprocess.Popen(server_command(args, name, port, extra), stdout=subprocess.DEVNULL, stderr=server_log,
+                            start_new_session=True)
     import httpx
 
     try:
@@ -180,8 +199,7 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
             rows.append({"mean_batch_size_over_run": round(float(s.group(1)) / float(n.group(1)), 2)})
         return rows
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_group(proc)
         server_log.close()
 
 
