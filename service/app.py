@@ -37,6 +37,7 @@ from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, Qu
 from service.bundle import Bundle, load_bundle
 from service.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
 from service.metrics import Metrics
+from service.pipeline import Pipeline
 from service.predict import InputError, Predictor
 from service.preprocess import ImageError
 from service.requests import Product, check_options, from_model, item_id, read_batch, read_one
@@ -75,6 +76,7 @@ def _request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
 class State:
     settings: ServeSettings
     bundle: Bundle
+    pipeline: Pipeline
     predictor: Predictor
     backend: Backend
     metrics: Metrics
@@ -103,15 +105,16 @@ def _load(settings: ServeSettings) -> State:
     backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads)
     predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
                           max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
+    pipeline = Pipeline(predictor, backend)
     batcher = Batcher(
-        backend.run, max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
+        pipeline.run_batch, max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
         max_queue_size=settings.max_queue_size, workers=settings.inference_workers,
         on_batch=lambda n, dt: (metrics.batch_size.observe(n), metrics.inference_seconds.observe(dt)),
         on_dequeue=metrics.queue_seconds.observe,
         on_expired=lambda: metrics.rejections.labels("timeout").inc(),
         on_depth=metrics.queue_depth.set,
     )
-    return State(settings, bundle, predictor, backend, metrics, batcher,
+    return State(settings, bundle, pipeline, predictor, backend, metrics, batcher,
                  ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre"),
                  Admission(settings.max_in_flight), model_ref={"name": m.name, "version": m.version})
 
@@ -119,7 +122,7 @@ def _load(settings: ServeSettings) -> State:
 async def _warm_up(st: State) -> None:
     """Full batches through the real preprocessing and the real model; ready afterwards."""
     s = st.settings
-    item = st.predictor.prepare("warm-up product", _warmup_image())
+    item = st.pipeline.decode("warm-up product", _warmup_image())
     n = min(s.max_batch_size, s.max_queue_size)
     try:
         for _ in range(s.warmup_batches):
@@ -202,7 +205,7 @@ class Service:
     async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> BatchResult:
         st = self.state
         watch.check("decoding")
-        fut = st.pool.submit(st.predictor.prepare, p.title, p.image)
+        fut = st.pool.submit(st.pipeline.decode, p.title, p.image)
         if ticket is not None:
             ticket.hold(fut)
         try:
@@ -246,7 +249,7 @@ class Service:
             res = await self.run(p, watch, request.scope.get("attrx.ticket"))
         finally:
             watch.close()
-        preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
         st.metrics.observe_predictions(preds)
         return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
                              "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
@@ -267,7 +270,7 @@ class Service:
             return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
         except ClientGone:
             return {"index": i, "gone": True}
-        preds = st.predictor.decode(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
         st.metrics.observe_predictions(preds)
         return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
 

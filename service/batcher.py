@@ -5,6 +5,7 @@
 - The queue is bounded: `submit` on a full queue raises QueueFull at once (the caller answers 429).
 - Every item has a deadline: one that expires while queued is failed with DeadlineExceeded and
   never run. A cancelled item (client gone) is skipped.
+- `run_batch` gets the items' inputs as a list (batching them is its job: `Pipeline.run_batch`).
 - Inference runs in dedicated worker threads, so an asyncio event loop stays responsive; callers
   get a `concurrent.futures.Future` (awaitable with `asyncio.wrap_future`).
 - `stop(drain_timeout)` stops accepting, finishes what is queued and in flight, then ends the threads.
@@ -20,8 +21,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from service.predict import stack
 
 
 class QueueFull(RuntimeError):
@@ -58,7 +57,7 @@ class BatchResult:
 class Batcher:
     def __init__(
         self,
-        run_batch: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+        run_batch: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]],
         *,
         max_batch_size: int = 32,
         max_queue_delay_ms: float = 5.0,
@@ -177,7 +176,7 @@ class Batcher:
                 continue
             t0 = time.monotonic()
             try:
-                outputs = self.run_batch(stack([j.inputs for j in jobs]))
+                outputs = self.run_batch([j.inputs for j in jobs])
             except BaseException as e:  # noqa: BLE001 - every waiting caller must hear about it
                 for j in jobs:
                     j.future.set_exception(e)

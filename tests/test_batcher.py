@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+from service.predict import stack
 
 WAIT = 10.0  # an upper bound for events that should happen at once; never a sleep
 
@@ -30,7 +31,8 @@ class Gate:
         if not hold:
             self.release.set()
 
-    def __call__(self, inputs):
+    def __call__(self, items):
+        inputs = stack(items)
         self.batches.append([int(v) for v in inputs["x"][:, 0]])
         self.started.set()
         assert self.release.wait(WAIT), "the test never released the batch"
@@ -140,11 +142,11 @@ def test_stop_past_its_timeout_fails_what_is_still_queued():
 def test_a_failing_model_fails_every_item_of_its_batch_and_the_batcher_goes_on():
     calls = []
 
-    def run(inputs):
-        calls.append(len(inputs["x"]))
+    def run(items):
+        calls.append(len(items))
         if len(calls) == 1:
             raise RuntimeError("model exploded")
-        return [inputs["x"]]
+        return [stack(items)["x"]]
 
     b = _batcher(run)
     futs = [b.submit(_item(i), 30) for i in range(4)]

@@ -1,0 +1,46 @@
+"""The five named steps of serving a product, in the shape of LitServe's LitAPI:
+
+  decode   raw title + image bytes -> model inputs of one item      (front end, a thread pool)
+  batch    items -> one batch                                       (the batcher's thread)
+  predict  one backend call per batch                               (the batcher's thread)
+  unbatch  a batch's outputs -> the row of each item                (the batcher's thread)
+  encode   one item's row -> the JSON answer's predictions          (the event loop)
+
+`service.app` wires them to HTTP, the admission gate and the batcher; `attrx score` calls the same
+Predictor and backend, so both answer alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.predict import Predictor, stack
+from service.runtime import Backend
+
+
+class Pipeline:
+    def __init__(self, predictor: Predictor, backend: Backend):
+        self.predictor, self.backend = predictor, backend
+
+    def decode(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
+        """Raises InputError or ImageError for a product the model cannot take."""
+        return self.predictor.prepare(title, image)
+
+    def batch(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return stack(items)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.backend.run(inputs)
+
+    def unbatch(self, outputs: list[np.ndarray], n: int) -> list[tuple[list[np.ndarray], int]]:
+        return [(outputs, i) for i in range(n)]
+
+    def encode(self, outputs: list[np.ndarray], row: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
+        return self.predictor.decode(outputs, row, key=key, top_k=top_k)
+
+    def run_batch(self, items: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """batch + predict: what the batcher's thread does with the items it took."""
+        return self.predict(self.batch(items))
