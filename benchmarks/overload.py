@@ -170,8 +170,7 @@ class RssSampler:
     def __init__(self, pid: int):
         import psutil
 
-        self.proc, self.samples, self._stop = psutil.Process(pid), [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.proc, self.samples = psutil.Process(pid), []
 
     def rss_mb(self) -> float:
         return round(self.proc.memory_info().rss / 2**20, 1)

@@ -13,7 +13,6 @@ import asyncio
 import gc
 import hmac
 import io
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,11 +48,11 @@ from service.watch import Drain, Watch
 log = logging.getLogger("uvicorn.error")
 
 def _calibrated_targets(settings: ServeSettings) -> list[float] | None:
-    """The bundle's precision targets, read from its manifest for the API schema (None if unreadable:
-    the server then fails at startup with the bundle's own error)."""
+    """The bundle's precision targets, for the API schema (None if the bundle cannot be read: the
+    server then fails at startup with the bundle's own error). Manifest only, no file hashing."""
     try:
-        return [float(t) for t in json.loads((Path(settings.bundle) / "manifest.json").read_text())["precision_targets"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        return list(load_bundle(settings.bundle, verify_hashes=False).manifest.precision_targets)
+    except (OSError, ValueError):
         return None
 
 

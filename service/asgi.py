@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Callable
 
-from service.errors import TooLarge, error_body
+from service.errors import TooLarge, error_body, raw_error
 
 ENDPOINTS = {"/v1/extract", "/v1/extract/batch", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
              "/openapi.json"}
@@ -40,14 +40,11 @@ class Gate:
 
     def __init__(self, admission, metrics):
         self.admission = admission
-        body = error_body("overloaded", f"{admission.limit} products are in flight, the server's limit; "
-                                        "retry shortly")
-        self._answer = json_response(429, body, {"Retry-After": "1"})
-        data = self._answer[1]["body"]
-        head = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-                b"content-length: %d\r\n" % len(data))
-        self.raw_429 = head + b"\r\n" + data  # for the HTTP protocol's own refusals
-        self.raw_429_close = head + b"connection: close\r\n\r\n" + data
+        message = f"{admission.limit} products are in flight, the server's limit; retry shortly"
+        self._answer = json_response(429, error_body("overloaded", message), {"Retry-After": "1"})
+        # for the HTTP protocol's own refusals (service.server)
+        self.raw_429 = raw_error(429, "overloaded", message, close=False, retry_after=1)
+        self.raw_429_close = raw_error(429, "overloaded", message, close=True, retry_after=1)
         self._count = {p: (metrics.requests.labels(p, "429"), metrics.request_seconds.labels(p))
                        for p in self.PATHS}
         self._rejected = metrics.rejections.labels("overloaded")

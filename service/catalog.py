@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.csvrecords import _NOT_UTF8, records
+from service.csvrecords import NOT_UTF8, records
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -94,7 +94,7 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None, list[s
             for n, text in enumerate(f, start=1):
                 if not text.strip():
                     continue
-                if _NOT_UTF8.search(text):
+                if NOT_UTF8.search(text):
                     yield n, None, "is not valid UTF-8 (re-encode the file as UTF-8)", cols
                     continue
                 try:

@@ -25,7 +25,7 @@ from pathlib import Path
 MAX_RECORD_LINES = 16
 MAX_RECORD_CHARS = 64 * 1024
 _QUOTE_OR_COMMA = re.compile(r'[",]')
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _parse(text: str) -> list[str] | None:
 def _check(rec_text: str) -> str | None:
     if "\x00" in rec_text:
         return "contains NUL bytes"
-    if _NOT_UTF8.search(rec_text):
+    if NOT_UTF8.search(rec_text):
         return "is not valid UTF-8 (re-encode the file as UTF-8)"
     return None
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
+
 from pydantic import ValidationError
 
 from service.predict import InputError
@@ -28,6 +31,18 @@ class ClientGone(Exception):
 
 def error_body(reason: str, message: str) -> dict:
     return {"error": {"reason": reason, "message": message}}
+
+
+def raw_error(status: int, reason: str, message: str, *, close: bool, retry_after: int | None = None) -> bytes:
+    """A whole HTTP/1.1 error answer as bytes, for the protocol to write to a socket itself."""
+    body = json.dumps(error_body(reason, message)).encode()
+    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(body)}\r\n"
+    if retry_after is not None:
+        head += f"retry-after: {retry_after}\r\n"
+    if close:
+        head += "connection: close\r\n"
+    return (head + "\r\n").encode() + body
 
 
 def input_error(e: Exception) -> ApiError:

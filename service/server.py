@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 from collections.abc import Callable
@@ -23,14 +22,9 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import raw_error
+
 log = logging.getLogger("uvicorn.error")
-
-
-def _raw_response(status: int, phrase: str, reason: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": {"reason": reason, "message": message}}).encode()
-    head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n{extra}\r\n")
-    return head.encode() + body
 
 
 class _Answered:
@@ -58,9 +52,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._deadline, self._what, self._begun = None, "", False
         if len(self.connections) > self.max_connections:
-            self._close("too_many_connections", _raw_response(
-                503, "Service Unavailable", "too_many_connections",
-                f"the server holds {self.max_connections} connections, its limit; retry shortly", "retry-after: 1\r\n"))
+            self._close("too_many_connections", raw_error(
+                503, "too_many_connections", f"the server holds {self.max_connections} connections, its limit; "
+                "retry shortly", close=True, retry_after=1))
             return
         self._arm(self.header_timeout_s, "slow_headers")
         _Sweeper.ensure(self.loop, self.connections)
@@ -89,8 +83,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         gate = source() if source is not None else None
         if gate is None or (self.cycle is not None and not self.cycle.response_complete) or self.parser.should_upgrade():
             return False  # not loaded yet, a pipelined request, an upgrade: the app's own gate decides
+        if self.parser.get_method() != b"POST" or not self.url.startswith(b"/v1/extract"):
+            return False  # the common case decided without parsing the URL (uvicorn parses it next)
         path = httptools.parse_url(self.url).path.decode("latin-1")
-        if path not in gate.PATHS or self.parser.get_method() != b"POST":
+        if path not in gate.PATHS:
             return False
         ticket = gate.admit(path)
         if ticket is not False:
@@ -128,8 +124,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return self._close("slow_client", b"")
         limit = self.header_timeout_s if what == "slow_headers" else self.body_timeout_s
         part = "headers" if what == "slow_headers" else "body"
-        self._close("slow_client", _raw_response(
-            408, "Request Timeout", "slow_client", f"the request's {part} did not arrive within {limit:g} s"))
+        self._close("slow_client", raw_error(
+            408, "slow_client", f"the request's {part} did not arrive within {limit:g} s", close=True))
 
     def _close(self, reason: str, response: bytes) -> None:
         if response:
