@@ -163,7 +163,7 @@ class Service:
             st.ready = False
             st.metrics.ready.set(0)
             # this may run in a signal handler: leave the locking to the event loop
-            self._loop.call_soon_threadsafe(st.batcher.close_intake)
+            self._loop.call_soon_threadsafe(st.batcher.flush)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -186,10 +186,14 @@ class Service:
             log.info("attrx: stopped (%s)", "drained" if st.drained else
                      f"drain timed out after {self.settings.drain_timeout_s:g} s: {refused} refused with 503")
 
-    def ready_state(self) -> State:
+    def ready_state(self, admitted: bool = False) -> State:
+        """The loaded state, or 503. A request the gate admitted before a drain began is served
+        (the drain deadline still bounds it); a new one is refused while draining."""
         st = self.state
         if st is None or not st.ready:
             if self.drain.draining:
+                if admitted and st is not None:
+                    return st
                 raise retry_later(503, "draining", "the server is shutting down")
             raise retry_later(503, "not_ready", "the model is loading or warming up")
         return st
@@ -239,7 +243,7 @@ class Service:
 
     async def extract(self, request: Request) -> JSONResponse:
         t0 = time.monotonic()
-        st = self.ready_state()
+        st = self.ready_state(admitted="attrx.ticket" in request.scope)
         watch = self.watch(request, t0)
         try:
             p = await read_one(request)
@@ -275,7 +279,7 @@ class Service:
 
     async def extract_batch(self, request: Request) -> JSONResponse:
         t0 = time.monotonic()
-        st = self.ready_state()
+        st = self.ready_state(admitted="attrx.ticket" in request.scope)
         watch = self.watch(request, t0)
         try:
             body = await read_batch(request, self.settings.max_batch_items)

@@ -77,6 +77,7 @@ class Batcher:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._accepting = False
+        self._flushing = False
         self._stopping = False
         self._in_flight = 0
         self._threads = [threading.Thread(target=self._loop, name=f"attrx-infer-{i}", daemon=True)
@@ -106,10 +107,12 @@ class Batcher:
             self._cond.notify()
         return job.future
 
-    def close_intake(self) -> None:
-        """Draining: refuse new items and run what is queued now, without waiting for a batch to fill."""
+    def flush(self) -> None:
+        """Draining: from now on run what is queued at once, without waiting for a batch to fill.
+        Items still arrive (work admitted before the drain began is finishing its decoding);
+        `stop` refuses new ones."""
         with self._cond:
-            self._accepting = False
+            self._flushing = True
             self._cond.notify_all()
 
     def stop(self, drain_timeout: float = 10.0) -> bool:
@@ -144,7 +147,8 @@ class Batcher:
                     return None
                 self._cond.wait()
             # close the batch at max_batch_size or when the oldest item has waited max_queue_delay
-            while len(self._queue) < self.max_batch_size and not self._stopping and self._accepting:
+            while (len(self._queue) < self.max_batch_size and not self._stopping and self._accepting
+                   and not self._flushing):
                 remaining = self._queue[0].enqueued + self.max_delay - time.monotonic()
                 if remaining <= 0:
                     break
