@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from pathlib import Path
 
@@ -58,11 +59,14 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-timeout-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads (attrx's default on 2 cores: 1)")
+    ap.add_argument("--api-servers", type=int, default=os.cpu_count() or 1,
+                    help="LitServe's HTTP server processes (default: the cores, as many as attrx's front-ends)")
     a = ap.parse_args()
     api = AttrxAPI(a.bundle, a.threads, max_batch_size=a.max_batch_size, batch_timeout=a.batch_timeout_ms / 1000,
                    api_path="/v1/extract")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, healthcheck_path="/readyz")
-    server.run(host="127.0.0.1", port=a.port, log_level="warning", generate_client_file=False)
+    server.run(host="127.0.0.1", port=a.port, log_level="warning", generate_client_file=False,
+               num_api_servers=a.api_servers)
 
 
 if __name__ == "__main__":

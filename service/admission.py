@@ -12,42 +12,45 @@ import threading
 from concurrent.futures import Future
 
 
-class Admission:
-    """A thread-safe counter of products in flight, bounded by `limit`."""
+class _Count:
+    value = 0
 
-    def __init__(self, limit: int, on_change=None):
+
+def shared_counter(ctx) -> tuple:
+    """(counter, lock) in shared memory for `Admission(shared=...)` in several processes: the
+    bound then holds for the whole server, whichever front-end process admitted the work."""
+    return ctx.RawValue("q", 0), ctx.Lock()
+
+
+class Admission:
+    """A counter of products in flight, bounded by `limit`: thread-safe, and process-safe with a
+    `shared_counter`."""
+
+    def __init__(self, limit: int, shared: tuple | None = None):
         if limit < 1:
             raise ValueError("the in-flight limit must be >= 1")
         self.limit = limit
-        self._n = 0
-        self._lock = threading.Lock()
-        self._on_change = on_change
+        self._count, self._lock = shared if shared is not None else (_Count(), threading.Lock())
 
     @property
     def in_flight(self) -> int:
-        return self._n
+        return self._count.value
 
     @property
     def full(self) -> bool:
-        return self._n >= self.limit
+        return self._count.value >= self.limit
 
     def try_acquire(self, n: int = 1) -> Ticket | None:
         """n slots at once, or None (nothing taken) when they do not all fit."""
         with self._lock:
-            if self._n + n > self.limit:
+            if self._count.value + n > self.limit:
                 return None
-            self._n += n
-            value = self._n
-        if self._on_change:
-            self._on_change(value)
+            self._count.value += n
         return Ticket(self, n)
 
     def _release(self, n: int) -> None:
         with self._lock:
-            self._n -= n
-            value = self._n
-        if self._on_change:
-            self._on_change(value)
+            self._count.value -= n
 
 
 class Ticket:

@@ -1,10 +1,12 @@
-"""The FastAPI service: POST a title and/or an image, get attributes back.
+"""The FastAPI front-end: POST a title and/or an image, get attributes back.
 
-A request passes, in order: the admission gate (`service.asgi`, 429 past the in-flight limit), the
-body limit, its parser (`service.requests`), image decoding and tokenising in a thread pool, the
-dynamic batcher (`service.batcher`) and the model. Every wait after admission is bounded by the
-request's deadline, the server's drain deadline and the client staying connected
-(`service.watch`); the event loop itself only parses, waits and answers.
+`attrx serve` runs several of these processes on one socket, and one inference process
+(`service.supervisor`). A request passes, in order: the admission gate (`service.asgi`, 429 past the
+in-flight limit, which all front-ends share), the body limit, its parser (`service.requests`),
+image decoding and tokenising in a thread pool, then the inference process's dynamic batcher and
+model (`service.engine`, reached through shared memory by `service.engine_client`). Every wait
+after admission is bounded by the request's deadline, the server's drain deadline and the client
+staying connected (`service.watch`); the event loop itself only parses, waits and answers.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import io
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -25,24 +28,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 
 from service.admission import Admission, Ticket
 from service.asgi import BodyLimit, Gate, RequestMetrics
-from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
+from service.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
 from service.bundle import Bundle, load_bundle
+from service.engine_client import EngineClient, EngineGone, EngineLink
 from service.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.predict import InputError, Predictor
+from service.metrics import Metrics, exposition
+from service.pipeline import Pipeline, load_pipeline, warmup_product
+from service.predict import InputError
 from service.preprocess import ImageError
 from service.requests import Product, check_options, from_model, item_id, read_batch, read_one
-from service.runtime import Backend, load_backend
 from service.schemas import BatchResponse, ErrorResponse, ExtractRequest, ExtractResponse, ModelInfo
 from service.settings import ServeSettings
+from service.shm import Arena
 from service.watch import Drain, Watch
 
 log = logging.getLogger("uvicorn.error")
@@ -76,10 +80,9 @@ class State:
     settings: ServeSettings
     bundle: Bundle
     pipeline: Pipeline
-    predictor: Predictor
-    backend: Backend
     metrics: Metrics
-    batcher: Batcher
+    engine: EngineClient
+    link: EngineLink
     pool: ThreadPoolExecutor
     admission: Admission
     ready: bool = False
@@ -87,45 +90,30 @@ class State:
     model_ref: dict = field(default_factory=dict)
 
 
-def _warmup_image() -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (96, 96), (128, 128, 128)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _load(settings: ServeSettings) -> State:
-    bundle = load_bundle(settings.bundle)
+def _load(settings: ServeSettings, link: EngineLink) -> State:
+    bundle, pipeline = load_pipeline(settings, with_backend=False)
     m = bundle.manifest
     metrics = Metrics([a.name for a in m.attributes])
-    metrics.model_info.info({"name": m.name, "version": m.version, "family": m.model.family,
-                             "sha256": m.files["model.onnx"].sha256})
-    backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads)
-    predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
-                          max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
-    pipeline = Pipeline(predictor, backend)
-    batcher = Batcher(
-        pipeline.run_batch, max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
-        max_queue_size=settings.max_queue_size, workers=settings.inference_workers,
-        on_batch=lambda n, dt: (metrics.batch_size.observe(n), metrics.inference_seconds.observe(dt)),
-        on_dequeue=metrics.queue_seconds.observe,
-        on_expired=lambda: metrics.rejections.labels("timeout").inc(),
-        on_depth=metrics.queue_depth.set,
-    )
-    return State(settings, bundle, pipeline, predictor, backend, metrics, batcher,
+    metrics.set_model(m)
+    engine = EngineClient(link.sock, Arena(link.layout, link.slots, name=link.arena))
+    return State(settings, bundle, pipeline, metrics, engine, link,
                  ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre"),
-                 Admission(settings.max_in_flight), model_ref={"name": m.name, "version": m.version})
+                 Admission(settings.max_in_flight, shared=link.admission),
+                 model_ref={"name": m.name, "version": m.version})
 
 
-async def _warm_up(st: State) -> None:
-    """Full batches through the real preprocessing and the real model; ready afterwards."""
+async def _warm_up(st: State, engine_ready) -> None:
+    """This process's preprocessing, then one product through the inference process once it is
+    warm (it ran full batches); ready afterwards."""
     s = st.settings
-    item = st.pipeline.decode("warm-up product", _warmup_image())
-    n = min(s.max_batch_size, s.max_queue_size)
+    loop = asyncio.get_running_loop()
     try:
-        for _ in range(s.warmup_batches):
-            await asyncio.gather(*(asyncio.wrap_future(st.batcher.submit(item, 60.0)) for _ in range(n)))
+        item = await loop.run_in_executor(st.pool, st.pipeline.decode, *warmup_product())
+        while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
+            if st.engine.gone:
+                raise EngineGone("the inference process stopped while warming up")
+        fut, _ = st.engine.submit(item, time.monotonic() + 60.0)
+        await fut
     except Exception:
         log.exception("attrx: warm-up failed; the server stays not ready")
         return
@@ -135,9 +123,16 @@ async def _warm_up(st: State) -> None:
     gc.freeze()
     st.ready = True
     st.metrics.ready.set(1)
-    log.info("attrx: %s %s ready (%s, batch <= %d, delay %.1f ms, in flight <= %d)", st.model_ref["name"],
-             st.model_ref["version"], st.backend.providers[0], s.max_batch_size, s.max_queue_delay_ms,
-             s.max_in_flight)
+    _count_warm(st, +1)
+    log.info("attrx: %s %s ready in front-end %d (%s, batch <= %d, delay %.1f ms, in flight <= %d)",
+             st.model_ref["name"], st.model_ref["version"], os.getpid(), st.link.info["providers"][0],
+             s.max_batch_size, s.max_queue_delay_ms, s.max_in_flight)
+
+
+def _count_warm(st: State, n: int) -> None:
+    count, lock = st.link.warm
+    with lock:
+        count.value += n
 
 
 def _json(payload: dict) -> Response:
@@ -148,8 +143,8 @@ def _json(payload: dict) -> Response:
 class Service:
     """The routes' work, on the state the lifespan loads."""
 
-    def __init__(self, settings: ServeSettings):
-        self.settings = settings
+    def __init__(self, settings: ServeSettings, link: EngineLink):
+        self.settings, self.link = settings, link
         self.drain = Drain()
         self.state: State | None = None
         self.gate: Gate | None = None
@@ -160,26 +155,27 @@ class Service:
         self.drain.begin(self.settings.drain_timeout_s)
         st = self.state
         if st is not None:
+            if st.ready:
+                _count_warm(st, -1)
             st.ready = False
             st.metrics.ready.set(0)
-            # this may run in a signal handler: leave the locking to the event loop
-            self._loop.call_soon_threadsafe(st.batcher.flush)
+            # the supervisor tells the inference process to run what is queued without waiting
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
-        st = self.state = _load(self.settings)
+        st = self.state = _load(self.settings, self.link)
         self.gate = Gate(st.admission, st.metrics)
-        self._loop = asyncio.get_running_loop()
         app.state.attrx = st
-        st.batcher.start()
-        warm = asyncio.create_task(_warm_up(st))
+        st.engine.start()
+        warm = asyncio.create_task(_warm_up(st, self.link.ready))
         try:
             yield
         finally:
             warm.cancel()
             self.begin_drain()
             left = max(0.1, self.drain.deadline - time.monotonic())
-            done = await asyncio.get_running_loop().run_in_executor(None, st.batcher.stop, left)
+            done = await st.engine.settled(left)
+            st.engine.close()
             st.pool.shutdown(wait=False, cancel_futures=True)
             refused = self.drain.refused
             st.drained = done and refused == 0
@@ -217,19 +213,18 @@ class Service:
             raise input_error(e) from None
         watch.check("queueing")
         try:
-            job = st.batcher.submit(inputs, watch.deadline - time.monotonic())
+            job, slot = st.engine.submit(inputs, watch.deadline)
+            if ticket is not None:
+                ticket.hold(job)
+            return await watch.wait(job, "running", cancel=partial(st.engine.cancel, slot))
         except QueueFull as e:
             raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
-        except Draining as e:
-            raise retry_later(503, "draining", str(e)) from None
-        if ticket is not None:
-            ticket.hold(job)
-        try:
-            return await watch.wait(job, "running")
         except DeadlineExceeded:  # counted by the batcher
             raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms", counted=True) from None
         except Draining as e:
             raise retry_later(503, "draining", str(e)) from None
+        except EngineGone as e:
+            raise retry_later(503, "not_ready", str(e)) from None
 
     def watch(self, request: Request, t0: float) -> Watch:
         ms = self.settings.request_timeout_ms
@@ -237,7 +232,7 @@ class Service:
 
     def precision_key(self, st: State, min_precision: float | None) -> str:
         try:
-            return st.predictor.precision_key(min_precision)
+            return st.pipeline.predictor.precision_key(min_precision)
         except InputError as e:
             raise input_error(e) from None
 
@@ -308,7 +303,7 @@ class Service:
             precision_targets=m.precision_targets,
             attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
                         for a in m.attributes],
-            metrics=m.metrics, backend=st.backend.name, providers=st.backend.providers,
+            metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
             batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
                       "max_queue_size": s.max_queue_size, "max_in_flight": s.max_in_flight,
                       "request_timeout_ms": s.request_timeout_ms},
@@ -319,15 +314,19 @@ class Service:
             st = self.ready_state()
         except ApiError as e:
             return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
+        warm, workers = st.link.warm[0].value, st.link.workers
+        if warm < workers:  # this process is ready, not yet every one that shares the socket
+            return JSONResponse(error_body("not_ready", f"{warm} of {workers} front-end processes are ready"),
+                                status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"status": "ready", "model": st.model_ref})
 
     def metrics(self) -> Response:
         st = self.state
         if st is None:
             return Response("", media_type=CONTENT_TYPE_LATEST)
-        st.metrics.queue_depth.set(st.batcher.depth)
         st.metrics.in_flight.set(st.admission.in_flight)
-        return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition(st.metrics.registry)
+        return Response(body, media_type=media_type)
 
 
 def _docs(app: FastAPI) -> None:
@@ -437,8 +436,9 @@ class AttrxApp(FastAPI):
                 ticket.close()
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
-    svc = Service(settings or ServeSettings())
+def create_app(settings: ServeSettings, link: EngineLink) -> FastAPI:
+    """The front-end app of one process, serving through the inference process behind `link`."""
+    svc = Service(settings, link)
     app = AttrxApp(
         title="attrx",
         description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",

@@ -6,6 +6,8 @@
 - Every item has a deadline: one that expires while queued is failed with DeadlineExceeded and
   never run. A cancelled item (client gone) is skipped.
 - `run_batch` gets the items' inputs as a list (batching them is its job: `Pipeline.run_batch`).
+- An item can carry a `cancelled()` check (its client, in another process, has gone) and a `tag`;
+  with `on_complete` the caller answers a finished batch's items itself instead of their futures.
 - Inference runs in dedicated worker threads, so an asyncio event loop stays responsive; callers
   get a `concurrent.futures.Future` (awaitable with `asyncio.wrap_future`).
 - `stop(drain_timeout)` stops accepting, finishes what is queued and in flight, then ends the threads.
@@ -41,6 +43,8 @@ class _Job:
     deadline: float
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    cancelled: Callable[[], bool] | None = None  # cancelled elsewhere (another process's client gone)
+    tag: object = None  # the caller's, for on_complete
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Batcher:
         on_dequeue: Callable[[float], None] | None = None,
         on_expired: Callable[[], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_complete: Callable[[list[_Job], list[np.ndarray], float, float], None] | None = None,
     ):
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be >= 1")
@@ -84,6 +89,7 @@ class Batcher:
                          for i in range(workers)]
         self._on_batch, self._on_dequeue = on_batch, on_dequeue
         self._on_expired, self._on_depth = on_expired, on_depth
+        self._on_complete = on_complete
 
     # -- public -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,8 +101,9 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, inputs: dict[str, np.ndarray], timeout_s: float) -> Future:
-        job = _Job(inputs, time.monotonic() + timeout_s)
+    def submit(self, inputs: dict[str, np.ndarray], timeout_s: float, *,
+               cancelled: Callable[[], bool] | None = None, tag: object = None) -> Future:
+        job = _Job(inputs, time.monotonic() + timeout_s, cancelled=cancelled, tag=tag)
         with self._cond:
             if not self._accepting:
                 raise Draining("the server is shutting down")
@@ -165,11 +172,24 @@ class Batcher:
                         if self._on_expired:
                             self._on_expired()
                     continue
+                if job.cancelled is not None and job.cancelled():
+                    job.future.cancel()
                 if job.future.set_running_or_notify_cancel():  # False: cancelled (client gone)
                     jobs.append(job)
             self._in_flight += len(jobs)
             self._depth_changed()
             return jobs
+
+    def _complete(self, jobs: list[_Job], outputs: list[np.ndarray], t0: float, dt: float) -> None:
+        if self._on_batch:
+            self._on_batch(len(jobs), dt)
+        if self._on_dequeue:
+            for j in jobs:
+                self._on_dequeue(t0 - j.enqueued)
+        if self._on_complete:  # the caller answers the items itself (service.engine: other processes)
+            return self._on_complete(jobs, outputs, t0, dt)
+        for i, j in enumerate(jobs):
+            j.future.set_result(BatchResult(outputs, i, len(jobs), t0 - j.enqueued, dt))
 
     def _loop(self) -> None:
         while True:
@@ -185,14 +205,7 @@ class Batcher:
                 for j in jobs:
                     j.future.set_exception(e)
             else:
-                dt = time.monotonic() - t0
-                if self._on_batch:
-                    self._on_batch(len(jobs), dt)
-                for i, j in enumerate(jobs):
-                    wait = t0 - j.enqueued
-                    if self._on_dequeue:
-                        self._on_dequeue(wait)
-                    j.future.set_result(BatchResult(outputs, i, len(jobs), wait, dt))
+                self._complete(jobs, outputs, t0, time.monotonic() - t0)
             finally:
                 with self._cond:
                     self._in_flight -= len(jobs)

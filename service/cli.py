@@ -86,8 +86,8 @@ def cmd_validate_bundle(a) -> None:
 
 def cmd_serve(a) -> None:
     from service.bundle import BundleError, load_bundle
-    from service.server import serve
     from service.settings import ServeSettings
+    from service.supervisor import serve
 
     if a.api_key is not None:
         print("attrx serve: warning: --api-key shows in the process list (/proc/PID/cmdline, ps); "

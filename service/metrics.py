@@ -1,8 +1,24 @@
-"""Prometheus metrics (prefix `attrx_`, histograms, one registry per app)."""
+"""Prometheus metrics (prefix `attrx_`, histograms).
+
+`attrx serve` runs several processes (`service.supervisor`), so the metrics run in
+prometheus_client's multiprocess mode: every process writes its values to files under
+`PROMETHEUS_MULTIPROC_DIR`, and `/metrics`, whichever front-end answers it, reads them all into one
+view (`exposition()`). Counters and histograms add up across processes; each gauge says how its
+processes' values combine.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -12,8 +28,25 @@ REJECTION_REASONS = ("overloaded", "queue_full", "timeout", "bad_image", "too_la
                      "draining", "client_gone", "slow_client", "too_many_connections")
 
 
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text of /metrics: every process's values in multiprocess mode, else this registry's."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
 class Metrics:
-    def __init__(self, attributes: list[str]):
+    """front=False: the inference process, which must not report readiness (only front-ends do)."""
+
+    def __init__(self, attributes: list[str], front: bool = True):
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("attrx_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "code"], registry=r)
@@ -25,14 +58,21 @@ class Metrics:
         self.inference_seconds = Histogram("attrx_inference_duration_seconds", "model run time per batch",
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("attrx_batch_size", "items per model batch", buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("attrx_queue_depth", "items waiting in the batching queue", registry=r)
+        self.queue_depth = Gauge("attrx_queue_depth", "items waiting in the batching queue", registry=r,
+                                 multiprocess_mode="livesum")
+        # the count is shared by the front-ends: the one answering /metrics sets it, the latest wins
         self.in_flight = Gauge("attrx_in_flight", "products admitted and not finished (decoding, queued or "
-                                                  "running); the admission limit bounds it", registry=r)
+                                                  "running); the admission limit bounds it", registry=r,
+                               multiprocess_mode="mostrecent")
         self.items = Counter("attrx_items", "products predicted", registry=r)
         self.rejections = Counter("attrx_rejections", "requests or items refused, by reason", ["reason"],
                                   registry=r)
-        self.model_info = Info("attrx_model", "the served bundle", registry=r)
-        self.ready = Gauge("attrx_ready", "1 once the bundle is loaded and warmed up", registry=r)
+        # an Info metric in all but name (Info does not exist in multiprocess mode)
+        self.model_info = Gauge("attrx_model_info", "the served bundle", ["name", "version", "family", "sha256"],
+                                registry=r, multiprocess_mode="max")
+        if front:  # ready only when every front-end process is
+            self.ready = Gauge("attrx_ready", "1 once the bundle is loaded and warmed up", registry=r,
+                               multiprocess_mode="livemin")
         self.confidence = Histogram("attrx_prediction_confidence", "confidence of the predicted value",
                                     ["attribute"], buckets=UNIT_BUCKETS, registry=r)
         self.image_weight = Histogram("attrx_image_modality_weight",
@@ -45,6 +85,10 @@ class Metrics:
             self.image_weight.labels(a)
 
         self._per_attribute = {a: (self.confidence.labels(a), self.image_weight.labels(a)) for a in attributes}
+
+    def set_model(self, manifest) -> None:
+        m = manifest
+        self.model_info.labels(m.name, m.version, m.model.family, m.files["model.onnx"].sha256).set(1)
 
     def observe_predictions(self, predictions: dict[str, dict]) -> None:
         self.items.inc()

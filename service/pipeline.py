@@ -6,23 +6,46 @@
   unbatch  a batch's outputs -> the row of each item                (the batcher's thread)
   encode   one item's row -> the JSON answer's predictions          (the event loop)
 
-`service.app` wires them to HTTP, the admission gate and the batcher; `attrx score` calls the same
+`attrx serve` splits them over processes: front-ends (`service.app`) decode and encode, the
+inference process (`service.engine`) batches, predicts and unbatches. `attrx score` calls the same
 Predictor and backend, so both answer alike.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from service.bundle import Bundle, load_bundle
 from service.predict import Predictor, stack
-from service.runtime import Backend
+from service.runtime import Backend, load_backend
+
+
+def warmup_product() -> tuple[str, bytes]:
+    """A title and a small PNG that exercise the whole preprocessing path."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(buf, format="PNG")
+    return "warm-up product", buf.getvalue()
+
+
+def load_pipeline(settings, *, with_backend: bool = True) -> tuple[Bundle, Pipeline]:
+    """The bundle and its pipeline under the serving settings' limits. Without the backend (a
+    front-end process, which only decodes and encodes) the model file is neither hashed nor loaded."""
+    bundle = load_bundle(settings.bundle, verify_hashes=with_backend)
+    predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
+                          max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
+    backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads) \
+        if with_backend else None
+    return bundle, Pipeline(predictor, backend)
 
 
 class Pipeline:
-    def __init__(self, predictor: Predictor, backend: Backend):
+    def __init__(self, predictor: Predictor, backend: Backend | None):
         self.predictor, self.backend = predictor, backend
 
     def decode(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:

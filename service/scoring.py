@@ -28,6 +28,7 @@ from service.catalog import RowError, read_catalog
 from service.outputs import bundle_sha256, open_output
 from service.predict import InputError, Predictor, stack
 from service.preprocess import ImageError
+from service.procutil import die_with_parent
 from service.runtime import load_backend
 
 
@@ -53,24 +54,9 @@ def flatten(pid: str, preds: dict[str, dict]) -> dict:
 _predictor: Predictor | None = None
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the process that forked it goes away, so no worker
-    (the pool re-forks replacements for killed ones) can outlive an interrupted run."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(0)
-
-
 def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
     global _predictor
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _predictor = Predictor(load_bundle(bundle_dir, verify_hashes=False), max_image_pixels=max_image_pixels)
 

@@ -46,12 +46,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
+    connections_limit = None  # an Admission shared by every front-end process: the limit is the server's
     on_close: Callable[[str], None] | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._deadline, self._what, self._begun = None, "", False
-        if len(self.connections) > self.max_connections:
+        limit = type(self).connections_limit
+        self._conn_ticket = limit.try_acquire(1) if limit is not None else None
+        over = self._conn_ticket is None if limit is not None else len(self.connections) > self.max_connections
+        if over:
             self._close("too_many_connections", raw_error(
                 503, "too_many_connections", f"the server holds {self.max_connections} connections, its limit; "
                 "retry shortly", close=True, retry_after=1))
@@ -61,6 +65,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._deadline = None
+        if self._conn_ticket is not None:
+            self._conn_ticket.close()
+            self._conn_ticket = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -166,10 +173,10 @@ class _Sweeper:
 
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_connections: int,
                      on_close: Callable[[str], None] | None = None,
-                     gate_source: Callable | None = None) -> type[GuardedHttpProtocol]:
+                     gate_source: Callable | None = None, connections_limit=None) -> type[GuardedHttpProtocol]:
     return type("AttrxHttpProtocol", (GuardedHttpProtocol,), {
         "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-        "max_connections": max_connections, "on_close": staticmethod(on_close) if on_close else None,
+        "max_connections": max_connections, "connections_limit": connections_limit, "on_close": staticmethod(on_close) if on_close else None,
         "gate_source": staticmethod(gate_source) if gate_source else None})
 
 
@@ -200,25 +207,32 @@ def raise_open_files_limit(wanted: int) -> None:
         log.warning("attrx: open-files limit is %d, below --max-connections + 64 = %d", new, wanted)
 
 
-def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int:
-    """Run `attrx serve` until SIGTERM/SIGINT; the exit status: 0 drained cleanly, 1 not."""
-    from service.app import create_app
+def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -> None:
+    """A front-end process (spawned by `service.supervisor`): uvicorn on the shared socket. Exit
+    status 0: drained cleanly; 1: not; 3: startup failed."""
+    import sys
 
-    app = create_app(settings)
+    from service.admission import Admission
+    from service.app import create_app
+    from service.procutil import die_with_parent
+    from service.settings import ServeSettings
+
+    die_with_parent()
+    settings = ServeSettings(**settings_data)
+    app = create_app(settings, link)
     svc = app.state.service
     raise_open_files_limit(settings.max_connections + 64)
     protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
-                                on_close=svc.reject, gate_source=lambda: svc.gate)
+                                on_close=svc.reject, gate_source=lambda: svc.gate,
+                                connections_limit=Admission(settings.max_connections, shared=link.connections))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log, http=protocol,
+        app, log_level=log_level, access_log=access_log, http=protocol,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         # the app answers what cannot finish by the drain deadline itself (503); uvicorn's own
         # cancellation, which would answer 500, only comes after it
         timeout_graceful_shutdown=settings.drain_timeout_s + 5,
     )
     server = AttrxServer(config, on_exit_signal=svc.begin_drain)
-    server.run()
+    server.run(sockets=[link.listen])
     st = svc.state
-    if st is None:  # startup failed (uvicorn logged why)
-        return 3
-    return 0 if st.drained else 1
+    sys.exit(3 if st is None else 0 if st.drained else 1)

@@ -15,6 +15,9 @@ class ServeSettings(BaseSettings):
     bundle: str = Field("build/demo-bundle", description="model bundle folder")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                         description="front-end processes (HTTP, parsing, image decoding) feeding the one "
+                                     "inference process (default: the number of cores)")
     # dynamic batching (Triton semantics)
     max_batch_size: int = Field(32, ge=1, description="a batch closes at this many items; 1 turns batching off")
     max_queue_delay_ms: float = Field(5.0, ge=0, description="...or when its oldest item has waited this long")

@@ -60,8 +60,11 @@ class Watch:
         if now >= self.deadline:
             raise ApiError(504, "timeout", f"the deadline of {self.timeout_ms:.0f} ms passed before {stage}")
 
-    async def wait(self, fut: Future, stage: str):
-        """The result of `fut` (a concurrent.futures.Future), or an ApiError / ClientGone."""
+    async def wait(self, fut: Future | asyncio.Future, stage: str, cancel=None):
+        """The result of `fut`, or an ApiError / ClientGone. `cancel()` (default `fut.cancel`) says
+        whether the work was stopped before it started (work in another process: it may not know yet,
+        and says False; the answer then still comes, as a result or as an error)."""
+        cancel = cancel or fut.cancel
         afut = asyncio.wrap_future(fut)
         gone = self._gone_task()
         left = min(self.deadline, self.drain.deadline) - time.monotonic()
@@ -70,9 +73,9 @@ class Watch:
         if afut.done():
             return afut.result()
         if gone.done():
-            fut.cancel()
+            cancel()
             raise ClientGone
-        if fut.cancel():  # not started: it never will be
+        if cancel():  # not started: it never will be
             self.check(stage)
             raise ApiError(504, "timeout", f"the deadline of {self.timeout_ms:.0f} ms passed before {stage}")
         # running: it was admitted in time and cannot be stopped, so its answer is still given
