@@ -26,7 +26,7 @@ from functools import partial
 import numpy as np
 
 from service.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
-from service.procutil import die_with_parent
+from service.procutil import die_with_parent, set_process_name
 from service.shm import Arena, Layout
 
 log = logging.getLogger("attrx.engine")
@@ -117,6 +117,8 @@ class Engine:
     def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
         replies: dict[int, list[bytes]] = {}
         n = len(jobs)
+        if jobs[0].tag is not None:  # not the warm-up
+            self.metrics.observe_batch(outputs)
         for row, job in enumerate(jobs):
             if job.tag is None:  # the engine's own warm-up
                 from service.batcher import BatchResult
@@ -159,6 +161,7 @@ def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
+    set_process_name("attrx-engine")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     settings = ServeSettings(**settings_data)
     try:

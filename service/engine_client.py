@@ -27,7 +27,7 @@ class EngineLink:
     name and size, the shared admission counter, the engine's readiness and what it runs on."""
 
     sock: socket.socket
-    listen: socket.socket  # the server's listening socket, shared by all front-ends
+    listen: socket.socket  # this front-end's listening socket (SO_REUSEPORT: one per front-end, one port)
     arena: str
     slots: int
     layout: Layout
@@ -35,6 +35,7 @@ class EngineLink:
     connections: tuple  # shared_counter(): open connections, all front-ends together
     warm: tuple  # shared_counter(): front-ends ready; /readyz says 200 once all `workers` are
     workers: int
+    index: int  # this front-end's number, 0..workers-1
     ready: Any  # a multiprocessing Event, set once the engine has run its warm-up batches
     info: dict  # backend, providers
 

@@ -214,10 +214,11 @@ def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -
 
     from service.admission import Admission
     from service.app import create_app
-    from service.procutil import die_with_parent
+    from service.procutil import die_with_parent, set_process_name
     from service.settings import ServeSettings
 
     die_with_parent()
+    set_process_name(f"attrx-front-{link.index}")
     settings = ServeSettings(**settings_data)
     app = create_app(settings, link)
     svc = app.state.service

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.procutil import available_cores
 
 
 class ServeSettings(BaseSettings):
@@ -15,7 +16,7 @@ class ServeSettings(BaseSettings):
     bundle: str = Field("build/demo-bundle", description="model bundle folder")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+    workers: int = Field(default_factory=lambda: available_cores(), ge=1,
                          description="front-end processes (HTTP, parsing, image decoding) feeding the one "
                                      "inference process (default: the number of cores)")
     # dynamic batching (Triton semantics)
@@ -75,4 +76,4 @@ class ServeSettings(BaseSettings):
 
 
 def _half_cores() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, available_cores() // 2)

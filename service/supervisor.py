@@ -52,13 +52,28 @@ def _metrics_dir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on one port, one per front-end, with SO_REUSEPORT: the kernel spreads
+    new connections evenly over them. One socket shared by all (where SO_REUSEPORT is missing)
+    lets whichever process wakes first accept, and one front-end took 3 in 4 connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n if reuse_port else 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the rest join the port the first one got
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks * n if not reuse_port else socks
 
 
 class _Signals:
@@ -131,7 +146,7 @@ class Supervisor:
                 return ("error", "interrupted" if signals.count else "the inference process exited while loading")
         return ("error", f"the inference process did not load the bundle within {STARTUP_TIMEOUT_S:g} s")
 
-    def _start_fronts(self, listen, pairs, layout, info) -> None:
+    def _start_fronts(self, listens, pairs, layout, info) -> None:
         from service.admission import shared_counter
         from service.engine_client import EngineLink
         from service.server import frontend_main
@@ -146,9 +161,9 @@ class Supervisor:
         self.admission = admission = shared_counter(self.ctx)
         self.connections = connections = shared_counter(self.ctx)
         self.warm = warm = shared_counter(self.ctx)
-        for i, ((front_sock, _), arena) in enumerate(zip(pairs, self.arenas, strict=True)):
+        for i, ((front_sock, _), arena, listen) in enumerate(zip(pairs, self.arenas, listens, strict=True)):
             link = EngineLink(front_sock, listen, arena.name, slots, layout, admission, connections, warm,
-                              len(pairs), self.engine_ready, info)
+                              len(pairs), i, self.engine_ready, info)
             p = self.ctx.Process(target=frontend_main, name=f"attrx-front-{i}",
                                  args=(s.model_dump(), link, self.log_level, self.access_log))
             p.start()
@@ -160,7 +175,7 @@ class Supervisor:
     def run(self) -> int:
         s = self.settings
         signals = _Signals()
-        listen = _bind(s.host, s.port)
+        listens = _bind(s.host, s.port, s.workers)
         pairs = [socket.socketpair() for _ in range(s.workers)]
         try:
             msg = self._start_engine(pairs, signals)
@@ -168,11 +183,12 @@ class Supervisor:
                 log.error("attrx: cannot serve: %s", msg[1])
                 self._stop_engine(0.0)
                 return 3
-            self._start_fronts(listen, pairs, msg[1], msg[2])
+            self._start_fronts(listens, pairs, msg[1], msg[2])
             for a, b in pairs:  # the children hold their own copies
                 a.close()
                 b.close()
-            listen.close()
+            for sock in listens:
+                sock.close()
             return self._supervise(signals)
         finally:
             signals.restore()

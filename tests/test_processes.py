@@ -1,0 +1,129 @@
+"""`attrx serve` as processes: front-ends feeding one inference process through shared memory.
+
+The slots are unit-tested; the rest runs real `attrx serve` servers with two front-end processes
+and checks that the server behaves as one: one admission limit, one metrics view, one life cycle.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from service.shm import Arena, Layout
+
+
+# -- the slots --------------------------------------------------------------------------------------
+def _item(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(0, 300, (1, 24)), "pixel_values": rng.random((1, 3, 8, 8), dtype=np.float32),
+            "text_present": np.ones(1, np.float32)}
+
+
+def test_a_slot_carries_inputs_and_one_output_row_and_a_cancel_flag():
+    outputs = [np.arange(12, dtype=np.float32).reshape(4, 3), np.arange(8, dtype=np.float32).reshape(4, 2)]
+    layout = Layout.of(_item(0), outputs)
+    owner = Arena(layout, 3)
+    try:
+        other = Arena(layout, 3, name=owner.name)  # as the inference process attaches it
+        for k in range(3):
+            owner.write_inputs(k, _item(k))
+        for k in range(3):
+            got = other.inputs(k)
+            for name, arr in _item(k).items():
+                np.testing.assert_array_equal(got[name], arr)
+        other.write_outputs(1, outputs, row=2)
+        back = owner.read_outputs(1)
+        np.testing.assert_array_equal(back[0], outputs[0][2:3])
+        np.testing.assert_array_equal(back[1], outputs[1][2:3])
+        assert not other.cancelled(1)
+        owner.cancel(1)
+        assert other.cancelled(1) and not other.cancelled(0)
+        owner.write_inputs(1, _item(5))  # a reused slot starts uncancelled
+        assert not other.cancelled(1)
+        with pytest.raises(ValueError, match="pixel_values has shape"):
+            owner.write_inputs(0, {**_item(0), "pixel_values": np.zeros((1, 3, 9, 9), np.float32)})
+        other.close()
+    finally:
+        owner.close()
+
+
+# -- the server as processes ------------------------------------------------------------------------
+def _processes(server) -> dict[str, psutil.Process]:
+    kids = psutil.Process(server.proc.pid).children()
+    return {p.name(): p for p in kids if p.name().startswith("attrx-")}
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+def test_the_server_runs_one_engine_and_the_front_ends_asked_for(start_server):
+    s = start_server(workers=3)
+    assert sorted(_processes(s)) == ["attrx-engine", "attrx-front-0", "attrx-front-1", "attrx-front-2"]
+    assert httpx.get(s.url + "/v1/model", timeout=5).json()["backend"] == "onnxruntime"
+
+
+def test_metrics_are_one_view_whichever_front_end_answers(start_server):
+    s = start_server(workers=2)
+    n = 24
+    for i in range(n):  # a new connection each: the kernel spreads them over both front-ends
+        assert httpx.post(s.url + "/v1/extract", json={"title": f"Tee {i}"}, timeout=10).status_code == 200
+    seen = set()
+    for _ in range(8):
+        text = httpx.get(s.url + "/metrics", timeout=5).text
+        seen.add(_metric(text, "attrx_requests_total", '{code="200",endpoint="/v1/extract"}'))
+        assert _metric(text, "attrx_items_total") == n
+        assert _metric(text, "attrx_batch_size_sum") >= n  # the engine's own metrics, in the same view
+        assert _metric(text, "attrx_ready") == 1
+    assert seen == {float(n)}
+
+
+def test_a_dead_inference_process_stops_the_server_with_a_failure_status(start_server):
+    s = start_server(workers=2)
+    procs = _processes(s)
+    procs["attrx-engine"].send_signal(signal.SIGKILL)
+    r = None
+    try:
+        r = httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10)
+    except httpx.TransportError:
+        pass  # the front-ends may already be gone
+    if r is not None:
+        assert r.status_code == 503
+    assert s.proc.wait(timeout=60) == 1
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs.values())
+
+
+def test_killing_the_parent_takes_every_server_process_with_it(start_server):
+    s = start_server(workers=2)
+    procs = list(_processes(s).values())
+    s.proc.kill()
+    s.proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(procs, timeout=15)
+    assert not alive, f"{[p.name() for p in alive]} outlived a SIGKILLed parent"
+
+
+def test_a_drain_waits_for_work_admitted_by_every_front_end(start_server):
+    # a long batch delay holds the products in the engine's queue when SIGTERM comes
+    s = start_server(workers=2, max_queue_delay_ms=1500, max_batch_size=64, drain_timeout_s=20)
+    with cf.ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=30)
+                for i in range(8)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = httpx.get(s.url + "/metrics", timeout=5).text
+            if _metric(text, "attrx_in_flight") == 8:
+                break
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        codes = [f.result().status_code for f in futs]
+    assert codes == [200] * 8
+    assert s.proc.wait(timeout=30) == 0
