@@ -248,7 +248,6 @@ class Service:
         finally:
             watch.close()
         preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
-        st.metrics.observe_predictions(preds)
         return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
                              "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
@@ -269,7 +268,6 @@ class Service:
         except ClientGone:
             return {"index": i, "gone": True}
         preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
-        st.metrics.observe_predictions(preds)
         return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
 
     async def extract_batch(self, request: Request) -> JSONResponse:
@@ -295,8 +293,7 @@ class Service:
                              "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
     # -- the rest -----------------------------------------------------------------------------
-    def model_info(self) -> ModelInfo:
-        st = self.ready_state()
+    def model_info(self, st: State) -> ModelInfo:
         m, s = st.bundle.manifest, st.settings
         return ModelInfo(
             name=m.name, version=m.version, family=m.model.family, created=m.created,
@@ -370,14 +367,15 @@ def _routes(app: FastAPI, svc: Service) -> None:
 
     async def require_key(request: Request) -> None:
         key = svc.settings.api_key
-        if not key:
-            return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')",
                            {"WWW-Authenticate": "Bearer"})
 
-    @app.post("/v1/extract", response_model=ExtractResponse, dependencies=[Depends(require_key)],
+    # resolving a dependency costs every request: none at all when no key is set
+    auth = [Depends(require_key)] if svc.settings.api_key else []
+
+    @app.post("/v1/extract", response_model=ExtractResponse, dependencies=auth,
               summary="Attributes of one product",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": json_schema},
@@ -387,7 +385,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         Either may be absent, not both."""
         return await svc.extract(request)
 
-    @app.post("/v1/extract/batch", response_model=BatchResponse, dependencies=[Depends(require_key)],
+    @app.post("/v1/extract/batch", response_model=BatchResponse, dependencies=auth,
               summary="Attributes of several products",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "type": "array", "items": json_schema}}}}})
@@ -396,10 +394,14 @@ def _routes(app: FastAPI, svc: Service) -> None:
         error entry and does not fail the others."""
         return await svc.extract_batch(request)
 
-    @app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_key)],
+    def model_handle() -> State:
+        """The loaded model, as a dependency (503 while loading or draining)."""
+        return svc.ready_state()
+
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=auth,
              summary="The served bundle: attributes, classes, thresholds, training metrics")
-    async def model_info():
-        return svc.model_info()
+    async def model_info(st: State = Depends(model_handle)):
+        return svc.model_info(st)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():

@@ -66,3 +66,24 @@ def test_accuracy_and_macro_f1():
     assert M.accuracy(probs, labels) == pytest.approx(2 / 3)
     assert M.macro_f1(probs, labels) == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert M.accuracy(probs, np.array([-1, 1, 2, 2])) == pytest.approx(0.75)  # unseen class counts wrong
+
+
+def test_observing_a_batch_at_once_matches_observing_each_value():
+    import numpy as np
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from service.metrics import UNIT_BUCKETS, observe_many
+
+    values = np.random.default_rng(0).random(500).astype(np.float32)
+    values[:8] = [0.0, 0.05, 0.1, 0.5, 0.95, 0.99, 1.0, 0.3]  # on the bounds: the bucket whose bound equals it
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("x", "x", buckets=UNIT_BUCKETS, registry=one)
+    h2 = Histogram("x", "x", buckets=UNIT_BUCKETS, registry=many)
+    for v in values.tolist():
+        h1.observe(v)
+    observe_many(h2, values)
+    lines = [[x for x in generate_latest(r).decode().splitlines() if x.startswith(("x_bucket", "x_count"))]
+             for r in (one, many)]
+    assert lines[0] == lines[1] and len(lines[0]) == len(UNIT_BUCKETS) + 2
+    sums = [r.get_sample_value("x_sum") for r in (one, many)]
+    assert sums[1] == pytest.approx(sums[0], rel=1e-9)
