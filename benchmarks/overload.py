@@ -16,7 +16,9 @@ Prints JSON. Targets (issue "Nothing lost, nothing hangs"), reported, not assert
   429 p99 < 10 ms                                p99_429_ms
   accepted p99 <= 2 x the p99 at capacity        accepted_p99_over_capacity_p99
   no 504 for admitted work                       status counts
-  RSS flat                                       rss_mb before / max during / after
+  RSS flat (all the server's processes)          rss_mb before / max during / after
+  normal latency within 2 s after the load stops recovered_after_s: sequential requests right after the
+                                                 top level, against their median on an idle server
 """
 
 from __future__ import annotations
@@ -173,7 +175,16 @@ class RssSampler:
         self.proc, self.samples = psutil.Process(pid), []
 
     def rss_mb(self) -> float:
-        return round(self.proc.memory_info().rss / 2**20, 1)
+        """The server's processes together (`attrx serve` is a parent, an engine and front-ends)."""
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return round(total / 2**20, 1)
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
@@ -193,7 +204,7 @@ class RssSampler:
 
 
 def run_level(port: int, requests: list[bytes], rss: RssSampler, *, rate: float | None, concurrency: int,
-              duration: float, timeout: float) -> dict:
+              duration: float, timeout: float, settle_s: float = 1.0) -> dict:
     load = Load(port, requests, timeout)
     before = rss.rss_mb()
     c0, t0 = time.process_time(), time.monotonic()
@@ -205,13 +216,41 @@ def run_level(port: int, requests: list[bytes], rss: RssSampler, *, rate: float 
             sent = asyncio.run(load.open_loop(rate, duration))
     wall = time.monotonic() - t0
     load.close()
-    time.sleep(1.0)  # let the server settle before the next level
+    time.sleep(settle_s)  # let the server settle before the next level
     row = summarise(load.results, duration)
     row.update({"offered_per_s": round(rate, 1) if rate else None, "sent_per_s": round(sent, 1) if sent else None,
                 "max_connections": load.max_open,
                 "reconnects_after_keep_alive_close": load.reconnects, "loadgen_cpu_cores": round((time.process_time() - c0) / wall, 2),
                 "rss_mb": {"before": before, "max_during": max(rss.samples, default=before), "after": rss.rss_mb()}})
     return row
+
+
+def sequential(port: int, requests: list[bytes], seconds: float) -> list[tuple[float, float, int]]:
+    """One client, one request at a time: (seconds since start, latency ms, status) per request."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/v1/extract"
+    bodies = [r.split(b"\r\n\r\n", 1)[1] for r in requests]
+    out, t0, i = [], time.monotonic(), 0
+    with httpx.Client(timeout=10) as client:
+        while (t := time.monotonic()) - t0 < seconds:
+            try:
+                code = client.post(url, content=bodies[i % len(bodies)],
+                                   headers={"Content-Type": "application/json"}).status_code
+            except httpx.HTTPError:
+                code = 0
+            out.append((t - t0, (time.monotonic() - t) * 1000, code))
+            i += 1
+    return out
+
+
+def recovery(probes: list[tuple[float, float, int]], idle_ms: float) -> dict:
+    """When did answers turn normal (200 within 2x the idle median) for good after the load stopped?"""
+    normal = [code == 200 and ms <= 2 * idle_ms for _, ms, code in probes]
+    after = next((probes[i][0] for i in range(len(probes)) if all(normal[i:])), None)
+    early = [ms for t, ms, _ in probes if t < 2.0]
+    return {"recovered_after_s": round(after, 3) if after is not None else None, "idle_p50_ms": round(idle_ms, 2),
+            "p50_ms_first_2_s": round(statistics.median(early), 2) if early else None, "probes": len(probes)}
 
 
 def start_server(bundle: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -272,14 +311,20 @@ def main() -> None:
         for r in range(a.repeats):
             cap = run_level(port, requests, rss, rate=None, concurrency=a.concurrency, duration=a.duration,
                             timeout=a.timeout)
+            time.sleep(1.0)
+            idle_ms = statistics.median(ms for _, ms, code in sequential(port, requests, 2.0) if code == 200)
             rep = {"capacity": cap}
-            log(f"rep {r + 1}: capacity {cap['ok_per_s']} req/s, p99 {cap['p99_200_ms']} ms")
+            log(f"rep {r + 1}: capacity {cap['ok_per_s']} req/s, p99 {cap['p99_200_ms']} ms; idle {idle_ms:.1f} ms")
             for m in a.multiples:
+                top = m == max(a.multiples)
                 row = run_level(port, requests, rss, rate=m * cap["ok_per_s"], concurrency=a.concurrency,
-                                duration=a.duration, timeout=a.timeout)
+                                duration=a.duration, timeout=a.timeout, settle_s=0.0 if top else 1.0)
                 row["accepted_p99_over_capacity_p99"] = (round(row["p99_200_ms"] / cap["p99_200_ms"], 3)
                                                          if row["p99_200_ms"] and cap["p99_200_ms"] else None)
                 rep[f"{m:g}x"] = row
+                if top:  # right after the heaviest load: how soon is it normal again?
+                    row["after_load"] = recovery(sequential(port, requests, 4.0), idle_ms)
+                    log(f"rep {r + 1}: after {m:g}x: {row['after_load']}")
                 log(f"rep {r + 1}: {m:g}x sent {row['sent_per_s']}/s: {row['status']}  200 p99 {row['p99_200_ms']} ms"
                     f"  429 p99 {row['p99_429_ms']} ms  RSS max {row['rss_mb']['max_during']} MB"
                     f"  (loadgen {row['loadgen_cpu_cores']} cores)")
@@ -291,6 +336,7 @@ def main() -> None:
     top = f"{max(a.multiples):g}x"
     summary = {k: spread([rep[top][k] for rep in reps]) for k in
                ("share_429_of_non_200", "p99_429_ms", "accepted_p99_over_capacity_p99", "ok_per_s")}
+    summary["recovered_after_s"] = spread([rep[top]["after_load"]["recovered_after_s"] for rep in reps])
     summary["capacity_ok_per_s"] = spread([rep["capacity"]["ok_per_s"] for rep in reps])
     summary["capacity_p99_ms"] = spread([rep["capacity"]["p99_200_ms"] for rep in reps])
     summary["status_504_or_timeout"] = sum(rep[top]["status"].get("504", 0) + rep[top]["status"].get("timeout", 0)
