@@ -16,6 +16,7 @@ import gc
 import hmac
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -90,6 +91,16 @@ class State:
     model_ref: dict = field(default_factory=dict)
 
 
+def _lower_priority(nice: int) -> None:
+    """A decoding thread runs behind its process's event loop: under overload the loop, which
+    answers 429s and finished requests, gets the CPU first (Linux: niceness is per thread)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):
+            pass
+
+
 def _load(settings: ServeSettings, link: EngineLink) -> State:
     bundle, pipeline = load_pipeline(settings, with_backend=False)
     m = bundle.manifest
@@ -97,7 +108,8 @@ def _load(settings: ServeSettings, link: EngineLink) -> State:
     metrics.set_model(m)
     engine = EngineClient(link.sock, Arena(link.layout, link.slots, name=link.arena))
     return State(settings, bundle, pipeline, metrics, engine, link,
-                 ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre"),
+                 ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
+                                    initializer=_lower_priority, initargs=(settings.preprocess_nice,)),
                  Admission(settings.max_in_flight, shared=link.admission),
                  model_ref={"name": m.name, "version": m.version})
 
@@ -112,7 +124,7 @@ async def _warm_up(st: State, engine_ready) -> None:
         while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
             if st.engine.gone:
                 raise EngineGone("the inference process stopped while warming up")
-        fut, _ = st.engine.submit(item, time.monotonic() + 60.0)
+        fut, _ = st.engine.submit(item, time.monotonic() + 60.0, counted=False)
         await fut
     except Exception:
         log.exception("attrx: warm-up failed; the server stays not ready")
@@ -438,6 +450,14 @@ class AttrxApp(FastAPI):
                 ticket.close()
 
 
+def _telemetry_off() -> dict:
+    import inspect
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:  # FastAPI before native OTel
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+
+
 def create_app(settings: ServeSettings, link: EngineLink) -> FastAPI:
     """The front-end app of one process, serving through the inference process behind `link`."""
     svc = Service(settings, link)
@@ -446,6 +466,9 @@ def create_app(settings: ServeSettings, link: EngineLink) -> FastAPI:
         description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",
         version="0.1.0", lifespan=svc.lifespan, docs_url=None, redoc_url=None,
         responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 503, 504)},
+        # FastAPI's own OpenTelemetry asks the global providers on every request whether it is on;
+        # attrx reports through Prometheus, so it is off outright
+        **_telemetry_off(),
     )
     app.state.service = app.service = svc
     st = lambda: svc.state  # noqa: E731

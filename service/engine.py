@@ -31,8 +31,9 @@ from service.shm import Arena, Layout
 
 log = logging.getLogger("attrx.engine")
 
-# front-end -> engine: slot, deadline (time.monotonic, the same clock in every process)
-REQUEST = struct.Struct("<Id")
+# front-end -> engine: slot, deadline (time.monotonic, the same clock in every process), counted
+# (0 for a front-end's warm-up product, which stays out of the prediction metrics)
+REQUEST = struct.Struct("<IdI")
 # engine -> front-end: slot, status, batch size, queue wait s, inference s
 REPLY = struct.Struct("<IIIff")
 OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED = range(6)
@@ -88,15 +89,15 @@ class Engine:
                 return  # the front-end closed its end
             pending += data
             whole = len(pending) - len(pending) % REQUEST.size
-            for slot, deadline in REQUEST.iter_unpack(pending[:whole]):
-                self._submit(i, slot, deadline)
+            for slot, deadline, counted in REQUEST.iter_unpack(pending[:whole]):
+                self._submit(i, slot, deadline, counted)
             pending = pending[whole:]
 
-    def _submit(self, i: int, slot: int, deadline: float) -> None:
+    def _submit(self, i: int, slot: int, deadline: float, counted: int = 1) -> None:
         arena = self.links[i].arena
         try:
             fut = self.batcher.submit(arena.inputs(slot), deadline - time.monotonic(),
-                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot))
+                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot, counted))
         except (QueueFull, Draining) as e:
             self.links[i].send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
             return
@@ -117,15 +118,16 @@ class Engine:
     def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
         replies: dict[int, list[bytes]] = {}
         n = len(jobs)
-        if jobs[0].tag is not None:  # not the warm-up
-            self.metrics.observe_batch(outputs)
+        counted = [row for row, job in enumerate(jobs) if job.tag is not None and job.tag[2]]
+        if counted:  # warm-up products are not predictions
+            self.metrics.observe_batch(outputs if len(counted) == n else [o[counted] for o in outputs])
         for row, job in enumerate(jobs):
             if job.tag is None:  # the engine's own warm-up
                 from service.batcher import BatchResult
 
                 job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
                 continue
-            i, slot = job.tag
+            i, slot, _ = job.tag
             self.links[i].arena.write_outputs(slot, outputs, row)
             replies.setdefault(i, []).append(REPLY.pack(slot, OK, n, t0 - job.enqueued, dt))
         for i, parts in replies.items():

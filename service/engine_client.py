@@ -72,8 +72,10 @@ class EngineClient:
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[asyncio.Future, int]:
-        """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone."""
+    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True
+               ) -> tuple[asyncio.Future, int]:
+        """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.
+        counted=False: a warm-up product, kept out of the prediction metrics."""
         if self.gone:
             raise EngineGone("the inference process has stopped")
         if not self._free:
@@ -81,7 +83,7 @@ class EngineClient:
         k = self._free.pop()
         try:
             self.arena.write_inputs(k, inputs)
-            self.sock.send(REQUEST.pack(k, deadline))
+            self.sock.send(REQUEST.pack(k, deadline, int(counted)))
         except BaseException:
             self._free.append(k)
             raise

@@ -72,6 +72,17 @@ def test_the_server_runs_one_engine_and_the_front_ends_asked_for(start_server):
     assert httpx.get(s.url + "/v1/model", timeout=5).json()["backend"] == "onnxruntime"
 
 
+def test_decoding_threads_run_behind_the_event_loop(server):
+    import os
+
+    for name, proc in _processes(server).items():
+        nice = {os.getpriority(os.PRIO_PROCESS, t.id) for t in proc.threads()}
+        if name.startswith("attrx-front"):
+            assert nice == {0, 10}, f"{name}: {nice}"  # the event loop at 0, the decoding thread at 10
+        else:
+            assert nice == {0}, f"{name}: {nice}"
+
+
 def test_metrics_are_one_view_whichever_front_end_answers(start_server):
     s = start_server(workers=2)
     n = 24
