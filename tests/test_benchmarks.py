@@ -44,3 +44,33 @@ def test_quality_targets_are_checked_from_the_figures():
     assert next(x for x in lines if x.startswith("(a)")).endswith("**met**")
     assert next(x for x in lines if x.startswith("(c)")).endswith("**met**")
     assert next(x for x in lines if x.startswith("At the P")).endswith("**not met**")  # 0.87 < 0.88
+
+
+def test_serving_targets_are_checked_from_the_figures():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import serve
+
+    def rows(rps, p99):
+        return [{"concurrency": c, "requests_per_s": rps[i], "p99_ms": p99[i]} for i, c in enumerate([8, 32, 64])]
+
+    reps = {"a": [rows([700, 1200, 1300], [20, 40, 80])] * 3, "peer": [rows([500, 700, 800], [30, 60, 120])] * 3}
+    result = {"in_process": {"items_per_s": 1400, "median_batch_inference_ms": 8.0}, "score": {"items_per_s": 900},
+              "batched": rows([700, 1200, 1300], [20, 40, 80]), "unbatched": rows([600, 800, 900], [20, 50, 90]),
+              "attrx_over_litserve": serve.ratio_by_rep(reps["a"], reps["peer"], [8, 32, 64])}
+    t = serve.targets(result, max_queue_delay_ms=5.0)
+    assert t["batched_over_unbatched_at_c32"] == {"measured": 1.5, "target": 1.5, "met": True}
+    assert t["http_over_in_process_at_c32"]["measured"] == 0.86 and t["http_over_in_process_at_c32"]["met"]
+    assert t["p99_at_c32_ms"] == {"measured": 40, "target_at_most": 29.0, "met": False}
+    assert t["over_litserve_at_c8"] == {"measured": 1.4, "target": 1.3, "met": True}
+    assert t["over_litserve_at_c64"]["measured"] == 1.625
+    assert not t["score_over_in_process"]["met"]  # 900 / 1400 = 0.64
+
+
+def test_recovery_after_overload_is_when_answers_turn_normal_for_good():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import overload
+
+    probes = [(0.0, 80.0, 200), (0.1, 9.0, 200), (0.2, 30.0, 429), (0.3, 9.5, 200), (0.4, 10.0, 200)]
+    r = overload.recovery(probes, idle_ms=10.0)
+    assert r["recovered_after_s"] == 0.3 and r["probes"] == 5
+    assert overload.recovery([(0.0, 9.0, 200), (0.5, 50.0, 200)], idle_ms=10.0)["recovered_after_s"] is None
