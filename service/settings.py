@@ -33,10 +33,11 @@ class ServeSettings(BaseSettings):
     # all-cores default by ~19% in requests/s (benchmarks/serve.py), less thread contention
     preprocess_workers: int = Field(default_factory=lambda: _half_cores(), ge=1,
                                     description="threads decoding images and tokenising titles (default: cores/2)")
-    # 4x overload, 2 cores, 2 repetitions each: 429 p99 16.4 ms at 0, 10.8 at 5, 7.3 at 10, 7.9 at 19
-    # (which also cost a sixth of the 200s); closed-loop throughput unchanged
-    preprocess_nice: int = Field(10, ge=0, le=19, description="niceness of the decoding threads: under overload "
-                                 "the event loop answering requests runs first (0: same priority)")
+    # a trade-off, measured on 2 cores (alternating repetitions): at 10, 429 p99 under 4x overload
+    # fell from 14-65 ms to 13-19 ms, but closed-loop p99 rose (c=64: 145 ms against 100 ms at 0)
+    preprocess_nice: int = Field(0, ge=0, le=19, description="niceness of the decoding threads: above 0, under "
+                                 "overload each front-end's event loop (429s, answers) gets the CPU first, at the "
+                                 "cost of a longer latency tail at full load")
     intra_op_threads: int = Field(default_factory=lambda: _half_cores(), ge=0,
                                   description="onnxruntime threads per batch (default: cores/2; 0: onnxruntime's own)")
     providers: str = Field("cpu", description="onnxruntime execution providers: cpu, cuda, tensorrt or auto")

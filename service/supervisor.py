@@ -58,6 +58,12 @@ def _bind(host: str, port: int, n: int) -> list[socket.socket]:
     lets whichever process wakes first accept, and one front-end took 3 in 4 connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reuse_port = hasattr(socket, "SO_REUSEPORT")
+    if reuse_port and port:
+        # SO_REUSEPORT would let a second attrx on this port share its traffic without a word:
+        # a plain bind first fails if anything holds the port
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     socks: list[socket.socket] = []
     try:
         for _ in range(n if reuse_port else 1):
@@ -174,8 +180,12 @@ class Supervisor:
 
     def run(self) -> int:
         s = self.settings
+        try:
+            listens = _bind(s.host, s.port, s.workers)
+        except OSError as e:
+            log.error("attrx: cannot listen on %s:%d: %s", s.host, s.port, e.strerror or e)
+            return 3
         signals = _Signals()
-        listens = _bind(s.host, s.port, s.workers)
         pairs = [socket.socketpair() for _ in range(s.workers)]
         try:
             msg = self._start_engine(pairs, signals)

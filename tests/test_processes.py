@@ -72,13 +72,14 @@ def test_the_server_runs_one_engine_and_the_front_ends_asked_for(start_server):
     assert httpx.get(s.url + "/v1/model", timeout=5).json()["backend"] == "onnxruntime"
 
 
-def test_decoding_threads_run_behind_the_event_loop(server):
+def test_decoding_threads_can_run_behind_the_event_loop(start_server):
     import os
 
-    for name, proc in _processes(server).items():
+    s = start_server(workers=2, preprocess_nice=7)
+    for name, proc in _processes(s).items():
         nice = {os.getpriority(os.PRIO_PROCESS, t.id) for t in proc.threads()}
         if name.startswith("attrx-front"):
-            assert nice == {0, 10}, f"{name}: {nice}"  # the event loop at 0, the decoding thread at 10
+            assert nice == {0, 7}, f"{name}: {nice}"  # the event loop at 0, the decoding thread at 7
         else:
             assert nice == {0}, f"{name}: {nice}"
 
@@ -138,3 +139,33 @@ def test_a_drain_waits_for_work_admitted_by_every_front_end(start_server):
         codes = [f.result().status_code for f in futs]
     assert codes == [200] * 8
     assert s.proc.wait(timeout=30) == 0
+
+
+def test_a_port_in_use_is_a_clear_error(bundle):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exe = str(Path(sys.executable).parent / "attrx")
+        r = subprocess.run([exe, "serve", "--bundle", str(bundle), "--port", str(port)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_second_server_on_the_same_port_is_refused(start_server, bundle):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = start_server(workers=2)  # its sockets use SO_REUSEPORT; another attrx must still not join them
+    exe = str(Path(sys.executable).parent / "attrx")
+    r = subprocess.run([exe, "serve", "--bundle", str(bundle), "--port", str(s.port)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3 and "Address already in use" in r.stderr
