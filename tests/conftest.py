@@ -107,8 +107,7 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def start_server(bundle):
+def _server_factory(bundle):
     servers = []
 
     def start(wait_ready: bool = True, env: dict | None = None, **settings) -> Server:
@@ -116,15 +115,25 @@ def start_server(bundle):
         servers.append(s)
         return s
 
+    return start, servers
+
+
+@pytest.fixture
+def start_server(bundle):
+    """Servers for one test, stopped when it ends: each is 4 processes and their shared memory."""
+    start, servers = _server_factory(bundle)
     yield start
     for s in servers:
         s.stop()
 
 
 @pytest.fixture(scope="session")
-def server(start_server) -> Server:
+def server(bundle) -> Server:
     """A default server shared by the tests that do not change its settings."""
-    return start_server(max_queue_delay_ms=20, max_body_bytes=2 * 1024 * 1024)
+    start, servers = _server_factory(bundle)
+    yield start(max_queue_delay_ms=20, max_body_bytes=2 * 1024 * 1024)
+    for s in servers:
+        s.stop()
 
 
 @pytest.fixture(scope="session")

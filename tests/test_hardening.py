@@ -164,8 +164,12 @@ def test_the_schema_says_what_the_server_accepts(server):
 
 # -- slow and vanished clients ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def impatient(start_server):
-    return start_server(header_timeout_s=1, body_timeout_s=1, keep_alive_timeout_s=1)
+def impatient(bundle):
+    from conftest import Server
+
+    s = Server(bundle, header_timeout_s=1, body_timeout_s=1, keep_alive_timeout_s=1)
+    yield s
+    s.stop()
 
 
 @pytest.mark.parametrize("kind", ["partial_headers", "short_body", "unfinished_chunked", "idle"])
