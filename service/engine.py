@@ -1,6 +1,6 @@
 """The inference process: one model, one dynamic batcher, fed by every front-end process.
 
-Front-ends (`service.frontend`) write a decoded product into a slot of their shared-memory arena
+Front-ends (`service.server.frontend_main`, `service.app`) write a decoded product into a slot of their shared-memory arena
 (`service.shm`) and send "slot k, deadline t" through a Unix socket. A reader thread per front-end
 turns each message into a batcher item whose inputs are views of the slot, so batches form across
 all front-ends. When a batch has run, each item's output row is written back into its slot and the
@@ -25,7 +25,7 @@ from functools import partial
 
 import numpy as np
 
-from service.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+from service.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from service.procutil import die_with_parent, set_process_name
 from service.shm import Arena, Layout
 
@@ -123,8 +123,6 @@ class Engine:
             self.metrics.observe_batch(outputs if len(counted) == n else [o[counted] for o in outputs])
         for row, job in enumerate(jobs):
             if job.tag is None:  # the engine's own warm-up
-                from service.batcher import BatchResult
-
                 job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
                 continue
             i, slot, _ = job.tag

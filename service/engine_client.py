@@ -68,10 +68,6 @@ class EngineClient:
         self.sock.setblocking(False)
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True
                ) -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.

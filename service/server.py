@@ -22,6 +22,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.admission import Admission
 from service.errors import raw_error
 
 log = logging.getLogger("uvicorn.error")
@@ -46,16 +47,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
-    connections_limit = None  # an Admission shared by every front-end process: the limit is the server's
+    connections_limit = None  # an Admission (shared by every front-end process: the limit is the server's)
     on_close: Callable[[str], None] | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._deadline, self._what, self._begun = None, "", False
-        limit = type(self).connections_limit
-        self._conn_ticket = limit.try_acquire(1) if limit is not None else None
-        over = self._conn_ticket is None if limit is not None else len(self.connections) > self.max_connections
-        if over:
+        self._conn_ticket = type(self).connections_limit.try_acquire(1)
+        if self._conn_ticket is None:
             self._close("too_many_connections", raw_error(
                 503, "too_many_connections", f"the server holds {self.max_connections} connections, its limit; "
                 "retry shortly", close=True, retry_after=1))
@@ -176,7 +175,9 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_connect
                      gate_source: Callable | None = None, connections_limit=None) -> type[GuardedHttpProtocol]:
     return type("AttrxHttpProtocol", (GuardedHttpProtocol,), {
         "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-        "max_connections": max_connections, "connections_limit": connections_limit, "on_close": staticmethod(on_close) if on_close else None,
+        "max_connections": max_connections,
+        "connections_limit": connections_limit if connections_limit is not None else Admission(max_connections),
+        "on_close": staticmethod(on_close) if on_close else None,
         "gate_source": staticmethod(gate_source) if gate_source else None})
 
 
@@ -208,11 +209,10 @@ def raise_open_files_limit(wanted: int) -> None:
 
 
 def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -> None:
-    """A front-end process (spawned by `service.supervisor`): uvicorn on the shared socket. Exit
+    """A front-end process (spawned by `service.supervisor`): uvicorn on its socket of the port. Exit
     status 0: drained cleanly; 1: not; 3: startup failed."""
     import sys
 
-    from service.admission import Admission
     from service.app import create_app
     from service.procutil import die_with_parent, set_process_name
     from service.settings import ServeSettings

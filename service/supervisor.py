@@ -1,6 +1,6 @@
-"""`attrx serve`: one inference process and N front-end processes on one socket.
+"""`attrx serve`: one inference process and N front-end processes on one port.
 
-    parent (this module)        binds the socket, owns the shared memory, forwards signals
+    parent (this module)        binds the port, owns the shared memory, forwards signals
     ├── attrx-engine            the model and the dynamic batcher (`service.engine`)
     └── attrx-front-0..N-1      uvicorn + FastAPI: HTTP, parsing, image decoding, tokenising,
                                 answers (`service.server.frontend_main`, `service.app`)
@@ -216,9 +216,9 @@ class Supervisor:
                 p.join()
                 failed = failed or p
                 log.error("attrx: %s (pid %d) exited with status %s; stopping the server", p.name, p.pid, p.exitcode)
-        return self._shutdown(signals, failed)
+        return self._shutdown(failed)
 
-    def _shutdown(self, signals: _Signals, failed) -> int:
+    def _shutdown(self, failed) -> int:
         s = self.settings
         if self.engine.is_alive():
             self._send(("flush",))
