@@ -101,6 +101,16 @@ def load_config(name_or_path: str):
     return ModelConfig.model_validate(data)
 
 
+def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """keep: [B, S] bool, True where a key may be attended to -> an additive mask [B, 1, S, S].
+
+    Additive rather than boolean: it exports without the NaN guards of the bool form. Expanded over
+    the query axis (a view, no copy): onnxruntime's fused `Attention` kernel (opset 23) refuses a
+    mask broadcast from [B, 1, 1, S]."""
+    s = keep.shape[1]
+    return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, s, s)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block (BERT-style, as the paper's sequence-wise attention)."""
 
@@ -117,10 +127,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # keep: [B, S] bool, True where a key may be attended to. An additive mask (rather than a
-        # boolean one) exports to a plain Add before Softmax, without the NaN guards of the bool form.
-        bias = (1.0 - keep.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(keep, x.dtype))
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -163,7 +170,9 @@ class ColourHistogram(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         b, k = pixel_values.shape[0], self.bins
         rgb = (pixel_values * self.std + self.mean).clamp(0.0, 1.0 - 1e-6)
-        q = torch.floor(rgb * k).to(torch.int64).flatten(2)  # [B, 3, P]
+        # the clamp is a no-op in fp32; it keeps every bin index in range when the graph runs at a
+        # lower precision (fp16 rounds 1 - 1e-6 to 1.0)
+        q = torch.floor(rgb * k).clamp(0, k - 1).to(torch.int64).flatten(2)  # [B, 3, P]
         idx = (q[:, 0] * k + q[:, 1]) * k + q[:, 2]
         ones = torch.ones_like(idx, dtype=pixel_values.dtype)
         hist = torch.zeros(b, k**3, dtype=pixel_values.dtype, device=pixel_values.device).scatter_add(1, idx, ones)
