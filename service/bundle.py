@@ -1,9 +1,13 @@
 """The model bundle: the only thing `export/` hands to `service/`.
 
 A folder with
-  manifest.json   this schema (versioned)
-  model.onnx      inputs: service.preprocess.INPUT_NAMES; outputs per attribute `<attr>.probs` [B, C]
-                  and `<attr>.modality_weights` [B, 2] (text, image)
+  manifest.json   this schema (versioned; v1 bundles are still read)
+  model.onnx      the fp32 graph, always present. Inputs: service.preprocess.INPUT_NAMES; outputs
+                  per attribute `<attr>.probs` [B, C] and `<attr>.modality_weights` [B, 2] (text, image)
+  model.fp16.onnx, model.int8.onnx
+                  optional precision variants of the same graph (same inputs and outputs), each
+                  listed under `variants` with its intended providers and its parity report
+  model.plan      optional TensorRT engine (`attrx build-engine`), listed as variant `tensorrt`
   tokenizer.json  a `tokenizers` file
 No torch and no training code are needed to read or serve it.
 """
@@ -19,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.preprocess import INPUT_NAMES, PreprocessConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 
@@ -75,6 +80,30 @@ class ModelSpec(BaseModel):
     inputs: list[str]
     outputs: list[str]
     opset: int = Field(ge=17)
+    attention: str = Field("unfused", pattern="^(fused|unfused)$")
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PROVIDER_KINDS = ("cpu", "cuda", "tensorrt")
+
+
+class VariantSpec(BaseModel):
+    """One runnable form of the model: an ONNX graph at some precision, or a TensorRT engine."""
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    format: str = Field("onnx", pattern="^(onnx|tensorrt)$")
+    precision: str = Field(pattern="^(fp32|fp16|int8)$")
+    providers: list[str] = Field(min_length=1)  # where it is meant to run: cpu, cuda, tensorrt
+    parity: dict = {}
+    build: dict = {}  # a TensorRT engine: the TensorRT version, profile and flags it was built with
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in PROVIDER_KINDS]
+        if bad:
+            raise ValueError(f"unknown providers {bad}; use {', '.join(PROVIDER_KINDS)}")
+        return v
 
 
 class FileSpec(BaseModel):
@@ -96,14 +125,32 @@ class Manifest(BaseModel):
     files: dict[str, FileSpec]
     metrics: dict = {}
     parity: dict = {}
+    # v2: precision name ("fp32", "fp16", "int8") or "tensorrt" -> its variant; a v1 bundle gets
+    # one fp32 variant, its model.onnx
+    variants: dict[str, VariantSpec] = {}
+    refused: dict[str, str] = {}  # variants export was asked for and refused, with the reason
 
     @field_validator("schema_version")
     @classmethod
     def _version(cls, v: int) -> int:
-        if v != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {v} is not supported by this attrx (supports {SCHEMA_VERSION}); "
-                             "re-export the bundle with a matching attrx")
+        if v not in SUPPORTED_SCHEMAS:
+            raise ValueError(f"schema_version {v} is not supported by this attrx (supports "
+                             f"{', '.join(map(str, SUPPORTED_SCHEMAS))}); re-export the bundle with a matching attrx")
         return v
+
+    @model_validator(mode="after")
+    def _variants(self):
+        if self.schema_version == 1 and not self.variants:
+            self.variants = {"fp32": VariantSpec(file="model.onnx", precision="fp32", providers=list(PROVIDER_KINDS),
+                                                 parity=self.parity)}
+        if "fp32" not in self.variants or self.variants["fp32"].file != "model.onnx":
+            raise ValueError("variants must list fp32 as model.onnx")
+        for key, v in self.variants.items():
+            if v.file not in self.files:
+                raise ValueError(f"variant {key!r}: its file {v.file} is not listed under files")
+            if key in PRECISIONS and (v.format != "onnx" or v.precision != key):
+                raise ValueError(f"variant {key!r} must be an ONNX graph of precision {key}")
+        return self
 
     @field_validator("precision_targets")
     @classmethod
@@ -148,6 +195,9 @@ class Bundle:
     def model_path(self) -> Path:
         return self.path / "model.onnx"
 
+    def variant_path(self, key: str) -> Path:
+        return self.path / self.manifest.variants[key].file
+
     @property
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
@@ -169,6 +219,32 @@ def _explain(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _schema_of(raw) -> object:
+    return raw.get("schema_version", SCHEMA_VERSION) if isinstance(raw, dict) else SCHEMA_VERSION
+
+
+# the default precision per provider kind, best first; fp32 always runs
+PREFERENCE = {"cpu": ("int8", "fp32"), "cuda": ("fp16", "fp32"), "tensorrt": ("fp16", "fp32")}
+
+
+def choose_variant(manifest: Manifest, precision: str, provider: str) -> str:
+    """`auto`: the best ONNX variant meant for `provider` (cpu, cuda or tensorrt); a named precision
+    must be in the bundle."""
+    if precision == "auto":
+        for key in PREFERENCE.get(provider, ("fp32",)):
+            v = manifest.variants.get(key)
+            if v is not None and provider in v.providers:
+                return key
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise BundleError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
+    if precision not in manifest.variants:
+        why = f" (export refused it: {manifest.refused[precision]})" if precision in manifest.refused else ""
+        raise BundleError(f"the bundle has no {precision} variant{why}; it has {', '.join(manifest.variants)}. "
+                          f"Re-export with `attrx export --precision fp32,{precision}`")
+    return precision
+
+
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     """Read and validate a bundle; raises BundleError naming every problem found."""
     path = Path(path)
@@ -184,7 +260,8 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
-        raise BundleError(f"{mf} does not match the bundle schema v{SCHEMA_VERSION}:\n{_explain(e)}") from None
+        raise BundleError(f"{mf} does not match the bundle schema v{_schema_of(raw)}:"
+                          f"\n{_explain(e)}") from None
     problems = []
     for name, spec in manifest.files.items():
         f = path / name

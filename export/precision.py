@@ -1,0 +1,184 @@
+"""Precision variants of the fp32 graph, each accepted only if it keeps the fp32 predictions.
+
+- fp16 (for GPUs): weights and activations in half precision, inputs and outputs kept fp32, and the
+  numerically fragile ops (LayerNorm, Softmax, reductions, the colour histogram's scatter) kept in
+  fp32. Accepted when, on real catalog items, the argmax agrees with fp32 on >= 99.5% of items for
+  every attribute and no probability moves by more than 1e-2.
+- int8 (for CPUs): dynamic quantisation of the MatMul/Gemm weights (activations quantised per batch
+  at run time). Accepted when the argmax agrees on >= 99% and per-attribute accuracy on the
+  checkpoint's test split drops by <= 0.005.
+
+Each conversion is tried first on the whole graph, then with the heads (and the colour histogram)
+left in fp32; the first attempt that passes its gate is kept. onnxruntime's CPU provider runs an
+fp16 graph with casts around the ops it has no half kernel for, so the fp16 check here measures
+the rounding of weights and activations, as a GPU would see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
+                  "ReduceMax", "Sigmoid", "Sqrt", "Div", "Pow", "ScatterElements", "Range", "CumSum"]
+# module scopes left in full precision on the second attempt
+SENSITIVE_SCOPES = ("model.heads.", "model.colour")
+# ... and always, in fp16: the colour histogram's binning is discontinuous, so half-precision
+# pixels would move counts between bins
+FP16_FP32_SCOPES = ("model.colour",)
+
+GATES = {
+    "fp16": {"min_agreement": 0.995, "max_prob_diff": 1e-2},
+    "int8": {"min_agreement": 0.99, "max_accuracy_drop": 0.005},
+}
+# where each variant is meant to run (keys of service.runtime.onnx.PROVIDERS)
+INTENDED_PROVIDERS = {"fp32": ["cpu", "cuda", "tensorrt"], "fp16": ["cuda", "tensorrt"], "int8": ["cpu"]}
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+@dataclass
+class EvalSet:
+    """Real catalog items (the checkpoint's test split) with their labels (-100: unlabelled)."""
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray
+    attributes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Outcome:
+    precision: str
+    accepted: bool
+    report: dict
+    reasons: list[str] = field(default_factory=list)
+    attempt: str = ""
+
+
+def nodes_in(path: Path, scopes: tuple[str, ...]) -> list[str]:
+    """Names of the nodes the exporter placed in these module scopes (the dynamo exporter records
+    each node's scope in its metadata)."""
+    import onnx
+
+    names = []
+    for n in onnx.load(str(path)).graph.node:
+        where = {p.key: p.value for p in n.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+        if any(s in where for s in scopes):
+            names.append(n.name)
+    return names
+
+
+def to_fp16(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                     node_block_list=keep_fp32_nodes)
+    onnx.save(model, str(dst))
+
+
+def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # per-tensor weights: per-channel ones gave the heads' MatMuls zero points onnxruntime's CPU
+    # kernel refuses ("b zero point is not valid")
+    logging.disable(logging.WARNING)  # the quantiser's advice to pre-process, logged on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                         per_channel=False, nodes_to_exclude=keep_fp32_nodes,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+CONVERT = {"fp16": to_fp16, "int8": to_int8}
+
+
+def session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def predict(sess, inputs: dict[str, np.ndarray], outputs: list[str], batch: int = 64) -> list[np.ndarray]:
+    n = len(next(iter(inputs.values())))
+    parts = [sess.run(outputs, {k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return [np.concatenate(col) for col in zip(*parts, strict=True)]
+
+
+def compare(ref: list[np.ndarray], got: list[np.ndarray], ev: EvalSet) -> dict:
+    """Per attribute: argmax agreement, largest probability difference, accuracy of both."""
+    out = {}
+    for j, a in enumerate(ev.attributes):
+        p_ref, p_got = ref[2 * j], got[2 * j]
+        labelled = ev.labels[:, j] >= 0
+        acc = [float((p.argmax(1)[labelled] == ev.labels[labelled, j]).mean()) if labelled.any() else None
+               for p in (p_ref, p_got)]
+        out[a] = {"agreement": float((p_ref.argmax(1) == p_got.argmax(1)).mean()),
+                  "max_prob_diff": float(np.abs(p_ref - p_got).max()),
+                  "max_weight_diff": float(np.abs(ref[2 * j + 1] - got[2 * j + 1]).max()),
+                  "accuracy_fp32": acc[0], "accuracy": acc[1],
+                  "accuracy_drop": None if acc[0] is None else round(acc[0] - acc[1], 6)}
+    return out
+
+
+def gate(precision: str, per_attribute: dict) -> list[str]:
+    """The reasons the variant fails its gate (empty: accepted)."""
+    g, reasons = GATES[precision], []
+    for a, r in per_attribute.items():
+        if r["agreement"] < g["min_agreement"]:
+            reasons.append(f"{a}: argmax agrees with fp32 on {r['agreement']:.2%} of items "
+                           f"(needs >= {g['min_agreement']:.1%})")
+        if "max_prob_diff" in g and not r["max_prob_diff"] <= g["max_prob_diff"]:
+            reasons.append(f"{a}: a probability moves by {r['max_prob_diff']:.3g} (needs <= {g['max_prob_diff']:g})")
+        if "max_accuracy_drop" in g and r["accuracy_drop"] is not None \
+                and r["accuracy_drop"] > g["max_accuracy_drop"]:
+            reasons.append(f"{a}: test accuracy drops by {r['accuracy_drop']:.4f} "
+                           f"(needs <= {g['max_accuracy_drop']})")
+    return reasons
+
+
+def make_variant(precision: str, fp32: Path, dst: Path, outputs: list[str], ev: EvalSet,
+                 ref: list[np.ndarray]) -> Outcome:
+    """Convert, measure against fp32 on `ev`, and keep the first attempt that passes its gate.
+    `dst` is left in place only for an accepted variant."""
+    always = nodes_in(fp32, FP16_FP32_SCOPES) if precision == "fp16" else []
+    attempts = {"whole graph": always, "heads and colour histogram in fp32": nodes_in(fp32, SENSITIVE_SCOPES)}
+    tried = []
+    for label, keep in attempts.items():
+        if tried and set(keep) <= set(always):
+            continue  # nothing more to keep in fp32: the second attempt would repeat the first
+        CONVERT[precision](fp32, dst, keep)
+        report = {"items": len(ev), "source": ev.source, "attempt": label, "gate": GATES[precision],
+                  "kept_fp32_nodes": len(keep), "attributes": {}}
+        try:
+            got = predict(session(dst), ev.inputs, outputs)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the variant does not run
+            tried.append(Outcome(precision, False, report, [f"onnxruntime cannot run it: {e}"], label))
+            continue
+        per_attribute = report["attributes"] = compare(ref, got, ev)
+        reasons = gate(precision, per_attribute)
+        tried.append(Outcome(precision, not reasons, report, reasons, label))
+        if not reasons:
+            return tried[-1]
+    dst.unlink(missing_ok=True)
+    return tried[-1]
+
+
+def describe(outcome: Outcome) -> str:
+    per = outcome.report["attributes"]
+    worst = min((r["agreement"] for r in per.values()), default=None)
+    agreement = f"argmax agreement >= {worst:.2%}" if worst is not None else "not run"
+    text = f"{outcome.precision}: {agreement} on {outcome.report['items']} items ({outcome.attempt})"
+    return text if outcome.accepted else f"{text}; refused: " + "; ".join(outcome.reasons)
