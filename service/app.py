@@ -105,7 +105,6 @@ def _load(settings: ServeSettings, link: EngineLink) -> State:
     bundle, pipeline = load_pipeline(settings, with_backend=False)
     m = bundle.manifest
     metrics = Metrics([a.name for a in m.attributes])
-    metrics.set_model(m)
     engine = EngineClient(link.sock, Arena(link.layout, link.slots, name=link.arena))
     return State(settings, bundle, pipeline, metrics, engine, link,
                  ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
@@ -136,8 +135,9 @@ async def _warm_up(st: State, engine_ready) -> None:
     st.ready = True
     st.metrics.ready.set(1)
     _count_warm(st, +1)
-    log.info("attrx: %s %s ready in front-end %d (%s, batch <= %d, delay %.1f ms, in flight <= %d)",
+    log.info("attrx: %s %s ready in front-end %d (%s %s, batch <= %d, delay %.1f ms, in flight <= %d)",
              st.model_ref["name"], st.model_ref["version"], os.getpid(), st.link.info["providers"][0],
+             st.link.info["precision"],
              s.max_batch_size, s.max_queue_delay_ms, s.max_in_flight)
 
 
@@ -313,6 +313,7 @@ class Service:
             attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
                         for a in m.attributes],
             metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
+            precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
             batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
                       "max_queue_size": s.max_queue_size, "max_in_flight": s.max_in_flight,
                       "request_timeout_ms": s.request_timeout_ms},

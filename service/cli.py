@@ -68,8 +68,31 @@ def cmd_eval(a) -> None:
 def cmd_export(a) -> None:
     _need_training_extra()
     from export.bundle import export_bundle
+    from export.onnx import ExportError
 
-    export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, opset=a.opset, tolerance=a.tolerance)
+    try:
+        result = export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, precisions=a.precision,
+                               attention=a.attention, opset=a.opset, tolerance=a.tolerance, catalog=a.catalog)
+    except ExportError as e:
+        raise SystemExit(f"attrx export: {e}") from None
+    if a.tensorrt:
+        from export.tensorrt import build_engine
+
+        build_engine(result.path, max_batch_size=a.max_batch_size)
+    if result.refused:
+        refused = "; ".join(f"{k}: {v}" for k, v in result.refused.items())
+        print(f"attrx export: written without {', '.join(result.refused)} ({refused})", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_build_engine(a) -> None:
+    from export.tensorrt import EngineBuildError, build_engine
+
+    try:
+        build_engine(a.bundle, max_batch_size=a.max_batch_size, opt_batch_size=a.opt_batch_size,
+                     precision=a.precision, workspace_gib=a.workspace_gib)
+    except EngineBuildError as e:
+        raise SystemExit(f"attrx build-engine: {e}") from None
 
 
 def cmd_validate_bundle(a) -> None:
@@ -111,7 +134,7 @@ def cmd_score(a) -> None:
     from service.scoring import score
 
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
-                    overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
+                    overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers, precision=a.precision,
                     max_image_pixels=a.max_image_pixels, progress=not a.quiet)
     if summary["interrupted"]:
         # the work done is saved and its workers are gone; leave without the pool's exit-time
@@ -274,9 +297,30 @@ def _export_parser(sub) -> None:
     x.add_argument("--out", required=True)
     x.add_argument("--name", help="model name (default: the checkpoint folder's name)")
     x.add_argument("--version", default="0.1.0")
-    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--precision", type=_csv_list, default=["fp32"],
+                   help="variants to write: fp32 (always), fp16 (GPUs), int8 (CPUs); each is checked against "
+                        "fp32 on the catalog's test split and refused, with the reason, if it misses its gate "
+                        "(exit status 2). Default fp32")
+    x.add_argument("--attention", choices=["fused", "unfused"], default="fused",
+                   help="fused: one ONNX Attention node per attention (opset 23, default); unfused: MatMul/Softmax "
+                        "(opset 17)")
+    x.add_argument("--opset", type=int, help="ONNX opset (default: 23 fused, 17 unfused)")
+    x.add_argument("--catalog", help="catalog whose test split checks the fp16/int8 variants (default: the "
+                                     "checkpoint's training catalog)")
     x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
+    x.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (as `attrx build-engine`; "
+                                                           "needs the full tensorrt package and a GPU)")
+    x.add_argument("--max-batch-size", type=int, default=32, help="TensorRT profile's largest batch (default 32)")
     x.set_defaults(func=cmd_export)
+    b = sub.add_parser("build-engine", help="bundle -> TensorRT engine (model.plan) for the lean runtime; needs "
+                                            "the full tensorrt package and an NVIDIA GPU")
+    b.add_argument("bundle")
+    b.add_argument("--precision", choices=["auto", "fp16", "fp32"], default="auto",
+                   help="which ONNX variant to build from (auto: fp16 if the bundle has it)")
+    b.add_argument("--max-batch-size", type=int, default=32, help="largest batch of the optimisation profile")
+    b.add_argument("--opt-batch-size", type=int, help="batch size TensorRT tunes for (default: max-batch-size)")
+    b.add_argument("--workspace-gib", type=float, default=2.0, help="builder workspace limit")
+    b.set_defaults(func=cmd_build_engine)
 
 
 def _serve_parser(sub) -> None:
@@ -298,6 +342,8 @@ def _score_parser(sub) -> None:
     c.add_argument("--workers", type=int, help="image-decoding processes (default: cores - 1, at least 1)")
     c.add_argument("--min-precision", type=float, help="calibrated precision target for `accepted` (default: lowest)")
     c.add_argument("--providers", default="cpu", help="onnxruntime execution providers: cpu, cuda, tensorrt, auto")
+    c.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+                   help="which of the bundle's variants runs (auto: int8 on cpu if the bundle has it, fp16 on GPUs)")
     c.add_argument("--max-image-pixels", type=int, help="refuse images declaring more pixels (default 40,000,000)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_score)

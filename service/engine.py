@@ -167,14 +167,15 @@ def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> 
     try:
         bundle, pipeline = load_pipeline(settings)
         metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
-        metrics.set_model(bundle.manifest)
+        metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name)
         item = pipeline.decode(*warmup_product())
         layout = _layout(pipeline, item)
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits
         ctl.send(("error", f"{type(e).__name__}: {e}"))
         return
     backend = pipeline.backend
-    ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers)}))
+    ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
+                                 "precision": backend.precision, "variant": backend.variant}))
     names = ctl.recv()
     arenas = [Arena(layout, n, name=name) for name, n in names]
     engine = Engine(settings, pipeline, metrics)

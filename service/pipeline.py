@@ -39,8 +39,9 @@ def load_pipeline(settings, *, with_backend: bool = True) -> tuple[Bundle, Pipel
     bundle = load_bundle(settings.bundle, verify_hashes=with_backend)
     predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
                           max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
-    backend = load_backend(bundle, providers=settings.providers, threads=settings.intra_op_threads) \
-        if with_backend else None
+    backend = load_backend(bundle, settings.backend, providers=settings.providers, threads=settings.intra_op_threads,
+                           precision=settings.precision, max_batch_size=settings.max_batch_size,
+                           trt_cache_dir=settings.trt_cache_dir) if with_backend else None
     return bundle, Pipeline(predictor, backend)
 
 

@@ -93,4 +93,7 @@ class ModelInfo(BaseModel):
     metrics: dict
     backend: str
     providers: list[str]
+    precision: str = Field(description="precision of the variant that runs: fp32, fp16 or int8")
+    variant: str = Field(description="its key in the bundle's variants (a precision, or tensorrt)")
+    variants: list[str] = Field(description="the variants the bundle has")
     batching: dict

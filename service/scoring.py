@@ -124,8 +124,8 @@ def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, in
 
 def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
           workers: int | None = None, resume: bool = False, overwrite: bool = False,
-          min_precision: float | None = None, providers: str = "cpu", max_image_pixels: int | None = None,
-          progress: bool = True) -> dict:
+          min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
+          max_image_pixels: int | None = None, progress: bool = True) -> dict:
     out = Path(out)
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
@@ -143,7 +143,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     ctx = mp.get_context("fork")  # before the ONNX session or any thread exists: cheap and safe
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), max_image_pixels))
     # the model gets the cores the decoding workers leave free
-    backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers))
+    backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers),
+                           precision=precision)
     errors_f = open(errors_path, "w", encoding="utf-8")
     errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     counts = {"scored": 0, "failed": len(cat.errors)}

@@ -41,6 +41,15 @@ class ServeSettings(BaseSettings):
     intra_op_threads: int = Field(default_factory=lambda: _half_cores(), ge=0,
                                   description="onnxruntime threads per batch (default: cores/2; 0: onnxruntime's own)")
     providers: str = Field("cpu", description="onnxruntime execution providers: cpu, cuda, tensorrt or auto")
+    precision: str = Field("auto", pattern="^(auto|fp32|fp16|int8)$",
+                           description="which of the bundle's variants runs: fp32, fp16, int8, or auto (the best "
+                                       "one meant for the providers: int8 on cpu, fp16 on cuda/tensorrt, else fp32)")
+    backend: str = Field("onnxruntime", pattern="^(onnxruntime|tensorrt)$",
+                         description="onnxruntime (the ONNX variants), or tensorrt (the bundle's model.plan from "
+                                     "`attrx build-engine`, on the TensorRT lean runtime; needs attrx[tensorrt] "
+                                     "and a GPU)")
+    trt_cache_dir: str | None = Field(None, description="TensorRT execution provider's engine and timing cache "
+                                                         "(default ~/.cache/attrx/tensorrt/<model sha>)")
     warmup_batches: int = Field(1, ge=1, description="full batches run before /readyz turns 200")
     # input limits
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")

@@ -37,7 +37,7 @@ def checkpoint(demo_catalog, tmp_path_factory) -> Path:
 def bundle(checkpoint, tmp_path_factory) -> Path:
     from export.bundle import export_bundle
 
-    return export_bundle(checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-bundle", name="tiny-test")
+    return export_bundle(checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-bundle", name="tiny-test").path
 
 
 class Server:

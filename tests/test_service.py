@@ -252,7 +252,7 @@ def test_sigterm_drains_requests_in_flight(start_server):
         httpx.get(s.url + "/healthz", timeout=2)
 
 
-def test_metrics_names_and_promtool(server):
+def test_metrics_names_and_promtool(server, bundle):
     httpx.post(server.url + "/v1/extract", json={"title": "Nimbus Women Green Dotted Dress"}, timeout=10)
     text = _scrape(server)
     for name in ("attrx_requests_total", "attrx_request_duration_seconds_bucket", "attrx_queue_wait_duration_seconds_bucket",
@@ -260,7 +260,13 @@ def test_metrics_names_and_promtool(server):
                  "attrx_rejections_total", "attrx_model_info", "attrx_prediction_confidence_bucket",
                  "attrx_image_modality_weight_bucket", "attrx_ready"):
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
-    assert 'attrx_model_info{family="cma-clip",name="tiny-test"' in text
+    from service.bundle import load_bundle
+
+    sha = load_bundle(bundle).manifest.files["model.onnx"].sha256
+    info = [ln for ln in text.splitlines() if ln.startswith("attrx_model_info{")]
+    # one series, from the inference process, naming the variant that runs (fp32: the bundle has no other)
+    assert info == [f'attrx_model_info{{backend="onnxruntime",family="cma-clip",name="tiny-test",precision="fp32",'
+                    f'sha256="{sha}",version="0.1.0"}} 1.0'], info
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package 'prometheus'); metric names checked above")
