@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from export.attention3d import fold_attention_3d
 from service.bundle import output_names
 from service.preprocess import INPUT_NAMES
 from training.models.cma_clip import ExportWrapper
@@ -121,6 +122,7 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
 
         onnx.checker.check_model(str(path))
         if attention == "fused":
+            fold_attention_3d(path)
             _check_fused(model, example, path)
     finally:
         set_tower_attention(model, before)

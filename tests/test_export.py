@@ -29,6 +29,14 @@ def test_fused_export_has_one_attention_node_per_attention(checkpoint, tmp_path)
                 attention="unfused")
     assert op_counts(fused)["Attention"] == _layers(ck) == 6
     assert unfused_attention(fused) == []
+    # each takes its 3D projections: no Transpose/Reshape pairs left around it
+    import onnx
+
+    nodes = onnx.load(str(fused)).graph.node
+    atts = [n for n in nodes if n.op_type == "Attention"]
+    assert all({a.name: a.i for a in n.attribute}.get("q_num_heads") == 4 for n in atts)
+    producers = {o: n.op_type for n in nodes for o in n.output}
+    assert not [i for n in atts for i in n.input[:3] if producers.get(i) == "Transpose"]
     # the check is not blind: the unfused graph has every attention as MatMul/Softmax
     assert op_counts(unfused)["Attention"] == 0 and len(unfused_attention(unfused)) == _layers(ck)
     # the model's own attention setting is left as it was

@@ -111,6 +111,14 @@ def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, s, s)
 
 
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, S, 3*D] packed projections -> q, k, v, each [B, heads, S, D/heads]. Split first, then
+    one reshape and transpose each: the exported graph then has the pattern export/onnx.py folds
+    into a 3D Attention node (no transposes around it)."""
+    b, s, d3 = qkv.shape
+    return tuple(t.view(b, s, heads, d3 // 3 // heads).transpose(1, 2) for t in qkv.split(d3 // 3, dim=-1))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block (BERT-style, as the paper's sequence-wise attention)."""
 
@@ -126,7 +134,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(self.ln1(x)), self.heads)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(keep, x.dtype))
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
         return x + self.drop(self.mlp(self.ln2(x)))

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.models.cma_clip import Block, HeadConfig, apply_inputs, key_padding_bias, make_head
+from training.models.cma_clip import Block, HeadConfig, apply_inputs, key_padding_bias, make_head, split_heads
 
 TEXT, IMAGE = 0, 1
 
@@ -69,7 +69,7 @@ class SharedBlock(Block):
         if is_img is None and self.specific:
             is_img = torch.zeros(b, s, 1, dtype=torch.bool, device=x.device)
         h = self._norm(self.ln1, getattr(self, "ln1_img", None), x, is_img)
-        q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(h), self.heads)
         attn = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(keep, x.dtype))
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
         return x + self.drop(self.mlp(self._norm(self.ln2, getattr(self, "ln2_img", None), x, is_img)))
