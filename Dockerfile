@@ -5,7 +5,7 @@
 #   docker build --target serve -t attrx .                      # bundle mounted at /models/bundle
 #   docker run -p 8000:8000 -v $PWD/build/demo-bundle:/models/bundle:ro attrx
 #   docker build --target serve-demo -t attrx-demo .            # demo bundle built into the image
-#   docker build --build-arg VARIANT=gpu --target serve -t attrx-gpu .   # onnxruntime-gpu instead of onnxruntime
+#   docker build --build-arg VARIANT=gpu --target serve -t attrx-gpu .   # onnxruntime-gpu + TensorRT lean runtime
 #
 # No Docker engine runs on the development machines: this file is kept minimal and reviewed, not built in CI.
 
@@ -19,9 +19,11 @@ COPY pyproject.toml README.md ./
 COPY service service
 COPY training training
 COPY export export
-# GPU variant: onnxruntime-gpu replaces onnxruntime (the two must never be installed together)
+# GPU variant: onnxruntime-gpu replaces onnxruntime (the two must never be installed together), and
+# the TensorRT lean runtime runs a bundle's model.plan (--backend tensorrt)
 RUN pip install . \
- && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.17"; fi \
+ && if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]" && pip uninstall -y onnxruntime \
+      && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.23"; fi \
  && useradd --system --uid 10001 --home-dir /app attrx
 ENV ATTRX_HOST=0.0.0.0 ATTRX_PORT=8000 ATTRX_BUNDLE=/models/bundle
 EXPOSE 8000
@@ -37,7 +39,8 @@ RUN attrx demo-data --out /tmp/demo/data --n 3000 --seed 0 --quiet \
       --out /tmp/demo/checkpoint --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 \
       --modality-dropout 0.4 --quiet \
  && attrx eval --checkpoint /tmp/demo/checkpoint --catalog /tmp/demo/data/catalog.csv --quiet \
- && attrx export --checkpoint /tmp/demo/checkpoint --out /models/demo --name attrx-demo
+ && (attrx export --checkpoint /tmp/demo/checkpoint --out /models/demo --name attrx-demo \
+       --precision fp32,fp16,int8 || [ $? -eq 2 ])
 
 FROM runtime AS serve-demo
 COPY --from=demo-builder --chown=attrx /models/demo /models/bundle

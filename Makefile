@@ -25,7 +25,7 @@ help:
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
 	@echo "make test-fast    the tests that train no model (seconds, for the edit loop)"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
-	@echo "make bench        benchmarks/runtime.py: onnxruntime vs PyTorch eager on the demo model"
+	@echo "make bench        benchmarks/runtime.py: PyTorch eager vs onnxruntime fp32 unfused, fused, int8 (~2 min)"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
 	@echo "make bench-overload  benchmarks/overload.py: open-loop 1x/2x/4x capacity, status mix, latency, RSS (~3 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"

@@ -113,7 +113,7 @@ def in_process(bundle_dir: str, products, batch: int, seconds: float) -> dict:
         t = time.perf_counter()
         backend.run(feeds)
         runs.append(time.perf_counter() - t)
-    return {"batch": batch, "items_per_s": round(rate, 1),
+    return {"batch": batch, "precision": backend.precision, "items_per_s": round(rate, 1),
             "median_batch_inference_ms": round(statistics.median(runs) * 1000, 3)}
 
 

@@ -103,8 +103,10 @@ def cmd_validate_bundle(a) -> None:
     except BundleError as e:
         raise SystemExit(f"attrx: invalid bundle: {e}") from None
     m = b.manifest
-    print(f"bundle {a.bundle} is valid: {m.name} {m.version} ({m.model.family}), "
-          f"attributes {', '.join(x.name for x in m.attributes)}")
+    refused = f"; refused: {', '.join(m.refused)}" if m.refused else ""
+    print(f"bundle {a.bundle} is valid: {m.name} {m.version} ({m.model.family}, schema v{m.schema_version}, "
+          f"{m.model.attention} attention), attributes {', '.join(x.name for x in m.attributes)}; "
+          f"variants {', '.join(m.variants)}{refused}")
 
 
 def cmd_serve(a) -> None:

@@ -74,3 +74,24 @@ def test_recovery_after_overload_is_when_answers_turn_normal_for_good():
     r = overload.recovery(probes, idle_ms=10.0)
     assert r["recovered_after_s"] == 0.3 and r["probes"] == 5
     assert overload.recovery([(0.0, 9.0, 200), (0.5, 50.0, 200)], idle_ms=10.0)["recovered_after_s"] is None
+
+
+def test_runtime_benchmark_runs_all_four_side_by_side(bundle, checkpoint, demo_catalog):
+    """One short round: the script runs end to end and prints its JSON (figures not checked here)."""
+    import json
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/runtime.py"), "--bundle", str(bundle),
+                        "--checkpoint", str(checkpoint), "--catalog", str(demo_catalog), "--batches", "1,4",
+                        "--rounds", "2", "--seconds", "0.05", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [x["batch"] for x in out["results"]] == [1, 4]
+    for row in out["results"]:
+        assert set(row) == {"batch", "torch_eager", "onnxruntime_fp32_unfused", "onnxruntime_fp32_fused",
+                            "onnxruntime_int8"}
+        assert row["torch_eager"]["ratio_to_torch"] == 1.0 and all(v["items_per_s"] > 0 for k, v in row.items()
+                                                                   if k != "batch")
+    # the test bundle has no int8 variant: the benchmark quantises one and says it is not gated
+    assert out["int8_gate"]["source"].startswith("quantised by this benchmark")
+    assert out["targets"]["int8_over_torch_at_32"]["met"] is False  # no batch 32 measured, no gate
