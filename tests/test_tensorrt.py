@@ -8,6 +8,7 @@ tensorrt package and an NVIDIA GPU; those tests skip, saying so.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -69,10 +70,11 @@ def test_lean_runtime_without_gpu_refuses_clearly(bundle, tmp_path):
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("service.runtime.base.BackendError: the TensorRT backend needs an NVIDIA GPU"), r.stderr
-    assert "CUDA error 35 (cudaErrorInsufficientDriver)" in last and "--backend onnxruntime" in last
+    # here: error 35, cudaErrorInsufficientDriver (no driver); a machine with a driver and no GPU says 100
+    assert re.search(r"CUDA error \d+ \(cuda\w+\): \w", last) and "--backend onnxruntime" in last, last
     import tensorrt_lean  # the wheel really is there and imports
 
-    assert tensorrt_lean.__version__.split(".")[0] >= "10"
+    assert int(tensorrt_lean.__version__.split(".")[0]) >= 10
 
 
 def test_serve_with_tensorrt_backend_fails_at_start_with_the_reason(bundle):
