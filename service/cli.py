@@ -235,6 +235,11 @@ def _train_parser(sub) -> None:
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default auto: CUDA when torch sees a GPU, else the CPU)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32); fp16 uses a GradScaler and needs CUDA; the "
+                        "checkpoint's weights are fp32 either way")
     t.add_argument("--threads", type=int,
                    help="torch CPU threads (default: every core this process may use). On a machine shared with "
                         "another training, give each run its share, e.g. --threads 1 each on 2 cores")

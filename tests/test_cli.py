@@ -64,28 +64,82 @@ def test_cli_no_swa_trains(demo_catalog, tmp_path):
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["model"]["use_swa"] is False
 
 
-def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_path):
-    """A Hugging Face CLIP folder (here: a tiny random one saved with save_pretrained) seeds the towers;
-    the warm-up stage leaves them exactly as loaded."""
+def _tiny_clip_folder(demo_catalog, folder, projection_dim: int = 16):
+    """A tiny random Hugging Face CLIPModel saved with save_pretrained, with a tokenizer."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
     from training import text
-    from training.checkpoint import load_checkpoint
 
     tok = text.train_wordpiece([ln.split(",")[1] for ln in demo_catalog.read_text().splitlines()[1:]], 300)
     ids = text.special_ids(tok)
     cfg = CLIPConfig(
         text_config={"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 20, **ids},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 48, "patch_size": 12})
+        vision_config={"hidden_size": 24, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 48, "patch_size": 12},
+        projection_dim=projection_dim)
     torch.manual_seed(1)
     clip = CLIPModel(cfg)
+    clip.save_pretrained(folder)
+    text.save(tok, folder / "tokenizer.json")
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
+    return clip
+
+
+def test_init_from_clip_starts_from_its_projections(demo_catalog, tmp_path):
+    """T' and I' start in CLIP's joint space: the projections are CLIP's own, and the fusion width
+    is its projection_dim; the text sequence holds the EOS state once, T' is read there."""
+    import torch
+
+    from training.train import TrainConfig, build_model
+
+    clip = _tiny_clip_folder(demo_catalog, tmp_path / "clip")
+    cfg = TrainConfig(catalog=str(demo_catalog), attributes=["colour"], out=str(tmp_path / "o"),
+                      init_from=str(tmp_path / "clip"))
+    model, pre = build_model(cfg, [3], {}, 300)
+    assert model.cfg.fusion.width == 16 and model.cfg.text_sequence == "tokens"
+    torch.testing.assert_close(model.proj_t.weight, clip.text_projection.weight)
+    torch.testing.assert_close(model.proj_v.weight, clip.visual_projection.weight)
+    assert not model.proj_t.bias.any() and not model.proj_v.bias.any()
+    # the sequence-wise attention sees L text states (not L + 1) and the image patches
+    seen = []
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    ids = torch.full((2, pre.max_text_len), 0, dtype=torch.long)
+    ids[:, :4] = torch.tensor([clip.config.text_config.bos_token_id, 7, 8, clip.config.text_config.eos_token_id])
+    mask = (torch.arange(pre.max_text_len) < 4).long().expand(2, -1)
+    model.eval()(ids, mask, torch.zeros(2, 3, 48, 48), torch.ones(2), torch.ones(2))
+    assert seen == [pre.max_text_len + (48 // 12) ** 2 + 1]
+    assert model._eos_index(ids, mask).tolist() == [3, 3]
+
+
+def test_checkpoints_before_the_eos_change_keep_their_layout():
+    """A config without text_sequence (every checkpoint made before it existed) keeps the old
+    layout: the pooled state prepended to the token states."""
+    import torch
+
+    from training.models.cma_clip import CMAClip, ModelConfig, load_config
+
+    raw = load_config("tiny").model_dump()
+    raw.pop("text_sequence")
+    old = CMAClip(ModelConfig.model_validate(raw), [3])
+    assert old.cfg.text_sequence == "pooled+tokens"
+    seen = []
+    old.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    old.eval()(torch.ones(1, 24, dtype=torch.long), torch.ones(1, 24, dtype=torch.long), torch.zeros(1, 3, 64, 64),
+               torch.ones(1), torch.ones(1))
+    assert seen == [1 + 24 + (64 // 16) ** 2 + 1]
+
+
+def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_path):
+    """A Hugging Face CLIP folder (here: a tiny random one saved with save_pretrained) seeds the towers;
+    the warm-up stage leaves them exactly as loaded."""
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
     src = tmp_path / "clip"
-    clip.save_pretrained(src)
-    text.save(tok, src / "tokenizer.json")
-    (src / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
+    clip = _tiny_clip_folder(demo_catalog, src)
 
     out = tmp_path / "ck"
     main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
@@ -145,3 +199,40 @@ def test_service_modules_do_not_import_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"service imports {r.stdout.strip()} at module level"
+
+
+def test_train_device_and_precision(demo_catalog, tmp_path, capsys):
+    """bf16 autocast on the CPU trains and still writes fp32 weights; what cannot run here is refused
+    by name. (CUDA runs are tested where torch sees a GPU.)"""
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
+    out = tmp_path / "ck"
+    main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
+          "--device", "cpu", "--precision", "bf16", *FAST])
+    assert "training on cpu at bf16" in capsys.readouterr().out
+    ck = load_checkpoint(out)
+    assert all(p.dtype == torch.float32 for p in ck.model.parameters())
+    assert json.loads((out / "config.json").read_text())["training"]["precision"] == "bf16"
+    with pytest.raises(SystemExit, match="--precision fp16 needs --device cuda"):
+        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "x"),
+              "--device", "cpu", "--precision", "fp16", *FAST])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
+            main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "y"),
+                  "--device", "cuda", *FAST])
+
+
+def test_train_on_cuda(demo_catalog, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch (this machine has no GPU; the CPU build of torch is installed)")
+    from training.checkpoint import load_checkpoint  # pragma: no cover - GPU machines only
+
+    for prec in ("fp16", "bf16"):
+        out = tmp_path / prec
+        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
+              "--device", "cuda", "--precision", prec, *FAST])
+        assert next(load_checkpoint(out).model.parameters()).device.type == "cpu"

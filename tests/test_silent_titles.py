@@ -100,6 +100,16 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
     assert "heads.0.w" in plain_names and "type_emb" in plain_names and "ln.weight" in plain_names
     assert any("bias" in n for n in plain_names) and not any("bias" in names[id(p)] for p in decay["params"])
     assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert "text.text_model.embeddings.position_embedding.weight" in plain_names or any(
+        "position_embedding" in n for n in plain_names)
+    # MoMo's shared encoder (attrx pretrain uses the same rule): positions and [CLS] are not decayed
+    from training.models.momo import SharedEncoder
+
+    enc = SharedEncoder(load_config("momo-tiny"), 24)
+    decay, plain = param_groups(enc, list(enc.parameters()), 0.1)
+    names = {id(p): n for n, p in enc.named_parameters()}
+    assert {"txt_pos", "img_pos", "cls", "type_emb"} <= {names[id(p)] for p in plain["params"]}
+    assert all(names[id(p)].endswith("weight") for p in decay["params"])
 
 
 def test_training_keeps_the_best_epoch_across_stages_and_calibrates(checkpoint):

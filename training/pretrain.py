@@ -39,6 +39,7 @@ from training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
 from training.data import encode_catalog, split_of
 from training.models.cma_clip import load_config
 from training.models.momo import IMAGE, TEXT, MAEDecoder, MoMoConfig, SharedEncoder, patchify, visible_tokens
+from training.train import param_groups
 
 
 class PretrainConfig(BaseModel):
@@ -270,7 +271,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             params.append(model.mlm_bias)
         if stage == 3:
             params.append(model.logit_scale)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # open_clip's rule, as in attrx train: no decay on biases, norms, embeddings, logit scale
+        opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
         hist = history.setdefault(stage, {})
         bar = tqdm(range(steps), desc=f"pretrain stage {stage}", unit="step", disable=None if cfg.progress else True)

@@ -32,6 +32,8 @@ from training import text
 from training.augment import TitleSilencer, augment_images
 from training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
 from training.data import IGNORE, Encoded, encode_catalog, label_maps, split_of
+from training.device import Compute
+from training.device import resolve as resolve_compute
 from training.models.cma_clip import CMAClip, load_config
 
 STAGES = ("warmup", "e2e", "tune")
@@ -77,6 +79,8 @@ class TrainConfig(BaseModel):
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0
     threads: int | None = None
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
     progress: bool = True
 
 
@@ -132,26 +136,63 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
         raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
     mcfg = mcfg.model_copy(update={"use_swa": not cfg.no_swa, "use_mwa": not cfg.no_mwa, "head_fusion": cfg.fusion,
                                    "inputs": cfg.inputs, "modality_weights": cfg.modality_weights,
-                                   "aux_heads": cfg.aux_loss_weight > 0 and cfg.inputs == "both"})
+                                   "aux_heads": cfg.aux_loss_weight > 0 and cfg.inputs == "both",
+                                   "text_sequence": "tokens"})
     if cfg.init_from:
-        from transformers import CLIPTextModel, CLIPVisionModel
-
-        src = Path(cfg.init_from)
-        if not (src / "config.json").is_file():
-            raise FileNotFoundError(f"--init-from {src}: no config.json; point it to a local Hugging Face CLIP folder")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # a full CLIP folder holds both towers: each load skips the other's keys
-        tm = CLIPTextModel.from_pretrained(src)
-        vm = CLIPVisionModel.from_pretrained(src)
-        max_len = min(int(mcfg.preprocess.get("max_text_len", 77)), tm.config.max_position_embeddings)
-        mcfg = mcfg.model_copy(update={"preprocess": {**mcfg.preprocess, "max_text_len": max_len,
-                                                      "image_size": vm.config.image_size}})
-        pre = _pretrained_preprocess(src, vm.config.image_size, max_len)
-        return CMAClip(mcfg, n_classes, text_model=tm, vision_model=vm), pre
+        return _from_pretrained_clip(Path(cfg.init_from), mcfg, n_classes)
     mcfg = mcfg.model_copy(update={"vocab_size": vocab})
     pre = PreprocessConfig(**mcfg.preprocess)
     return CMAClip(mcfg, n_classes, **special), pre
+
+
+def _clip_projections(src: Path) -> dict[str, torch.Tensor]:
+    """CLIP's `text_projection` and `visual_projection` weights from a saved CLIPModel folder
+    ({} when the folder holds none, e.g. a bare CLIPTextModel)."""
+    from safetensors import safe_open
+
+    files = sorted(src.glob("*.safetensors"))
+    want = {"text_projection.weight", "visual_projection.weight"}
+    found = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as sf:
+            found.update({k: sf.get_tensor(k) for k in want & set(sf.keys())})
+    if not files and (src / "pytorch_model.bin").is_file():
+        state = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        found = {k: state[k] for k in want if k in state}
+    return found
+
+
+def _from_pretrained_clip(src: Path, mcfg, n_classes: list[int]):
+    """CMA-CLIP on a local Hugging Face CLIP folder: its towers, and T' and I' starting from CLIP's
+    own projections into the joint space (so the fusion width is CLIP's projection_dim)."""
+    from transformers import CLIPTextModel, CLIPVisionModel
+    from transformers.utils import logging as hf_logging
+
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"--init-from {src}: no config.json; point it to a local Hugging Face CLIP folder")
+    hf_logging.set_verbosity_error()  # a full CLIP folder holds both towers: each load skips the other's keys
+    tm = CLIPTextModel.from_pretrained(src)
+    vm = CLIPVisionModel.from_pretrained(src)
+    proj = _clip_projections(src)
+    max_len = min(int(mcfg.preprocess.get("max_text_len", 77)), tm.config.max_position_embeddings)
+    update = {"preprocess": {**mcfg.preprocess, "max_text_len": max_len, "image_size": vm.config.image_size}}
+    if len(proj) == 2:
+        width = proj["text_projection.weight"].shape[0]
+        if width % mcfg.fusion.num_heads:
+            raise ValueError(f"--init-from {src}: CLIP's projection_dim {width} is not divisible by the config's "
+                             f"{mcfg.fusion.num_heads} fusion heads")
+        update["fusion"] = mcfg.fusion.model_copy(update={"width": width})
+    else:
+        print(f"--init-from {src}: no text_projection/visual_projection weights (not a saved CLIPModel); the "
+              "projections into the fusion width start at random", flush=True)
+    mcfg = mcfg.model_copy(update=update)
+    model = CMAClip(mcfg, n_classes, text_model=tm, vision_model=vm)
+    if len(proj) == 2:
+        with torch.no_grad():
+            for lin, key in ((model.proj_t, "text_projection.weight"), (model.proj_v, "visual_projection.weight")):
+                lin.weight.copy_(proj[key])
+                lin.bias.zero_()
+    return model, _pretrained_preprocess(src, vm.config.image_size, max_len)
 
 
 def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,14 +236,16 @@ def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Gener
 def predict(model: CMAClip, data: Encoded, idx: np.ndarray, batch_size: int = 256):
     """Class probabilities and modality weights per attribute for the items idx."""
     model.eval()
+    device = next(model.parameters()).device
     probs, weights = None, None
     for s in range(0, len(idx), batch_size):
-        outs = model(**torch_inputs(data.take(idx[s : s + batch_size])))
+        batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
+        outs = model(**batch)
         if probs is None:
             probs, weights = [[] for _ in outs], [[] for _ in outs]
         for j, (logits, w) in enumerate(outs):
-            probs[j].append(torch.softmax(logits, -1).numpy())
-            weights[j].append(w.numpy())
+            probs[j].append(torch.softmax(logits.float(), -1).cpu().numpy())
+            weights[j].append(w.float().cpu().numpy())
     if probs is None:
         return [], []
     return [np.concatenate(p) for p in probs], [np.concatenate(w) for w in weights]
@@ -238,13 +281,15 @@ def _trainable(model: CMAClip, stage: str, lock_image: bool = False) -> list[tor
 
 
 def param_groups(model: torch.nn.Module, params: list, weight_decay: float) -> list[dict]:
-    """open_clip's rule: no weight decay on biases, norms, gains, embeddings or the modality vectors."""
+    """open_clip's rule: no weight decay on biases, norms, gains, embeddings (token, position,
+    type), [CLS] tokens or the modality vectors `w`."""
     wanted = {id(p) for p in params}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if id(p) not in wanted:
             continue
-        plain = p.ndim < 2 or "embedding" in name or "type_emb" in name or name.endswith(".w")
+        leaf = name.rsplit(".", 1)[-1]
+        plain = p.ndim < 2 or "embedding" in name or leaf in ("w", "cls", "type_emb") or leaf.endswith("_pos")
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -345,7 +390,7 @@ class _Best:
 
 
 def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen, silencer, stage: str,
-                 desc: str) -> float:
+                 desc: str, compute: Compute) -> float:
     model.train()
     if stage != "e2e":  # frozen towers stay in eval mode
         for m in model.tower_modules():
@@ -363,11 +408,11 @@ def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen
         _modality_dropout(batch, cfg.modality_dropout, gen)
         if cfg.augment_images:
             batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], gen)
-        loss = _loss(model, batch, y_all[idx], cfg.aux_loss_weight)
+        batch, labels = compute.to_device(batch), compute.to_device({"y": y_all[idx]})["y"]
+        with compute.autocast():
+            loss = _loss(model, batch, labels, cfg.aux_loss_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        compute.step(loss, opt, params)
         sched.step()
         total += float(loss.detach()) * len(idx)
         n += len(idx)
@@ -375,7 +420,8 @@ def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen
     return total / max(1, n)
 
 
-def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, gen, silencer, log) -> None:
+def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, gen, silencer, log,
+               compute: Compute) -> None:
     """One stage from the best weights so far; stops early after `patience` epochs without a
     better validation loss."""
     epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
@@ -388,7 +434,7 @@ def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, 
     for epoch in range(1, epochs + 1):
         t0 = time.time()
         train_loss = _train_epoch(model, run, cfg, params, opt, sched, gen, silencer, stage,
-                                  f"{stage} {epoch}/{epochs}")
+                                  f"{stage} {epoch}/{epochs}", compute)
         val_loss, val_acc = _validate(model, run.data, run.va)
         improved = best.offer(val_loss, model, f"{stage} epoch {epoch}")
         rec = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
@@ -407,6 +453,7 @@ def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, 
 
 def train(cfg: TrainConfig) -> Path:
     t_start = time.time()
+    compute = resolve_compute(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or default_threads())
     if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
@@ -414,15 +461,17 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run, cfg = prepare(cfg, out)
-    model = run.model
+    model = run.model.to(compute.device)
+    print(f"training on {compute.device.type} at {compute.precision}", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed) if cfg.silence_title else None
     best = _Best()
     with open(out / "train_log.jsonl", "w") as log:
         for stage in STAGES:
             if getattr(cfg, f"{stage}_epochs"):
-                _run_stage(stage, model, run, cfg, best, gen, silencer, log)
+                _run_stage(stage, model, run, cfg, best, gen, silencer, log, compute)
     model.load_state_dict(best.state)
+    model = model.to("cpu")  # the checkpoint and the calibration are device-free
     print(f"best validation loss {best.loss:.4f} ({best.where}): these weights are the checkpoint", flush=True)
 
     meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},

@@ -73,6 +73,12 @@ class ModelConfig(BaseModel):
     # [CLS] feature (0: none). Colour is an attribute: a global colour summary is cheap to compute
     # and slow for a small network trained from scratch to learn
     colour_histogram: int = Field(0, ge=0, le=16)
+    # the text part of the sequence-wise attention's input. "tokens": the text tower's token states,
+    # T' read at the EOS token (the state CLIP pools). "pooled+tokens": the pooled (EOS) state
+    # prepended to all token states, so the EOS state appeared twice; T' read at position 0. The
+    # default is the old layout so that checkpoints made before "tokens" existed load unchanged;
+    # `attrx train` writes "tokens"
+    text_sequence: str = Field("pooled+tokens", pattern="^(tokens|pooled\\+tokens)$")
     # unimodal auxiliary heads (training only; not exported): a per-task head on the title tower's
     # and on the image tower's own [CLS] feature
     aux_heads: bool = False
@@ -334,7 +340,8 @@ class CMAClip(nn.Module):
         t_out = self.text(input_ids=input_ids, attention_mask=attention_mask)
         v_out = self.vision(pixel_values=pixel_values)
         colour = self.colour(pixel_values) if self.colour is not None else None
-        t_feat, i_feat, t_uni, i_uni = self._features(t_out, v_out, attention_mask, tp, ip, colour)
+        eos = self._eos_index(input_ids, attention_mask)
+        t_feat, i_feat, t_uni, i_uni = self._features(t_out, v_out, attention_mask, tp, ip, colour, eos)
         if self.cfg.modality_weights == "evidence":
             fused = [h(t_uni, i_uni, tp, ip, self.cfg.use_mwa, (t_feat, i_feat)) for h in self.heads]
         else:
@@ -343,7 +350,23 @@ class CMAClip(nn.Module):
             return fused, [], []
         return fused, [h(t_uni) for h in self.aux_text], [h(i_uni) for h in self.aux_image]
 
-    def _features(self, t_out, v_out, attention_mask, tp, ip, colour=None):
+    def _eos_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per row, the position of the first EOS token (the state CLIP pools), or of the last real
+        token when a row has none."""
+        is_eos = input_ids == self.text.config.eos_token_id
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        return torch.where(is_eos.any(1), is_eos.int().argmax(1), last)
+
+    def _text_sequence(self, t_out, attention_mask, tp, eos):
+        """(projected text states, their keep mask, the position of T' in them)."""
+        if self.cfg.text_sequence == "tokens":
+            keep = attention_mask.bool() & (tp[:, None] > 0)
+            return self.proj_t(t_out.last_hidden_state), keep, eos
+        keep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], 1).bool() & (tp[:, None] > 0)
+        seq = self.proj_t(torch.cat([t_out.pooler_output[:, None], t_out.last_hidden_state], 1))
+        return seq, keep, torch.zeros_like(eos)
+
+    def _features(self, t_out, v_out, attention_mask, tp, ip, colour=None, eos=None):
         """(T', I') for the heads and the towers' own (T, I) features. The colour summary, when the
         config has one, is added to the image [CLS] feature."""
         v_cls = self.proj_v(v_out.pooler_output)
@@ -357,18 +380,18 @@ class CMAClip(nn.Module):
         if self.ln_uni is not None:
             t_uni = self.ln_uni(self.proj_t(t_out.pooler_output))
             i_uni = self.ln_uni(v_cls)
-        t_seq = self.proj_t(torch.cat([t_out.pooler_output[:, None], t_out.last_hidden_state], 1))
+        t_seq, tkeep, t_pos = self._text_sequence(t_out, attention_mask, tp, eos)
         v_seq = self.proj_v(v_out.last_hidden_state)
         if colour is not None:
             v_seq = torch.cat([v_seq[:, :1] + colour[:, None], v_seq[:, 1:]], 1)
         seq = torch.cat([t_seq + self.type_emb[0], v_seq + self.type_emb[1]], 1)
-        tkeep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], 1).bool() & (tp[:, None] > 0)
         vkeep = (ip[:, None] > 0).expand(-1, v_seq.shape[1])
         keep = torch.cat([tkeep, vkeep], 1)
         for blk in self.blocks:
             seq = blk(seq, keep)
         seq = self.ln(seq)
-        return seq[:, 0], seq[:, t_seq.shape[1]], t_uni, i_uni
+        t_feat = seq.gather(1, t_pos[:, None, None].expand(-1, 1, seq.shape[2]))[:, 0]
+        return t_feat, seq[:, t_seq.shape[1]], t_uni, i_uni
 
 
 class ExportWrapper(nn.Module):

@@ -1,0 +1,65 @@
+"""Where and at what precision `attrx train` computes: --device auto|cpu|cuda and
+--precision fp32|bf16|fp16 (autocast; a GradScaler for fp16). Weights stay fp32 (autocast casts
+per op), so a checkpoint is the same whatever trained it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Compute:
+    device: torch.device
+    precision: str
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.precision])
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pinned memory and non-blocking copies on CUDA; nothing to do on the CPU."""
+        if not self.cuda:
+            return batch
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def step(self, loss: torch.Tensor, opt, params, max_norm: float = 1.0) -> None:
+        """backward, gradient clipping and the optimiser step (through the scaler for fp16)."""
+        if self.scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
+def resolve(device: str = "auto", precision: str = "fp32") -> Compute:
+    """auto: CUDA when this torch sees a GPU, else the CPU. Refuses what cannot run here, saying why."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU or CUDA driver is visible"
+        raise ValueError(f"--device cuda: CUDA is not available ({why}); use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: use auto, cpu or cuda")
+    if precision not in ("fp32", *DTYPES):
+        raise ValueError(f"--precision {precision}: use fp32, bf16 or fp16")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("--precision fp16 needs --device cuda (its loss scaling is for GPUs); on the CPU use bf16")
+    dev = torch.device(device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return Compute(dev, precision, scaler)
