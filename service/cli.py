@@ -235,6 +235,14 @@ def _train_parser(sub) -> None:
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--in-memory", action="store_true",
+                   help="hold every decoded image in RAM (the demo-scale path); by default they go to a disk "
+                        "store that batches read from, so memory does not grow with the catalog")
+    t.add_argument("--image-cache", metavar="DIR",
+                   help="keep the decoded images in DIR, keyed by the catalog and the preprocessing: a later run "
+                        "on the same catalog skips decoding")
+    t.add_argument("--workers", type=int,
+                   help="DataLoader and image-decoding worker processes (default: cores - 1; 0: in this process)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where to train (default auto: CUDA when torch sees a GPU, else the CPU)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],

@@ -145,7 +145,7 @@ def product_images(demo_catalog) -> list[bytes]:
 
 # -- the `slow` marker: tests that train a model (directly, or through the session's checkpoint,
 # bundle or server fixtures). `make test` runs everything; `make test-fast` skips these.
-SLOW_FIXTURES = {"checkpoint", "bundle", "server", "start_server", "impatient"}
+SLOW_FIXTURES = {"checkpoint", "bundle", "server", "start_server", "impatient", "runs"}
 TRAINS = ("train(", "pretrain(", "TrainConfig(", "PretrainConfig(", '"train"', '"pretrain"')
 
 

@@ -95,3 +95,12 @@ def test_unreadable_image_row_is_skipped_and_reported(tmp_path, checkpoint):
     assert [x.id for x in data.products] == ["1"]
     assert [(e.line, e.id) for e in errors] == [(3, "2"), (4, "3")]
     assert "broken.jpg" in errors[0].reason and "cannot be read" in errors[1].reason
+    # the disk store (and its cache, cold then warm) reports the same rows
+    from training.data import encode_catalog_on_disk
+
+    for expect_warm in (False, True):
+        disk, errs, warm = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, {"colour": ["blue", "red"]},
+                                                  catalog_file=p, scratch=tmp_path, cache_dir=tmp_path / "cache",
+                                                  progress=False)
+        assert warm is expect_warm and [x.id for x in disk.products] == ["1"]
+        assert [(e.line, e.id, e.reason) for e in errs] == [(e.line, e.id, e.reason) for e in errors]

@@ -132,3 +132,17 @@ def test_training_arrays_equal_service_arrays(checkpoint, demo_catalog):
     for k in served:
         assert served[k].dtype == data.arrays[k].dtype
         np.testing.assert_array_equal(served[k], data.arrays[k], err_msg=k)
+    # and the disk store that `attrx train` reads batches from holds the same arrays
+    import tempfile
+    from pathlib import Path
+
+    from training.data import encode_catalog_on_disk
+
+    with tempfile.TemporaryDirectory() as tmp:
+        disk, errors, warm = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=False,
+                                                    catalog_file=demo_catalog, scratch=Path(tmp), workers=1)
+        assert not errors and not warm and [p.id for p in disk.products] == [p.id for p in data.products]
+        idx = np.array([3, 0, 17, 39])
+        for k, v in disk.take(idx).items():
+            np.testing.assert_array_equal(v, served[k][idx], err_msg=k)
+        np.testing.assert_array_equal(disk.labels, data.labels)

@@ -89,6 +89,12 @@ def encode_catalog(
         kept.append(p)
         images.append(arr)
     arrays = build_inputs(tok, [p.title for p in kept], images, cfg) if kept else {}
+    labels, split = _labels_and_split(kept, classes, other_for, val_frac, test_frac)
+    return Encoded(kept, arrays, labels, split), errors
+
+
+def _labels_and_split(kept: list[Product], classes: dict[str, list[str]], other_for, val_frac: float,
+                      test_frac: float) -> tuple[np.ndarray, np.ndarray]:
     attrs = list(classes)
     labels = np.full((len(kept), len(attrs)), IGNORE, dtype=np.int64)
     index = {a: {c: i for i, c in enumerate(classes[a])} for a in attrs}
@@ -99,4 +105,41 @@ def encode_catalog(
                 fallback = index[a][OTHER] if a in other_for else UNSEEN
                 labels[i, j] = index[a].get(v, fallback)
     split = np.array([split_of(p.id, val_frac, test_frac) for p in kept], dtype=object)
-    return Encoded(kept, arrays, labels, split), errors
+    return labels, split
+
+
+def encode_catalog_on_disk(
+    catalog: Catalog,
+    tok: Tokenizer,
+    cfg: PreprocessConfig,
+    classes: dict[str, list[str]],
+    *,
+    catalog_file,
+    scratch,
+    cache_dir=None,
+    workers: int = 0,
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    progress: bool = True,
+    other_for: tuple[str, ...] | list[str] = (),
+) -> tuple[Encoded, list[RowError], bool]:
+    """As encode_catalog, with the decoded images in a disk store (training/imagestore.py) that
+    batches read from, so memory does not grow with the catalog. Titles are tokenised in memory
+    (a few hundred bytes per product). Returns (encoded, errors, whether a warm cache was used)."""
+    from service.preprocess import encode_titles, normalise_title
+    from training.imagestore import PixelView, open_store
+
+    store, errors, warm = open_store(catalog.products, cfg, cache_dir=cache_dir, catalog_file=catalog_file,
+                                     scratch=scratch, workers=workers, progress=progress)
+    bad = {(e.line, e.id) for e in errors}
+    rows = [i for i, p in enumerate(catalog.products) if (p.line, p.id) not in bad]
+    kept = [catalog.products[i] for i in rows]
+    titles = [normalise_title(p.title) for p in kept]
+    ids, mask = encode_titles(tok, titles) if kept else (np.zeros((0, cfg.max_text_len), np.int64),) * 2
+    has_image = np.asarray([p.image is not None for p in kept], dtype=bool)
+    arrays = {"input_ids": ids, "attention_mask": mask,
+              "pixel_values": PixelView(store, np.where(has_image, np.asarray(rows, dtype=np.int64), -1)),
+              "text_present": np.asarray([t is not None for t in titles], dtype=np.float32),
+              "image_present": has_image.astype(np.float32)}
+    labels, split = _labels_and_split(kept, classes, other_for, val_frac, test_frac)
+    return Encoded(kept, arrays, labels, split), errors, warm

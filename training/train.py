@@ -12,10 +12,13 @@ next one (as in the paper). Per-epoch metrics go to train_log.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +34,12 @@ from service.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig, load_token
 from training import text
 from training.augment import TitleSilencer, augment_images
 from training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
-from training.data import IGNORE, Encoded, encode_catalog, label_maps, split_of
+from training.data import IGNORE, Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
 from training.device import Compute
 from training.device import resolve as resolve_compute
+from training.distributed import Dist
+from training.distributed import setup as setup_distributed
+from training.loader import batches
 from training.models.cma_clip import CMAClip, load_config
 
 STAGES = ("warmup", "e2e", "tune")
@@ -79,6 +85,11 @@ class TrainConfig(BaseModel):
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0
     threads: int | None = None
+    # data: decoded images in a disk store read per batch (memory does not grow with the catalog),
+    # kept across runs in image_cache; in_memory holds every decoded image in RAM instead
+    in_memory: bool = False
+    image_cache: str | None = None
+    workers: int | None = Field(None, ge=0, description="DataLoader and decoding worker processes (default cores - 1)")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
     progress: bool = True
@@ -207,12 +218,24 @@ def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | N
     return total
 
 
-def _loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
+class TrainForward(torch.nn.Module):
+    """The training forward (fused outputs, aux text logits, aux image logits) as a module's
+    forward, so that DistributedDataParallel sees it and syncs its gradients."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        if hasattr(self.model, "forward_train"):
+            return self.model.forward_train(**batch)
+        return self.model(**batch), [], []  # MoMo: fused heads only
+
+
+def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
     """The fused heads' loss, plus the unimodal auxiliary heads' (each on the items that have
     that modality) weighted by aux_weight."""
-    if not hasattr(model, "forward_train"):  # MoMo: fused heads only
-        return _ce([lg for lg, _ in model(**batch)], labels)
-    fused, aux_t, aux_i = model.forward_train(**batch)
+    fused, aux_t, aux_i = outputs
     loss = _ce([lg for lg, _ in fused], labels)
     if aux_t and aux_weight > 0:
         loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0)
@@ -251,17 +274,22 @@ def predict(model: CMAClip, data: Encoded, idx: np.ndarray, batch_size: int = 25
     return [np.concatenate(p) for p in probs], [np.concatenate(w) for w in weights]
 
 
-def _validate(model, data: Encoded, idx: np.ndarray) -> tuple[float, list[float | None]]:
-    probs, _ = predict(model, data, idx)
-    y = data.labels[idx]
-    loss, accs = 0.0, []
+def _validate(model, data: Encoded, idx: np.ndarray, dist: Dist | None = None) -> tuple[float, list[float | None]]:
+    """Validation loss (sum over attributes of the mean NLL) and per-attribute accuracy. Under
+    torchrun each rank scores a disjoint share and the sums are all-reduced: exact, no duplicates."""
+    dist = dist or Dist()
+    share = dist.shard(idx)
+    probs, _ = predict(model, data, share)
+    y = data.labels[share]
+    n_attr = data.labels.shape[1]
+    sums = np.zeros((n_attr, 4))  # nll sum, items with a class, correct, items with a label
     for j, p in enumerate(probs):
-        ok = y[:, j] >= 0
-        if ok.any():
-            loss += float(-np.log(np.clip(p[ok, y[ok, j]], 1e-12, None)).mean())
-        lab = y[:, j] != IGNORE
-        accs.append(float((p[lab].argmax(1) == y[lab, j]).mean()) if lab.any() else None)
-    return loss, accs
+        ok, lab = y[:, j] >= 0, y[:, j] != IGNORE
+        sums[j] = [-np.log(np.clip(p[ok, y[ok, j]], 1e-12, None)).sum(), ok.sum(),
+                   (p[lab].argmax(1) == y[lab, j]).sum(), lab.sum()]
+    sums = dist.sum(sums)
+    loss = float(sum(s[0] / s[1] for s in sums if s[1] > 0))
+    return loss, [float(s[2] / s[3]) if s[3] > 0 else None for s in sums]
 
 
 def _trainable(model: CMAClip, stage: str, lock_image: bool = False) -> list[torch.nn.Parameter]:
@@ -327,9 +355,22 @@ class Prepared:
     errors: list
 
 
-def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None]):
-    """Given, the pretrained CLIP's, or a WordPiece trained on the training titles."""
+def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None], dist: Dist):
+    """Given, the pretrained CLIP's, or a WordPiece trained on the training titles (by rank 0;
+    the other ranks read the file it writes)."""
     tok_file = out / TOKENIZER
+    if not dist.main:
+        dist.barrier()
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(tok_file)), tok_file
+    try:
+        return _make_tokenizer(cfg, tok_file, train_titles)
+    finally:
+        dist.barrier()
+
+
+def _make_tokenizer(cfg: TrainConfig, tok_file: Path, train_titles: list[str | None]):
     src_tok = cfg.tokenizer or (str(Path(cfg.init_from) / TOKENIZER) if cfg.init_from else None)
     if src_tok:
         if not Path(src_tok).is_file():
@@ -343,7 +384,31 @@ def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None]):
     return raw, tok_file
 
 
-def prepare(cfg: TrainConfig, out: Path) -> tuple[Prepared, TrainConfig]:
+def _encode(cfg: TrainConfig, catalog, tok, pre, classes, other_for, out: Path, dist: Dist):
+    """The catalog's model inputs: in memory, or with the images in a disk store (rank 0 decodes;
+    under torchrun the others then read its store, through a cache in the output folder)."""
+    split = {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "other_for": other_for}
+    if cfg.in_memory:
+        return encode_catalog(catalog, tok, pre, classes, progress=cfg.progress and dist.main, **split)[:2]
+    cache = cfg.image_cache or (str(out / ".image-cache") if dist.on else None)
+    opts = {"catalog_file": Path(cfg.catalog), "scratch": out, "cache_dir": cache, "workers": data_workers(cfg),
+            "progress": cfg.progress and dist.main, **split}
+    if not dist.main:
+        dist.barrier()
+    data, errors, warm = encode_catalog_on_disk(catalog, tok, pre, classes, **opts)
+    if dist.main:
+        dist.barrier()
+        if warm:
+            print(f"decoded images: warm cache in {cache}", flush=True)
+    return data, errors
+
+
+def data_workers(cfg: TrainConfig) -> int:
+    return cfg.workers if cfg.workers is not None else max(0, default_threads() - 1)
+
+
+def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prepared, TrainConfig]:
+    dist = dist or Dist()
     attrs = tuple(cfg.attributes)
     catalog = read_catalog(cfg.catalog, attrs, require_labels=True)
     train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
@@ -353,14 +418,14 @@ def prepare(cfg: TrainConfig, out: Path) -> tuple[Prepared, TrainConfig]:
     other_for = [a for a in attrs if cfg.min_class_count and classes[a][-1] == "other"]
     # every label seen in training names its attribute, folded ones included
     label_words = {a: sorted({p.labels[a] for p in train_products if p.labels.get(a)} - {"other"}) for a in attrs}
-    raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products])
+    raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products], dist)
     model, pre = build_model(cfg, [len(classes[a]) for a in attrs], text.special_ids(raw_tok),
                              raw_tok.get_vocab_size())
     tok = load_tokenizer(tok_file, pre.max_text_len)
-    data, img_errors = encode_catalog(catalog, tok, pre, classes, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                      progress=cfg.progress, other_for=other_for)
+    data, img_errors = _encode(cfg, catalog, tok, pre, classes, other_for, out, dist)
     errors = sorted([*catalog.errors, *img_errors], key=lambda e: e.line)
-    write_errors(errors, out / "catalog_errors.jsonl")
+    if dist.main:
+        write_errors(errors, out / "catalog_errors.jsonl")
     tr, va = data.indices("train"), data.indices("val")
     if cfg.inputs != "both":  # single-modality baseline: train only on items that have that modality
         present = data.arrays["text_present" if cfg.inputs == "text" else "image_present"] > 0
@@ -389,59 +454,76 @@ class _Best:
         return False
 
 
-def _train_epoch(model, run: Prepared, cfg: TrainConfig, params, opt, sched, gen, silencer, stage: str,
-                 desc: str, compute: Compute) -> float:
+@dataclass
+class Run:
+    """One training run's moving parts, shared by its stages."""
+    model: torch.nn.Module
+    data: Prepared
+    cfg: TrainConfig
+    compute: Compute
+    dist: Dist
+    gen: torch.Generator  # modality dropout and augmentation (seeded per rank)
+    silencer: TitleSilencer | None
+    log: object
+    epochs_done: int = 0
+
+
+def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> float:
+    model, run, cfg, compute = r.model, r.data, r.cfg, r.compute
     model.train()
     if stage != "e2e":  # frozen towers stay in eval mode
         for m in model.tower_modules():
             m.eval()
-    y_all = torch.from_numpy(run.data.labels)
-    perm = run.tr[torch.randperm(len(run.tr), generator=gen).numpy()]
+    order = run.tr[r.dist.train_order(len(run.tr), r.epochs_done, cfg.seed)]
+    per_rank = max(1, cfg.batch_size // r.dist.world)  # --batch-size is the global batch
     total, n = 0.0, 0
-    bar = tqdm(range(0, len(perm), cfg.batch_size), desc=desc, unit="batch", leave=False,
-               disable=None if cfg.progress else True)
-    for s in bar:
-        idx = perm[s : s + cfg.batch_size]
-        batch = torch_inputs(run.data.take(idx))
-        if silencer is not None:
-            silencer([run.data.products[i].title for i in idx], batch)
-        _modality_dropout(batch, cfg.modality_dropout, gen)
+    bar = tqdm(total=len(order), desc=desc, unit="item", leave=False, disable=None if cfg.progress else True)
+    for idx, batch, labels in batches(run.data, order, per_rank, workers=data_workers(cfg), pin=compute.cuda):
+        if r.silencer is not None:
+            r.silencer([run.data.products[i].title for i in idx], batch)
+        _modality_dropout(batch, cfg.modality_dropout, r.gen)
         if cfg.augment_images:
-            batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], gen)
-        batch, labels = compute.to_device(batch), compute.to_device({"y": y_all[idx]})["y"]
+            batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], r.gen)
+        batch, labels = compute.to_device(batch), compute.to_device({"y": labels})["y"]
         with compute.autocast():
-            loss = _loss(model, batch, labels, cfg.aux_loss_weight)
+            loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight)
         opt.zero_grad(set_to_none=True)
         compute.step(loss, opt, params)
         sched.step()
         total += float(loss.detach()) * len(idx)
         n += len(idx)
+        bar.update(len(idx))
         bar.set_postfix(loss=f"{total / n:.3f}")
-    return total / max(1, n)
+    bar.close()
+    r.epochs_done += 1
+    total, n = r.dist.sum(np.array([total, n]))  # the mean over every rank's items
+    return float(total / max(1, n))
 
 
-def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, gen, silencer, log,
-               compute: Compute) -> None:
+def _run_stage(stage: str, r: Run, best: _Best) -> None:
     """One stage from the best weights so far; stops early after `patience` epochs without a
     better validation loss."""
+    model, run, cfg = r.model, r.data, r.cfg
     epochs, lr = getattr(cfg, f"{stage}_epochs"), getattr(cfg, f"{stage}_lr")
     if best.state is not None:
         model.load_state_dict(best.state)
     params = _trainable(model, stage, cfg.lock_image)
+    fwd = r.dist.wrap(TrainForward(model))  # per stage: DDP registers the parameters that train now
     opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=lr, foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * math.ceil(len(run.tr) / cfg.batch_size)))
+    steps = epochs * math.ceil(len(run.tr) / r.dist.world / max(1, cfg.batch_size // r.dist.world))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
     attrs, stale = list(run.classes), 0
     for epoch in range(1, epochs + 1):
         t0 = time.time()
-        train_loss = _train_epoch(model, run, cfg, params, opt, sched, gen, silencer, stage,
-                                  f"{stage} {epoch}/{epochs}", compute)
-        val_loss, val_acc = _validate(model, run.data, run.va)
+        train_loss = _train_epoch(r, fwd, params, opt, sched, stage, f"{stage} {epoch}/{epochs}")
+        val_loss, val_acc = _validate(model, run.data, run.va, r.dist)
         improved = best.offer(val_loss, model, f"{stage} epoch {epoch}")
         rec = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                "val_accuracy": {a: None if v is None else round(v, 4) for a, v in zip(attrs, val_acc, strict=True)},
                "lr": lr, "best": improved, "seconds": round(time.time() - t0, 2)}
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        if r.dist.main:
+            r.log.write(json.dumps(rec) + "\n")
+            r.log.flush()
         accs = " ".join(f"{a}={v:.3f}" for a, v in zip(attrs, val_acc, strict=True) if v is not None)
         print(f"{stage} {epoch}/{epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} val_acc {accs} "
               f"({rec['seconds']:.1f}s){' *' if improved else ''}", flush=True)
@@ -452,28 +534,47 @@ def _run_stage(stage: str, model, run: Prepared, cfg: TrainConfig, best: _Best, 
 
 
 def train(cfg: TrainConfig) -> Path:
-    t_start = time.time()
+    """Train in this process, or as one rank of a torchrun group (rank 0 writes everything)."""
     compute = resolve_compute(cfg.device, cfg.precision)
+    dist = setup_distributed(compute.device)
+    try:
+        quiet = contextlib.nullcontext() if dist.main else contextlib.redirect_stdout(io.StringIO())
+        with quiet:
+            return _train(cfg, compute, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
+    t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or default_threads())
     if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
         raise FileNotFoundError(f"--init-from {cfg.init_from}: no config.json; point it to a local Hugging Face CLIP folder")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    run, cfg = prepare(cfg, out)
+    run, cfg = prepare(cfg.model_copy(update={"progress": cfg.progress and dist.main}), out, dist)
     model = run.model.to(compute.device)
-    print(f"training on {compute.device.type} at {compute.precision}", flush=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed) if cfg.silence_title else None
+    where = f" x {dist.world} processes" if dist.on else ""
+    print(f"training on {compute.device.type}{where} at {compute.precision}", flush=True)
+    silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed + dist.rank) \
+        if cfg.silence_title else None
     best = _Best()
-    with open(out / "train_log.jsonl", "w") as log:
+    with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
+        r = Run(model, run, cfg, compute, dist, torch.Generator().manual_seed(cfg.seed + dist.rank), silencer, log)
         for stage in STAGES:
             if getattr(cfg, f"{stage}_epochs"):
-                _run_stage(stage, model, run, cfg, best, gen, silencer, log, compute)
+                _run_stage(stage, r, best)
     model.load_state_dict(best.state)
     model = model.to("cpu")  # the checkpoint and the calibration are device-free
     print(f"best validation loss {best.loss:.4f} ({best.where}): these weights are the checkpoint", flush=True)
+    if dist.main:
+        _save(out, model, run, cfg, best, t_start)
+    _clean_scratch(out, cfg, dist)
+    return out
 
+
+def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: _Best, t_start: float) -> None:
     meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
             "other_for": run.other_for, "label_words": run.label_words, "best": best.where,
             "train_seconds": round(time.time() - t_start, 1),
@@ -484,4 +585,12 @@ def train(cfg: TrainConfig) -> Path:
 
     calibrate_checkpoint(out, model, run.data, run.va, run.classes)
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
-    return out
+
+
+def _clean_scratch(out: Path, cfg: TrainConfig, dist: Dist) -> None:
+    """The decoded-image file of a run without --image-cache goes; a cache the user named stays."""
+    dist.barrier()
+    if dist.main:
+        (out / ".images.f32").unlink(missing_ok=True)
+        if not cfg.image_cache:
+            shutil.rmtree(out / ".image-cache", ignore_errors=True)
