@@ -12,6 +12,7 @@ from tqdm import tqdm
 from service.catalog import Catalog, Product, RowError
 from service.preprocess import ImageError, PreprocessConfig, build_inputs, load_image_array
 
+TITLE_CHUNK = 2048
 IGNORE = -100  # no label: masked out of the loss and the metrics
 UNSEEN = -1  # a label the model has no class for: counted wrong
 
@@ -135,7 +136,11 @@ def encode_catalog_on_disk(
     rows = [i for i, p in enumerate(catalog.products) if (p.line, p.id) not in bad]
     kept = [catalog.products[i] for i in rows]
     titles = [normalise_title(p.title) for p in kept]
-    ids, mask = encode_titles(tok, titles) if kept else (np.zeros((0, cfg.max_text_len), np.int64),) * 2
+    # in chunks: the tokenizer's Encoding objects for a whole catalog at once weigh far more than the ids
+    chunks = [encode_titles(tok, titles[s : s + TITLE_CHUNK]) for s in range(0, len(titles), TITLE_CHUNK)]
+    empty = np.zeros((0, cfg.max_text_len), np.int64)
+    ids = np.concatenate([c[0] for c in chunks]) if chunks else empty
+    mask = np.concatenate([c[1] for c in chunks]) if chunks else empty
     has_image = np.asarray([p.image is not None for p in kept], dtype=bool)
     arrays = {"input_ids": ids, "attention_mask": mask,
               "pixel_values": PixelView(store, np.where(has_image, np.asarray(rows, dtype=np.int64), -1)),

@@ -8,6 +8,7 @@ metrics.json, calibration.json (read by `attrx export`) and one precision-recall
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from training import metrics as M
 from training.augment import label_pattern, names_label, strip_pattern, strip_words  # noqa: F401 (re-export)
 from training.calibration import CONFIDENCE, DEFAULT_TARGETS, MIN_SUPPORT, calibrate_probs
 from training.checkpoint import CALIBRATION, METRICS, load_checkpoint
-from training.data import IGNORE, encode_catalog, split_of
+from training.data import IGNORE, encode_catalog_on_disk, split_of
 from training.train import predict
 
 
@@ -132,8 +133,13 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
     sp = ck.meta.get("split", {})
     cat = read_catalog(catalog, attrs)
     cat.products, excluded = _conditioned_products(ck, cat, split, sp, drop_title, drop_image, strip_label_words)
-    data, img_errors = encode_catalog(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress,
-                                      other_for=ck.meta.get("other_for", []), **sp)
+    if split == "test":  # only the validation and test rows are read: no image of the training split is decoded
+        cat.products = [p for p in cat.products if split_of(p.id, **sp) != "train"]
+    # decoded images in a disk store (as attrx train): memory does not grow with the catalog
+    data, img_errors, _ = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress,
+                                                 catalog_file=Path(catalog), scratch=out,
+                                                 workers=max(0, (os.cpu_count() or 1) - 1),
+                                                 other_for=ck.meta.get("other_for", []), **sp)
     va, ev = data.indices("val"), data.indices("test")
     if split == "all":
         va, ev = np.array([], dtype=int), np.arange(len(data))
@@ -144,6 +150,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         calib = calibrate_probs(predict(ck.model, data, va)[0], data.labels[va], attrs, targets,
                                 min_support=min_support, confidence=confidence)
     p_eval, w_eval = predict(ck.model, data, ev)
+    (out / ".images.f32").unlink(missing_ok=True)  # the pixels are no longer needed
     results, weights, lacks = {}, {}, {}
     for j, a in enumerate(attrs):
         results[a], weights[a], lacks[a] = _attribute_result(ck, a, j, data, ev, p_eval, w_eval, calib,
