@@ -97,6 +97,11 @@ def fold_attention_3d(path: Path) -> int:
     kept = [n for n in model.graph.node if n.name not in drop]  # the exporter names every node uniquely
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    # the dropped Reshapes' shape constants: unused now (onnxruntime would warn about each at load)
+    used = {i for n in kept for i in n.input} | {o.name for o in model.graph.output}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return done

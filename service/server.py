@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 from collections.abc import Callable
@@ -185,12 +186,18 @@ class AttrxServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit_signal: Callable[[], None]):
         super().__init__(config)
         self._on_exit_signal = on_exit_signal
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig, frame) -> None:
-        self._on_exit_signal()
+        # A signal handler runs between two bytecodes of whatever the main thread was doing. The
+        # drain start updates metrics, whose (non-reentrant) locks the interrupted code may hold:
+        # run it on the event loop instead (call_soon_threadsafe only appends and writes a byte).
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit_signal)
         super().handle_exit(sig, frame)
 
     async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
         with self.capture_signals():
             await self._serve(sockets)
             # shut down as asked, after draining: exit normally rather than re-raising the signal
