@@ -12,10 +12,16 @@ class ParityError(AssertionError):
     pass
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path, threads: int = 0):
+    """A CPU session with every graph optimisation, as export's checks and benchmarks/runtime.py run it."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def check_parity(model, onnx_path: Path, batches: dict[str, dict[str, np.ndarray]], output_names: list[str],

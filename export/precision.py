@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.parity import onnx_session
+
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
                   "ReduceMax", "Sigmoid", "Sqrt", "Div", "Pow", "ScatterElements", "Range", "CumSum"]
 # module scopes left in full precision on the second attempt
@@ -97,18 +99,9 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
         logging.disable(logging.NOTSET)
 
 
+session = onnx_session  # the one CPU session of export/
+
 CONVERT = {"fp16": to_fp16, "int8": to_int8}
-
-
-def session(path: Path, threads: int = 0):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def predict(sess, inputs: dict[str, np.ndarray], outputs: list[str], batch: int = 64) -> list[np.ndarray]:

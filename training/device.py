@@ -29,9 +29,10 @@ class Compute:
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pinned memory and non-blocking copies on CUDA; nothing to do on the CPU."""
-        if not self.cuda:
-            return batch
-        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: self.move(v) for k, v in batch.items()}
+
+    def move(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(self.device, non_blocking=True) if self.cuda else t
 
     def step(self, loss: torch.Tensor, opt, params, max_norm: float = 1.0) -> None:
         """backward, gradient clipping and the optimiser step (through the scaler for fp16)."""

@@ -8,7 +8,6 @@ metrics.json, calibration.json (read by `attrx export`) and one precision-recall
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from training.augment import label_pattern, names_label, strip_pattern, strip_wo
 from training.calibration import CONFIDENCE, DEFAULT_TARGETS, MIN_SUPPORT, calibrate_probs
 from training.checkpoint import CALIBRATION, METRICS, load_checkpoint
 from training.data import IGNORE, encode_catalog_on_disk, split_of
-from training.train import predict
+from training.train import default_threads, predict
 
 
 def _check_condition(ck, split: str, drop_title: bool, drop_image: bool, strip_label_words) -> None:
@@ -138,7 +137,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
     # decoded images in a disk store (as attrx train): memory does not grow with the catalog
     data, img_errors, _ = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress,
                                                  catalog_file=Path(catalog), scratch=out,
-                                                 workers=max(0, (os.cpu_count() or 1) - 1),
+                                                 workers=max(0, default_threads() - 1),
                                                  other_for=ck.meta.get("other_for", []), **sp)
     va, ev = data.indices("val"), data.indices("test")
     if split == "all":

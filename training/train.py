@@ -484,7 +484,7 @@ def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> floa
         _modality_dropout(batch, cfg.modality_dropout, r.gen)
         if cfg.augment_images:
             batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], r.gen)
-        batch, labels = compute.to_device(batch), compute.to_device({"y": labels})["y"]
+        batch, labels = compute.to_device(batch), compute.move(labels)
         with compute.autocast():
             loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight)
         opt.zero_grad(set_to_none=True)
