@@ -4,8 +4,8 @@ PYTHON      ?= python3
 VENV        ?= .venv
 # An exact pin: a looser spec pulls the newest CUDA build of torch (several GB).
 TORCH_SPEC  ?= torch==2.13.0
-# tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path
-EXTRAS      ?= train,dev,tensorrt
+# tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path; ray: `attrx score --ray`
+EXTRAS      ?= train,dev,tensorrt,ray
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
 

@@ -133,6 +133,8 @@ def cmd_serve(a) -> None:
 
 
 def cmd_score(a) -> None:
+    if a.ray is not None:
+        return _score_on_ray(a)
     from service.scoring import score
 
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
@@ -146,6 +148,19 @@ def cmd_score(a) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+
+
+def _score_on_ray(a) -> None:
+    from service.rayscore import RayNotInstalled, score_ray
+
+    try:
+        score_ray(a.catalog, a.bundle, a.out, address=a.ray or None, batch_size=a.batch_size,
+                  concurrency=a.ray_concurrency, num_cpus=a.ray_num_cpus, block_rows=a.ray_block_rows, fmt=a.ray_format, resume=a.resume,
+                  overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
+                  precision=a.precision, max_image_pixels=a.max_image_pixels, local_cpus=a.ray_local_cpus,
+                  progress=not a.quiet)
+    except RayNotInstalled as e:
+        raise SystemExit(f"attrx score: {e}") from None
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
@@ -361,6 +376,16 @@ def _score_parser(sub) -> None:
                    help="which of the bundle's variants runs (auto: int8 on cpu if the bundle has it, fp16 on GPUs)")
     c.add_argument("--max-image-pixels", type=int, help="refuse images declaring more pixels (default 40,000,000)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = c.add_argument_group("Ray Data (pip install 'attrx[ray]'; OUT is then a folder)")
+    r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="score on Ray Data: a cluster's ADDRESS (or RAY_ADDRESS), else a local Ray")
+    r.add_argument("--ray-concurrency", type=int, default=1, metavar="N", help="inference actors (default 1)")
+    r.add_argument("--ray-num-cpus", type=float, default=1, metavar="CPUS",
+                   help="CPUs per inference actor, also its onnxruntime threads (default 1)")
+    r.add_argument("--ray-format", choices=["parquet", "jsonl"], default="parquet", help="OUT's files (default parquet)")
+    r.add_argument("--ray-local-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
+    r.add_argument("--ray-block-rows", type=int, default=256, metavar="N",
+                   help="catalog rows per Ray block, also per output file at most (default 256)")
     c.set_defaults(func=cmd_score)
 
 

@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
+# what must match for --resume to append to an output: one file never mixes two models or variants
+RESUME_CHECKS = ("bundle_sha256", "min_precision", "precision", "providers", "columns")
 
 
-def _truncate_partial_tail(path: Path) -> None:
+def truncate_partial_tail(path: Path) -> None:
     """A run killed mid-write can leave half a line: cut the file back to its last newline."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
@@ -113,7 +115,7 @@ def _ids_in(path: Path) -> set[str]:
         import pyarrow.parquet as pq
 
         return set(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-    _truncate_partial_tail(path)
+    truncate_partial_tail(path)
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return {r["id"] for r in csv.DictReader(f)}
@@ -163,8 +165,7 @@ def check_meta(out: Path, meta: dict) -> None:
         raise ValueError(f"{out}: cannot resume: no {mp.name} records which bundle and options wrote it "
                          f"(an older attrx?); use --overwrite to score it again")
     old = json.loads(mp.read_text(encoding="utf-8"))
-    diffs = [f"{k} {old.get(k)!r} -> {meta[k]!r}" for k in ("bundle_sha256", "min_precision", "columns")
-             if old.get(k) != meta[k]]
+    diffs = [f"{k} {old.get(k)!r} -> {meta[k]!r}" for k in RESUME_CHECKS if old.get(k) != meta[k]]
     if diffs:
         raise ValueError(f"{out}: cannot resume: it was written with another bundle or options "
                          f"({'; '.join(d[:160] for d in diffs)}); use --overwrite or another --out")

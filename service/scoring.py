@@ -132,7 +132,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     key = predictor.precision_key(min_precision)
     columns = output_columns(predictor.attributes)
     meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
-            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "columns": columns,
+            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
+            "providers": providers, "columns": columns,
             "catalog": str(catalog)}
     cat = read_catalog(catalog)
     writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)

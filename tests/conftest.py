@@ -5,6 +5,7 @@ Built once per test session through the same functions the `attrx` CLI calls.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or _trains(item):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture()
+def messy_catalog(demo_catalog, tmp_path) -> Path:
+    """Demo products plus a corrupt image, a missing image file and a row with neither title nor image."""
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rows = list(csv.DictReader(open(demo_catalog)))[:40]
+    img_dir = demo_catalog.parent
+    p = tmp_path / "score-me.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for r in rows[:20]:
+            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
+        w.writerow(["bad-corrupt", "Some Tee", "corrupt.jpg"])     # line 22
+        w.writerow(["bad-missing", "", "no/such/file.jpg"])       # line 23
+        w.writerow(["bad-empty", "", ""])                          # line 24
+        for r in rows[20:]:
+            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
+    return p
+
+
+def long_catalog(demo_catalog, tmp_path, repeats: int = 30) -> tuple[Path, list[str]]:
+    """The demo products with images, repeated under new ids: a catalog long enough to interrupt."""
+    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
+    cat = tmp_path / "long.csv"
+    ids = []
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for k in range(repeats):
+            for r in rows:
+                ids.append(f"{r['id']}-{k}")
+                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
+    return cat, ids

@@ -13,27 +13,7 @@ import httpx
 import pytest
 
 from service.cli import main
-from tests.conftest import ATTRS
-
-
-@pytest.fixture()
-def messy_catalog(demo_catalog, tmp_path) -> Path:
-    """Demo products plus a corrupt image, a missing image file and a row with neither title nor image."""
-    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    rows = list(csv.DictReader(open(demo_catalog)))[:40]
-    img_dir = demo_catalog.parent
-    p = tmp_path / "score-me.csv"
-    with open(p, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "title", "image"])
-        for r in rows[:20]:
-            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
-        w.writerow(["bad-corrupt", "Some Tee", "corrupt.jpg"])     # line 22
-        w.writerow(["bad-missing", "", "no/such/file.jpg"])       # line 23
-        w.writerow(["bad-empty", "", ""])                          # line 24
-        for r in rows[20:]:
-            w.writerow([r["id"], r["title"], str(img_dir / r["image"]) if r["image"] else ""])
-    return p
+from tests.conftest import ATTRS, long_catalog
 
 
 def _read(path: Path) -> list[dict]:
@@ -85,17 +65,7 @@ def test_existing_output_needs_resume_or_overwrite(messy_catalog, bundle, tmp_pa
 
 @pytest.mark.parametrize("ext", [".jsonl", ".csv"])
 def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path, ext):
-    # a catalog long enough to interrupt: the demo products repeated under new ids
-    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
-    cat = tmp_path / "long.csv"
-    ids = []
-    with open(cat, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "title", "image"])
-        for k in range(30):
-            for r in rows:
-                ids.append(f"{r['id']}-{k}")
-                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
+    cat, ids = long_catalog(demo_catalog, tmp_path)  # long enough to interrupt
     out = tmp_path / f"pred{ext}"
     exe = str(Path(sys.executable).parent / "attrx")
     log_file = tmp_path / "score.log"
@@ -135,24 +105,10 @@ def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp
     assert final[: len(partial)] == [r["id"] for r in partial]  # kept, not rescored
 
 
-def _long_catalog(demo_catalog, tmp_path, repeats: int = 30) -> tuple[Path, list[str]]:
-    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
-    cat = tmp_path / "long.csv"
-    ids = []
-    with open(cat, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "title", "image"])
-        for k in range(repeats):
-            for r in rows:
-                ids.append(f"{r['id']}-{k}")
-                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
-    return cat, ids
-
-
 def test_parquet_output_survives_kill_9_and_resumes(demo_catalog, bundle, tmp_path):
     from service.outputs import partial_path
 
-    cat, ids = _long_catalog(demo_catalog, tmp_path)
+    cat, ids = long_catalog(demo_catalog, tmp_path)
     out = tmp_path / "pred.parquet"
     exe = str(Path(sys.executable).parent / "attrx")
     proc = subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out),

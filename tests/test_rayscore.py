@@ -1,0 +1,123 @@
+"""`attrx score --ray` on a real local Ray (2 CPUs) against `attrx score`, with the real tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import long_catalog
+
+pytest.importorskip("ray.data", reason="Ray Data is the optional extra attrx[ray]")
+
+EXE = str(Path(sys.executable).parent / "attrx")
+
+
+def _score(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    r = subprocess.run([EXE, "score", *args, "--quiet"], capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+def _ray(catalog: Path, bundle: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _score(str(catalog), "--bundle", str(bundle), "--out", str(out), "--ray", "--ray-local-cpus", "2",
+                  "--batch-size", "8", *extra)
+
+
+def _rows(out: Path) -> list[dict]:
+    from service.rayscore import data_files
+
+    rows = []
+    for p in data_files(out):
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows += pq.read_table(p).to_pylist()
+        else:
+            rows += [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_path, fmt):
+    ref = tmp_path / "ref.jsonl"
+    r = _score(str(messy_catalog), "--bundle", str(bundle), "--out", str(ref), "--batch-size", "32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "ray-out"
+    r = _ray(messy_catalog, bundle, out, "--ray-format", fmt)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "scored 40, failed 3" in r.stdout, r.stdout
+    expected = [json.loads(x) for x in ref.read_text().splitlines()]
+    got = _rows(out)
+    # the same columns in the same order, and the same values: ids, predictions, confidences, weights
+    assert list(got[0]) == list(expected[0])
+    assert sorted(got, key=lambda x: x["id"]) == sorted(expected, key=lambda x: x["id"])
+    from service.rayscore import error_rows
+
+    want = [json.loads(x) for x in Path(str(ref) + ".errors.jsonl").read_text().splitlines()]
+    assert sorted(error_rows(out), key=lambda e: e["line"]) == sorted(want, key=lambda e: e["line"])
+    assert {e["id"] for e in want} == {"bad-corrupt", "bad-missing", "bad-empty"}
+
+
+def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):
+    from service.rayscore import data_files
+
+    cat, ids = long_catalog(demo_catalog, tmp_path, repeats=8)
+    out = tmp_path / "ray-out"
+    cmd = [EXE, "score", str(cat), "--bundle", str(bundle), "--out", str(out), "--ray", "--ray-local-cpus", "2",
+           "--batch-size", "8", "--quiet"]
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([*cmd, "--ray-block-rows", "32"], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(data_files(out)) < 2 and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: no clean-up at all
+        proc.wait(timeout=30)
+    kept = _rows(out)
+    assert 0 < len(kept) < len(ids), (tmp_path / "run.log").read_text()[-3000:]
+    # and one file cut short, as a kill in the middle of a write leaves it
+    first = data_files(out)[0]
+    (out / ("zz-cut-short" + first.suffix)).write_bytes(first.read_bytes()[:200])
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = [x["id"] for x in _rows(out)]
+    assert len(final) == len(set(final)), "an id was scored twice"
+    assert set(final) == set(ids), f"{len(set(ids) - set(final))} ids missing"
+    assert f"skipped {len(kept)} already in" in r.stdout, r.stdout
+
+
+def test_resume_refuses_other_options_and_needs_an_intent(messy_catalog, bundle, tmp_path):
+    out = tmp_path / "ray-out"
+    assert _ray(messy_catalog, bundle, out).returncode == 0
+    r = _ray(messy_catalog, bundle, out)
+    assert r.returncode != 0 and "--resume continues it" in r.stderr, r.stderr
+    r = _ray(messy_catalog, bundle, out, "--resume", "--precision", "fp32")
+    assert r.returncode != 0 and "written with another bundle or options" in r.stderr and "precision" in r.stderr
+    r = _ray(messy_catalog, bundle, out, "--resume")
+    assert r.returncode == 0 and "scored 0, failed 3, skipped 40" in r.stdout, r.stdout + r.stderr
+
+
+def test_without_ray_the_error_says_what_to_install(messy_catalog, bundle, tmp_path, monkeypatch):
+    from service.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as in a base install: `import ray` fails
+    with pytest.raises(SystemExit, match=r"pip install 'attrx\[ray\]'"):
+        main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "o"), "--ray"])
+
+
+def test_the_base_install_does_not_need_ray():
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert not any(d.lower().startswith("ray") for d in project["dependencies"])
+    assert any(d.startswith("ray[data]") for d in project["optional-dependencies"]["ray"])
+    for path in (root / "service").rglob("*.py"):  # imported lazily, only by the --ray path
+        text = path.read_text()
+        assert "\nimport ray" not in text and "\nfrom ray" not in text, path
