@@ -18,7 +18,7 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-families bench-quality clean
+.PHONY: help venv install test test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
 	@echo "make bench-overload  benchmarks/overload.py: open-loop 1x/2x/4x capacity, status mix, latency, RSS (~3 min)"
 	@echo "make bench-training  benchmarks/training.py: streaming vs in-memory, peak RSS at 3k/30k products, torchrun 2 vs 1 (~12 min)"
+	@echo "make bench-scale  benchmarks/scale.py: attrx score --ray (Ray Data) vs attrx score, 1 vs 2 actors, N-node projection (~4 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~35 min)"
 	@echo "make lint         ruff"
@@ -78,6 +79,9 @@ clean:
 
 bench-serve: demo-bundle
 	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
+
+bench-scale: demo-bundle
+	$(PY) benchmarks/scale.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
 
 bench-overload: demo-bundle
 	$(PY) benchmarks/overload.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv

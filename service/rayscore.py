@@ -211,6 +211,15 @@ def _connect(ray, address: str | None, num_cpus: int | None, progress: bool) -> 
     return True
 
 
+def _check_cpus(ray, concurrency: int, num_cpus: float) -> None:
+    """Actors hold their CPUs for the whole job: if they take them all, no decode task ever runs."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if concurrency * num_cpus > cpus - 1:
+        raise ValueError(f"{concurrency} inference actor(s) x {num_cpus:g} CPU leave no CPU of the cluster's "
+                         f"{cpus:g} for decoding images; lower --ray-concurrency or --ray-num-cpus "
+                         f"(e.g. --ray-num-cpus {max(0.25, (cpus - 1) / concurrency):g})")
+
+
 def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, address: str | None = None,
               batch_size: int = 32, concurrency: int = 1, num_cpus: float = 1, block_rows: int = 256,
               fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
@@ -236,6 +245,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
     t_read = time.perf_counter() - t0
     started = _connect(ray, address, local_cpus, progress)
     try:
+        _check_cpus(ray, concurrency, num_cpus)
         if todo:
             _run(ray, _rows_table(todo), out, bundle.path, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
                  num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,

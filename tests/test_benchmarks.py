@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,3 +97,21 @@ def test_runtime_benchmark_runs_all_four_side_by_side(bundle, checkpoint, demo_c
     # the test bundle has no int8 variant: the benchmark quantises one and says it is not gated
     assert out["int8_gate"]["source"].startswith("quantised by this benchmark")
     assert out["targets"]["int8_over_torch_at_32"]["met"] is False  # no batch 32 measured, no gate
+
+
+def test_scale_benchmark_runs_ray_and_score_side_by_side(bundle, demo_catalog):
+    """One round of benchmarks/scale.py on the tiny bundle: every configuration runs, and the
+    projection is the stated formula applied to the measured inputs."""
+    import json
+
+    pytest.importorskip("ray.data", reason="Ray Data is the optional extra attrx[ray]")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/scale.py"), "--bundle", str(bundle),
+                        "--catalog", str(demo_catalog), "--copies", "1", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["items"] == 240 and set(out["items_per_s_wall"]) == {"score", "ray-1", "ray-2"}
+    assert out["ray_fixed_cost_s"]["median"] > 0
+    p = out["projection"]["inputs"]
+    expect = (p["fixed_s"] + p["read_us_per_row"] * 1e7 / 1e6 + 1e7 / (10 * p["per_node_items_per_s"])) / 3600
+    assert abs(float(out["projection"]["examples"]["10,000,000 items on 10 nodes"][:-2]) - expect) < 0.02

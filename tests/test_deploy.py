@@ -21,13 +21,42 @@ def test_prometheus_config_is_valid():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_dashboard_queries_only_metrics_the_server_exports(server):
+def test_alert_rules_are_valid():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    r = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy/prometheus/alerts.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "3 rules found" in r.stdout, r.stdout + r.stderr
+
+
+def _queries() -> dict[str, list[str]]:
+    """Every PromQL expression the deploy files hold: dashboard, alerts, the autoscaler's query."""
+    import yaml
+
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/attrx.json").read_text())
+    alerts = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    scaler = yaml.safe_load((ROOT / "deploy/kubernetes/base/scaledobject.yaml").read_text())
+    return {"dashboard": [t["expr"] for p in dash["panels"] for t in p["targets"]],
+            "alerts": [r["expr"] for g in alerts["groups"] for r in g["rules"]],
+            "scaler": [t["metadata"]["query"] for t in scaler["spec"]["triggers"]]}
+
+
+@pytest.mark.parametrize("source", ["dashboard", "alerts", "scaler"])
+def test_queries_name_only_metrics_the_server_exports(server, source):
     httpx.post(server.url + "/v1/extract", json={"title": "Nimbus Men Blue Cap"}, timeout=10)
     exported = set(re.findall(r"^# TYPE (\S+) ", httpx.get(server.url + "/metrics", timeout=10).text, re.M))
-    dash = json.loads((ROOT / "deploy/grafana/dashboards/attrx.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = _queries()[source]
     used = {m for e in exprs for m in re.findall(r"\battrx_[a-z_]+", e)}
-    assert len(dash["panels"]) >= 8 and used
+    assert exprs and all(re.search(r"\battrx_", e) for e in exprs), exprs
+    assert source != "dashboard" or len(exprs) >= 8
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    for e in exprs:  # the endpoint and reason values selected on are ones the server uses
+        for label, op, values in re.findall(r'\b(endpoint|reason)(=~?)"([^"]+)"', e):
+            seen = set(re.findall(label + r'="([^"]*)"', text)) | set(_declared(label))
+            for v in values.split("|") if op == "=~" else [values]:
+                pattern = v if op == "=~" else re.escape(v)
+                assert any(re.fullmatch(pattern, x) for x in seen), (e, label, v, sorted(seen))
 
     def family(name: str) -> str:
         for suffix in ("_bucket", "_sum", "_count", "_total", "_info"):
@@ -49,19 +78,8 @@ def test_compose_mounts_files_that_exist():
     assert "USER attrx" in docker and "/readyz" in docker
 
 
-def test_kubernetes_manifest_matches_the_app():
-    yaml = pytest.importorskip("yaml")
-    from service.settings import ServeSettings
+def _declared(label: str) -> tuple[str, ...]:
+    """Label values the server declares before their first use (every rejection reason)."""
+    from service.metrics import REJECTION_REASONS
 
-    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/attrx.yaml").read_text()))
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    pod = dep["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["ports"][0]["containerPort"] == 8000
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    fields = {f"ATTRX_{n.upper()}" for n in ServeSettings.model_fields}
-    assert set(env) <= fields, set(env) - fields
-    assert pod["terminationGracePeriodSeconds"] > float(env["ATTRX_DRAIN_TIMEOUT_S"]) + 5
-    svc = next(d for d in docs if d["kind"] == "Service")
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    return REJECTION_REASONS if label == "reason" else ()
