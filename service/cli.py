@@ -133,7 +133,15 @@ def cmd_serve(a) -> None:
 
 
 def cmd_score(a) -> None:
+    ray_flags = [f for f, v in (("--ray-concurrency", a.ray_concurrency != 1), ("--ray-num-cpus", a.ray_num_cpus != 1),
+                                ("--ray-format", a.ray_format != "parquet"), ("--ray-local-cpus", a.ray_local_cpus),
+                                ("--ray-block-rows", a.ray_block_rows != 256)) if v]
+    if a.ray is None and ray_flags:
+        raise SystemExit(f"attrx score: without --ray, {', '.join(ray_flags)} would be ignored: add --ray or drop them")
     if a.ray is not None:
+        if a.workers is not None:
+            raise SystemExit("attrx score: --workers sizes local decoding; with --ray, decoding runs in Ray tasks "
+                             "on the CPUs the actors leave (--ray-concurrency x --ray-num-cpus)")
         return _score_on_ray(a)
     from service.scoring import score
 
