@@ -20,6 +20,7 @@ Image paths must be readable from every node (a shared filesystem), as the bundl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -208,6 +209,8 @@ def _connect(ray, address: str | None, num_cpus: int | None, progress: bool) -> 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
+    if not progress:  # --quiet: Ray Data's warnings, not its progress lines
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return True
 
 
@@ -243,10 +246,10 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
         f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     todo = [p for p in cat.products if p.id not in skip]
     t_read = time.perf_counter() - t0
-    started = _connect(ray, address, local_cpus, progress)
+    started = bool(todo) and _connect(ray, address, local_cpus, progress)  # nothing to do: no Ray
     try:
-        _check_cpus(ray, concurrency, num_cpus)
         if todo:
+            _check_cpus(ray, concurrency, num_cpus)
             _run(ray, _rows_table(todo), out, bundle.path, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
                  num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
                  max_image_pixels=max_image_pixels)
