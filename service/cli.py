@@ -163,8 +163,9 @@ def _score_on_ray(a) -> None:
 
     try:
         score_ray(a.catalog, a.bundle, a.out, address=a.ray or None, batch_size=a.batch_size,
-                  concurrency=a.ray_concurrency, num_cpus=a.ray_num_cpus, block_rows=a.ray_block_rows, fmt=a.ray_format, resume=a.resume,
-                  overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers,
+                  concurrency=a.ray_concurrency, num_cpus=a.ray_num_cpus, block_rows=a.ray_block_rows,
+                  fmt=a.ray_format, resume=a.resume, overwrite=a.overwrite, min_precision=a.min_precision,
+                  providers=a.providers,
                   precision=a.precision, max_image_pixels=a.max_image_pixels, local_cpus=a.ray_local_cpus,
                   progress=not a.quiet)
     except RayNotInstalled as e:

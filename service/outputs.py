@@ -159,13 +159,14 @@ def open_output(out: Path, columns: list[str], meta: dict, *, resume: bool, over
     return WRITERS[suffix](out, columns, append=bool(done) or (resume and bool(existing))), done
 
 
-def check_meta(out: Path, meta: dict) -> None:
-    mp = meta_path(out)
+def check_meta(out: Path, meta: dict, *, path: Path | None = None, keys: tuple[str, ...] = RESUME_CHECKS) -> None:
+    """Refuse to resume `out` unless its meta file (default `<out>.meta.json`) agrees on `keys`."""
+    mp = path or meta_path(out)
     if not mp.exists():
         raise ValueError(f"{out}: cannot resume: no {mp.name} records which bundle and options wrote it "
                          f"(an older attrx?); use --overwrite to score it again")
     old = json.loads(mp.read_text(encoding="utf-8"))
-    diffs = [f"{k} {old.get(k)!r} -> {meta[k]!r}" for k in RESUME_CHECKS if old.get(k) != meta[k]]
+    diffs = [f"{k} {old.get(k)!r} -> {meta[k]!r}" for k in keys if old.get(k) != meta[k]]
     if diffs:
         raise ValueError(f"{out}: cannot resume: it was written with another bundle or options "
                          f"({'; '.join(d[:160] for d in diffs)}); use --overwrite or another --out")

@@ -29,17 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import load_bundle
+from service.bundle import Bundle, load_bundle
 from service.catalog import RowError, read_catalog
-from service.outputs import RESUME_CHECKS, bundle_sha256, parquet_schema, truncate_partial_tail
+from service.outputs import RESUME_CHECKS, bundle_sha256, check_meta, parquet_schema, truncate_partial_tail
 from service.predict import InputError, Predictor, stack
-from service.preprocess import ImageError
+from service.preprocess import INPUT_NAMES, ImageError
 from service.scoring import flatten, output_columns
 
 META = "_attrx_meta.json"
 ERRORS = "_errors"
 FORMATS = {"parquet": ".parquet", "jsonl": ".json"}  # Ray's write_json writes JSON Lines as *.json
-INPUTS = ("input_ids", "attention_mask", "pixel_values", "text_present", "image_present")
 CHECKED = (*RESUME_CHECKS, "format")
 
 
@@ -105,7 +104,7 @@ def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> s
                               f"--overwrite replaces it")
     done: set[str] = set()
     if resume and existing:
-        _check_meta(out, meta)
+        check_meta(out, meta, path=out / META, keys=CHECKED)
         done = set(done_ids(out))
     elif out.exists():
         for p in [*existing, out / META]:
@@ -114,18 +113,6 @@ def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> s
     (out / ERRORS).mkdir(parents=True)
     (out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return done
-
-
-def _check_meta(out: Path, meta: dict) -> None:
-    path = out / META
-    if not path.exists():
-        raise ValueError(f"{out}: cannot resume: no {META} records which bundle and options wrote it; "
-                         f"use --overwrite to score it again")
-    old = json.loads(path.read_text(encoding="utf-8"))
-    diffs = [f"{k} {old.get(k)!r} -> {meta[k]!r}"[:160] for k in CHECKED if old.get(k) != meta[k]]
-    if diffs:
-        raise ValueError(f"{out}: cannot resume: it was written with another bundle or options "
-                         f"({'; '.join(diffs)}); use --overwrite or another --out")
 
 
 # -- the two stages -------------------------------------------------------------------------------------
@@ -143,16 +130,18 @@ def _predictor(bundle_dir: str, max_image_pixels: int | None) -> Predictor:
 def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> dict:
     """Rows (id, line, title, image) -> model inputs, plus `error` ('' when the row is fine)."""
     pred = _predictor(bundle_dir, max_image_pixels)
-    blank = pred.prepare("-", None)  # the inputs' shapes, for rows that failed
     items, errors = [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
         try:
             items.append(pred.prepare(title, image))
             errors.append("")
         except (ImageError, InputError) as e:
-            items.append(blank)
+            items.append(None)
             errors.append(str(e) or type(e).__name__)
-    inputs = stack(items) if items else {k: v[:0] for k, v in blank.items()}
+    if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
+        blank = pred.prepare("-", None)
+        items = [blank if x is None else x for x in items]
+    inputs = stack(items) if items else {k: v[:0] for k, v in pred.prepare("-", None).items()}
     return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object), **inputs}
 
 
@@ -184,7 +173,7 @@ class Infer:
             self._write_errors(batch, np.flatnonzero(~ok))
         rows = []
         if ok.any():
-            outputs = self.backend.run({k: np.ascontiguousarray(batch[k][ok]) for k in INPUTS})
+            outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
             ids = batch["id"][ok]
             rows = [flatten(str(pid), self.predictor.decode(outputs, i, key=self.key)) for i, pid in enumerate(ids)]
         return pa.Table.from_pylist(rows, schema=self.schema)
@@ -250,7 +239,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
     try:
         if todo:
             _check_cpus(ray, concurrency, num_cpus)
-            _run(ray, _rows_table(todo), out, bundle.path, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
+            _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
                  num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
                  max_image_pixels=max_image_pixels)
     finally:
@@ -259,13 +248,12 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
     return _summary(out, skip, time.perf_counter() - t0, t_read)
 
 
-def decode_memory(bundle_path: Path, batch_size: int) -> int:
+def decode_memory(image_size: int, batch_size: int) -> int:
     """Bytes a decode task holds: a batch of float32 pixels, in and out, plus the interpreter."""
-    size = load_bundle(bundle_path, verify_hashes=False).manifest.preprocess.image_size
-    return 2 * batch_size * 3 * size * size * 4 + (256 << 20)  # Ray measured ~124 MiB a worker
+    return 2 * batch_size * 3 * image_size * image_size * 4 + (256 << 20)  # Ray measured ~124 MiB a worker
 
 
-def _run(ray, rows, out: Path, bundle_path: Path, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
+def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
          block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None) -> None:
     blocks = [rows.slice(s, block_rows) for s in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
@@ -273,11 +261,11 @@ def _run(ray, rows, out: Path, bundle_path: Path, *, fmt: str, batch_size: int, 
     # Ray fuses a task stage into the next actor stage when their resource requests are equal; the
     # decode tasks ask for the memory of the batches they hold, which the actors do not.
     ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
-                        fn_kwargs={"bundle_dir": str(bundle_path), "max_image_pixels": max_image_pixels},
-                        num_cpus=1, memory=decode_memory(bundle_path, batch_size))
+                        fn_kwargs={"bundle_dir": str(bundle.path), "max_image_pixels": max_image_pixels},
+                        num_cpus=1, memory=decode_memory(bundle.manifest.preprocess.image_size, batch_size))
     ds = ds.map_batches(Infer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus,
-                        fn_constructor_args=(str(bundle_path), str(out / ERRORS)),
+                        fn_constructor_args=(str(bundle.path), str(out / ERRORS)),
                         fn_constructor_kwargs={"key": key, "providers": providers, "precision": precision,
                                                "threads": max(1, int(num_cpus))})
     if fmt == "parquet":

@@ -20,8 +20,7 @@ EXE = str(Path(sys.executable).parent / "attrx")
 
 
 def _score(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([EXE, "score", *args, "--quiet"], capture_output=True, text=True, timeout=timeout)
-    return r
+    return subprocess.run([EXE, "score", *args, "--quiet"], capture_output=True, text=True, timeout=timeout)
 
 
 def _ray(catalog: Path, bundle: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
