@@ -49,10 +49,10 @@ def attrx(*args: str) -> float:
 
 
 def ort_items_per_s(bundle_dir: Path, catalog: str, seconds: float = 3.0) -> float:
-    from service.bundle import load_bundle
-    from service.catalog import read_catalog
-    from service.predict import Predictor, stack
-    from service.runtime import load_backend
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.service.contract.bundle import load_bundle
+    from attrx.service.inference.predictor import Predictor, stack
+    from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(bundle_dir)
     pred, backend = Predictor(b), load_backend(b)

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import litserve as ls  # noqa: E402
 
-from service.bundle import load_bundle  # noqa: E402
-from service.predict import Predictor, stack  # noqa: E402
-from service.runtime import load_backend  # noqa: E402
+from attrx.service.contract.bundle import load_bundle  # noqa: E402
+from attrx.service.inference.predictor import Predictor, stack  # noqa: E402
+from attrx.service.inference.runtime import load_backend  # noqa: E402
 
 
 class AttrxAPI(ls.LitAPI):

@@ -302,7 +302,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    from service.catalog import read_catalog
+    from attrx.service.catalog.reader import read_catalog
 
     products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
     requests = [request_bytes({"title": p.title, "image_base64": base64.b64encode(p.image.read_bytes()).decode()})

@@ -210,8 +210,8 @@ def cross_check(out: Path, catalog: Path) -> dict:
     """Export the CMA-CLIP run, serve it, and score the test split with attrx score."""
     import httpx
 
-    from service.catalog import read_catalog
-    from training.data import split_of
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.training.data import split_of
 
     ck, bundle = out / "cma_clip", out / "cma_clip-bundle"
     attrx("export", "--checkpoint", str(ck), "--out", str(bundle), "--name", "fashion-cma-clip")

@@ -33,8 +33,8 @@ TARGETS = {"onnxruntime_fp32_fused": 1.5, "onnxruntime_int8_at_32": 2.0}
 
 
 def _inputs(bundle, batch: int, catalog: str) -> dict[str, np.ndarray]:
-    from service.catalog import read_catalog
-    from service.preprocess import build_inputs, load_image_array, load_tokenizer
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.service.contract.preprocess import build_inputs, load_image_array, load_tokenizer
 
     pre = bundle.manifest.preprocess
     tok = load_tokenizer(bundle.tokenizer_path, pre.max_text_len)
@@ -57,8 +57,8 @@ def _rate(fn, batch: int, min_seconds: float) -> float:
 
 def _graphs(bundle, ck, tmp: Path) -> tuple[dict[str, Path], dict]:
     """{config: ONNX file} and what is known of the int8 variant's accuracy gate."""
-    from export import precision as P
-    from export.onnx import export_onnx
+    from attrx.export import precision
+    from attrx.export.onnx_export import export_onnx
 
     pre = ck.preprocess
     unfused = tmp / "unfused.onnx"
@@ -73,7 +73,7 @@ def _graphs(bundle, ck, tmp: Path) -> tuple[dict[str, Path], dict]:
         gate = {"source": "bundle", "accepted": True, "attempt": v.parity.get("attempt"),
                 "attributes": v.parity.get("attributes")}
     else:
-        P.to_int8(bundle.model_path, tmp / "int8.onnx", [])
+        precision.to_int8(bundle.model_path, tmp / "int8.onnx", [])
         graphs["onnxruntime_int8"] = tmp / "int8.onnx"
         gate = {"source": "quantised by this benchmark, not gated",
                 "refused_by_export": bundle.manifest.refused.get("int8")}
@@ -123,9 +123,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from export.precision import session
-    from service.bundle import load_bundle
-    from training.checkpoint import load_checkpoint
+    from attrx.export.precision import session
+    from attrx.service.contract.bundle import load_bundle
+    from attrx.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(a.threads)
     bundle, ck = load_bundle(a.bundle), load_checkpoint(a.checkpoint)

@@ -92,9 +92,9 @@ def cpu_seconds(pid: int) -> float:
 
 def in_process(bundle_dir: str, products, batch: int, seconds: float) -> dict:
     """Preprocess + inference at `batch`, sequentially in this process: no HTTP, no queue."""
-    from service.bundle import load_bundle
-    from service.predict import Predictor, stack
-    from service.runtime import load_backend
+    from attrx.service.contract.bundle import load_bundle
+    from attrx.service.inference.predictor import Predictor, stack
+    from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(bundle_dir)
     pred, backend = Predictor(b), load_backend(b)
@@ -291,7 +291,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk (Debian: apt-get install wrk)")
 
-    from service.catalog import read_catalog
+    from attrx.service.catalog.reader import read_catalog
 
     products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
     work = Path(tempfile.mkdtemp(prefix="attrx-bench-"))

@@ -28,7 +28,7 @@ def check_parity(model, onnx_path: Path, batches: dict[str, dict[str, np.ndarray
                  tolerance: float = 1e-4) -> dict:
     """Run each named batch through both; raise ParityError if any output differs by more than
     `tolerance`. Returns {batch name: max abs difference}."""
-    from training.models.cma_clip import ExportWrapper
+    from attrx.training.models.cma_clip import ExportWrapper
 
     sess = onnx_session(onnx_path)
     wrapper = ExportWrapper(model).eval()

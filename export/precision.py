@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.parity import onnx_session
+from attrx.export.parity import onnx_session
 
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
                   "ReduceMax", "Sigmoid", "Sqrt", "Div", "Pow", "ScatterElements", "Range", "CumSum"]
@@ -35,7 +35,7 @@ GATES = {
     "fp16": {"min_agreement": 0.995, "max_prob_diff": 1e-2},
     "int8": {"min_agreement": 0.99, "max_accuracy_drop": 0.005},
 }
-# where each variant is meant to run (keys of service.runtime.onnx.PROVIDERS)
+# where each variant is meant to run (keys of attrx.service.inference.runtime.onnxruntime_backend.PROVIDERS)
 INTENDED_PROVIDERS = {"fp32": ["cpu", "cuda", "tensorrt"], "fp16": ["cuda", "tensorrt"], "int8": ["cpu"]}
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 

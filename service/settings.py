@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.procutil import available_cores
+from attrx.service.procutil import available_cores
 
 
 class ServeSettings(BaseSettings):

@@ -15,15 +15,15 @@ ATTRS = ["category", "colour", "pattern", "gender"]
 
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory) -> Path:
-    from training.demo import write_demo_catalog
+    from attrx.training.demo import write_demo_catalog
 
     return write_demo_catalog(tmp_path_factory.mktemp("demo"), n=240, seed=7, progress=False)
 
 
 @pytest.fixture(scope="session")
 def checkpoint(demo_catalog, tmp_path_factory) -> Path:
-    from training.evaluate import evaluate
-    from training.train import TrainConfig, train
+    from attrx.training.evaluate import evaluate
+    from attrx.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     cfg = TrainConfig(catalog=str(demo_catalog), attributes=ATTRS, out=str(out), config="tiny",
@@ -36,7 +36,7 @@ def checkpoint(demo_catalog, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(checkpoint, tmp_path_factory) -> Path:
-    from export.bundle import export_bundle
+    from attrx.export.build import export_bundle
 
     return export_bundle(checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-bundle", name="tiny-test").path
 
@@ -139,7 +139,7 @@ def server(bundle) -> Server:
 
 @pytest.fixture(scope="session")
 def product_images(demo_catalog) -> list[bytes]:
-    from service.catalog import read_catalog
+    from attrx.service.catalog.reader import read_catalog
 
     return [p.image.read_bytes() for p in read_catalog(demo_catalog).products if p.image][:64]
 

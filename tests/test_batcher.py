@@ -13,8 +13,8 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
-from service.predict import stack
+from attrx.service.engine.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+from attrx.service.inference.predictor import stack
 
 WAIT = 10.0  # an upper bound for events that should happen at once; never a sleep
 

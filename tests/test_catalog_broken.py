@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.catalog import read_catalog
+from attrx.service.catalog.reader import read_catalog
 
 HEADER = "id,title,image,colour"
 
@@ -120,7 +120,7 @@ def test_jsonl_with_bad_bytes_and_deep_nesting(tmp_path):
 def test_scoring_a_broken_catalog_accounts_for_every_row(tmp_path, bundle):
     import json
 
-    from service.scoring import score
+    from attrx.service.scoring.local import score
 
     rows = _rows()
     rows[50] = '51,"Roadster Men Tee 51,,red'

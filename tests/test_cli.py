@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
+from attrx.cli import main
 
 ATTRS = "category,colour,pattern,gender"
 FAST = ["--warmup-epochs", "1", "--e2e-epochs", "0", "--tune-epochs", "0", "--quiet", "--threads", "2",
@@ -47,8 +47,8 @@ def test_cli_ablation_flags_and_bad_rows(messy_catalog, tmp_path):
     main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "b")])
     import onnxruntime as ort
 
-    from export.onnx import example_inputs
-    from training.checkpoint import load_checkpoint
+    from attrx.export.onnx_export import example_inputs
+    from attrx.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(out)
     feeds = example_inputs(ck.model, 16, ck.preprocess.max_text_len, ck.preprocess.image_size)
@@ -69,10 +69,10 @@ def _tiny_clip_folder(demo_catalog, folder, projection_dim: int = 16):
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from training import text
+    from attrx.training import tokenizer
 
-    tok = text.train_wordpiece([ln.split(",")[1] for ln in demo_catalog.read_text().splitlines()[1:]], 300)
-    ids = text.special_ids(tok)
+    tok = tokenizer.train_wordpiece([ln.split(",")[1] for ln in demo_catalog.read_text().splitlines()[1:]], 300)
+    ids = tokenizer.special_ids(tok)
     cfg = CLIPConfig(
         text_config={"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 20, **ids},
@@ -82,7 +82,7 @@ def _tiny_clip_folder(demo_catalog, folder, projection_dim: int = 16):
     torch.manual_seed(1)
     clip = CLIPModel(cfg)
     clip.save_pretrained(folder)
-    text.save(tok, folder / "tokenizer.json")
+    tokenizer.save(tok, folder / "tokenizer.json")
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
     return clip
 
@@ -92,7 +92,7 @@ def test_init_from_clip_starts_from_its_projections(demo_catalog, tmp_path):
     is its projection_dim; the text sequence holds the EOS state once, T' is read there."""
     import torch
 
-    from training.train import TrainConfig, build_model
+    from attrx.training.train import TrainConfig, build_model
 
     clip = _tiny_clip_folder(demo_catalog, tmp_path / "clip")
     cfg = TrainConfig(catalog=str(demo_catalog), attributes=["colour"], out=str(tmp_path / "o"),
@@ -118,7 +118,7 @@ def test_checkpoints_before_the_eos_change_keep_their_layout():
     layout: the pooled state prepended to the token states."""
     import torch
 
-    from training.models.cma_clip import CMAClip, ModelConfig, load_config
+    from attrx.training.models.cma_clip import CMAClip, ModelConfig, load_config
 
     raw = load_config("tiny").model_dump()
     raw.pop("text_sequence")
@@ -136,7 +136,7 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
     the warm-up stage leaves them exactly as loaded."""
     import torch
 
-    from training.checkpoint import load_checkpoint
+    from attrx.training.checkpoint import load_checkpoint
 
     src = tmp_path / "clip"
     clip = _tiny_clip_folder(demo_catalog, src)
@@ -193,8 +193,8 @@ def test_console_script_validates_a_bundle(bundle):
 
 def test_service_modules_do_not_import_torch():
     """The serving install has no torch: service/ may import it only lazily, inside training commands."""
-    code = ("import sys, service.preprocess, service.catalog, service.bundle, service.cli; "
-            "service.cli.build_parser(); "
+    code = ("import sys, attrx.service.contract.preprocess, attrx.service.catalog.reader, attrx.service.contract.bundle, attrx.cli; "
+            "attrx.cli.build_parser(); "
             "bad = sorted(m for m in ('torch', 'transformers', 'training', 'export') if m in sys.modules); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -206,7 +206,7 @@ def test_train_device_and_precision(demo_catalog, tmp_path, capsys):
     by name. (CUDA runs are tested where torch sees a GPU.)"""
     import torch
 
-    from training.checkpoint import load_checkpoint
+    from attrx.training.checkpoint import load_checkpoint
 
     out = tmp_path / "ck"
     main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
@@ -229,7 +229,7 @@ def test_train_on_cuda(demo_catalog, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to torch (this machine has no GPU; the CPU build of torch is installed)")
-    from training.checkpoint import load_checkpoint  # pragma: no cover - GPU machines only
+    from attrx.training.checkpoint import load_checkpoint  # pragma: no cover - GPU machines only
 
     for prec in ("fp16", "bf16"):
         out = tmp_path / prec

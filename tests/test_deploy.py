@@ -74,6 +74,6 @@ def test_compose_mounts_files_that_exist():
 
 def _declared(label: str) -> tuple[str, ...]:
     """Label values the server declares before their first use (every rejection reason)."""
-    from service.metrics import REJECTION_REASONS
+    from attrx.service.telemetry.prometheus import REJECTION_REASONS
 
     return REJECTION_REASONS if label == "reason" else ()

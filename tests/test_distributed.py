@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from training.demo import write_demo_catalog
+    from attrx.training.demo import write_demo_catalog
 
     root = tmp_path_factory.mktemp("ddp")
     catalog = write_demo_catalog(root / "data", n=1500, seed=3, progress=False)
@@ -72,7 +72,7 @@ def test_validation_counts_every_item_once():
     """The validation shares are disjoint and cover every item (no sampler padding)."""
     import numpy as np
 
-    from training.distributed import Dist
+    from attrx.training.distributed import Dist
 
     idx = np.arange(101)
     shares = [Dist(r, 2).shard(idx) for r in range(2)]

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from service.cli import main
-from training.evaluate import strip_words
+from attrx.cli import main
+from attrx.training.evaluate import strip_words
 
 
 def test_strip_words_is_whole_word_case_insensitive_longest_first():
@@ -20,7 +20,7 @@ def test_strip_words_is_whole_word_case_insensitive_longest_first():
 def test_split_all_and_split_test_count_the_same_classes(checkpoint, demo_catalog):
     """recall@precision counts the classes with enough validation support (the thresholds'
     support) under --split all as under --split test, not every class that has enough rows."""
-    from training.evaluate import evaluate
+    from attrx.training.evaluate import evaluate
 
     calib = json.loads((checkpoint / "calibration.json").read_text())
     classes = json.loads((checkpoint / "config.json").read_text())["attributes"]
@@ -68,7 +68,7 @@ def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
         assert m["attributes"]["colour"]["n_title_lacks_label"] == m["attributes"]["colour"]["n_test"]
     else:
         assert m["attributes"]["colour"]["mean_image_weight"] is None  # no product has both any more
-        from training.data import split_of
+        from attrx.training.data import split_of
 
         other = "image" if flag == "--drop-title" else "title"  # rows without it have nothing left
         expected = sum(1 for r in csv.DictReader(open(demo_catalog))
@@ -83,8 +83,8 @@ def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
 def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_catalog, tmp_path, inputs):
     import onnxruntime as ort
 
-    from export.onnx import example_inputs
-    from training.checkpoint import load_checkpoint
+    from attrx.export.onnx_export import example_inputs
+    from attrx.training.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "b"
     main(["train", "--inputs", inputs, "--catalog", str(demo_catalog), "--attributes", "colour,gender",
@@ -115,9 +115,9 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
 
 
 def test_rare_classes_fold_into_other(checkpoint):
-    from service.catalog import Catalog, Product
-    from training.checkpoint import load_checkpoint
-    from training.data import OTHER, encode_catalog, label_maps
+    from attrx.service.catalog.reader import Catalog, Product
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.data import OTHER, encode_catalog, label_maps
 
     prods = [Product(f"p{i}", f"title {i}", None, {"colour": c}, i + 2)
              for i, c in enumerate(["red"] * 12 + ["blue"] * 10 + ["teal"] * 3 + ["ochre"])]

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from service.bundle import BundleError, choose_variant, load_bundle
+from attrx.service.contract.bundle import BundleError, choose_variant, load_bundle
 
 
 def _layers(ck) -> int:
@@ -18,8 +18,8 @@ def _layers(ck) -> int:
 
 
 def test_fused_export_has_one_attention_node_per_attention(checkpoint, tmp_path):
-    from export.onnx import export_onnx, op_counts, unfused_attention
-    from training.checkpoint import load_checkpoint
+    from attrx.export.onnx_export import export_onnx, op_counts, unfused_attention
+    from attrx.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     pre = ck.preprocess
@@ -44,9 +44,9 @@ def test_fused_export_has_one_attention_node_per_attention(checkpoint, tmp_path)
 
 
 def test_fused_parity_with_missing_modalities(checkpoint, tmp_path):
-    from export.onnx import example_inputs, export_onnx
-    from export.parity import check_parity
-    from training.checkpoint import load_checkpoint
+    from attrx.export.onnx_export import example_inputs, export_onnx
+    from attrx.export.parity import check_parity
+    from attrx.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     pre = ck.preprocess
@@ -66,12 +66,12 @@ def test_fused_parity_with_missing_modalities(checkpoint, tmp_path):
 def variant_bundle(checkpoint, tmp_path_factory, request):
     """fp32 + fp16 + int8 with the gates loosened so both are kept whatever this tiny model's
     figures are (the gate itself is tested below); the measured figures stay in the manifest."""
-    from export import precision as P
-    from export.bundle import export_bundle
+    from attrx.export import precision
+    from attrx.export.build import export_bundle
 
     mp = pytest.MonkeyPatch()
-    mp.setitem(P.GATES, "fp16", {"min_agreement": 0.0, "max_prob_diff": 1.0})
-    mp.setitem(P.GATES, "int8", {"min_agreement": 0.0, "max_accuracy_drop": 1.0})
+    mp.setitem(precision.GATES, "fp16", {"min_agreement": 0.0, "max_prob_diff": 1.0})
+    mp.setitem(precision.GATES, "int8", {"min_agreement": 0.0, "max_accuracy_drop": 1.0})
     try:
         result = export_bundle(checkpoint, tmp_path_factory.mktemp("v") / "b", precisions=["int8", "fp16"])
     finally:
@@ -97,8 +97,8 @@ def test_variants_are_listed_with_their_reports(variant_bundle):
 
 
 def test_variants_run_and_auto_picks_per_provider(variant_bundle, checkpoint):
-    from service.predict import Predictor
-    from service.runtime import load_backend
+    from attrx.service.inference.predictor import Predictor
+    from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(variant_bundle.path)
     assert choose_variant(b.manifest, "auto", "cpu") == "int8"
@@ -115,10 +115,10 @@ def test_variants_run_and_auto_picks_per_provider(variant_bundle, checkpoint):
 
 
 def test_refused_variant_is_named_and_export_exits_2(checkpoint, tmp_path, monkeypatch, capsys):
-    from export import precision as P
-    from service.cli import main
+    from attrx.cli import main
+    from attrx.export import precision
 
-    monkeypatch.setitem(P.GATES, "int8", {"min_agreement": 1.01, "max_accuracy_drop": 0.0})  # unreachable
+    monkeypatch.setitem(precision.GATES, "int8", {"min_agreement": 1.01, "max_accuracy_drop": 0.0})  # unreachable
     with pytest.raises(SystemExit) as e:
         main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--precision", "int8"])
     assert e.value.code == 2
@@ -133,7 +133,7 @@ def test_refused_variant_is_named_and_export_exits_2(checkpoint, tmp_path, monke
 
 
 def test_variants_need_real_items(checkpoint, tmp_path):
-    from export.bundle import export_bundle
+    from attrx.export.build import export_bundle
 
     with pytest.raises(FileNotFoundError, match="--catalog .*gone.csv: no such file"):
         export_bundle(checkpoint, tmp_path / "b", precisions=["fp16"], catalog=tmp_path / "gone.csv")
@@ -147,7 +147,7 @@ def test_variants_need_real_items(checkpoint, tmp_path):
 
 
 def test_unknown_precision_is_refused(checkpoint, tmp_path):
-    from service.cli import main
+    from attrx.cli import main
 
     with pytest.raises(SystemExit, match="unknown precision fp8; use fp32, fp16, int8"):
         main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--precision", "fp8"])
@@ -208,6 +208,6 @@ def test_served_variant_is_reported(variant_bundle, bundle):
     finally:
         s.stop()
     # a precision the bundle lacks stops the start, naming what it has
-    r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "attrx.cli", "serve", "--bundle", str(bundle), "--port", "0",
                         "--precision", "int8", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "the bundle has no int8 variant; it has fp32" in r.stdout + r.stderr

@@ -258,7 +258,7 @@ def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_
 
 
 def test_waiting_past_the_deadline_on_running_work_does_not_spin():
-    from service.watch import Drain, Watch
+    from attrx.service.http.watch import Drain, Watch
 
     async def main() -> tuple[str, float]:
         fut: Future = Future()

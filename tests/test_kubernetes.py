@@ -114,7 +114,7 @@ def _container(docs: list[dict]) -> dict:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_resources_match_the_servers_defaults(overlay, monkeypatch):
     """Requests = limits, and the defaults derived from the CPU limit use exactly that many CPUs."""
-    import service.settings as settings
+    import attrx.service.settings as settings
 
     c = _container(render(overlay))
     res = c["resources"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training import metrics as M
+from attrx.training import metrics
 
 
 def brute_force(scores, positive, target):
@@ -30,7 +30,7 @@ def test_recall_at_precision_matches_brute_force(seed):
     if not positive.any():
         positive[0] = True
     for target in (0.5, 0.8, 0.9, 0.95, 1.0):
-        got = M.recall_at_precision(scores, positive, target)
+        got = metrics.recall_at_precision(scores, positive, target)
         ref = brute_force(scores.tolist(), positive.tolist(), target)
         if ref is None:
             assert got.threshold is None and got.recall is None
@@ -41,38 +41,38 @@ def test_recall_at_precision_matches_brute_force(seed):
 
 def test_ties_are_admitted_together():
     # at threshold 0.8 both tied items come in: precision 1/2 -> target 0.9 is only met at 0.9
-    pt = M.recall_at_precision(np.array([0.9, 0.8, 0.8]), np.array([True, True, False]), 0.9)
+    pt = metrics.recall_at_precision(np.array([0.9, 0.8, 0.8]), np.array([True, True, False]), 0.9)
     assert (pt.threshold, pt.recall) == (0.9, 0.5)
 
 
 def test_unreachable_target():
-    pt = M.recall_at_precision(np.array([0.9, 0.5]), np.array([False, True]), 0.95)
+    pt = metrics.recall_at_precision(np.array([0.9, 0.5]), np.array([False, True]), 0.95)
     assert pt.threshold is None
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     labels = np.array([1, 1, 0])  # class 0's only confident prediction is wrong
-    th = M.calibrate(probs, labels, [0.9])["0.90"]
+    th = metrics.calibrate(probs, labels, [0.9])["0.90"]
     assert th[0] is None and th[1] == pytest.approx(0.8)
-    rep = M.recall_report(probs, labels, [None, None], ["a", "b"], np.array([1, 2]), min_positives=1)
-    assert rep["macro_recall"] == M.UNREACHABLE and rep["classes_unreachable"] == ["a", "b"]
-    rep = M.recall_report(probs, labels, th, ["a", "b"], np.array([1, 2]), min_positives=1)
+    rep = metrics.recall_report(probs, labels, [None, None], ["a", "b"], np.array([1, 2]), min_positives=1)
+    assert rep["macro_recall"] == metrics.UNREACHABLE and rep["classes_unreachable"] == ["a", "b"]
+    rep = metrics.recall_report(probs, labels, th, ["a", "b"], np.array([1, 2]), min_positives=1)
     assert rep["macro_recall"] == pytest.approx((0.0 + 0.5) / 2) and rep["classes_unreachable"] == ["a"]
-    rep = M.recall_report(probs, labels, th, ["a", "b"], np.array([1, 2]), min_positives=2)
+    rep = metrics.recall_report(probs, labels, th, ["a", "b"], np.array([1, 2]), min_positives=2)
     assert rep["classes_counted"] == 1 and rep["classes_skipped_few_positives"] == 1
 
 
 def test_accuracy_and_macro_f1():
     probs = np.eye(3)[[0, 1, 2, 2]]
     labels = np.array([0, 1, 1, -100])
-    assert M.accuracy(probs, labels) == pytest.approx(2 / 3)
-    assert M.macro_f1(probs, labels) == pytest.approx((1 + 2 / 3 + 0) / 3)
-    assert M.accuracy(probs, np.array([-1, 1, 2, 2])) == pytest.approx(0.75)  # unseen class counts wrong
+    assert metrics.accuracy(probs, labels) == pytest.approx(2 / 3)
+    assert metrics.macro_f1(probs, labels) == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert metrics.accuracy(probs, np.array([-1, 1, 2, 2])) == pytest.approx(0.75)  # unseen class counts wrong
 
 
 def test_observing_a_batch_at_once_matches_observing_each_value():
     import numpy as np
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from service.metrics import UNIT_BUCKETS, observe_many
+    from attrx.service.telemetry.prometheus import UNIT_BUCKETS, observe_many
 
     values = np.random.default_rng(0).random(500).astype(np.float32)
     values[:8] = [0.0, 0.05, 0.1, 0.5, 0.95, 0.99, 1.0, 0.3]  # on the bounds: the bucket whose bound equals it

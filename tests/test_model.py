@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.models.cma_clip import CMAClip, load_config
+from attrx.training.models.cma_clip import CMAClip, load_config
 
 B, L, S = 4, 24, 64
 
@@ -18,7 +18,7 @@ def _inputs(seed=0):
 def _model(family="cma-clip", **kw):
     torch.manual_seed(0)
     if family == "momo":
-        from training.models.momo import MoMoClassifier
+        from attrx.training.models.momo import MoMoClassifier
 
         return MoMoClassifier(load_config("momo-tiny").model_copy(update={"vocab_size": 300, **kw}), [3, 5]).eval()
     cfg = load_config("tiny").model_copy(update={"vocab_size": 300, **kw})
@@ -68,7 +68,7 @@ def _params(m) -> float:
 
 def test_paper_sized_configs_build(capsys):
     """The papers' shapes build; their parameter counts are reported (MoMo-base is ~110M in its paper)."""
-    from training.models.momo import MoMoClassifier
+    from attrx.training.models.momo import MoMoClassifier
 
     momo = MoMoClassifier(load_config("momo-base"), [10])
     cfg = load_config("cma-clip-b32")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from service.bundle import load_bundle
-from service.cli import main
+from attrx.cli import main
+from attrx.service.contract.bundle import load_bundle
+from attrx.training.models.momo import visible_tokens
 from tests.conftest import Server
-from training.models.momo import visible_tokens
 
 
 def test_visible_tokens_hold_only_visible_content():
@@ -63,10 +63,10 @@ def test_momo_rejects_cma_clip_only_flags(demo_catalog, tmp_path):
 
 
 def test_momo_export_parity_on_random_batches(tmp_path):
-    from export.onnx import example_inputs, export_onnx
-    from export.parity import check_parity
-    from training.models.cma_clip import load_config
-    from training.models.momo import MoMoClassifier
+    from attrx.export.onnx_export import example_inputs, export_onnx
+    from attrx.export.parity import check_parity
+    from attrx.training.models.cma_clip import load_config
+    from attrx.training.models.momo import MoMoClassifier
 
     torch.manual_seed(0)
     m = MoMoClassifier(load_config("momo-tiny").model_copy(update={"vocab_size": 200}), [4, 3]).eval()

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from service.bundle import BundleError, load_bundle
-from service.preprocess import build_inputs, load_image_array, load_tokenizer
+from attrx.service.contract.bundle import BundleError, load_bundle
+from attrx.service.contract.preprocess import build_inputs, load_image_array, load_tokenizer
 from tests.conftest import ATTRS
 
 
@@ -53,8 +53,8 @@ def test_onnx_bundle_serves_service_preprocessed_inputs_like_torch(bundle, check
     import onnxruntime as ort
     import torch
 
-    from service.catalog import read_catalog
-    from training.checkpoint import load_checkpoint
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.training.checkpoint import load_checkpoint
 
     b = load_bundle(bundle)
     tok = load_tokenizer(b.tokenizer_path, b.manifest.preprocess.max_text_len)
@@ -111,7 +111,7 @@ def test_modified_or_missing_files_are_named(bundle, tmp_path):
 
 
 def test_export_without_calibration_says_what_to_run(checkpoint, tmp_path):
-    from export.bundle import export_bundle
+    from attrx.export.build import export_bundle
 
     ck = tmp_path / "ck"
     shutil.copytree(checkpoint, ck)
@@ -124,9 +124,9 @@ def test_export_without_calibration_says_what_to_run(checkpoint, tmp_path):
 def test_parity_check_fails_loudly_on_a_mismatch(checkpoint, bundle):
     import torch
 
-    from export.onnx import example_inputs
-    from export.parity import ParityError, check_parity
-    from training.checkpoint import load_checkpoint
+    from attrx.export.onnx_export import example_inputs
+    from attrx.export.parity import ParityError, check_parity
+    from attrx.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     with torch.no_grad():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import (
+from attrx.service.contract.preprocess import (
     ImageError,
     PreprocessConfig,
     build_inputs,
@@ -96,10 +96,10 @@ def test_missing_file_is_bad_image(tmp_path):
 
 
 def test_tokenizer_pads_truncates_and_marks_presence(tmp_path):
-    from training import text
+    from attrx.training import tokenizer
 
-    tok = text.train_wordpiece(["Roadster Men Blue Striped T-Shirt", "Velora Women Dress"] * 20, vocab_size=200)
-    text.save(tok, tmp_path / "tok.json")
+    tok = tokenizer.train_wordpiece(["Roadster Men Blue Striped T-Shirt", "Velora Women Dress"] * 20, vocab_size=200)
+    tokenizer.save(tok, tmp_path / "tok.json")
     tok = load_tokenizer(tmp_path / "tok.json", CFG.max_text_len)
     long = " ".join(["shirt"] * 100)
     img = load_image_array(_bytes(Image.new("RGB", (40, 40)), "PNG"), CFG)
@@ -115,9 +115,9 @@ def test_tokenizer_pads_truncates_and_marks_presence(tmp_path):
 
 def test_training_arrays_equal_service_arrays(checkpoint, demo_catalog):
     """The contract: what training feeds the model is exactly what the service computes."""
-    from service.catalog import read_catalog
-    from training.checkpoint import load_checkpoint
-    from training.data import encode_catalog
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.data import encode_catalog
 
     ck = load_checkpoint(checkpoint)
     cat = read_catalog(demo_catalog, ck.attributes)
@@ -136,7 +136,7 @@ def test_training_arrays_equal_service_arrays(checkpoint, demo_catalog):
     import tempfile
     from pathlib import Path
 
-    from training.data import encode_catalog_on_disk
+    from attrx.training.data import encode_catalog_on_disk
 
     with tempfile.TemporaryDirectory() as tmp:
         disk, errors, warm = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=False,

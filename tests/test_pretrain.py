@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from service.bundle import load_bundle
-from service.cli import main
-from training.models.cma_clip import load_config
-from training.models.momo import IMAGE
-from training.pretrain import Pretrainer, cmga_step
+from attrx.cli import main
+from attrx.service.contract.bundle import load_bundle
+from attrx.training.models.cma_clip import load_config
+from attrx.training.models.momo import IMAGE
+from attrx.training.pretrain import Pretrainer, cmga_step
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +108,7 @@ def test_the_encoder_receives_only_visible_tokens():
 
 
 def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, demo_catalog, tmp_path):
-    from training.checkpoint import load_checkpoint
+    from attrx.training.checkpoint import load_checkpoint
 
     ck = tmp_path / "ck"
     main(["train", "--family", "momo", "--init-from", str(pretrained), "--catalog", str(demo_catalog),
@@ -133,7 +133,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("flags, family", VARIANTS, ids=[" ".join(f) for f, _ in VARIANTS])
 def test_variant_flags_train_and_export(flags, family, demo_catalog, tmp_path):
-    from training.checkpoint import load_checkpoint
+    from attrx.training.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "bundle"
     main(["train", *flags, "--catalog", str(demo_catalog), "--attributes", "colour,gender", "--out", str(ck),
@@ -152,7 +152,7 @@ def test_variant_flags_train_and_export(flags, family, demo_catalog, tmp_path):
     if "--lock-image" in flags:
         # e2e ran, yet the image tower is exactly as initialised: compare with a fresh model of the same seed
         torch.manual_seed(0)
-        from training.train import TrainConfig, build_model
+        from attrx.training.train import TrainConfig, build_model
 
         tc = TrainConfig(catalog="x", attributes=["colour", "gender"], out="x", family=family,
                          config="momo-tiny" if family == "momo" else "tiny")

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from service.shm import Arena, Layout
+from attrx.service.engine.shm import Arena, Layout
 
 
 # -- the slots --------------------------------------------------------------------------------------

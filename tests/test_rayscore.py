@@ -29,7 +29,7 @@ def _ray(catalog: Path, bundle: Path, out: Path, *extra: str) -> subprocess.Comp
 
 
 def _rows(out: Path) -> list[dict]:
-    from service.rayscore import data_files
+    from attrx.service.scoring.ray_data import data_files
 
     rows = []
     for p in data_files(out):
@@ -56,7 +56,7 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
     # the same columns in the same order, and the same values: ids, predictions, confidences, weights
     assert list(got[0]) == list(expected[0])
     assert sorted(got, key=lambda x: x["id"]) == sorted(expected, key=lambda x: x["id"])
-    from service.rayscore import error_rows
+    from attrx.service.scoring.ray_data import error_rows
 
     want = [json.loads(x) for x in Path(str(ref) + ".errors.jsonl").read_text().splitlines()]
     assert sorted(error_rows(out), key=lambda e: e["line"]) == sorted(want, key=lambda e: e["line"])
@@ -64,7 +64,7 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
 
 
 def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):
-    from service.rayscore import data_files
+    from attrx.service.scoring.ray_data import data_files
 
     cat, ids = long_catalog(demo_catalog, tmp_path, repeats=8)
     out = tmp_path / "ray-out"
@@ -103,7 +103,7 @@ def test_resume_refuses_other_options_and_needs_an_intent(messy_catalog, bundle,
 
 
 def test_without_ray_the_error_says_what_to_install(messy_catalog, bundle, tmp_path, monkeypatch):
-    from service.cli import main
+    from attrx.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as in a base install: `import ray` fails
     with pytest.raises(SystemExit, match=r"pip install 'attrx\[ray\]'"):
@@ -111,7 +111,7 @@ def test_without_ray_the_error_says_what_to_install(messy_catalog, bundle, tmp_p
 
 
 def test_flags_of_the_other_mode_are_refused(messy_catalog, bundle, tmp_path):
-    from service.cli import main
+    from attrx.cli import main
 
     args = ["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match="without --ray, --ray-concurrency, --ray-format would be ignored"):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from service.bundle import load_bundle
-from service.predict import Predictor
-from service.runtime import BackendError, load_backend
-from service.runtime.onnx import choose_providers
+from attrx.service.contract.bundle import load_bundle
+from attrx.service.inference.predictor import Predictor
+from attrx.service.inference.runtime import BackendError, load_backend
+from attrx.service.inference.runtime.onnxruntime_backend import choose_providers
 
 CPU_ONLY = ["CPUExecutionProvider"]
 GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

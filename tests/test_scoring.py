@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.cli import main
+from attrx.cli import main
 from tests.conftest import ATTRS, long_catalog
 
 
@@ -106,7 +106,7 @@ def test_interrupted_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp
 
 
 def test_parquet_output_survives_kill_9_and_resumes(demo_catalog, bundle, tmp_path):
-    from service.outputs import partial_path
+    from attrx.service.scoring.outputs import partial_path
 
     cat, ids = long_catalog(demo_catalog, tmp_path)
     out = tmp_path / "pred.parquet"

@@ -260,7 +260,7 @@ def test_metrics_names_and_promtool(server, bundle):
                  "attrx_rejections_total", "attrx_model_info", "attrx_prediction_confidence_bucket",
                  "attrx_image_modality_weight_bucket", "attrx_ready"):
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
-    from service.bundle import load_bundle
+    from attrx.service.contract.bundle import load_bundle
 
     sha = load_bundle(bundle).manifest.files["model.onnx"].sha256
     info = [ln for ln in text.splitlines() if ln.startswith("attrx_model_info{")]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.preprocess import load_tokenizer
-from training.augment import TitleSilencer, augment_images, label_pattern, names_label, strip_pattern
-from training.models.cma_clip import CMAClip, load_config
+from attrx.service.contract.preprocess import load_tokenizer
+from attrx.training.augment import TitleSilencer, augment_images, label_pattern, names_label, strip_pattern
+from attrx.training.models.cma_clip import CMAClip, load_config
 
 
 def test_label_words_match_whole_words_longest_first_for_any_attribute():
@@ -21,7 +21,7 @@ def test_label_words_match_whole_words_longest_first_for_any_attribute():
 
 
 def _batch(tok, titles):
-    from service.preprocess import encode_titles
+    from attrx.service.contract.preprocess import encode_titles
 
     ids, mask = encode_titles(tok, titles)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
@@ -91,7 +91,7 @@ def test_cnn_stem_config_aux_heads_and_evidence_weights():
 
 
 def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
-    from training.train import param_groups
+    from attrx.training.train import param_groups
 
     m = CMAClip(load_config("tiny").model_copy(update={"vocab_size": 300}), [3])
     decay, plain = param_groups(m, list(m.parameters()), 0.1)
@@ -103,7 +103,7 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
     assert "text.text_model.embeddings.position_embedding.weight" in plain_names or any(
         "position_embedding" in n for n in plain_names)
     # MoMo's shared encoder (attrx pretrain uses the same rule): positions and [CLS] are not decayed
-    from training.models.momo import SharedEncoder
+    from attrx.training.models.momo import SharedEncoder
 
     enc = SharedEncoder(load_config("momo-tiny"), 24)
     decay, plain = param_groups(enc, list(enc.parameters()), 0.1)
@@ -128,7 +128,7 @@ def test_training_keeps_the_best_epoch_across_stages_and_calibrates(checkpoint):
 
 
 def test_min_support_and_clopper_pearson_guard_thresholds():
-    from training.metrics import calibrate, precision_lower_bound
+    from attrx.training.metrics import calibrate, precision_lower_bound
 
     rng = np.random.default_rng(0)
     n = 400
@@ -145,7 +145,7 @@ def test_min_support_and_clopper_pearson_guard_thresholds():
 
 
 def test_accepted_precision_counts_what_the_thresholds_let_through():
-    from training.metrics import accepted_precision
+    from attrx.training.metrics import accepted_precision
 
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     y = np.array([0, 1, 0, 1, 0])

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from service.bundle import load_bundle, sha256_file
-from service.runtime import BackendError, load_backend
+from attrx.service.contract.bundle import load_bundle, sha256_file
+from attrx.service.inference.runtime import BackendError, load_backend
 
 
 def _has(module: str) -> bool:
@@ -64,12 +64,12 @@ def test_lean_runtime_without_gpu_refuses_clearly(bundle, tmp_path):
         pytest.skip("a GPU is present: the no-GPU error path cannot be checked here")
     b = _with_plan(bundle, tmp_path, b"not an engine")
     # in a child process: the lean runtime's native code must not take the test session with it
-    code = ("import sys\nfrom service.bundle import load_bundle\nfrom service.runtime import load_backend\n"
+    code = ("import sys\nfrom attrx.service.contract.bundle import load_bundle\nfrom attrx.service.inference.runtime import load_backend\n"
             f"load_backend(load_bundle({str(b)!r}), 'tensorrt')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("service.runtime.base.BackendError: the TensorRT backend needs an NVIDIA GPU"), r.stderr
+    assert last.startswith("attrx.service.inference.runtime.base.BackendError: the TensorRT backend needs an NVIDIA GPU"), r.stderr
     # here: error 35, cudaErrorInsufficientDriver (no driver); a machine with a driver and no GPU says 100
     assert re.search(r"CUDA error \d+ \(cuda\w+\): \w", last) and "--backend onnxruntime" in last, last
     import tensorrt_lean  # the wheel really is there and imports
@@ -78,7 +78,7 @@ def test_lean_runtime_without_gpu_refuses_clearly(bundle, tmp_path):
 
 
 def test_serve_with_tensorrt_backend_fails_at_start_with_the_reason(bundle):
-    r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "attrx.cli", "serve", "--bundle", str(bundle), "--port", "0",
                         "--backend", "tensorrt", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "has no TensorRT engine" in r.stdout + r.stderr
@@ -86,14 +86,14 @@ def test_serve_with_tensorrt_backend_fails_at_start_with_the_reason(bundle):
 
 @pytest.mark.skipif(_has("tensorrt"), reason="the full tensorrt package is installed here")
 def test_build_engine_without_builder_names_what_to_install(bundle):
-    from service.cli import main
+    from attrx.cli import main
 
     with pytest.raises(SystemExit, match="needs the full TensorRT package.*pypi.nvidia.com tensorrt-cu12"):
         main(["build-engine", str(bundle)])
 
 
 def test_tensorrt_provider_options(bundle, tmp_path):
-    from service.runtime.onnx import tensorrt_options
+    from attrx.service.inference.runtime.onnxruntime_backend import tensorrt_options
 
     b = load_bundle(bundle)
     opts = tensorrt_options(b, "fp32", 16, str(tmp_path / "cache"))
@@ -112,8 +112,8 @@ def test_tensorrt_provider_options(bundle, tmp_path):
                            "(NVIDIA's container, or pip install --extra-index-url https://pypi.nvidia.com "
                            "tensorrt-cu12)")
 def test_engine_build_and_run_matches_onnxruntime(bundle, tmp_path):  # pragma: no cover - GPU machines only
-    from export.tensorrt import build_engine
-    from service.predict import Predictor
+    from attrx.export.tensorrt_engine import build_engine
+    from attrx.service.inference.predictor import Predictor
 
     b = tmp_path / "b"
     shutil.copytree(bundle, b)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.preprocess import encode_titles
+from attrx.service.contract.preprocess import encode_titles
 
 
 def label_pattern(words: Iterable[str]) -> re.Pattern | None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training import metrics as M
-from training.checkpoint import CALIBRATION
-from training.data import IGNORE, Encoded
+from attrx.training import metrics
+from attrx.training.checkpoint import CALIBRATION
+from attrx.training.data import IGNORE, Encoded
 
 DEFAULT_TARGETS = (0.90, 0.95)
 MIN_SUPPORT = 10
@@ -31,7 +31,7 @@ def calibrate_probs(probs: list[np.ndarray], labels: np.ndarray, attrs: list[str
     for j, a in enumerate(attrs):
         y = labels[:, j]
         lab = y != IGNORE
-        thresholds[a] = M.calibrate(probs[j][lab], y[lab], targets, min_support=min_support, confidence=confidence)
+        thresholds[a] = metrics.calibrate(probs[j][lab], y[lab], targets, min_support=min_support, confidence=confidence)
         support[a] = np.bincount(y[y >= 0], minlength=probs[j].shape[1]).astype(int).tolist()
     return {"precision_targets": targets, "min_support": min_support, "confidence": confidence,
             "thresholds": thresholds, "support": support}
@@ -40,7 +40,7 @@ def calibrate_probs(probs: list[np.ndarray], labels: np.ndarray, attrs: list[str
 def calibrate_checkpoint(path: str | Path, model, data: Encoded, va: np.ndarray, classes: dict[str, list[str]],
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT,
                          confidence: float = CONFIDENCE) -> dict:
-    from training.train import predict
+    from attrx.training.train import predict
 
     probs, _ = predict(model, data, va)
     doc = calibrate_probs(probs, data.labels[va], list(classes), targets, min_support=min_support,

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-from service.preprocess import PreprocessConfig, load_tokenizer
-from training.models.cma_clip import CMAClip, ModelConfig
+from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
+from attrx.training.models.cma_clip import CMAClip, ModelConfig
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 CALIBRATION, METRICS = "calibration.json", "metrics.json"
@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     pre = PreprocessConfig.model_validate(cfg["preprocess"])
     n_classes = [len(c) for c in cfg["attributes"].values()]
     if cfg["model"].get("family") == "momo":
-        from training.models.momo import MoMoClassifier, MoMoConfig
+        from attrx.training.models.momo import MoMoClassifier, MoMoConfig
 
         mcfg = MoMoConfig.model_validate(cfg["model"])
         spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}

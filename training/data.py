@@ -1,4 +1,4 @@
-"""Turn a catalog into model input arrays, through service.preprocess (the one contract)."""
+"""Turn a catalog into model input arrays, through attrx.service.contract.preprocess (the one contract)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from service.catalog import Catalog, Product, RowError
-from service.preprocess import ImageError, PreprocessConfig, build_inputs, load_image_array
+from attrx.service.catalog.reader import Catalog, Product, RowError
+from attrx.service.contract.preprocess import ImageError, PreprocessConfig, build_inputs, load_image_array
 
 TITLE_CHUNK = 2048
 IGNORE = -100  # no label: masked out of the loss and the metrics
@@ -127,8 +127,8 @@ def encode_catalog_on_disk(
     """As encode_catalog, with the decoded images in a disk store (training/imagestore.py) that
     batches read from, so memory does not grow with the catalog. Titles are tokenised in memory
     (a few hundred bytes per product). Returns (encoded, errors, whether a warm cache was used)."""
-    from service.preprocess import encode_titles, normalise_title
-    from training.imagestore import PixelView, open_store
+    from attrx.service.contract.preprocess import encode_titles, normalise_title
+    from attrx.training.imagestore import PixelView, open_store
 
     store, errors, warm = open_store(catalog.products, cfg, cache_dir=cache_dir, catalog_file=catalog_file,
                                      scratch=scratch, workers=workers, progress=progress)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.catalog import read_catalog
-from training import metrics as M
-from training.augment import label_pattern, names_label, strip_pattern, strip_words  # noqa: F401 (re-export)
-from training.calibration import CONFIDENCE, DEFAULT_TARGETS, MIN_SUPPORT, calibrate_probs
-from training.checkpoint import CALIBRATION, METRICS, load_checkpoint
-from training.data import IGNORE, encode_catalog_on_disk, split_of
-from training.train import default_threads, predict
+from attrx.service.catalog.reader import read_catalog
+from attrx.training import metrics
+from attrx.training.augment import label_pattern, names_label, strip_pattern, strip_words  # noqa: F401 (re-export)
+from attrx.training.calibration import CONFIDENCE, DEFAULT_TARGETS, MIN_SUPPORT, calibrate_probs
+from attrx.training.checkpoint import CALIBRATION, METRICS, load_checkpoint
+from attrx.training.data import IGNORE, encode_catalog_on_disk, split_of
+from attrx.training.train import default_threads, predict
 
 
 def _check_condition(ck, split: str, drop_title: bool, drop_image: bool, strip_label_words) -> None:
@@ -92,19 +92,19 @@ def _attribute_result(ck, a: str, j: int, data, ev, p_eval, w_eval, calib: dict,
     _plot(out / f"pr_{a}.png", a, pt, yt, ths)
     return {
         "n_test": int(lab.sum()),
-        "accuracy": M.accuracy(pt, yt),
-        "macro_f1": M.macro_f1(pt, yt),
-        "accuracy_title_lacks_label": M.accuracy(pt[unnamed], yt[unnamed]) if unnamed.any() else None,
+        "accuracy": metrics.accuracy(pt, yt),
+        "macro_f1": metrics.macro_f1(pt, yt),
+        "accuracy_title_lacks_label": metrics.accuracy(pt[unnamed], yt[unnamed]) if unnamed.any() else None,
         "n_title_lacks_label": int(unnamed.sum()),
         "mean_image_weight": float(wt[both, 1].mean()) if both.any() else None,
         # labels the model has no class for: counted wrong above, and listed here
         "unseen_labels": {"count": int((~seen).sum()),
                           "labels": dict(sorted(unseen_counts.items(), key=lambda kv: -kv[1])[:20])},
-        "accuracy_seen_labels": M.accuracy(pt[seen], yt[seen]) if seen.any() else None,
-        "recall_at_precision": {t: M.recall_report(pt, yt, ths[t], ck.classes[a], support, min_positives)
+        "accuracy_seen_labels": metrics.accuracy(pt[seen], yt[seen]) if seen.any() else None,
+        "recall_at_precision": {t: metrics.recall_report(pt, yt, ths[t], ck.classes[a], support, min_positives)
                                 for t in ths},
         # what a user gets at each target: precision of the accepted predictions, and how many
-        "accepted_precision": {t: M.accepted_precision(pt, yt, ths[t], ck.classes[a]) for t in ths},
+        "accepted_precision": {t: metrics.accepted_precision(pt, yt, ths[t], ck.classes[a]) for t in ths},
     }, wt[both, 1], (unnamed & both)
 
 
@@ -170,7 +170,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         (out / CALIBRATION).write_text(json.dumps(calib, indent=2))
     _print_table(result)
     if report:
-        from training.report import write_report
+        from attrx.training.report import write_report
 
         write_report(result, weights, Path(report), pr_dir=out)
     print(f"metrics: {out / METRICS}" + ("" if custom else f"; thresholds: {out / CALIBRATION}")

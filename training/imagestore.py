@@ -1,6 +1,6 @@
 """Decoded images on disk, read back by row: what lets `attrx train` hold a catalog of any size.
 
-Each product's image goes through `service.preprocess.load_image_array` (the one contract) once,
+Each product's image goes through `attrx.service.contract.preprocess.load_image_array` (the one contract) once,
 into one fixed-size float32 record of a file; training reads the records of each batch with
 `os.pread`. Nothing is memory-mapped, so the pages read sit in the kernel's page cache, not in
 the process's memory: peak RSS does not grow with the catalog.
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.catalog import Product, RowError
-from service.preprocess import ImageError, PreprocessConfig, load_image_array
+from attrx.service.catalog.reader import Product, RowError
+from attrx.service.contract.preprocess import ImageError, PreprocessConfig, load_image_array
 
 FORMAT = 1
 

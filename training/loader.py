@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from training.checkpoint import torch_inputs
-from training.data import Encoded
+from attrx.training.checkpoint import torch_inputs
+from attrx.training.data import Encoded
 
 
 class BatchReader(Dataset):

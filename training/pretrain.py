@@ -32,14 +32,22 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from service.catalog import read_catalog, write_errors
-from service.preprocess import PreprocessConfig, load_tokenizer
-from training import text
-from training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
-from training.data import encode_catalog, split_of
-from training.models.cma_clip import load_config
-from training.models.momo import IMAGE, TEXT, MAEDecoder, MoMoConfig, SharedEncoder, patchify, visible_tokens
-from training.train import param_groups
+from attrx.service.catalog.reader import read_catalog, write_errors
+from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
+from attrx.training import tokenizer
+from attrx.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+from attrx.training.data import encode_catalog, split_of
+from attrx.training.models.cma_clip import load_config
+from attrx.training.models.momo import (
+    IMAGE,
+    TEXT,
+    MAEDecoder,
+    MoMoConfig,
+    SharedEncoder,
+    patchify,
+    visible_tokens,
+)
+from attrx.training.train import param_groups
 
 
 class PretrainConfig(BaseModel):
@@ -223,9 +231,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     titles = [p.title for p in cat.products if p.title]
     if len(titles) < cfg.batch_size:
         raise ValueError(f"{cfg.catalog}: {len(titles)} titles; pre-training needs at least --batch-size of them")
-    tok_raw = text.train_wordpiece(titles, cfg.vocab_size or mcfg.vocab_size)
-    text.save(tok_raw, out / TOKENIZER)
-    special = text.special_ids(tok_raw)
+    tok_raw = tokenizer.train_wordpiece(titles, cfg.vocab_size or mcfg.vocab_size)
+    tokenizer.save(tok_raw, out / TOKENIZER)
+    special = tokenizer.special_ids(tok_raw)
     mcfg = mcfg.model_copy(update={"vocab_size": tok_raw.get_vocab_size(),
                                    "modality_specific_layernorm": cfg.modality_specific_layernorm})
     pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})

@@ -29,18 +29,18 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from service.catalog import read_catalog, write_errors
-from service.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig, load_tokenizer
-from training import text
-from training.augment import TitleSilencer, augment_images
-from training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
-from training.data import IGNORE, Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
-from training.device import Compute
-from training.device import resolve as resolve_compute
-from training.distributed import Dist
-from training.distributed import setup as setup_distributed
-from training.loader import batches
-from training.models.cma_clip import CMAClip, load_config
+from attrx.service.catalog.reader import read_catalog, write_errors
+from attrx.service.contract.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig, load_tokenizer
+from attrx.training import tokenizer
+from attrx.training.augment import TitleSilencer, augment_images
+from attrx.training.checkpoint import TOKENIZER, save_checkpoint, torch_inputs
+from attrx.training.data import IGNORE, Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
+from attrx.training.device import Compute
+from attrx.training.device import resolve as resolve_compute
+from attrx.training.distributed import Dist
+from attrx.training.distributed import setup as setup_distributed
+from attrx.training.loader import batches
+from attrx.training.models.cma_clip import CMAClip, load_config
 
 STAGES = ("warmup", "e2e", "tune")
 
@@ -118,7 +118,7 @@ def resolve_config(cfg: TrainConfig):
 def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int], vocab: int):
     mcfg = resolve_config(cfg)
     if mcfg.family == "momo":
-        from training.models.momo import MoMoClassifier
+        from attrx.training.models.momo import MoMoClassifier
 
         if cfg.no_swa:
             raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
@@ -126,7 +126,7 @@ def build_model(cfg: TrainConfig, n_classes: list[int], special: dict[str, int],
         if cfg.init_from:  # a folder written by `attrx pretrain --family momo`
             from safetensors.torch import load_file
 
-            from training.models.momo import MoMoConfig
+            from attrx.training.models.momo import MoMoConfig
 
             src = json.loads((Path(cfg.init_from) / "config.json").read_text())
             if src.get("kind") != "pretrained-encoder" or src.get("family") != "momo":
@@ -379,8 +379,8 @@ def _make_tokenizer(cfg: TrainConfig, tok_file: Path, train_titles: list[str | N
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(tok_file)), tok_file
-    raw = text.train_wordpiece(train_titles, cfg.vocab_size or resolve_config(cfg).vocab_size)
-    text.save(raw, tok_file)
+    raw = tokenizer.train_wordpiece(train_titles, cfg.vocab_size or resolve_config(cfg).vocab_size)
+    tokenizer.save(raw, tok_file)
     return raw, tok_file
 
 
@@ -419,7 +419,7 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
     # every label seen in training names its attribute, folded ones included
     label_words = {a: sorted({p.labels[a] for p in train_products if p.labels.get(a)} - {"other"}) for a in attrs}
     raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products], dist)
-    model, pre = build_model(cfg, [len(classes[a]) for a in attrs], text.special_ids(raw_tok),
+    model, pre = build_model(cfg, [len(classes[a]) for a in attrs], tokenizer.special_ids(raw_tok),
                              raw_tok.get_vocab_size())
     tok = load_tokenizer(tok_file, pre.max_text_len)
     data, img_errors = _encode(cfg, catalog, tok, pre, classes, other_for, out, dist)
@@ -581,7 +581,7 @@ def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: _Best, t_star
             "counts": {"train": len(run.tr), "val": len(run.va), "test": len(run.data.indices("test")),
                        "skipped": len(run.errors)}}
     save_checkpoint(out, model, run.classes, run.pre, run.tok_file, meta)
-    from training.calibration import calibrate_checkpoint
+    from attrx.training.calibration import calibrate_checkpoint
 
     calibrate_checkpoint(out, model, run.data, run.va, run.classes)
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")

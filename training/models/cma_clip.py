@@ -101,7 +101,7 @@ def load_config(name_or_path: str):
         raise FileNotFoundError(f"model config {name_or_path!r} not found; built-in configs: {', '.join(known)}")
     data = json.loads(p.read_text())
     if data.get("family") == "momo":
-        from training.models.momo import MoMoConfig
+        from attrx.training.models.momo import MoMoConfig
 
         return MoMoConfig.model_validate(data)
     return ModelConfig.model_validate(data)
@@ -298,7 +298,7 @@ class CMAClip(nn.Module):
         self.heads = nn.ModuleList(make_head(cfg.head_fusion, d, cfg.head.hidden, n, cfg.head.dropout) for n in n_classes)
         self.colour = None
         if cfg.colour_histogram:
-            from service.preprocess import CLIP_MEAN, CLIP_STD
+            from attrx.service.contract.preprocess import CLIP_MEAN, CLIP_STD
 
             self.colour = ColourHistogram(cfg.colour_histogram, d, cfg.preprocess.get("image_mean", CLIP_MEAN),
                                           cfg.preprocess.get("image_std", CLIP_STD))

@@ -19,7 +19,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.models.cma_clip import Block, HeadConfig, apply_inputs, key_padding_bias, make_head, split_heads
+from attrx.training.models.cma_clip import (
+    Block,
+    HeadConfig,
+    apply_inputs,
+    key_padding_bias,
+    make_head,
+    split_heads,
+)
 
 TEXT, IMAGE = 0, 1
 

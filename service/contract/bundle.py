@@ -1,0 +1,274 @@
+"""The model bundle: the only thing `export/` hands to `service/`.
+
+A folder with
+  manifest.json   this schema (versioned; v1 bundles are still read)
+  model.onnx      the fp32 graph, always present. Inputs: attrx.service.contract.preprocess.INPUT_NAMES; outputs
+                  per attribute `<attr>.probs` [B, C] and `<attr>.modality_weights` [B, 2] (text, image)
+  model.fp16.onnx, model.int8.onnx
+                  optional precision variants of the same graph (same inputs and outputs), each
+                  listed under `variants` with its intended providers and its parity report
+  model.plan      optional TensorRT engine (`attrx build-engine`), listed as variant `tensorrt`
+  tokenizer.json  a `tokenizers` file
+No torch and no training code are needed to read or serve it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from attrx.service.contract.preprocess import INPUT_NAMES, PreprocessConfig
+
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("model.onnx", "tokenizer.json")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served; the message names what is wrong."""
+
+
+def output_names(attribute: str) -> tuple[str, str]:
+    return f"{attribute}.probs", f"{attribute}.modality_weights"
+
+
+def precision_key(target: float) -> str:
+    return f"{target:.2f}"
+
+
+class AttributeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    classes: list[str] = Field(min_length=2)
+    # precision target ("0.90") -> one threshold per class; None: the target is unreachable for that class
+    thresholds: dict[str, list[float | None]]
+    # validation positives per class that the thresholds rest on; a class with fewer than
+    # min_support of them has no threshold (None) for any target
+    support: list[int] | None = None
+    min_support: int | None = Field(None, ge=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"duplicate class names {dup}")
+        return v
+
+    @model_validator(mode="after")
+    def _thresholds_match_classes(self):
+        for key, ths in self.thresholds.items():
+            if len(ths) != len(self.classes):
+                raise ValueError(f"thresholds[{key!r}] has {len(ths)} values for {len(self.classes)} classes")
+            bad = [t for t in ths if t is not None and not 0.0 <= t <= 1.0]
+            if bad:
+                raise ValueError(f"thresholds[{key!r}] has values outside [0, 1]: {bad[:3]}")
+        if self.support is not None and len(self.support) != len(self.classes):
+            raise ValueError(f"support has {len(self.support)} values for {len(self.classes)} classes")
+        return self
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    config: dict
+    inputs: list[str]
+    outputs: list[str]
+    opset: int = Field(ge=17)
+    attention: str = Field("unfused", pattern="^(fused|unfused)$")
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PROVIDER_KINDS = ("cpu", "cuda", "tensorrt")
+
+
+class VariantSpec(BaseModel):
+    """One runnable form of the model: an ONNX graph at some precision, or a TensorRT engine."""
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    format: str = Field("onnx", pattern="^(onnx|tensorrt)$")
+    precision: str = Field(pattern="^(fp32|fp16|int8)$")
+    providers: list[str] = Field(min_length=1)  # where it is meant to run: cpu, cuda, tensorrt
+    parity: dict = {}
+    build: dict = {}  # a TensorRT engine: the TensorRT version, profile and flags it was built with
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in PROVIDER_KINDS]
+        if bad:
+            raise ValueError(f"unknown providers {bad}; use {', '.join(PROVIDER_KINDS)}")
+        return v
+
+
+class FileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    schema_version: int
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    created: str
+    model: ModelSpec
+    attributes: list[AttributeSpec] = Field(min_length=1)
+    precision_targets: list[float] = Field(min_length=1)
+    preprocess: PreprocessConfig
+    files: dict[str, FileSpec]
+    metrics: dict = {}
+    parity: dict = {}
+    # v2: precision name ("fp32", "fp16", "int8") or "tensorrt" -> its variant; a v1 bundle gets
+    # one fp32 variant, its model.onnx
+    variants: dict[str, VariantSpec] = {}
+    refused: dict[str, str] = {}  # variants export was asked for and refused, with the reason
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v not in SUPPORTED_SCHEMAS:
+            raise ValueError(f"schema_version {v} is not supported by this attrx (supports "
+                             f"{', '.join(map(str, SUPPORTED_SCHEMAS))}); re-export the bundle with a matching attrx")
+        return v
+
+    @model_validator(mode="after")
+    def _variants(self):
+        if self.schema_version == 1 and not self.variants:
+            self.variants = {"fp32": VariantSpec(file="model.onnx", precision="fp32", providers=list(PROVIDER_KINDS),
+                                                 parity=self.parity)}
+        if "fp32" not in self.variants or self.variants["fp32"].file != "model.onnx":
+            raise ValueError("variants must list fp32 as model.onnx")
+        for key, v in self.variants.items():
+            if v.file not in self.files:
+                raise ValueError(f"variant {key!r}: its file {v.file} is not listed under files")
+            if key in PRECISIONS and (v.format != "onnx" or v.precision != key):
+                raise ValueError(f"variant {key!r} must be an ONNX graph of precision {key}")
+        return self
+
+    @field_validator("precision_targets")
+    @classmethod
+    def _targets(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < t < 1.0 for t in v):
+            raise ValueError(f"precision targets must be in (0, 1), got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate attribute names in {names}")
+        keys = {precision_key(t) for t in self.precision_targets}
+        for a in self.attributes:
+            if set(a.thresholds) != keys:
+                raise ValueError(f"attribute {a.name!r}: thresholds for {sorted(a.thresholds)}, "
+                                 f"precision_targets say {sorted(keys)}")
+        missing = [f for f in REQUIRED_FILES if f not in self.files]
+        if missing:
+            raise ValueError(f"files lists no {', '.join(missing)}")
+        if list(self.model.inputs) != list(INPUT_NAMES):
+            raise ValueError(f"model.inputs {self.model.inputs} differ from the preprocessing contract {list(INPUT_NAMES)}")
+        want = [n for a in names for n in output_names(a)]
+        if list(self.model.outputs) != want:
+            raise ValueError(f"model.outputs {self.model.outputs} do not match the attributes (expected {want})")
+        return self
+
+    def attribute(self, name: str) -> AttributeSpec:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(f"unknown attribute {name!r}; the bundle has {[a.name for a in self.attributes]}")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    def variant_path(self, key: str) -> Path:
+        return self.path / self.manifest.variants[key].file
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _schema_of(raw) -> object:
+    return raw.get("schema_version", SCHEMA_VERSION) if isinstance(raw, dict) else SCHEMA_VERSION
+
+
+# the default precision per provider kind, best first; fp32 always runs
+PREFERENCE = {"cpu": ("int8", "fp32"), "cuda": ("fp16", "fp32"), "tensorrt": ("fp16", "fp32")}
+
+
+def choose_variant(manifest: Manifest, precision: str, provider: str) -> str:
+    """`auto`: the best ONNX variant meant for `provider` (cpu, cuda or tensorrt); a named precision
+    must be in the bundle."""
+    if precision == "auto":
+        for key in PREFERENCE.get(provider, ("fp32",)):
+            v = manifest.variants.get(key)
+            if v is not None and provider in v.providers:
+                return key
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise BundleError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
+    if precision not in manifest.variants:
+        why = f" (export refused it: {manifest.refused[precision]})" if precision in manifest.refused else ""
+        raise BundleError(f"the bundle has no {precision} variant{why}; it has {', '.join(manifest.variants)}. "
+                          f"Re-export with `attrx export --precision fp32,{precision}`")
+    return precision
+
+
+def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
+    """Read and validate a bundle; raises BundleError naming every problem found."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{path}: {MANIFEST} is missing (a bundle is written by `attrx export`)")
+    try:
+        raw = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mf}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise BundleError(f"{mf} does not match the bundle schema v{_schema_of(raw)}:"
+                          f"\n{_explain(e)}") from None
+    problems = []
+    for name, spec in manifest.files.items():
+        f = path / name
+        if not f.is_file():
+            problems.append(f"{name} is listed in the manifest but missing")
+        elif verify_hashes and sha256_file(f) != spec.sha256:
+            problems.append(f"{name} does not match its sha256 in the manifest (modified or corrupt)")
+    if problems:
+        raise BundleError(f"{path}: " + "; ".join(problems))
+    return Bundle(path, manifest)

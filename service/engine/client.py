@@ -1,0 +1,147 @@
+"""A front-end's handle on the inference process (`attrx.service.engine.process`), used from its event loop.
+
+`submit` writes a decoded product into a free slot of this front-end's arena and sends the slot's
+number; the engine's "done" messages are read by a reader callback on the event loop itself, so an
+answer reaches its request without a thread hand-off. A slot is reused only after the engine has
+answered it, whatever happened to the request meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.process import CANCELLED, DRAINING, EXPIRED, OK, QUEUE_FULL, REPLY, REQUEST
+from attrx.service.engine.shm import Arena, Layout
+
+
+@dataclass
+class EngineLink:
+    """What the supervisor hands a front-end process: its end of the engine's socket, its arena's
+    name and size, the shared admission counter, the engine's readiness and what it runs on."""
+
+    sock: socket.socket
+    listen: socket.socket  # this front-end's listening socket (SO_REUSEPORT: one per front-end, one port)
+    arena: str
+    slots: int
+    layout: Layout
+    admission: tuple  # shared_counter(): products in flight, all front-ends together
+    connections: tuple  # shared_counter(): open connections, all front-ends together
+    warm: tuple  # shared_counter(): front-ends ready; /readyz says 200 once all `workers` are
+    workers: int
+    index: int  # this front-end's number, 0..workers-1
+    ready: Any  # a multiprocessing Event, set once the engine has run its warm-up batches
+    info: dict  # backend, providers
+
+
+class EngineGone(RuntimeError):
+    """The inference process stopped answering."""
+
+
+def _failure(status: int) -> BaseException:
+    if status == EXPIRED:
+        return DeadlineExceeded("the request's deadline passed while it was queued")
+    if status == DRAINING:
+        return Draining("the server is shutting down")
+    if status == QUEUE_FULL:
+        return QueueFull("the inference queue is full")
+    return EngineGone("the model failed on this batch (see the server's log)")
+
+
+class EngineClient:
+    def __init__(self, sock: socket.socket, arena: Arena):
+        self.sock, self.arena = sock, arena
+        self._free = list(range(arena.n - 1, -1, -1))
+        self._pending: dict[int, asyncio.Future] = {}
+        self._buf = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.gone = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True
+               ) -> tuple[asyncio.Future, int]:
+        """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.
+        counted=False: a warm-up product, kept out of the prediction metrics."""
+        if self.gone:
+            raise EngineGone("the inference process has stopped")
+        if not self._free:
+            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
+        k = self._free.pop()
+        try:
+            self.arena.write_inputs(k, inputs)
+            self.sock.send(REQUEST.pack(k, deadline, int(counted)))
+        except BaseException:
+            self._free.append(k)
+            raise
+        fut = self._loop.create_future()
+        self._pending[k] = fut
+        return fut, k
+
+    def cancel(self, k: int) -> bool:
+        """Ask the engine to skip slot k. False: it may already be running (the answer still comes)."""
+        self.arena.cancel(k)
+        return False
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._lost()
+        buf = self._buf + data
+        whole = len(buf) - len(buf) % REPLY.size
+        for k, status, n, queue_s, infer_s in REPLY.iter_unpack(buf[:whole]):
+            self._answer(k, status, n, queue_s, infer_s)
+        self._buf = buf[whole:]
+
+    def _answer(self, k: int, status: int, n: int, queue_s: float, infer_s: float) -> None:
+        fut = self._pending.pop(k, None)
+        outputs = self.arena.read_outputs(k) if status == OK else None
+        self._free.append(k)
+        if fut is None or fut.done():
+            return
+        if status == OK:
+            fut.set_result(BatchResult(outputs, 0, n, queue_s, infer_s))
+        elif status == CANCELLED:
+            fut.cancel()
+        else:
+            fut.set_exception(_failure(status))
+            fut.exception()  # whoever still waits gets it from result(); nobody waiting is no error
+
+    def _lost(self) -> None:
+        self.gone = True
+        self._loop.remove_reader(self.sock.fileno())
+        self._fail_all(EngineGone("the inference process has stopped"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        self._pending.clear()
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait (up to timeout) until the engine has answered every slot sent; True if it has."""
+        end = time.monotonic() + timeout
+        while self._pending and time.monotonic() < end and not self.gone:
+            await asyncio.wait(list(self._pending.values()), timeout=end - time.monotonic())
+        return not self._pending
+
+    def close(self) -> None:
+        if self._loop is not None and not self.gone:
+            self._loop.remove_reader(self.sock.fileno())
+        self._fail_all(Draining("the server shut down before this request was run"))
+        self.sock.close()

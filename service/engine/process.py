@@ -1,0 +1,205 @@
+"""The inference process: one model, one dynamic batcher, fed by every front-end process.
+
+Front-ends (`attrx.service.http.frontend.frontend_main`, `attrx.service.http.app`) write a decoded product into a slot of their shared-memory arena
+(`attrx.service.engine.shm`) and send "slot k, deadline t" through a Unix socket. A reader thread per front-end
+turns each message into a batcher item whose inputs are views of the slot, so batches form across
+all front-ends. When a batch has run, each item's output row is written back into its slot and the
+front-end hears "slot k: done" (one write per front-end per batch). An item whose front-end has
+raised the slot's cancel flag (client gone, deadline passed) is skipped when the batch forms.
+
+The parent (`attrx.service.serving.supervisor`) drives the life cycle over a pipe: it receives the slot layout,
+sends the arenas' names, then "flush" when a drain begins and "stop" once the front-ends are done.
+The process ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group): only the parent
+decides when the model stops, after the front-ends have answered what they admitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import struct
+import threading
+import time
+from functools import partial
+
+import numpy as np
+
+from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.shm import Arena, Layout
+from attrx.service.procutil import die_with_parent, set_process_name
+
+log = logging.getLogger("attrx.engine")
+
+# front-end -> engine: slot, deadline (time.monotonic, the same clock in every process), counted
+# (0 for a front-end's warm-up product, which stays out of the prediction metrics)
+REQUEST = struct.Struct("<IdI")
+# engine -> front-end: slot, status, batch size, queue wait s, inference s
+REPLY = struct.Struct("<IIIff")
+OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED = range(6)
+
+
+def status_of(exc: BaseException | None) -> int:
+    if exc is None:
+        return OK
+    return {DeadlineExceeded: EXPIRED, Draining: DRAINING, QueueFull: QUEUE_FULL}.get(type(exc), FAILED)
+
+
+class _Link:
+    """One front-end as the engine sees it: its socket and its arena."""
+
+    def __init__(self, sock: socket.socket, arena: Arena):
+        self.sock, self.arena = sock, arena
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:  # the front-end is gone: nobody to answer
+                pass
+
+
+class Engine:
+    def __init__(self, settings, pipeline, metrics):
+        self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
+        self.links: list[_Link] = []
+        m = metrics
+        self.batcher = Batcher(
+            pipeline.run_batch, max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_queue_delay_ms, max_queue_size=settings.max_queue_size,
+            workers=settings.inference_workers,
+            on_batch=lambda n, dt: (m.batch_size.observe(n), m.inference_seconds.observe(dt),
+                                    m.queue_depth.set(self.batcher.depth)),
+            on_dequeue=m.queue_seconds.observe,
+            on_expired=lambda: m.rejections.labels("timeout").inc(),
+            on_complete=self._complete,
+        )
+
+    # -- items in -----------------------------------------------------------------------------
+    def _read(self, i: int) -> None:
+        link = self.links[i]
+        pending = b""
+        while True:
+            try:
+                data = link.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return  # the front-end closed its end
+            pending += data
+            whole = len(pending) - len(pending) % REQUEST.size
+            for slot, deadline, counted in REQUEST.iter_unpack(pending[:whole]):
+                self._submit(i, slot, deadline, counted)
+            pending = pending[whole:]
+
+    def _submit(self, i: int, slot: int, deadline: float, counted: int = 1) -> None:
+        arena = self.links[i].arena
+        try:
+            fut = self.batcher.submit(arena.inputs(slot), deadline - time.monotonic(),
+                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot, counted))
+        except (QueueFull, Draining) as e:
+            self.links[i].send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
+            return
+        fut.add_done_callback(partial(self._settled, i, slot))
+
+    def _settled(self, i: int, slot: int, fut) -> None:
+        """An item that ended without running (expired, skipped, refused at stop) or in a failed batch."""
+        if fut.cancelled():
+            status = CANCELLED
+        else:
+            exc = fut.exception()
+            status = status_of(exc)
+            if status == FAILED:
+                log.error("attrx engine: a batch failed: %r", exc)
+        self.links[i].send(REPLY.pack(slot, status, 0, 0.0, 0.0))
+
+    # -- results out --------------------------------------------------------------------------
+    def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
+        replies: dict[int, list[bytes]] = {}
+        n = len(jobs)
+        counted = [row for row, job in enumerate(jobs) if job.tag is not None and job.tag[2]]
+        if counted:  # warm-up products are not predictions
+            self.metrics.observe_batch(outputs if len(counted) == n else [o[counted] for o in outputs])
+        for row, job in enumerate(jobs):
+            if job.tag is None:  # the engine's own warm-up
+                job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
+                continue
+            i, slot, _ = job.tag
+            self.links[i].arena.write_outputs(slot, outputs, row)
+            replies.setdefault(i, []).append(REPLY.pack(slot, OK, n, t0 - job.enqueued, dt))
+        for i, parts in replies.items():
+            self.links[i].send(b"".join(parts))
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def attach(self, socks: list[socket.socket], arenas: list[Arena]) -> None:
+        self.links = [_Link(s, a) for s, a in zip(socks, arenas, strict=True)]
+        for i in range(len(self.links)):
+            threading.Thread(target=self._read, args=(i,), name=f"attrx-engine-read-{i}", daemon=True).start()
+
+    def warm_up(self, item: dict[str, np.ndarray]) -> None:
+        s = self.settings
+        n = min(s.max_batch_size, s.max_queue_size)
+        for _ in range(s.warmup_batches):
+            futs = [self.batcher.submit(item, 60.0) for _ in range(n)]
+            for f in futs:
+                f.result()
+
+
+def _layout(pipeline, item: dict[str, np.ndarray]) -> Layout:
+    return Layout.of(item, pipeline.run_batch([item, item]))
+
+
+def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> None:
+    """The inference process's entry point (spawned by `attrx.service.serving.supervisor`)."""
+    import gc
+
+    from attrx.service.inference.pipeline import load_pipeline, warmup_product
+    from attrx.service.settings import ServeSettings
+    from attrx.service.telemetry.prometheus import Metrics
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
+    set_process_name("attrx-engine")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    settings = ServeSettings(**settings_data)
+    try:
+        bundle, pipeline = load_pipeline(settings)
+        metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
+        metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name)
+        item = pipeline.decode(*warmup_product())
+        layout = _layout(pipeline, item)
+    except Exception as e:  # noqa: BLE001 - the parent reports it and exits
+        ctl.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    backend = pipeline.backend
+    ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
+                                 "precision": backend.precision, "variant": backend.variant}))
+    names = ctl.recv()
+    arenas = [Arena(layout, n, name=name) for name, n in names]
+    engine = Engine(settings, pipeline, metrics)
+    engine.batcher.start()
+    engine.attach(socks, arenas)
+    engine.warm_up(item)
+    gc.collect()
+    gc.freeze()
+    ready.set()
+    _serve_control(engine, ctl)
+
+
+def _serve_control(engine: Engine, ctl) -> None:
+    while True:
+        try:
+            cmd = ctl.recv()
+        except (EOFError, OSError):  # the parent is gone
+            cmd = ("stop", 0.0)
+        if cmd[0] == "flush":
+            engine.batcher.flush()
+        elif cmd[0] == "stop":
+            drained = engine.batcher.stop(cmd[1])
+            try:
+                ctl.send(("stopped", drained))
+            except OSError:
+                pass
+            return

@@ -1,0 +1,188 @@
+"""`attrx score`: predict every product of a catalog file with a bundle.
+
+Images are decoded and titles tokenised in worker processes while the main process runs the
+model on full batches, so decoding overlaps inference. Results are appended and flushed batch by
+batch (`attrx.service.scoring.outputs`), so an interrupted run, even one killed with -9, keeps what it finished
+and `--resume` skips the ids already written, after checking that the same bundle and options
+wrote them. Rows that cannot be scored go to `<out>.errors.jsonl` with their line, id and reason;
+scoring carries on, and every catalog row ends up in one of the two.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from attrx.service.catalog.reader import RowError, read_catalog
+from attrx.service.contract.bundle import load_bundle
+from attrx.service.contract.preprocess import ImageError
+from attrx.service.inference.predictor import InputError, Predictor, stack
+from attrx.service.inference.runtime import load_backend
+from attrx.service.procutil import die_with_parent
+from attrx.service.scoring.outputs import bundle_sha256, open_output
+
+
+def output_columns(attributes: list[str]) -> list[str]:
+    cols = ["id"]
+    for a in attributes:
+        cols += [a, f"{a}_confidence", f"{a}_accepted", f"{a}_text_weight", f"{a}_image_weight"]
+    return cols
+
+
+def flatten(pid: str, preds: dict[str, dict]) -> dict:
+    row = {"id": pid}
+    for a, p in preds.items():
+        row[a] = p["value"]
+        row[f"{a}_confidence"] = round(p["confidence"], 6)
+        row[f"{a}_accepted"] = p["accepted"]
+        row[f"{a}_text_weight"] = round(p["modality_weights"]["text"], 6)
+        row[f"{a}_image_weight"] = round(p["modality_weights"]["image"], 6)
+    return row
+
+
+# -- worker processes -------------------------------------------------------------------------------
+_predictor: Predictor | None = None
+
+
+def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
+    global _predictor
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _predictor = Predictor(load_bundle(bundle_dir, verify_hashes=False), max_image_pixels=max_image_pixels)
+
+
+def _prepare(task: tuple[int, str, str | None, str | None]):
+    line, pid, title, image = task
+    try:
+        return line, pid, _predictor.prepare(title, image), None
+    except (ImageError, InputError) as e:
+        return line, pid, None, str(e)
+
+
+def _prepare_chunk(tasks: list) -> list:
+    return [_prepare(t) for t in tasks]
+
+
+def _decoded(pool, todo: list, workers: int, stop: threading.Event, size: int = 8) -> Iterator[list]:
+    """Decoded chunks of `todo` in order, until done or `stop` is set.
+
+    A bounded window of chunks is in flight (apply_async, not imap): memory stays bounded and no
+    background thread keeps pushing tasks into a full pipe, which can hang pool.terminate().
+    """
+    source = ([(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo[s : s + size]]
+              for s in range(0, len(todo), size))
+    pending: deque = deque()
+
+    def submit() -> None:
+        chunk = next(source, None)
+        if chunk is not None:
+            pending.append(pool.apply_async(_prepare_chunk, (chunk,)))
+
+    for _ in range(4 * workers):
+        submit()
+    while pending and not stop.is_set():
+        try:
+            chunk = pending[0].get(timeout=0.2)
+        except mp.TimeoutError:
+            continue
+        pending.popleft()
+        submit()
+        yield chunk
+
+
+def _stop_pool(pool, early: bool) -> None:
+    if early:
+        # stopping early: results may sit in the pool's pipes, where Pool.terminate() can block
+        # forever; kill the workers instead (the CLI then exits without the pool's finalizers)
+        for child in mp.active_children():
+            child.kill()
+    else:
+        pool.close()  # every result was consumed: a graceful join cannot block
+        pool.join()
+
+
+def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, interrupted: bool) -> dict:
+    scored = counts["scored"]
+    summary = {"scored": scored, "failed": counts["failed"], "skipped_already_done": len(skip),
+               "seconds": round(dt, 2), "items_per_s": round(scored / dt, 1) if dt > 0 else None,
+               "output": str(out), "errors": str(errors_path), "interrupted": interrupted}
+    print(f"scored {scored}, failed {counts['failed']}" + (f", skipped {len(skip)} already in {out}" if skip else "")
+          + f", {summary['items_per_s']} items/s; output {out}; errors {errors_path}"
+          + ("  [interrupted: rerun with --resume]" if interrupted else ""), flush=True)
+    return summary
+
+
+def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
+          workers: int | None = None, resume: bool = False, overwrite: bool = False,
+          min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
+          max_image_pixels: int | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    bundle = load_bundle(bundle_dir)
+    predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
+    key = predictor.precision_key(min_precision)
+    columns = output_columns(predictor.attributes)
+    meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
+            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
+            "providers": providers, "columns": columns,
+            "catalog": str(catalog)}
+    cat = read_catalog(catalog)
+    writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)
+    todo = [p for p in cat.products if p.id not in skip]
+    errors_path = out.with_name(out.name + ".errors.jsonl")
+
+    workers = workers or max(1, (os.cpu_count() or 2) - 1)
+    ctx = mp.get_context("fork")  # before the ONNX session or any thread exists: cheap and safe
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), max_image_pixels))
+    # the model gets the cores the decoding workers leave free
+    backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers),
+                           precision=precision)
+    errors_f = open(errors_path, "w", encoding="utf-8")
+    errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
+    counts = {"scored": 0, "failed": len(cat.errors)}
+    # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
+    # own locked sections and deadlock pool.terminate(); the loop below stops at a clean point.
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
+
+    def flush(batch: list) -> None:
+        outputs = backend.run(stack([x for _, x in batch]))
+        writer.write([flatten(pid, predictor.decode(outputs, i, key=key)) for i, (pid, _) in enumerate(batch)])
+        counts["scored"] += len(batch)
+        bar.update(len(batch))
+
+    batch: list = []
+    try:
+        for chunk in _decoded(pool, todo, workers, stop):
+            for line, pid, inputs, err in chunk:
+                if err is not None:
+                    errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")
+                    errors_f.flush()
+                    counts["failed"] += 1
+                    bar.update(1)
+                    continue
+                batch.append((pid, inputs))
+                if len(batch) >= batch_size:
+                    flush(batch)
+                    batch = []
+        if batch:  # already decoded: score it, also when stopping
+            flush(batch)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        bar.close()
+        _stop_pool(pool, early=stop.is_set() or sys.exc_info()[0] is not None)
+        writer.close()
+        errors_f.close()
+    return _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())

@@ -1,0 +1,294 @@
+"""`attrx score --ray`: the job of `attrx score` on Ray Data, for catalogs beyond one machine.
+
+    catalog rows ─ read and checked by attrx.service.catalog.reader (the same rules and errors as `attrx score`)
+      │  ray.data.from_arrow, in blocks
+      ▼  map_batches(decode_batch)      tasks: images and titles through attrx.service.contract.preprocess
+      ▼  map_batches(Infer)             an actor pool: one onnxruntime session per actor
+      ▼  write_parquet / write_json     files in the OUT folder, block by block
+
+OUT is a folder. Its data files hold exactly `attrx score`'s columns and values; beside them
+(names starting with `_`, which Parquet and Arrow dataset readers skip):
+- `_attrx_meta.json`: the bundle's sha256 and the scoring options; `--resume` refuses a mismatch;
+- `_errors/*.jsonl`: every row that could not be scored, with line, id and reason.
+`--resume` skips the ids already in OUT's data files. A file cut short by a killed run is removed
+first (Parquet without its footer) or cut back to its last whole line (JSON Lines), so its rows
+are scored again: no id is lost and none is doubled.
+
+Image paths must be readable from every node (a shared filesystem), as the bundle folder must.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from attrx.service.catalog.reader import RowError, read_catalog
+from attrx.service.contract.bundle import Bundle, load_bundle
+from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
+from attrx.service.inference.predictor import InputError, Predictor, stack
+from attrx.service.scoring.local import flatten, output_columns
+from attrx.service.scoring.outputs import (
+    RESUME_CHECKS,
+    bundle_sha256,
+    check_meta,
+    parquet_schema,
+    truncate_partial_tail,
+)
+
+META = "_attrx_meta.json"
+ERRORS = "_errors"
+FORMATS = {"parquet": ".parquet", "jsonl": ".json"}  # Ray's write_json writes JSON Lines as *.json
+CHECKED = (*RESUME_CHECKS, "format")
+
+
+class RayNotInstalled(RuntimeError):
+    pass
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayNotInstalled("attrx score --ray needs Ray Data: pip install 'attrx[ray]'") from None
+    return ray
+
+
+# -- the output folder ----------------------------------------------------------------------------------
+def data_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(("_", "."))
+                  and p.suffix in FORMATS.values()) if out.is_dir() else []
+
+
+def _file_ids(path: Path) -> list[str]:
+    """The ids in one data file; a Parquet file cut short (no footer) is removed and gives none."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a truncated file
+            path.unlink()
+            return []
+    truncate_partial_tail(path)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["id"] for line in f if line.strip()]
+
+
+def done_ids(out: Path) -> list[str]:
+    return [i for p in data_files(out) for i in _file_ids(p)]
+
+
+def error_rows(out: Path) -> list[dict]:
+    """The errors output, one record per (line, id) even if a retried task wrote one twice."""
+    seen: dict[tuple, dict] = {}
+    for p in sorted((out / ERRORS).glob("*.jsonl")) if (out / ERRORS).is_dir() else []:
+        for line in p.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # half a line from a killed run
+                    continue
+                seen.setdefault((r["line"], r["id"]), r)
+    return list(seen.values())
+
+
+def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> set[str]:
+    """Check OUT against this run; returns the ids already scored (resume) or empties it."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; --ray writes a folder of {meta['format']} files")
+    existing = data_files(out)
+    if existing and not (resume or overwrite):
+        raise FileExistsError(f"{out} holds {len(existing)} scored file(s): --resume continues it, "
+                              f"--overwrite replaces it")
+    done: set[str] = set()
+    if resume and existing:
+        check_meta(out, meta, path=out / META, keys=CHECKED)
+        done = set(done_ids(out))
+    elif out.exists():
+        for p in [*existing, out / META]:
+            p.unlink(missing_ok=True)
+    shutil.rmtree(out / ERRORS, ignore_errors=True)  # bad rows are tried again and reported anew
+    (out / ERRORS).mkdir(parents=True)
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return done
+
+
+# -- the two stages -------------------------------------------------------------------------------------
+_predictors: dict[tuple, Predictor] = {}
+
+
+def _predictor(bundle_dir: str, max_image_pixels: int | None) -> Predictor:
+    """One Predictor per worker process, reused by every decode task that lands there."""
+    key = (bundle_dir, max_image_pixels)
+    if key not in _predictors:
+        _predictors[key] = Predictor(load_bundle(bundle_dir, verify_hashes=False), max_image_pixels=max_image_pixels)
+    return _predictors[key]
+
+
+def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> dict:
+    """Rows (id, line, title, image) -> model inputs, plus `error` ('' when the row is fine)."""
+    pred = _predictor(bundle_dir, max_image_pixels)
+    items, errors = [], []
+    for title, image in zip(batch["title"], batch["image"], strict=True):
+        try:
+            items.append(pred.prepare(title, image))
+            errors.append("")
+        except (ImageError, InputError) as e:
+            items.append(None)
+            errors.append(str(e) or type(e).__name__)
+    if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
+        blank = pred.prepare("-", None)
+        items = [blank if x is None else x for x in items]
+    inputs = stack(items) if items else {k: v[:0] for k, v in pred.prepare("-", None).items()}
+    return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object), **inputs}
+
+
+class Infer:
+    """The actor: one bundle, one onnxruntime session for its life; writes the rows it cannot score
+    to its own errors file and returns the scored rows as `attrx score` writes them."""
+
+    def __init__(self, bundle_dir: str, errors_dir: str, *, key: str, providers: str, precision: str,
+                 threads: int):
+        from attrx.service.inference.runtime import load_backend
+
+        bundle = load_bundle(bundle_dir, verify_hashes=False)
+        self.predictor = Predictor(bundle)
+        self.backend = load_backend(bundle, providers=providers, threads=threads, precision=precision)
+        self.key = key
+        self.schema = parquet_schema(output_columns(self.predictor.attributes))
+        self.errors_path = Path(errors_dir) / f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+
+    def _write_errors(self, batch: dict, bad: np.ndarray) -> None:
+        with open(self.errors_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(RowError(int(batch["line"][i]), str(batch["id"][i]),
+                                                str(batch["error"][i])).to_json()) + "\n" for i in bad))
+
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
+        ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
+        if not ok.all():
+            self._write_errors(batch, np.flatnonzero(~ok))
+        rows = []
+        if ok.any():
+            outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
+            ids = batch["id"][ok]
+            rows = [flatten(str(pid), self.predictor.decode(outputs, i, key=self.key)) for i, pid in enumerate(ids)]
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+# -- the job --------------------------------------------------------------------------------------------
+def _rows_table(products):
+    import pyarrow as pa
+
+    return pa.table({"id": [p.id for p in products], "line": [p.line for p in products],
+                     "title": [p.title for p in products],
+                     "image": [str(p.image) if p.image else None for p in products]})
+
+
+def _connect(ray, address: str | None, num_cpus: int | None, progress: bool) -> bool:
+    """Join a cluster (address or RAY_ADDRESS) or start a local Ray; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(address=address, logging_level="WARNING", log_to_driver=progress, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+    if not progress:  # --quiet: Ray Data's warnings, not its progress lines
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return True
+
+
+def _check_cpus(ray, concurrency: int, num_cpus: float) -> None:
+    """Actors hold their CPUs for the whole job: if they take them all, no decode task ever runs."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if concurrency * num_cpus > cpus - 1:
+        raise ValueError(f"{concurrency} inference actor(s) x {num_cpus:g} CPU leave no CPU of the cluster's "
+                         f"{cpus:g} for decoding images; lower --ray-concurrency or --ray-num-cpus "
+                         f"(e.g. --ray-num-cpus {max(0.25, (cpus - 1) / concurrency):g})")
+
+
+def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, address: str | None = None,
+              batch_size: int = 32, concurrency: int = 1, num_cpus: float = 1, block_rows: int = 256,
+              fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
+              min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
+              max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True) -> dict:
+    """Score a catalog on Ray Data; see the module docstring. Returns the run's summary."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
+    ray = _import_ray()
+    out, t0 = Path(out), time.perf_counter()
+    bundle = load_bundle(bundle_dir)
+    predictor = Predictor(bundle)
+    key = predictor.precision_key(min_precision)
+    meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
+            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
+            "providers": providers, "columns": output_columns(predictor.attributes), "format": fmt,
+            "catalog": str(catalog), "engine": "ray"}
+    cat = read_catalog(catalog)
+    skip = prepare_output(out, meta, resume=resume, overwrite=overwrite)
+    with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
+    todo = [p for p in cat.products if p.id not in skip]
+    t_read = time.perf_counter() - t0
+    started = bool(todo) and _connect(ray, address, local_cpus, progress)  # nothing to do: no Ray
+    try:
+        if todo:
+            _check_cpus(ray, concurrency, num_cpus)
+            _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
+                 num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
+                 max_image_pixels=max_image_pixels)
+    finally:
+        if started:
+            ray.shutdown()
+    return _summary(out, skip, time.perf_counter() - t0, t_read)
+
+
+def decode_memory(image_size: int, batch_size: int) -> int:
+    """Bytes a decode task holds: a batch of float32 pixels, in and out, plus the interpreter."""
+    return 2 * batch_size * 3 * image_size * image_size * 4 + (256 << 20)  # Ray measured ~124 MiB a worker
+
+
+def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
+         block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None) -> None:
+    blocks = [rows.slice(s, block_rows) for s in range(0, rows.num_rows, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    # Decoding stays in tasks of its own, spread over every free CPU, apart from the actors' sessions.
+    # Ray fuses a task stage into the next actor stage when their resource requests are equal; the
+    # decode tasks ask for the memory of the batches they hold, which the actors do not.
+    ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
+                        fn_kwargs={"bundle_dir": str(bundle.path), "max_image_pixels": max_image_pixels},
+                        num_cpus=1, memory=decode_memory(bundle.manifest.preprocess.image_size, batch_size))
+    ds = ds.map_batches(Infer, batch_size=batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus,
+                        fn_constructor_args=(str(bundle.path), str(out / ERRORS)),
+                        fn_constructor_kwargs={"key": key, "providers": providers, "precision": precision,
+                                               "threads": max(1, int(num_cpus))})
+    if fmt == "parquet":
+        ds.write_parquet(str(out))
+    else:
+        ds.write_json(str(out))
+
+
+def _summary(out: Path, skip: set, dt: float, t_read: float) -> dict:
+    ids = done_ids(out)
+    errors = error_rows(out)
+    scored = len(ids) - len(skip)
+    summary = {"scored": scored, "failed": len(errors), "skipped_already_done": len(skip),
+               "seconds": round(dt, 2), "read_seconds": round(t_read, 2),
+               "items_per_s": round(scored / dt, 1) if dt > 0 else None,
+               "output": str(out), "errors": str(out / ERRORS), "duplicates": len(ids) - len(set(ids))}
+    print(f"scored {scored}, failed {len(errors)}" + (f", skipped {len(skip)} already in {out}" if skip else "")
+          + f", {summary['items_per_s']} items/s (catalog read {t_read:.1f} s of {dt:.1f} s); "
+          f"output {out}; errors {out / ERRORS}", flush=True)
+    return summary
