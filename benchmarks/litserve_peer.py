@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import litserve as ls  # noqa: E402
 
 from attrx.service.contract.bundle import load_bundle  # noqa: E402
-from attrx.service.inference.predictor import Predictor, stack  # noqa: E402
+from attrx.service.inference.predictor import Predictor, batch_inputs  # noqa: E402
 from attrx.service.inference.runtime import load_backend  # noqa: E402
 
 
@@ -36,10 +36,10 @@ class AttrxAPI(ls.LitAPI):
 
     def decode_request(self, request):
         data = request.get("image_base64")
-        return self.predictor.prepare(request.get("title"), base64.b64decode(data) if data else None)
+        return self.predictor.decode_request(request.get("title"), base64.b64decode(data) if data else None)
 
     def batch(self, inputs):
-        return stack(inputs)
+        return batch_inputs(inputs)
 
     def predict(self, x):
         return self.backend.run(x)
@@ -49,7 +49,7 @@ class AttrxAPI(ls.LitAPI):
 
     def encode_response(self, output):
         outputs, i = output
-        return {"min_precision": self.key, "predictions": self.predictor.decode(outputs, i, key=self.key)}
+        return {"min_precision": self.key, "predictions": self.predictor.encode_response(outputs, i, key=self.key)}
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from attrx.export.attention3d import fold_attention_3d
 from attrx.service.contract.bundle import output_names
 from attrx.service.contract.preprocess import INPUT_NAMES
-from attrx.training.models.cma_clip import ExportWrapper
+from attrx.training.models.factory import export_module
 
 ATTENTION_FORMS = ("fused", "unfused")
 MIN_OPSET = {"fused": 23, "unfused": 17}
@@ -84,7 +84,7 @@ class _CountAttention(TorchFunctionMode):
 def attention_calls(model, inputs: dict[str, np.ndarray]) -> int:
     """How many attention computations one forward pass makes (each should be one fused node)."""
     with _CountAttention() as mode, torch.no_grad():
-        ExportWrapper(model).eval()(*(torch.from_numpy(v) for v in inputs.values()))
+        export_module(model).eval()(*(torch.from_numpy(v) for v in inputs.values()))
     return mode.calls
 
 
@@ -105,7 +105,7 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
         raise ValueError(f"opset {opset} is too old for {attention} attention (needs >= {MIN_OPSET[attention]})")
     model = model.eval()
     before = set_tower_attention(model, "sdpa" if attention == "fused" else "eager")
-    wrapper = ExportWrapper(model).eval()
+    wrapper = export_module(model).eval()
     outputs = [n for a in attributes for n in output_names(a)]
     example = example_inputs(model, 2, max_len, image_size)
     args = tuple(torch.from_numpy(v) for v in example.values())

@@ -28,10 +28,10 @@ def check_parity(model, onnx_path: Path, batches: dict[str, dict[str, np.ndarray
                  tolerance: float = 1e-4) -> dict:
     """Run each named batch through both; raise ParityError if any output differs by more than
     `tolerance`. Returns {batch name: max abs difference}."""
-    from attrx.training.models.cma_clip import ExportWrapper
+    from attrx.training.models.factory import export_module
 
     sess = onnx_session(onnx_path)
-    wrapper = ExportWrapper(model).eval()
+    wrapper = export_module(model).eval()
     report, failures = {}, []
     for name, feeds in batches.items():
         got = sess.run(output_names, feeds)

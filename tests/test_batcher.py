@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from attrx.service.engine.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
-from attrx.service.inference.predictor import stack
+from attrx.service.inference.predictor import batch_inputs
 
 WAIT = 10.0  # an upper bound for events that should happen at once; never a sleep
 
@@ -32,7 +32,7 @@ class Gate:
             self.release.set()
 
     def __call__(self, items):
-        inputs = stack(items)
+        inputs = batch_inputs(items)
         self.batches.append([int(v) for v in inputs["x"][:, 0]])
         self.started.set()
         assert self.release.wait(WAIT), "the test never released the batch"
@@ -148,7 +148,7 @@ def test_a_failing_model_fails_every_item_of_its_batch_and_the_batcher_goes_on()
         calls.append(len(items))
         if len(calls) == 1:
             raise RuntimeError("model exploded")
-        return [stack(items)["x"]]
+        return [batch_inputs(items)["x"]]
 
     b = _batcher(run)
     futs = [b.submit(_item(i), 30) for i in range(4)]

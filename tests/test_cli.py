@@ -92,12 +92,13 @@ def test_init_from_clip_starts_from_its_projections(demo_catalog, tmp_path):
     is its projection_dim; the text sequence holds the EOS state once, T' is read there."""
     import torch
 
-    from attrx.training.train import TrainConfig, build_model
+    from attrx.training.models.factory import create_model
+    from attrx.training.params import TrainConfig
 
     clip = _tiny_clip_folder(demo_catalog, tmp_path / "clip")
     cfg = TrainConfig(catalog=str(demo_catalog), attributes=["colour"], out=str(tmp_path / "o"),
                       init_from=str(tmp_path / "clip"))
-    model, pre = build_model(cfg, [3], {}, 300)
+    model, pre = create_model(cfg, [3], {}, 300)
     assert model.cfg.fusion.width == 16 and model.cfg.text_sequence == "tokens"
     torch.testing.assert_close(model.proj_t.weight, clip.text_projection.weight)
     torch.testing.assert_close(model.proj_v.weight, clip.visual_projection.weight)
@@ -118,7 +119,8 @@ def test_checkpoints_before_the_eos_change_keep_their_layout():
     layout: the pooled state prepended to the token states."""
     import torch
 
-    from attrx.training.models.cma_clip import CMAClip, ModelConfig, load_config
+    from attrx.training.models.cma_clip import CMAClip, ModelConfig
+    from attrx.training.models.factory import load_config
 
     raw = load_config("tiny").model_dump()
     raw.pop("text_sequence")

@@ -104,7 +104,7 @@ def test_variants_run_and_auto_picks_per_provider(variant_bundle, checkpoint):
     assert choose_variant(b.manifest, "auto", "cpu") == "int8"
     assert choose_variant(b.manifest, "auto", "cuda") == "fp16"
     assert choose_variant(b.manifest, "fp32", "cpu") == "fp32"
-    feeds = Predictor(b).prepare("Roadster Men Blue Striped Tee", None)
+    feeds = Predictor(b).decode_request("Roadster Men Blue Striped Tee", None)
     ref = load_backend(b, precision="fp32").run(feeds)
     for prec in ("int8", "fp16"):
         backend = load_backend(b, precision=prec)

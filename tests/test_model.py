@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from attrx.training.models.cma_clip import CMAClip, load_config
+from attrx.training.models.cma_clip import CMAClip
+from attrx.training.models.factory import load_config
 
 B, L, S = 4, 24, 64
 

@@ -65,7 +65,7 @@ def test_momo_rejects_cma_clip_only_flags(demo_catalog, tmp_path):
 def test_momo_export_parity_on_random_batches(tmp_path):
     from attrx.export.onnx_export import example_inputs, export_onnx
     from attrx.export.parity import check_parity
-    from attrx.training.models.cma_clip import load_config
+    from attrx.training.models.factory import load_config
     from attrx.training.models.momo import MoMoClassifier
 
     torch.manual_seed(0)

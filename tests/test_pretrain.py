@@ -9,9 +9,10 @@ from safetensors.torch import load_file
 
 from attrx.cli import main
 from attrx.service.contract.bundle import load_bundle
-from attrx.training.models.cma_clip import load_config
+from attrx.training.models.factory import load_config
 from attrx.training.models.momo import IMAGE
-from attrx.training.pretrain import Pretrainer, cmga_step
+from attrx.training.models.momo_pretrain import Pretrainer
+from attrx.training.pretrain import cmga_step
 
 
 @pytest.fixture(scope="session")
@@ -152,12 +153,13 @@ def test_variant_flags_train_and_export(flags, family, demo_catalog, tmp_path):
     if "--lock-image" in flags:
         # e2e ran, yet the image tower is exactly as initialised: compare with a fresh model of the same seed
         torch.manual_seed(0)
-        from attrx.training.train import TrainConfig, build_model
+        from attrx.training.models.factory import create_model
+        from attrx.training.params import TrainConfig
 
         tc = TrainConfig(catalog="x", attributes=["colour", "gender"], out="x", family=family,
                          config="momo-tiny" if family == "momo" else "tiny")
         special = json.loads((ck / "config.json").read_text()).get("token_spec") or {}
-        fresh, _ = build_model(tc, [len(c) for c in json.loads((ck / "config.json").read_text())["attributes"].values()],
+        fresh, _ = create_model(tc, [len(c) for c in json.loads((ck / "config.json").read_text())["attributes"].values()],
                                {k: v for k, v in special.items() if k != "vocab_size"} or
                                {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
                                model.token_spec["vocab_size"])

@@ -9,7 +9,8 @@ import torch
 
 from attrx.service.contract.preprocess import load_tokenizer
 from attrx.training.augment import TitleSilencer, augment_images, label_pattern, names_label, strip_pattern
-from attrx.training.models.cma_clip import CMAClip, load_config
+from attrx.training.models.cma_clip import CMAClip
+from attrx.training.models.factory import load_config
 
 
 def test_label_words_match_whole_words_longest_first_for_any_attribute():
@@ -91,7 +92,7 @@ def test_cnn_stem_config_aux_heads_and_evidence_weights():
 
 
 def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
-    from attrx.training.train import param_groups
+    from attrx.training.optim import param_groups
 
     m = CMAClip(load_config("tiny").model_copy(update={"vocab_size": 300}), [3])
     decay, plain = param_groups(m, list(m.parameters()), 0.1)

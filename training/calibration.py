@@ -17,6 +17,7 @@ import numpy as np
 from attrx.training import metrics
 from attrx.training.checkpoint import CALIBRATION
 from attrx.training.data import IGNORE, Encoded
+from attrx.training.predict import predict_probs
 
 DEFAULT_TARGETS = (0.90, 0.95)
 MIN_SUPPORT = 10
@@ -40,9 +41,7 @@ def calibrate_probs(probs: list[np.ndarray], labels: np.ndarray, attrs: list[str
 def calibrate_checkpoint(path: str | Path, model, data: Encoded, va: np.ndarray, classes: dict[str, list[str]],
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT,
                          confidence: float = CONFIDENCE) -> dict:
-    from attrx.training.train import predict
-
-    probs, _ = predict(model, data, va)
+    probs, _ = predict_probs(model, data, va)
     doc = calibrate_probs(probs, data.labels[va], list(classes), targets, min_support=min_support,
                           confidence=confidence)
     (Path(path) / CALIBRATION).write_text(json.dumps(doc, indent=2))

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
 from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
-from attrx.training.models.cma_clip import CMAClip, ModelConfig
+from attrx.training.models.factory import model_from_checkpoint_config
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 CALIBRATION, METRICS = "calibration.json", "metrics.json"
@@ -22,8 +21,8 @@ CALIBRATION, METRICS = "calibration.json", "metrics.json"
 @dataclass
 class Checkpoint:
     path: Path
-    model: CMAClip  # or MoMoClassifier: same forward signature
-    model_config: ModelConfig  # or MoMoConfig
+    model: torch.nn.Module  # any family: the same forward signature
+    model_config: object  # the family's config (CMA-CLIP's ModelConfig, MoMo's MoMoConfig)
     classes: dict[str, list[str]]
     preprocess: PreprocessConfig
     tokenizer: Tokenizer
@@ -34,7 +33,7 @@ class Checkpoint:
         return list(self.classes)
 
 
-def save_checkpoint(path: Path, model: CMAClip, classes: dict, preprocess: PreprocessConfig,
+def save_checkpoint(path: Path, model: torch.nn.Module, classes: dict, preprocess: PreprocessConfig,
                     tokenizer_file: Path, meta: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -59,19 +58,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise FileNotFoundError(f"{path} is not an attrx checkpoint: {f} is missing (made by `attrx train`)")
     cfg = json.loads((path / CONFIG).read_text())
     pre = PreprocessConfig.model_validate(cfg["preprocess"])
-    n_classes = [len(c) for c in cfg["attributes"].values()]
-    if cfg["model"].get("family") == "momo":
-        from attrx.training.models.momo import MoMoClassifier, MoMoConfig
-
-        mcfg = MoMoConfig.model_validate(cfg["model"])
-        spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
-        model = MoMoClassifier(mcfg, n_classes, **spec)
-    else:
-        mcfg = ModelConfig.model_validate(cfg["model"])
-        tc = {k: v for k, v in cfg["text_config"].items() if k not in ("architectures", "transformers_version")}
-        vc = {k: v for k, v in cfg["vision_config"].items() if k not in ("architectures", "transformers_version")}
-        model = CMAClip(mcfg, n_classes, text_model=CLIPTextModel(CLIPTextConfig(**tc)),
-                        vision_model=CLIPVisionModel(CLIPVisionConfig(**vc)))
+    model, mcfg = model_from_checkpoint_config(cfg)
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path / WEIGHTS} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

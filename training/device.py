@@ -5,6 +5,7 @@ per op), so a checkpoint is the same whatever trained it."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -64,3 +65,8 @@ def resolve(device: str = "auto", precision: str = "fp32") -> Compute:
     dev = torch.device(device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     return Compute(dev, precision, scaler)
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -19,7 +19,8 @@ from attrx.training.augment import label_pattern, names_label, strip_pattern, st
 from attrx.training.calibration import CONFIDENCE, DEFAULT_TARGETS, MIN_SUPPORT, calibrate_probs
 from attrx.training.checkpoint import CALIBRATION, METRICS, load_checkpoint
 from attrx.training.data import IGNORE, encode_catalog_on_disk, split_of
-from attrx.training.train import default_threads, predict
+from attrx.training.device import default_threads
+from attrx.training.predict import predict_probs
 
 
 def _check_condition(ck, split: str, drop_title: bool, drop_image: bool, strip_label_words) -> None:
@@ -146,9 +147,9 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         raise ValueError(f"{catalog}: the validation ({len(va)}) or test ({len(ev)}) split is empty; "
                          "for a catalog the model was not trained on, use --split all")
     if calib is None:
-        calib = calibrate_probs(predict(ck.model, data, va)[0], data.labels[va], attrs, targets,
+        calib = calibrate_probs(predict_probs(ck.model, data, va)[0], data.labels[va], attrs, targets,
                                 min_support=min_support, confidence=confidence)
-    p_eval, w_eval = predict(ck.model, data, ev)
+    p_eval, w_eval = predict_probs(ck.model, data, ev)
     (out / ".images.f32").unlink(missing_ok=True)  # the pixels are no longer needed
     results, weights, lacks = {}, {}, {}
     for j, a in enumerate(attrs):

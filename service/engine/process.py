@@ -168,7 +168,7 @@ def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> 
         bundle, pipeline = load_pipeline(settings)
         metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
         metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name)
-        item = pipeline.decode(*warmup_product())
+        item = pipeline.decode_request(*warmup_product())
         layout = _layout(pipeline, item)
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits
         ctl.send(("error", f"{type(e).__name__}: {e}"))

@@ -265,7 +265,7 @@ class Service:
             res = await self.run(p, watch, request.scope.get("attrx.ticket"))
         finally:
             watch.close()
-        preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
         return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
                              "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
@@ -285,7 +285,7 @@ class Service:
             return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
         except ClientGone:
             return {"index": i, "gone": True}
-        preds = st.pipeline.encode(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
         return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
 
     async def extract_batch(self, request: Request) -> JSONResponse:

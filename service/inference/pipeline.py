@@ -1,14 +1,14 @@
-"""The five named steps of serving a product, in the shape of LitServe's LitAPI:
+"""The five named steps of serving a product, as LitServe's LitAPI names them:
 
-  decode   raw title + image bytes -> model inputs of one item      (front end, a thread pool)
-  batch    items -> one batch                                       (the batcher's thread)
-  predict  one backend call per batch                               (the batcher's thread)
-  unbatch  a batch's outputs -> the row of each item                (the batcher's thread)
-  encode   one item's row -> the JSON answer's predictions          (the event loop)
+  decode_request   raw title + image bytes -> model inputs of one item   (front end, a thread pool)
+  batch            items -> one batch                                     (the batcher's thread)
+  predict          one backend call per batch                             (the batcher's thread)
+  unbatch          a batch's outputs -> the row of each item              (the batcher's thread)
+  encode_response  one item's row -> the JSON answer's predictions        (the event loop)
 
-`attrx serve` splits them over processes: front-ends (`attrx.service.http.app`) decode and encode, the
-inference process (`attrx.service.engine.process`) batches, predicts and unbatches. `attrx score` calls the same
-Predictor and backend, so both answer alike.
+`attrx serve` splits them over processes: front-ends (`attrx.service.http`) decode requests and
+encode responses, the inference process (`attrx.service.engine`) batches, predicts and unbatches.
+`attrx score` calls the same Predictor and backend, so both answer alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from attrx.service.contract.bundle import Bundle, load_bundle
-from attrx.service.inference.predictor import Predictor, stack
+from attrx.service.inference.predictor import Predictor, batch_inputs
 from attrx.service.inference.runtime import Backend, load_backend
 
 
@@ -49,12 +49,12 @@ class Pipeline:
     def __init__(self, predictor: Predictor, backend: Backend | None):
         self.predictor, self.backend = predictor, backend
 
-    def decode(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
+    def decode_request(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
         """Raises InputError or ImageError for a product the model cannot take."""
-        return self.predictor.prepare(title, image)
+        return self.predictor.decode_request(title, image)
 
     def batch(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return stack(items)
+        return batch_inputs(items)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.backend.run(inputs)
@@ -62,8 +62,8 @@ class Pipeline:
     def unbatch(self, outputs: list[np.ndarray], n: int) -> list[tuple[list[np.ndarray], int]]:
         return [(outputs, i) for i in range(n)]
 
-    def encode(self, outputs: list[np.ndarray], row: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
-        return self.predictor.decode(outputs, row, key=key, top_k=top_k)
+    def encode_response(self, outputs: list[np.ndarray], row: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
+        return self.predictor.encode_response(outputs, row, key=key, top_k=top_k)
 
     def run_batch(self, items: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """batch + predict: what the batcher's thread does with the items it took."""

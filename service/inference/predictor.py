@@ -1,4 +1,4 @@
-"""From raw product to answer: prepare one item, stack a batch, decode a model output row.
+"""From raw product to answer: decode one request into model inputs, batch items, encode a model output row.
 
 Shared by the HTTP service and `attrx score`, so both give the same answer for the same product.
 """
@@ -28,7 +28,7 @@ class InputError(ValueError):
         self.reason = reason
 
 
-def stack(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def batch_inputs(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Concatenate prepared single items (each [1, ...]) into one batch."""
     return {k: np.concatenate([it[k] for it in items]) for k in items[0]}
 
@@ -49,7 +49,7 @@ class Predictor:
         self.attributes = [a.name for a in self.manifest.attributes]
         self.targets = [precision_key(t) for t in self.manifest.precision_targets]
 
-    def prepare(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
+    def decode_request(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
         """One product -> model inputs with batch size 1. Raises InputError or ImageError."""
         title = normalise_title(title)
         if title is not None and len(title) > self.max_title_chars:
@@ -71,7 +71,7 @@ class Predictor:
                                            f"use one of {', '.join(self.targets)}")
         return key
 
-    def decode(self, outputs: Sequence[np.ndarray], i: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
+    def encode_response(self, outputs: Sequence[np.ndarray], i: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
         """Row i of a batch's outputs -> per attribute value, confidence, top-k, weights, threshold."""
         result = {}
         for j, attr in enumerate(self.manifest.attributes):
@@ -93,4 +93,4 @@ class Predictor:
         return result
 
 
-__all__ = ["ImageError", "InputError", "Predictor", "stack"]
+__all__ = ["ImageError", "InputError", "Predictor", "batch_inputs"]

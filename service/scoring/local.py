@@ -26,7 +26,7 @@ from tqdm import tqdm
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
 from attrx.service.contract.preprocess import ImageError
-from attrx.service.inference.predictor import InputError, Predictor, stack
+from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
 from attrx.service.scoring.outputs import bundle_sha256, open_output
@@ -64,7 +64,7 @@ def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
 def _prepare(task: tuple[int, str, str | None, str | None]):
     line, pid, title, image = task
     try:
-        return line, pid, _predictor.prepare(title, image), None
+        return line, pid, _predictor.decode_request(title, image), None
     except (ImageError, InputError) as e:
         return line, pid, None, str(e)
 
@@ -157,8 +157,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
 
     def flush(batch: list) -> None:
-        outputs = backend.run(stack([x for _, x in batch]))
-        writer.write([flatten(pid, predictor.decode(outputs, i, key=key)) for i, (pid, _) in enumerate(batch)])
+        outputs = backend.run(batch_inputs([x for _, x in batch]))
+        writer.write([flatten(pid, predictor.encode_response(outputs, i, key=key)) for i, (pid, _) in enumerate(batch)])
         counts["scored"] += len(batch)
         bar.update(len(batch))
 

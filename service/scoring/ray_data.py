@@ -32,7 +32,7 @@ import numpy as np
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
-from attrx.service.inference.predictor import InputError, Predictor, stack
+from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
 from attrx.service.scoring.local import flatten, output_columns
 from attrx.service.scoring.outputs import (
     RESUME_CHECKS,
@@ -139,15 +139,15 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     items, errors = [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
         try:
-            items.append(pred.prepare(title, image))
+            items.append(pred.decode_request(title, image))
             errors.append("")
         except (ImageError, InputError) as e:
             items.append(None)
             errors.append(str(e) or type(e).__name__)
     if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
-        blank = pred.prepare("-", None)
+        blank = pred.decode_request("-", None)
         items = [blank if x is None else x for x in items]
-    inputs = stack(items) if items else {k: v[:0] for k, v in pred.prepare("-", None).items()}
+    inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).items()}
     return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object), **inputs}
 
 
@@ -181,7 +181,7 @@ class Infer:
         if ok.any():
             outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
             ids = batch["id"][ok]
-            rows = [flatten(str(pid), self.predictor.decode(outputs, i, key=self.key)) for i, pid in enumerate(ids)]
+            rows = [flatten(str(pid), self.predictor.encode_response(outputs, i, key=self.key)) for i, pid in enumerate(ids)]
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 

@@ -9,16 +9,12 @@ modality weight is exactly 0 (the other exactly 1).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from attrx.training.models.layers import Block, HeadConfig, apply_inputs, make_head, mlp
 
 
 class TowerConfig(BaseModel):
@@ -40,12 +36,6 @@ class FusionConfig(BaseModel):
     num_layers: int = Field(2, ge=1)
     num_heads: int = 4
     mlp_ratio: int = 2
-    dropout: float = 0.1
-
-
-class HeadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hidden: int = 64
     dropout: float = 0.1
 
 
@@ -88,62 +78,6 @@ class ModelConfig(BaseModel):
     # mixes each tower's own features T, I, so lambda is the share of the title's own evidence
     # against the image's own evidence in what the head sees
     modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
-
-
-def load_config(name_or_path: str):
-    """A built-in name (`tiny`, `base`, `momo-tiny`, ...) or a path to a JSON file. The file's
-    `family` picks the schema: CMA-CLIP's ModelConfig or MoMo's MoMoConfig."""
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = CONFIG_DIR / f"{name_or_path}.json"
-    if not p.is_file():
-        known = sorted(q.stem for q in CONFIG_DIR.glob("*.json"))
-        raise FileNotFoundError(f"model config {name_or_path!r} not found; built-in configs: {', '.join(known)}")
-    data = json.loads(p.read_text())
-    if data.get("family") == "momo":
-        from attrx.training.models.momo import MoMoConfig
-
-        return MoMoConfig.model_validate(data)
-    return ModelConfig.model_validate(data)
-
-
-def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """keep: [B, S] bool, True where a key may be attended to -> an additive mask [B, 1, S, S].
-
-    Additive rather than boolean: it exports without the NaN guards of the bool form. Expanded over
-    the query axis (a view, no copy): onnxruntime's fused `Attention` kernel (opset 23) refuses a
-    mask broadcast from [B, 1, 1, S]."""
-    s = keep.shape[1]
-    return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, s, s)
-
-
-def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[B, S, 3*D] packed projections -> q, k, v, each [B, heads, S, D/heads]. Split first, then
-    one reshape and transpose each: the exported graph then has the pattern export/onnx.py folds
-    into a 3D Attention node (no transposes around it)."""
-    b, s, d3 = qkv.shape
-    return tuple(t.view(b, s, heads, d3 // 3 // heads).transpose(1, 2) for t in qkv.split(d3 // 3, dim=-1))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block (BERT-style, as the paper's sequence-wise attention)."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        b, s, d = x.shape
-        q, k, v = split_heads(self.qkv(self.ln1(x)), self.heads)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(keep, x.dtype))
-        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
-        return x + self.drop(self.mlp(self.ln2(x)))
 
 
 class CnnStem(nn.Module):
@@ -191,68 +125,6 @@ class ColourHistogram(nn.Module):
         ones = torch.ones_like(idx, dtype=pixel_values.dtype)
         hist = torch.zeros(b, k**3, dtype=pixel_values.dtype, device=pixel_values.device).scatter_add(1, idx, ones)
         return self.proj(torch.sqrt(hist / idx.shape[1]))
-
-
-def _mlp(width: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
-
-
-class TaskHead(nn.Module):
-    """Task-specific modality-wise attention + MLP head."""
-
-    def __init__(self, width: int, hidden: int, n_classes: int, dropout: float):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(width) * 0.02)
-        self.mlp = _mlp(width, hidden, n_classes, dropout)
-
-    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool,
-                gate: tuple[torch.Tensor, torch.Tensor] | None = None):
-        if learned:
-            gt, gi = gate if gate is not None else (t, i)
-            lam = torch.sigmoid(gt @ self.w - gi @ self.w)  # = exp(eT) / (exp(eT) + exp(eI))
-        else:
-            lam = torch.full_like(tp, 0.5)
-        both = tp * ip
-        lam = both * lam + (1.0 - both) * tp  # exactly 1 / 0 when one modality is missing
-        feat = lam[:, None] * t + (1.0 - lam)[:, None] * i
-        return self.mlp(feat), torch.stack([lam, 1.0 - lam], dim=-1)
-
-
-def apply_inputs(inputs: str, tp: torch.Tensor, ip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A text-only (image-only) model treats every image (title) as absent, in training and serving."""
-    if inputs == "text":
-        return tp, torch.zeros_like(ip)
-    if inputs == "image":
-        return torch.zeros_like(tp), ip
-    return tp, ip
-
-
-class TirgHead(nn.Module):
-    """Text-image residual gating (TIRG, Vo et al. 2019; the LiT-TIRG paper's fusion) before the MLP:
-    f = w_g * sigmoid(G([I; T])) * I + w_r * R([I; T]). It has no learned modality weights: the
-    reported weights only say which modalities were present (0.5/0.5 with both)."""
-
-    def __init__(self, width: int, hidden: int, n_classes: int, dropout: float):
-        super().__init__()
-        self.gate = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, width))
-        self.res = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, width))
-        self.w = nn.Parameter(torch.tensor([1.0, 0.1]))
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
-
-    def forward(self, t: torch.Tensor, i: torch.Tensor, tp: torch.Tensor, ip: torch.Tensor, learned: bool,
-                gate=None):
-        cat = torch.cat([i, t], -1)
-        fused = self.w[0] * torch.sigmoid(self.gate(cat)) * i + self.w[1] * self.res(cat)
-        both = (tp * ip)[:, None]
-        feat = both * fused + (1.0 - both) * (tp[:, None] * t + ip[:, None] * i)  # one modality: use it alone
-        lam = both[:, 0] * 0.5 + (1.0 - both[:, 0]) * tp
-        return self.mlp(feat), torch.stack([lam, 1.0 - lam], dim=-1)
-
-
-def make_head(fusion: str, width: int, hidden: int, n_classes: int, dropout: float) -> nn.Module:
-    if fusion == "tirg":
-        return TirgHead(width, hidden, n_classes, dropout)
-    return TaskHead(width, hidden, n_classes, dropout)
 
 
 class CMAClip(nn.Module):
@@ -303,8 +175,8 @@ class CMAClip(nn.Module):
             self.colour = ColourHistogram(cfg.colour_histogram, d, cfg.preprocess.get("image_mean", CLIP_MEAN),
                                           cfg.preprocess.get("image_std", CLIP_STD))
         h = cfg.head
-        self.aux_text = nn.ModuleList(_mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
-        self.aux_image = nn.ModuleList(_mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
+        self.aux_text = nn.ModuleList(mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
+        self.aux_image = nn.ModuleList(mlp(d, h.hidden, n, h.dropout) for n in n_classes) if cfg.aux_heads else None
         # the towers' own features, before they meet (aux heads, modality_weights="evidence")
         self.ln_uni = nn.LayerNorm(d) if cfg.use_swa and (cfg.aux_heads or cfg.modality_weights == "evidence") else None
 
@@ -392,17 +264,3 @@ class CMAClip(nn.Module):
         seq = self.ln(seq)
         t_feat = seq.gather(1, t_pos[:, None, None].expand(-1, 1, seq.shape[2]))[:, 0]
         return t_feat, seq[:, t_seq.shape[1]], t_uni, i_uni
-
-
-class ExportWrapper(nn.Module):
-    """Flattens CMAClip outputs for ONNX: per task, probabilities then modality weights."""
-
-    def __init__(self, model: CMAClip):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
-        outs = []
-        for logits, weights in self.model(input_ids, attention_mask, pixel_values, text_present, image_present):
-            outs += [torch.softmax(logits, dim=-1), weights]
-        return tuple(outs)

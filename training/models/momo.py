@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from attrx.training.models.cma_clip import (
+from attrx.training.models.layers import (
     Block,
     HeadConfig,
     apply_inputs,

@@ -5,6 +5,7 @@ A backend is anything with `name`, `providers`, `output_names` and `run(inputs) 
 plugs in through `load_backend`.
 """
 
-from attrx.service.inference.runtime.base import Backend, BackendError, load_backend
+from attrx.service.inference.runtime.base import Backend, BackendError
+from attrx.service.inference.runtime.factory import BACKENDS, load_backend
 
-__all__ = ["Backend", "BackendError", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "load_backend"]

@@ -1,0 +1,57 @@
+"""`attrx train`'s parameters: every knob of a training run, written to the checkpoint's config.json."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STAGES = ("warmup", "e2e", "tune")
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run; written to the checkpoint's config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: str
+    attributes: list[str] = Field(min_length=1)
+    out: str
+    config: str = "tiny"
+    family: str | None = Field(None, pattern="^(cma-clip|momo)$")
+    init_from: str | None = None
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    warmup_epochs: int = Field(2, ge=0)
+    warmup_lr: float = 1e-3
+    e2e_epochs: int = Field(10, ge=0)
+    e2e_lr: float = 5e-4
+    tune_epochs: int = Field(2, ge=0)
+    tune_lr: float = 5e-4
+    batch_size: int = Field(32, ge=1)
+    min_class_count: int = Field(0, ge=0, description="labels with fewer training examples fold into 'other'")
+    weight_decay: float = 1e-4
+    modality_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    # teach a multimodal model that a present title can be silent: per item and attribute, with this
+    # probability, the words naming that attribute's labels are removed from the training title
+    silence_title: float = Field(0.3, ge=0.0, le=1.0)
+    # unimodal auxiliary heads on the title tower and the image tower (Gradient-Blending); 0 turns them off
+    aux_loss_weight: float = Field(0.5, ge=0.0)
+    modality_weights: str = Field("evidence", pattern="^(paper|evidence)$")
+    augment_images: bool = True
+    patience: int = Field(5, ge=0, description="end a stage after this many epochs without a better val loss (0: never)")
+    no_mwa: bool = False
+    no_swa: bool = False
+    fusion: str = Field("mwa", pattern="^(mwa|tirg)$")
+    inputs: str = Field("both", pattern="^(both|text|image)$")
+    lock_image: bool = False
+    modality_specific_layernorm: bool = False
+    val_frac: float = Field(0.1, gt=0.0, lt=0.5)
+    test_frac: float = Field(0.1, ge=0.0, lt=0.5)
+    seed: int = 0
+    threads: int | None = None
+    # data: decoded images in a disk store read per batch (memory does not grow with the catalog),
+    # kept across runs in image_cache; in_memory holds every decoded image in RAM instead
+    in_memory: bool = False
+    image_cache: str | None = None
+    workers: int | None = Field(None, ge=0, description="DataLoader and decoding worker processes (default cores - 1)")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
+    progress: bool = True

@@ -1,0 +1,23 @@
+"""The learning-rate schedule of each training stage: linear warm-up over 5% of the steps, then cosine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(steps: int):
+    """The LR multiplier at each step of a stage of `steps` steps."""
+    warm = max(1, int(0.05 * steps))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return f
+
+
+def scheduler(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
