@@ -208,6 +208,6 @@ def test_served_variant_is_reported(variant_bundle, bundle):
     finally:
         s.stop()
     # a precision the bundle lacks stops the start, naming what it has
-    r = subprocess.run([sys.executable, "-m", "attrx.cli", "serve", "--bundle", str(bundle), "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "attrx", "serve", "--bundle", str(bundle), "--port", "0",
                         "--precision", "int8", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "the bundle has no int8 variant; it has fp32" in r.stdout + r.stderr

@@ -78,7 +78,7 @@ def test_lean_runtime_without_gpu_refuses_clearly(bundle, tmp_path):
 
 
 def test_serve_with_tensorrt_backend_fails_at_start_with_the_reason(bundle):
-    r = subprocess.run([sys.executable, "-m", "attrx.cli", "serve", "--bundle", str(bundle), "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "attrx", "serve", "--bundle", str(bundle), "--port", "0",
                         "--backend", "tensorrt", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "has no TensorRT engine" in r.stdout + r.stderr

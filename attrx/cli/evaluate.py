@@ -1,0 +1,48 @@
+"""`attrx eval`: a checkpoint's quality per condition, and its calibration."""
+
+from __future__ import annotations
+
+from attrx.cli.common import csv_list, need_training_extra
+
+
+def cmd_eval(a) -> None:
+    need_training_extra()
+    from attrx.training.evaluate import evaluate
+
+    evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
+             progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
+             strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
+             confidence=a.calibration_confidence)
+
+
+def _eval_parser(sub) -> None:
+    e = sub.add_parser("eval", help="accuracy, macro-F1, recall@precision; calibrate per-class thresholds")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--catalog", required=True)
+    e.add_argument("--out", help="where metrics.json and plots go (default: the checkpoint folder)")
+    e.add_argument("--precision", type=lambda s: [float(x) for x in csv_list(s)], default=[0.90, 0.95],
+                   help="target precisions (default 0.90,0.95)")
+    e.add_argument("--min-positives", type=int, default=5,
+                   help="recall@precision is macro-averaged over the classes with at least this many positives "
+                        "both in the validation split (the thresholds' support) and in the evaluated rows; the "
+                        "same rule for --split test and --split all, so the two figures count alike (default 5)")
+    e.add_argument("--min-support", type=int, default=10,
+                   help="when calibrating: a class needs this many validation positives to get a threshold (default 10)")
+    e.add_argument("--calibration-confidence", type=float, default=0.5,
+                   help="when calibrating: a threshold's validation precision must reach the target at this "
+                        "one-sided Clopper-Pearson confidence; 0 uses the point estimate (default 0.5)")
+    e.add_argument("--split", choices=["test", "all"], default="test",
+                   help="test: the checkpoint's own test split, thresholds calibrated on its validation split "
+                        "(default); all: every row of any catalog with the same attribute columns, at the "
+                        "checkpoint's calibrated thresholds")
+    e.add_argument("--drop-title", action="store_true", help="condition: evaluate with the titles removed")
+    e.add_argument("--drop-image", action="store_true", help="condition: evaluate with the images removed")
+    e.add_argument("--strip-label-words", type=csv_list, metavar="ATTR[,ATTR]",
+                   help="condition: remove every class name of these attributes from the titles (e.g. colour)")
+    e.add_argument("--report", help="also write figures and a Markdown summary (summary.md) into this folder")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+
+def add_parsers(sub) -> None:
+    _eval_parser(sub)

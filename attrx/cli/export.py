@@ -1,0 +1,94 @@
+"""`attrx export`, `attrx build-engine`, `attrx validate-bundle`: checkpoint -> model bundle."""
+
+from __future__ import annotations
+
+import sys
+
+from attrx.cli.common import csv_list, need_training_extra
+
+
+def cmd_export(a) -> None:
+    need_training_extra()
+    from attrx.export.build import export_bundle
+    from attrx.export.onnx_export import ExportError
+
+    try:
+        result = export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, precisions=a.precision,
+                               attention=a.attention, opset=a.opset, tolerance=a.tolerance, catalog=a.catalog)
+    except ExportError as e:
+        raise SystemExit(f"attrx export: {e}") from None
+    if a.tensorrt:
+        from attrx.export.tensorrt_engine import build_engine
+
+        build_engine(result.path, max_batch_size=a.max_batch_size)
+    if result.refused:
+        refused = "; ".join(f"{k}: {v}" for k, v in result.refused.items())
+        print(f"attrx export: written without {', '.join(result.refused)} ({refused})", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_build_engine(a) -> None:
+    from attrx.export.tensorrt_engine import EngineBuildError, build_engine
+
+    try:
+        build_engine(a.bundle, max_batch_size=a.max_batch_size, opt_batch_size=a.opt_batch_size,
+                     precision=a.precision, workspace_gib=a.workspace_gib)
+    except EngineBuildError as e:
+        raise SystemExit(f"attrx build-engine: {e}") from None
+
+
+def cmd_validate_bundle(a) -> None:
+    from attrx.service.contract.bundle import BundleError, load_bundle
+
+    try:
+        b = load_bundle(a.bundle)
+    except BundleError as e:
+        raise SystemExit(f"attrx: invalid bundle: {e}") from None
+    m = b.manifest
+    refused = f"; refused: {', '.join(m.refused)}" if m.refused else ""
+    print(f"bundle {a.bundle} is valid: {m.name} {m.version} ({m.model.family}, schema v{m.schema_version}, "
+          f"{m.model.attention} attention), attributes {', '.join(x.name for x in m.attributes)}; "
+          f"variants {', '.join(m.variants)}{refused}")
+
+
+def _export_parser(sub) -> None:
+    x = sub.add_parser("export", help="checkpoint -> model bundle (ONNX + manifest + tokenizer), with parity check")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--name", help="model name (default: the checkpoint folder's name)")
+    x.add_argument("--version", default="0.1.0")
+    x.add_argument("--precision", type=csv_list, default=["fp32"],
+                   help="variants to write: fp32 (always), fp16 (GPUs), int8 (CPUs); each is checked against "
+                        "fp32 on the catalog's test split and refused, with the reason, if it misses its gate "
+                        "(exit status 2). Default fp32")
+    x.add_argument("--attention", choices=["fused", "unfused"], default="fused",
+                   help="fused: one ONNX Attention node per attention (opset 23, default); unfused: MatMul/Softmax "
+                        "(opset 17)")
+    x.add_argument("--opset", type=int, help="ONNX opset (default: 23 fused, 17 unfused)")
+    x.add_argument("--catalog", help="catalog whose test split checks the fp16/int8 variants (default: the "
+                                     "checkpoint's training catalog)")
+    x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
+    x.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (as `attrx build-engine`; "
+                                                           "needs the full tensorrt package and a GPU)")
+    x.add_argument("--max-batch-size", type=int, default=32, help="TensorRT profile's largest batch (default 32)")
+    x.set_defaults(func=cmd_export)
+    b = sub.add_parser("build-engine", help="bundle -> TensorRT engine (model.plan) for the lean runtime; needs "
+                                            "the full tensorrt package and an NVIDIA GPU")
+    b.add_argument("bundle")
+    b.add_argument("--precision", choices=["auto", "fp16", "fp32"], default="auto",
+                   help="which ONNX variant to build from (auto: fp16 if the bundle has it)")
+    b.add_argument("--max-batch-size", type=int, default=32, help="largest batch of the optimisation profile")
+    b.add_argument("--opt-batch-size", type=int, help="batch size TensorRT tunes for (default: max-batch-size)")
+    b.add_argument("--workspace-gib", type=float, default=2.0, help="builder workspace limit")
+    b.set_defaults(func=cmd_build_engine)
+
+
+def _validate_bundle_parser(sub) -> None:
+    v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
+    v.add_argument("bundle")
+    v.set_defaults(func=cmd_validate_bundle)
+
+
+def add_parsers(sub) -> None:
+    _export_parser(sub)
+    _validate_bundle_parser(sub)

@@ -1,0 +1,122 @@
+"""`attrx train` and `attrx pretrain`: checkpoint from a catalog."""
+
+from __future__ import annotations
+
+from attrx.cli.common import csv_list, need_training_extra
+
+
+def cmd_train(a) -> None:
+    need_training_extra()
+    from attrx.training.train import TrainConfig, train
+
+    fields = TrainConfig.model_fields
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None}, progress=not a.quiet)
+    train(cfg)
+
+
+def cmd_pretrain(a) -> None:
+    need_training_extra()
+    from attrx.training.pretrain import PretrainConfig, pretrain
+
+    fields = PretrainConfig.model_fields
+    pretrain(PretrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None},
+                            progress=not a.quiet))
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a CMA-CLIP multi-task model (three stages)")
+    t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
+    t.add_argument("--attributes", required=True, type=csv_list, help="attribute columns, e.g. colour,pattern")
+    t.add_argument("--out", required=True, help="checkpoint folder")
+    t.add_argument("--family", choices=["cma-clip", "momo"],
+                   help="model family (default: the config's; --family momo defaults to --config momo-tiny)")
+    t.add_argument("--config", default="tiny",
+                   help="tiny, base, cma-clip-b32, momo-tiny, momo-base, or a JSON file (default tiny)")
+    t.add_argument("--init-from", help="local Hugging Face CLIP folder for the text and image towers")
+    t.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the titles")
+    t.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size when training a tokenizer")
+    for stage, (ep, lr) in {"warmup": (2, 1e-3), "e2e": (10, 5e-4), "tune": (2, 5e-4)}.items():
+        t.add_argument(f"--{stage}-epochs", type=int, help=f"epochs of the {stage} stage (default {ep}; 0 skips it)")
+        t.add_argument(f"--{stage}-lr", type=float, help=f"peak learning rate of the {stage} stage (default {lr:g})")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--min-class-count", type=int,
+                   help="labels with fewer training examples fold into one class 'other' (default 0: none)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    t.add_argument("--modality-dropout", type=float,
+                   help="probability of hiding the title or the image of a training item (default 0.1)")
+    t.add_argument("--silence-title", type=float,
+                   help="per training item and attribute, the probability of removing the words that name that "
+                        "attribute's labels from the title, so the model learns that a present title can be silent "
+                        "(default 0.3; 0 turns it off; off for --inputs text|image)")
+    t.add_argument("--aux-loss-weight", type=float,
+                   help="weight of the unimodal auxiliary heads' losses (a head on the title tower alone and one "
+                        "on the image tower alone; training only, never exported) (default 0.5; 0 turns them off)")
+    t.add_argument("--modality-weights", choices=["paper", "evidence"],
+                   help="paper: lambda mixes the sequence-wise attention outputs T', I' (which have already "
+                        "attended to each other); evidence: the same lambda, still read from T', I', mixes each "
+                        "tower's own features, so it is the share of the title's vs the image's own evidence "
+                        "(default evidence)")
+    t.add_argument("--no-augment-images", dest="augment_images", action="store_false", default=None,
+                   help="no image augmentation (default: random crop/shift/flip; colours never change)")
+    t.add_argument("--patience", type=int,
+                   help="end a stage after this many epochs without a better validation loss (default 5; 0: never)")
+    t.add_argument("--no-mwa", action="store_true", help="ablation: plain average instead of modality-wise attention")
+    t.add_argument("--no-swa", action="store_true", help="ablation: towers' [CLS] outputs, no sequence-wise attention")
+    t.add_argument("--fusion", choices=["mwa", "tirg"],
+                   help="how title and image features meet before the heads: modality-wise attention (default) "
+                        "or text-image residual gating (LiT-TIRG)")
+    t.add_argument("--inputs", choices=["both", "text", "image"],
+                   help="single-modality baselines: a text-only (image-only) model ignores every image (title), "
+                        "also when served (default both)")
+    t.add_argument("--lock-image", action="store_true",
+                   help="locked-image tuning: the image tower (MoMo: the image input embedding) never trains")
+    t.add_argument("--modality-specific-layernorm", action="store_true",
+                   help="MoMo: shared attention/MLP weights, per-modality LayerNorms (MS-CLIP)")
+    t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
+    t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--in-memory", action="store_true",
+                   help="hold every decoded image in RAM (the demo-scale path); by default they go to a disk "
+                        "store that batches read from, so memory does not grow with the catalog")
+    t.add_argument("--image-cache", metavar="DIR",
+                   help="keep the decoded images in DIR, keyed by the catalog and the preprocessing: a later run "
+                        "on the same catalog skips decoding")
+    t.add_argument("--workers", type=int,
+                   help="DataLoader and image-decoding worker processes (default: cores - 1; 0: in this process)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default auto: CUDA when torch sees a GPU, else the CPU)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32); fp16 uses a GradScaler and needs CUDA; the "
+                        "checkpoint's weights are fp32 either way")
+    t.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: every core this process may use). On a machine shared with "
+                        "another training, give each run its share, e.g. --threads 1 each on 2 cores")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+
+def _pretrain_parser(sub) -> None:
+    r = sub.add_parser("pretrain", help="MoMo's three-stage self-supervised pre-training (no labels needed)")
+    r.add_argument("--family", default="momo", choices=["momo"])
+    r.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id, title, image (labels unused)")
+    r.add_argument("--out", required=True, help="folder for the pre-trained encoder")
+    r.add_argument("--config", help="momo-tiny (default), momo-base or a JSON file")
+    r.add_argument("--split", choices=["train", "val", "test"],
+                   help="use only this id-hash split (e.g. train, to keep evaluation products unseen)")
+    for st, what in ((1, "MIM"), (2, "MIM + MLM"), (3, "MLM + cross-modal masking + contrastive + matching")):
+        r.add_argument(f"--stage{st}-steps", type=int, help=f"steps of stage {st}: {what} (default 100; 0 skips)")
+    r.add_argument("--batch-size", type=int, help="default 32")
+    r.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    r.add_argument("--mim-ratio", type=float, help="masked share of patches (default 0.75)")
+    r.add_argument("--mlm-ratio", type=float, help="masked share of title tokens (default 0.15)")
+    r.add_argument("--cmm-ratio", type=float, help="masked share of both in cross-modal masking (default 0.75)")
+    r.add_argument("--modality-specific-layernorm", action="store_true", help="per-modality LayerNorms (MS-CLIP)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_pretrain)
+
+
+def add_parsers(sub) -> None:
+    _train_parser(sub)
+    _pretrain_parser(sub)

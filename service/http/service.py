@@ -1,0 +1,227 @@
+"""What the routes do: admission, reading a request, waiting on the engine under the request's
+deadline, the drain and the client, and answering; `/v1/model`, `/readyz` and `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from pydantic_core import to_json
+
+from attrx.service.contract.preprocess import ImageError
+from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.client import EngineGone, EngineLink
+from attrx.service.http.admission import Ticket
+from attrx.service.http.asgi import Gate
+from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
+from attrx.service.http.requests import Product, check_options, from_model, item_id, read_batch, read_one
+from attrx.service.http.schemas import (
+    ExtractRequest,
+    ModelInfo,
+)
+from attrx.service.http.state import State, count_warm, load_state, warm_up
+from attrx.service.http.watch import Drain, Watch
+from attrx.service.inference.predictor import InputError
+from attrx.service.settings import ServeSettings
+from attrx.service.telemetry.prometheus import exposition
+
+log = logging.getLogger("uvicorn.error")
+
+
+def _json(payload: dict) -> Response:
+    # pydantic-core's encoder (Rust) instead of the json module: a per-request cost on the event loop
+    return Response(to_json(payload), media_type="application/json")
+
+
+class Service:
+    """The routes' work, on the state the lifespan loads."""
+
+    def __init__(self, settings: ServeSettings, link: EngineLink):
+        self.settings, self.link = settings, link
+        self.drain = Drain()
+        self.state: State | None = None
+        self.gate: Gate | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """SIGTERM/SIGINT: not ready from now on; work that cannot finish in time is answered 503."""
+        self.drain.begin(self.settings.drain_timeout_s)
+        st = self.state
+        if st is not None:
+            if st.ready:
+                count_warm(st, -1)
+            st.ready = False
+            st.metrics.ready.set(0)
+            # the supervisor tells the inference process to run what is queued without waiting
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        st = self.state = load_state(self.settings, self.link)
+        self.gate = Gate(st.admission, st.metrics)
+        app.state.attrx = st
+        st.engine.start()
+        warm = asyncio.create_task(warm_up(st, self.link.ready))
+        try:
+            yield
+        finally:
+            warm.cancel()
+            self.begin_drain()
+            left = max(0.1, self.drain.deadline - time.monotonic())
+            done = await st.engine.settled(left)
+            st.engine.close()
+            st.pool.shutdown(wait=False, cancel_futures=True)
+            refused = self.drain.refused
+            st.drained = done and refused == 0
+            log.info("attrx: stopped (%s)", "drained" if st.drained else
+                     f"drain timed out after {self.settings.drain_timeout_s:g} s: {refused} refused with 503")
+
+    def ready_state(self, admitted: bool = False) -> State:
+        """The loaded state, or 503. A request the gate admitted before a drain began is served
+        (the drain deadline still bounds it); a new one is refused while draining."""
+        st = self.state
+        if st is None or not st.ready:
+            if self.drain.draining:
+                if admitted and st is not None:
+                    return st
+                raise retry_later(503, "draining", "the server is shutting down")
+            raise retry_later(503, "not_ready", "the model is loading or warming up")
+        return st
+
+    def reject(self, reason: str) -> None:
+        if reason == "draining":
+            self.drain.refused += 1
+        if self.state is not None:
+            self.state.metrics.rejections.labels(reason).inc()
+
+    # -- one product --------------------------------------------------------------------------
+    async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> BatchResult:
+        st = self.state
+        watch.check("decoding")
+        fut = st.pool.submit(st.pipeline.decode, p.title, p.image)
+        if ticket is not None:
+            ticket.hold(fut)
+        try:
+            inputs = await watch.wait(fut, "decoding")
+        except (ImageError, InputError) as e:
+            raise input_error(e) from None
+        watch.check("queueing")
+        try:
+            job, slot = st.engine.submit(inputs, watch.deadline)
+            if ticket is not None:
+                ticket.hold(job)
+            return await watch.wait(job, "running", cancel=partial(st.engine.cancel, slot))
+        except QueueFull as e:
+            raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
+        except DeadlineExceeded:  # counted by the batcher
+            raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms", counted=True) from None
+        except Draining as e:
+            raise retry_later(503, "draining", str(e)) from None
+        except EngineGone as e:
+            raise retry_later(503, "not_ready", str(e)) from None
+
+    def watch(self, request: Request, t0: float) -> Watch:
+        ms = self.settings.request_timeout_ms
+        return Watch(request.receive, t0 + ms / 1000.0, self.drain, ms)
+
+    def precision_key(self, st: State, min_precision: float | None) -> str:
+        try:
+            return st.pipeline.predictor.precision_key(min_precision)
+        except InputError as e:
+            raise input_error(e) from None
+
+    async def extract(self, request: Request) -> JSONResponse:
+        t0 = time.monotonic()
+        st = self.ready_state(admitted="attrx.ticket" in request.scope)
+        watch = self.watch(request, t0)
+        try:
+            p = await read_one(request)
+            check_options(p)
+            key = self.precision_key(st, p.min_precision)
+            res = await self.run(p, watch, request.scope.get("attrx.ticket"))
+        finally:
+            watch.close()
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
+        return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
+                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    # -- a batch of products ------------------------------------------------------------------
+    async def _batch_item(self, st: State, i: int, raw, watch: Watch, ticket: Ticket) -> dict:
+        pid = item_id(raw)
+        try:
+            p = from_model(ExtractRequest.model_validate(raw))
+            key = self.precision_key(st, p.min_precision)
+            res = await self.run(p, watch, ticket)
+        except ApiError as e:
+            if not e.counted:
+                self.reject(e.reason)
+            return {"index": i, "id": pid, "error": {"reason": e.reason, "message": e.message}}
+        except ValidationError as e:
+            self.reject("bad_request")
+            return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
+        except ClientGone:
+            return {"index": i, "gone": True}
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
+        return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
+
+    async def extract_batch(self, request: Request) -> JSONResponse:
+        t0 = time.monotonic()
+        st = self.ready_state(admitted="attrx.ticket" in request.scope)
+        watch = self.watch(request, t0)
+        try:
+            body = await read_batch(request, self.settings.max_batch_items)
+            ticket = st.admission.try_acquire(len(body))
+            if ticket is None:
+                raise retry_later(429, "overloaded", f"{len(body)} products do not fit under the server's limit "
+                                                     f"of {st.admission.limit} in flight; retry shortly")
+            try:
+                results = await asyncio.gather(*(self._batch_item(st, i, raw, watch, ticket)
+                                                 for i, raw in enumerate(body)))
+            finally:
+                ticket.close()
+        finally:
+            watch.close()
+        if any(r.get("gone") for r in results):
+            raise ClientGone
+        return _json({"model": st.model_ref, "results": results,
+                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    # -- the rest -----------------------------------------------------------------------------
+    def model_info(self, st: State) -> ModelInfo:
+        m, s = st.bundle.manifest, st.settings
+        return ModelInfo(
+            name=m.name, version=m.version, family=m.model.family, created=m.created,
+            precision_targets=m.precision_targets,
+            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
+                        for a in m.attributes],
+            metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
+            precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
+            batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
+                      "max_queue_size": s.max_queue_size, "max_in_flight": s.max_in_flight,
+                      "request_timeout_ms": s.request_timeout_ms},
+        )
+
+    def readyz(self) -> JSONResponse:
+        try:
+            st = self.ready_state()
+        except ApiError as e:
+            return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
+        warm, workers = st.link.warm[0].value, st.link.workers
+        if warm < workers:  # this process is ready, not yet every one that shares the socket
+            return JSONResponse(error_body("not_ready", f"{warm} of {workers} front-end processes are ready"),
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "model": st.model_ref})
+
+    def metrics(self) -> Response:
+        st = self.state
+        if st is None:
+            return Response("", media_type=CONTENT_TYPE_LATEST)
+        st.metrics.in_flight.set(st.admission.in_flight)
+        body, media_type = exposition(st.metrics.registry)
+        return Response(body, media_type=media_type)

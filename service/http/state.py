@@ -1,0 +1,121 @@
+"""A front-end's loaded state: the bundle, its pipeline (decoding and encoding only), the metrics,
+the engine client and the decoding pool; warm-up; the request schemas the calibration allows."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from attrx.service.contract.bundle import Bundle, load_bundle
+from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
+from attrx.service.engine.shm import Arena
+from attrx.service.http.admission import Admission
+from attrx.service.http.schemas import (
+    ExtractRequest,
+)
+from attrx.service.inference.pipeline import Pipeline, load_pipeline, warmup_product
+from attrx.service.settings import ServeSettings
+from attrx.service.telemetry.prometheus import Metrics
+
+log = logging.getLogger("uvicorn.error")
+
+
+def calibrated_targets(settings: ServeSettings) -> list[float] | None:
+    """The bundle's precision targets, for the API schema (None if the bundle cannot be read: the
+    server then fails at startup with the bundle's own error). Manifest only, no file hashing."""
+    try:
+        return list(load_bundle(settings.bundle, verify_hashes=False).manifest.precision_targets)
+    except (OSError, ValueError):
+        return None
+
+
+def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
+    """(JSON, multipart) request schemas; min_precision lists the calibrated targets, which are the
+    only values the server takes."""
+    mp = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    if targets:
+        mp = {"type": "number", "enum": targets}
+    js = ExtractRequest.model_json_schema()
+    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
+                                         "description": js["properties"]["min_precision"].get("description", "")}
+    multipart = {"type": "object", "properties": {
+        "title": {"type": "string"}, "image": {"type": "string", "format": "binary"}, "min_precision": mp,
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
+    return js, multipart
+
+
+@dataclass
+class State:
+    settings: ServeSettings
+    bundle: Bundle
+    pipeline: Pipeline
+    metrics: Metrics
+    engine: EngineClient
+    link: EngineLink
+    pool: ThreadPoolExecutor
+    admission: Admission
+    ready: bool = False
+    drained: bool | None = None
+    model_ref: dict = field(default_factory=dict)
+
+
+def lower_priority(nice: int) -> None:
+    """A decoding thread runs behind its process's event loop: under overload the loop, which
+    answers 429s and finished requests, gets the CPU first (Linux: niceness is per thread)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):
+            pass
+
+
+def load_state(settings: ServeSettings, link: EngineLink) -> State:
+    bundle, pipeline = load_pipeline(settings, with_backend=False)
+    m = bundle.manifest
+    metrics = Metrics([a.name for a in m.attributes])
+    engine = EngineClient(link.sock, Arena(link.layout, link.slots, name=link.arena))
+    return State(settings, bundle, pipeline, metrics, engine, link,
+                 ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
+                                    initializer=lower_priority, initargs=(settings.preprocess_nice,)),
+                 Admission(settings.max_in_flight, shared=link.admission),
+                 model_ref={"name": m.name, "version": m.version})
+
+
+async def warm_up(st: State, engine_ready) -> None:
+    """This process's preprocessing, then one product through the inference process once it is
+    warm (it ran full batches); ready afterwards."""
+    s = st.settings
+    loop = asyncio.get_running_loop()
+    try:
+        item = await loop.run_in_executor(st.pool, st.pipeline.decode, *warmup_product())
+        while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
+            if st.engine.gone:
+                raise EngineGone("the inference process stopped while warming up")
+        fut, _ = st.engine.submit(item, time.monotonic() + 60.0, counted=False)
+        await fut
+    except Exception:
+        log.exception("attrx: warm-up failed; the server stays not ready")
+        return
+    # the objects of startup (bundle, tokenizer, modules) live as long as the process: keep them out
+    # of the collector's full passes, which otherwise scan them all and stall the event loop
+    gc.collect()
+    gc.freeze()
+    st.ready = True
+    st.metrics.ready.set(1)
+    count_warm(st, +1)
+    log.info("attrx: %s %s ready in front-end %d (%s %s, batch <= %d, delay %.1f ms, in flight <= %d)",
+             st.model_ref["name"], st.model_ref["version"], os.getpid(), st.link.info["providers"][0],
+             st.link.info["precision"],
+             s.max_batch_size, s.max_queue_delay_ms, s.max_in_flight)
+
+
+def count_warm(st: State, n: int) -> None:
+    count, lock = st.link.warm
+    with lock:
+        count.value += n
