@@ -16,6 +16,7 @@ ARG VARIANT=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY attrx attrx
 COPY service service
 COPY training training
 COPY export export

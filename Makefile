@@ -23,7 +23,7 @@ DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epoch
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
-	@echo "make test-fast    the tests that train no model (seconds, for the edit loop)"
+	@echo "make test-fast    tests/unit + tests/integration: nothing trains (the edit loop)"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: PyTorch eager vs onnxruntime fp32 unfused, fused, int8 (~2 min)"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
@@ -32,7 +32,7 @@ help:
 	@echo "make bench-scale  benchmarks/scale.py: attrx score --ray (Ray Data) vs attrx score, 1 vs 2 actors, N-node projection (~4 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~35 min)"
-	@echo "make lint         ruff"
+	@echo "make lint         ruff + lint-imports (the import rules)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +48,14 @@ venv install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# the edit loop: everything but the tests that train a model (marker `slow`)
+# the edit loop: tests/unit and tests/integration (an untrained bundle, real servers); nothing trains
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q tests/unit tests/integration
 
+# ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service training export tests benchmarks
+	$(VENV)/bin/ruff check attrx service training export tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 # order-only on the install: an existing demo bundle is reused after a reinstall
 $(DEMO_BUNDLE)/manifest.json: | $(STAMP)

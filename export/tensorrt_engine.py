@@ -7,7 +7,7 @@ The engine is built
   the graph's own types decide the precision, there is no FP16 builder flag), else from fp32;
 - with one optimisation profile over the batch axis: min 1, opt, max `max_batch_size`;
 - version-compatible and without an embedded lean runtime, so the serving side's
-  `tensorrt-lean-cu12` (service/runtime/tensorrt.py) runs it;
+  `tensorrt-lean-cu12` (service/inference/runtime/tensorrt_backend.py) runs it;
 - with a timing cache saved beside the bundle (`trt-timing.cache`) and reused by later builds.
 The manifest gains a `tensorrt` variant with the file's hash and how it was built.
 """

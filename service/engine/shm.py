@@ -2,7 +2,7 @@
 gets its outputs back without pickling or copying through a pipe.
 
 An arena belongs to one front-end. It holds `n` slots; a slot holds one item's model inputs (as
-`Pipeline.decode` makes them, batch size 1), one row of each model output, and a cancel flag the
+`Pipeline.decode_request` makes them, batch size 1), one row of each model output, and a cancel flag the
 front-end raises when the item's client has gone or its deadline passed. Only the small
 "slot k is ready" / "slot k is done" messages travel through a socket (`attrx.service.engine.process`).
 """

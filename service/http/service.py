@@ -104,7 +104,7 @@ class Service:
     async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> BatchResult:
         st = self.state
         watch.check("decoding")
-        fut = st.pool.submit(st.pipeline.decode, p.title, p.image)
+        fut = st.pool.submit(st.pipeline.decode_request, p.title, p.image)
         if ticket is not None:
             ticket.hold(fut)
         try:

@@ -93,7 +93,7 @@ async def warm_up(st: State, engine_ready) -> None:
     s = st.settings
     loop = asyncio.get_running_loop()
     try:
-        item = await loop.run_in_executor(st.pool, st.pipeline.decode, *warmup_product())
+        item = await loop.run_in_executor(st.pool, st.pipeline.decode_request, *warmup_product())
         while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
             if st.engine.gone:
                 raise EngineGone("the inference process stopped while warming up")

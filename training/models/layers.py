@@ -28,7 +28,7 @@ def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[B, S, 3*D] packed projections -> q, k, v, each [B, heads, S, D/heads]. Split first, then
-    one reshape and transpose each: the exported graph then has the pattern export/onnx.py folds
+    one reshape and transpose each: the exported graph then has the pattern export/attention3d.py folds
     into a 3D Attention node (no transposes around it)."""
     b, s, d3 = qkv.shape
     return tuple(t.view(b, s, heads, d3 // 3 // heads).transpose(1, 2) for t in qkv.split(d3 // 3, dim=-1))

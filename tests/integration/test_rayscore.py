@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import long_catalog
+from helpers import long_catalog
 
 pytest.importorskip("ray.data", reason="Ray Data is the optional extra attrx[ray]")
 
@@ -124,7 +123,7 @@ def test_flags_of_the_other_mode_are_refused(messy_catalog, bundle, tmp_path):
 def test_the_base_install_does_not_need_ray():
     import tomllib
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert not any(d.lower().startswith("ray") for d in project["dependencies"])
     assert any(d.startswith("ray[data]") for d in project["optional-dependencies"]["ray"])

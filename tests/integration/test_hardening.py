@@ -22,8 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.test_service import _metric, _scrape, _wait_metric
+from helpers import metric, scrape, wait_metric
 
 
 def _png(width: int, height: int, fill: int = 0x80) -> bytes:
@@ -63,7 +62,7 @@ def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
     with cf.ThreadPoolExecutor(4) as ex:
         held = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=20)
                 for i in range(4)]
-        _wait_metric(s, "attrx_in_flight", 4)
+        wait_metric(s, "attrx_in_flight", 4)
         t0 = time.monotonic()
         refused = [httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=5) for _ in range(5)]
         batch = httpx.post(s.url + "/v1/extract/batch", json=[{"title": "Tee"}], timeout=5)
@@ -74,9 +73,9 @@ def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
     body = refused[0].json()["error"]
     assert body["reason"] == "overloaded" and "4 products are in flight" in body["message"]
     assert refused[0].headers["retry-after"] == "1"
-    after = _scrape(s)
-    assert _metric(after, "attrx_rejections_total", '{reason="overloaded"}') == 6
-    assert _metric(after, "attrx_in_flight") == 0  # every slot came back
+    after = scrape(s)
+    assert metric(after, "attrx_rejections_total", '{reason="overloaded"}') == 6
+    assert metric(after, "attrx_in_flight") == 0  # every slot came back
     assert httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
 
 
@@ -165,7 +164,7 @@ def test_the_schema_says_what_the_server_accepts(server):
 # -- slow and vanished clients ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def impatient(bundle):
-    from conftest import Server
+    from helpers import Server
 
     s = Server(bundle, header_timeout_s=1, body_timeout_s=1, keep_alive_timeout_s=1)
     yield s
@@ -174,7 +173,7 @@ def impatient(bundle):
 
 @pytest.mark.parametrize("kind", ["partial_headers", "short_body", "unfinished_chunked", "idle"])
 def test_slow_clients_are_closed(impatient, kind):
-    before = _metric(_scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
+    before = metric(scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
     sock = _connect(impatient)
     if kind == "partial_headers":
         sock.sendall(b"POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
@@ -191,7 +190,7 @@ def test_slow_clients_are_closed(impatient, kind):
         assert data == b""
     else:
         assert data.startswith(b"HTTP/1.1 408") and b'"reason": "slow_client"' in data, data[:300]
-    after = _metric(_scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
+    after = metric(scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
     assert after == before + 1
     assert httpx.post(impatient.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
 
@@ -216,14 +215,14 @@ def test_connections_past_the_limit_are_refused(start_server):
         c.close()
     time.sleep(0.3)
     assert httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200
-    assert _metric(_scrape(s), "attrx_rejections_total", '{reason="too_many_connections"}') == 1
+    assert metric(scrape(s), "attrx_rejections_total", '{reason="too_many_connections"}') == 1
 
 
 def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
     # one decoding thread busy with slow images: the clients that give up meanwhile are dropped
     s = start_server(preprocess_workers=1, max_queue_delay_ms=1)
     heavy = _png(6000, 6000)  # ~0.8 s to decode here: still decoding when its client gives up
-    before = _scrape(s)
+    before = scrape(s)
     with cf.ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy, "image/png")},
                           timeout=0.2) for _ in range(4)]
@@ -231,12 +230,12 @@ def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
             with pytest.raises(httpx.ReadTimeout):
                 f.result()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _metric(_scrape(s), "attrx_in_flight") > 0:
+    while time.monotonic() < deadline and metric(scrape(s), "attrx_in_flight") > 0:
         time.sleep(0.1)
-    after = _scrape(s)
-    gone = _metric(after, "attrx_rejections_total", '{reason="client_gone"}')
+    after = scrape(s)
+    gone = metric(after, "attrx_rejections_total", '{reason="client_gone"}')
     assert gone == 4
-    ran = _metric(after, "attrx_batch_size_sum") - _metric(before, "attrx_batch_size_sum")
+    ran = metric(after, "attrx_batch_size_sum") - metric(before, "attrx_batch_size_sum")
     assert ran == 0, f"{ran} abandoned products were still run by the model"
 
 
@@ -247,7 +246,7 @@ def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_
     with cf.ThreadPoolExecutor(10) as ex:
         futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy, "image/png")},
                           timeout=30) for _ in range(10)]
-        _wait_metric(s, "attrx_in_flight", 10)
+        wait_metric(s, "attrx_in_flight", 10)
         s.proc.send_signal(signal.SIGTERM)
         rs = [f.result() for f in futs]
     codes = [r.status_code for r in rs]
@@ -347,6 +346,6 @@ def test_pipelined_and_upgrade_requests_give_their_slots_back(server, extra_head
     if not extra_headers:
         assert data.count(b"HTTP/1.1 200") == 3
     end = time.monotonic() + 10
-    while time.monotonic() < end and _metric(_scrape(server), "attrx_in_flight") > 0:
+    while time.monotonic() < end and metric(scrape(server), "attrx_in_flight") > 0:
         time.sleep(0.1)
-    assert _metric(_scrape(server), "attrx_in_flight") == 0
+    assert metric(scrape(server), "attrx_in_flight") == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/kubernetes"
 KUBERNETES_VERSION = "1.33.0"
 OVERLAYS = ["cpu", "gpu"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import ATTRS, long_catalog
 
 from attrx.cli import main
-from tests.conftest import ATTRS, long_catalog
 
 
 def _read(path: Path) -> list[dict]:

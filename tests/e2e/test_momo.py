@@ -6,11 +6,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import Server
 
 from attrx.cli import main
 from attrx.service.contract.bundle import load_bundle
 from attrx.training.models.momo import visible_tokens
-from tests.conftest import Server
 
 
 def test_visible_tokens_hold_only_visible_content():

@@ -1,10 +1,6 @@
-"""The `attrx` command as a user runs it: flags, ablations, --init-from, bad catalog rows."""
+"""`attrx train` from the command line: ablation flags, bad rows, CLIP folders, devices and precisions."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +11,6 @@ from attrx.cli import main
 ATTRS = "category,colour,pattern,gender"
 FAST = ["--warmup-epochs", "1", "--e2e-epochs", "0", "--tune-epochs", "0", "--quiet", "--threads", "2",
         "--val-frac", "0.2", "--test-frac", "0.2"]
-
-
-def _attrx() -> str:
-    exe = Path(sys.executable).parent / "attrx"
-    return str(exe) if exe.exists() else shutil.which("attrx")
 
 
 @pytest.fixture()
@@ -114,25 +105,6 @@ def test_init_from_clip_starts_from_its_projections(demo_catalog, tmp_path):
     assert model._eos_index(ids, mask).tolist() == [3, 3]
 
 
-def test_checkpoints_before_the_eos_change_keep_their_layout():
-    """A config without text_sequence (every checkpoint made before it existed) keeps the old
-    layout: the pooled state prepended to the token states."""
-    import torch
-
-    from attrx.training.models.cma_clip import CMAClip, ModelConfig
-    from attrx.training.models.factory import load_config
-
-    raw = load_config("tiny").model_dump()
-    raw.pop("text_sequence")
-    old = CMAClip(ModelConfig.model_validate(raw), [3])
-    assert old.cfg.text_sequence == "pooled+tokens"
-    seen = []
-    old.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
-    old.eval()(torch.ones(1, 24, dtype=torch.long), torch.ones(1, 24, dtype=torch.long), torch.zeros(1, 3, 64, 64),
-               torch.ones(1), torch.ones(1))
-    assert seen == [1 + 24 + (64 // 16) ** 2 + 1]
-
-
 def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_path):
     """A Hugging Face CLIP folder (here: a tiny random one saved with save_pretrained) seeds the towers;
     the warm-up stage leaves them exactly as loaded."""
@@ -155,8 +127,7 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
                                clip.vision_model.embeddings.patch_embedding.weight)
     # and the model made from it goes all the way: eval -> export -> a real server answers
     import httpx
-
-    from tests.conftest import Server
+    from helpers import Server
 
     main(["eval", "--checkpoint", str(out), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
     main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "bundle")])
@@ -166,45 +137,6 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
         assert r.status_code == 200 and r.json()["predictions"]["colour"]["modality_weights"]["text"] == 1.0
     finally:
         server.stop()
-
-
-def test_cli_errors_are_clear(demo_catalog, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour,sleeve", "--out", str(tmp_path)])
-    assert "missing column(s) sleeve" in str(e.value)
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--catalog", str(tmp_path / "nope.csv"), "--attributes", "colour", "--out", str(tmp_path)])
-    assert "does not exist" in str(e.value)
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path),
-              "--init-from", str(tmp_path)])
-    assert "no config.json" in str(e.value)
-    with pytest.raises(SystemExit) as e:
-        main(["validate-bundle", str(tmp_path)])
-    assert "invalid bundle" in str(e.value) and "manifest.json is missing" in str(e.value)
-
-
-def test_console_script_validates_a_bundle(bundle):
-    r = subprocess.run([_attrx(), "validate-bundle", str(bundle)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "is valid: tiny-test" in r.stdout
-    r = subprocess.run([_attrx(), "train", "--help"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--no-mwa" in r.stdout and "--init-from" in r.stdout
-
-
-def test_service_modules_do_not_import_torch():
-    """The serving install has no torch: no module of attrx.service, nor the CLI's parser, may import
-    torch, transformers, attrx.training or attrx.export at module level (the CLI does so lazily,
-    inside training commands). Every service module is imported, so a new one is covered too."""
-    code = ("import importlib, pkgutil, sys, attrx.service, attrx.cli\n"
-            "for m in pkgutil.walk_packages(attrx.service.__path__, 'attrx.service.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "attrx.cli.build_parser()\n"
-            "bad = sorted(m for m in ('torch', 'transformers', 'attrx.training', 'attrx.export') if m in sys.modules)\n"
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"service imports {r.stdout.strip()} at module level {r.stderr[-2000:]}"
 
 
 def test_train_device_and_precision(demo_catalog, tmp_path, capsys):

@@ -193,8 +193,7 @@ def test_served_variant_is_reported(variant_bundle, bundle):
     import sys
 
     import httpx
-
-    from tests.conftest import Server
+    from helpers import Server
 
     s = Server(variant_bundle.path, workers=1)
     try:

@@ -1,7 +1,6 @@
 """Training for silent titles: label-word removal, unimodal auxiliary heads, the CNN image stem,
 colour-preserving augmentation, best-across-stages training and the thresholds it calibrates."""
 
-import json
 
 import numpy as np
 import pytest
@@ -73,24 +72,6 @@ def test_image_augmentation_moves_pixels_but_never_changes_colours():
     assert torch.allclose(t[:, 0], t[:, 1], atol=1e-4) and torch.allclose(t[:, 0], t[:, 2], atol=1e-4)
 
 
-def test_cnn_stem_config_aux_heads_and_evidence_weights():
-    cfg = load_config("small").model_copy(update={"vocab_size": 300, "aux_heads": True,
-                                                                  "modality_weights": "evidence"})
-    m = CMAClip(cfg, [3, 5]).eval()
-    assert type(m.vision.embeddings.patch_embedding).__name__ == "CnnStem"
-    b = 4
-    x = {"input_ids": torch.randint(5, 300, (b, 24)), "attention_mask": torch.ones(b, 24, dtype=torch.long),
-         "pixel_values": torch.randn(b, 3, 64, 64), "text_present": torch.tensor([1.0, 0, 1, 1]),
-         "image_present": torch.tensor([1.0, 1, 0, 1])}
-    with torch.no_grad():
-        fused, aux_t, aux_i = m.forward_train(**x)
-        plain = m(**x)
-    assert [t.shape for t in aux_t] == [(b, 3), (b, 5)] and len(aux_i) == 2
-    for (lg, w), (lg2, w2) in zip(fused, plain, strict=True):
-        assert torch.equal(lg, lg2) and torch.equal(w, w2)  # forward == the fused part of forward_train
-        assert w[1].tolist() == [0.0, 1.0] and w[2].tolist() == [1.0, 0.0]
-
-
 def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
     from attrx.training.optim import param_groups
 
@@ -111,21 +92,6 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
     names = {id(p): n for n, p in enc.named_parameters()}
     assert {"txt_pos", "img_pos", "cls", "type_emb"} <= {names[id(p)] for p in plain["params"]}
     assert all(names[id(p)].endswith("weight") for p in decay["params"])
-
-
-def test_training_keeps_the_best_epoch_across_stages_and_calibrates(checkpoint):
-    log = [json.loads(x) for x in (checkpoint / "train_log.jsonl").read_text().splitlines()]
-    cfg = json.loads((checkpoint / "config.json").read_text())
-    best = min(log, key=lambda r: r["val_loss"])
-    assert cfg["best"] == f"{best['stage']} epoch {best['epoch']}"
-    calib = json.loads((checkpoint / "calibration.json").read_text())
-    assert set(calib["support"]) == set(cfg["attributes"])
-    for a, ths in calib["thresholds"].items():
-        for per_class in ths.values():
-            for thr, n in zip(per_class, calib["support"][a], strict=True):
-                assert thr is None or n >= calib["min_support"]  # no threshold without support
-    assert cfg["training"]["silence_title"] > 0 and cfg["model"]["aux_heads"]  # the defaults for multimodal
-    assert cfg["label_words"]["colour"] and "other" not in cfg["label_words"]["colour"]
 
 
 def test_min_support_and_clopper_pearson_guard_thresholds():

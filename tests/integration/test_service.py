@@ -12,17 +12,7 @@ import zlib
 
 import httpx
 import pytest
-
-from tests.conftest import ATTRS
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def _scrape(server) -> str:
-    return httpx.get(server.url + "/metrics", timeout=10).text
+from helpers import ATTRS, metric, scrape, wait_metric
 
 
 def _huge_png(width: int, height: int) -> bytes:
@@ -84,18 +74,18 @@ def test_min_precision_selects_thresholds(server):
 
 def test_concurrent_requests_form_batches(start_server, product_images):
     s = start_server(max_queue_delay_ms=100, max_batch_size=16)
-    before = _scrape(s)
+    before = scrape(s)
     with cf.ThreadPoolExecutor(16) as ex:
         rs = list(ex.map(lambda i: httpx.post(s.url + "/v1/extract", timeout=20, data={"title": f"Tee {i}"},
                                               files={"image": ("p.jpg", product_images[i], "image/jpeg")}),
                          range(16)))
     assert all(r.status_code == 200 for r in rs)
-    after = _scrape(s)
-    batches = _metric(after, "attrx_batch_size_count") - _metric(before, "attrx_batch_size_count")
-    items = _metric(after, "attrx_batch_size_sum") - _metric(before, "attrx_batch_size_sum")
+    after = scrape(s)
+    batches = metric(after, "attrx_batch_size_count") - metric(before, "attrx_batch_size_count")
+    items = metric(after, "attrx_batch_size_sum") - metric(before, "attrx_batch_size_sum")
     assert items == 16 and batches < 16, f"{items} items in {batches} batches"
-    assert _metric(after, "attrx_requests_total", '{code="200",endpoint="/v1/extract"}') >= 16
-    assert _metric(after, "attrx_prediction_confidence_count", '{attribute="colour"}') >= 16
+    assert metric(after, "attrx_requests_total", '{code="200",endpoint="/v1/extract"}') >= 16
+    assert metric(after, "attrx_prediction_confidence_count", '{attribute="colour"}') >= 16
 
 
 def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
@@ -110,25 +100,25 @@ def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
     assert r429.headers["retry-after"] == "1" and r429.json()["error"]["reason"] == "queue_full"
 
     t = start_server(max_queue_delay_ms=1500, max_batch_size=64, request_timeout_ms=200)
-    before = _scrape(t)
+    before = scrape(t)
     r = httpx.post(t.url + "/v1/extract", json={"title": "Red Cap"}, timeout=20)
     assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
     time.sleep(1.6)  # past the batch delay: the expired request must not have been run
-    after = _scrape(t)
-    assert _metric(after, "attrx_batch_size_count") == _metric(before, "attrx_batch_size_count")
-    assert _metric(after, "attrx_rejections_total", '{reason="timeout"}') == 1
-    assert _metric(_scrape(s), "attrx_rejections_total", '{reason="queue_full"}') == 4
+    after = scrape(t)
+    assert metric(after, "attrx_batch_size_count") == metric(before, "attrx_batch_size_count")
+    assert metric(after, "attrx_rejections_total", '{reason="timeout"}') == 1
+    assert metric(scrape(s), "attrx_rejections_total", '{reason="queue_full"}') == 4
 
 
 def test_a_client_that_disconnects_is_dropped_from_the_queue(start_server):
     s = start_server(max_queue_delay_ms=2000, max_batch_size=64, request_timeout_ms=10000)
-    before = _scrape(s)
+    before = scrape(s)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
         httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=0.4)
     time.sleep(2.3)  # past the batch delay: the abandoned request must not have been run
-    after = _scrape(s)
-    assert _metric(after, "attrx_batch_size_count") == _metric(before, "attrx_batch_size_count")
-    assert _metric(after, "attrx_rejections_total", '{reason="client_gone"}') == 1
+    after = scrape(s)
+    assert metric(after, "attrx_batch_size_count") == metric(before, "attrx_batch_size_count")
+    assert metric(after, "attrx_rejections_total", '{reason="client_gone"}') == 1
     assert httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=10).status_code == 200
 
 
@@ -175,7 +165,7 @@ def test_bad_input_is_answered_and_the_server_keeps_serving(server, product_imag
     assert err["reason"] == reason and err["message"]
     ok = httpx.post(url, json={"title": "Roadster Men Blue Tee"}, timeout=10)
     assert ok.status_code == 200
-    assert _metric(_scrape(server), "attrx_rejections_total", f'{{reason="{reason}"}}') >= 1
+    assert metric(scrape(server), "attrx_rejections_total", f'{{reason="{reason}"}}') >= 1
 
 
 def test_batch_endpoint_isolates_failures(server, product_images):
@@ -208,7 +198,7 @@ def test_readyz_turns_200_after_warmup(start_server):
     assert r.json()["error"]["reason"] == "not_ready" and first.json()["error"]["reason"] == "not_ready"
     s.wait_ready()
     assert httpx.get(s.url + "/readyz", timeout=5).json()["status"] == "ready"
-    assert _metric(_scrape(s), "attrx_ready") == 1
+    assert metric(scrape(s), "attrx_ready") == 1
 
 
 def test_api_key(start_server):
@@ -224,15 +214,6 @@ def test_api_key(start_server):
         assert httpx.get(s.url + open_path, timeout=10).status_code == 200
 
 
-def _wait_metric(server, name: str, value: float, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if _metric(_scrape(server), name) >= value:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{name} did not reach {value}")
-
-
 def test_sigterm_drains_requests_in_flight(start_server):
     # a long batch delay holds all 12 in the queue; SIGTERM is sent once the server has admitted all
     # of them (read from its own gauge, not guessed with a sleep), and closes the batch at once
@@ -240,7 +221,7 @@ def test_sigterm_drains_requests_in_flight(start_server):
     with cf.ThreadPoolExecutor(12) as ex:
         futs = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Tee {i}"}, timeout=30)
                 for i in range(12)]
-        _wait_metric(s, "attrx_in_flight", 12)
+        wait_metric(s, "attrx_in_flight", 12)
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         rs = [f.result() for f in futs]
@@ -254,7 +235,7 @@ def test_sigterm_drains_requests_in_flight(start_server):
 
 def test_metrics_names_and_promtool(server, bundle):
     httpx.post(server.url + "/v1/extract", json={"title": "Nimbus Women Green Dotted Dress"}, timeout=10)
-    text = _scrape(server)
+    text = scrape(server)
     for name in ("attrx_requests_total", "attrx_request_duration_seconds_bucket", "attrx_queue_wait_duration_seconds_bucket",
                  "attrx_inference_duration_seconds_bucket", "attrx_batch_size_bucket", "attrx_queue_depth",
                  "attrx_rejections_total", "attrx_model_info", "attrx_prediction_confidence_bucket",

@@ -5,35 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import ATTRS
 
 from attrx.service.contract.bundle import BundleError, load_bundle
 from attrx.service.contract.preprocess import build_inputs, load_image_array, load_tokenizer
-from tests.conftest import ATTRS
-
-
-def test_checkpoint_has_everything_and_logs_three_stages(checkpoint):
-    for f in ("model.safetensors", "config.json", "tokenizer.json", "train_log.jsonl", "metrics.json",
-              "calibration.json", "catalog_errors.jsonl"):
-        assert (checkpoint / f).is_file(), f
-    log = [json.loads(x) for x in (checkpoint / "train_log.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in log] == ["warmup", "e2e", "e2e", "tune"]
-    assert all(np.isfinite(r["train_loss"]) and set(r["val_accuracy"]) == set(ATTRS) for r in log)
-    cfg = json.loads((checkpoint / "config.json").read_text())
-    assert list(cfg["attributes"]) == ATTRS and cfg["training"]["weight_decay"] == 1e-4
-
-
-def test_metrics_json_and_plots(checkpoint):
-    m = json.loads((checkpoint / "metrics.json").read_text())
-    assert m["precision_targets"] == [0.9, 0.95]
-    for a in ATTRS:
-        r = m["attributes"][a]
-        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and 0 <= r["mean_image_weight"] <= 1
-        for t in ("0.90", "0.95"):
-            rap = r["recall_at_precision"][t]
-            assert rap["macro_recall"] == "unreachable" or 0 <= rap["macro_recall"] <= 1
-            assert rap["classes_counted"] >= 1
-        png = checkpoint / f"pr_{a}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bundle_validates_and_matches_checkpoint(bundle, checkpoint):

@@ -3,7 +3,6 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from attrx.cli import main
@@ -77,41 +76,6 @@ def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
     assert not (tmp_path / "ev" / "calibration.json").exists()
     text = (report / "summary.md").read_text()
     assert "| colour |" in text and (report / "accuracy.png").is_file() and (report / "image_weights.png").is_file()
-
-
-@pytest.mark.parametrize("inputs", ["text", "image"])
-def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_catalog, tmp_path, inputs):
-    import onnxruntime as ort
-
-    from attrx.export.onnx_export import example_inputs
-    from attrx.training.checkpoint import load_checkpoint
-
-    ck, out = tmp_path / "ck", tmp_path / "b"
-    main(["train", "--inputs", inputs, "--catalog", str(demo_catalog), "--attributes", "colour,gender",
-          "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "1", "--tune-epochs", "0", "--quiet",
-          "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
-    # a condition that removes the only input the model reads is refused, naming why
-    with pytest.raises(SystemExit, match=f"reads only {'titles' if inputs == 'text' else 'images'}.*leaves it nothing"):
-        main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet",
-              "--drop-image" if inputs == "image" else "--drop-title"])
-    # train calibrated the thresholds already: neither --split all nor export needs a plain eval first
-    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--split", "all", "--quiet",
-          "--min-positives", "1"])
-    main(["export", "--checkpoint", str(ck), "--out", str(out)])
-    model = load_checkpoint(ck).model
-    feeds = example_inputs(model, 8, model.cfg.preprocess["max_text_len"], 64)
-    feeds["text_present"][:] = 1
-    feeds["image_present"][:] = 1
-    sess = ort.InferenceSession(str(out / "model.onnx"))
-    a = sess.run(None, feeds)
-    other = dict(feeds)
-    if inputs == "text":
-        other["pixel_values"] = np.random.default_rng(1).normal(size=feeds["pixel_values"].shape).astype(np.float32)
-    else:
-        other["input_ids"] = np.roll(feeds["input_ids"], 1, axis=0)
-    b = sess.run(None, other)
-    np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # the ignored input changes nothing
-    assert (a[1][:, 0] == (1.0 if inputs == "text" else 0.0)).all()
 
 
 def test_rare_classes_fold_into_other(checkpoint):

@@ -1,0 +1,178 @@
+"""Helpers the test tiers share (imported as `helpers`; fixtures stay in conftest.py).
+
+`untrained_bundle` builds a real bundle in seconds: a tiny CMA-CLIP with random weights, a WordPiece
+tokenizer trained on the demo titles, a written calibration (real per-class thresholds, one class per
+attribute without support, so `accepted` and the null threshold are both exercised) and the same
+`attrx export` path as a trained model. Only tests about training quality train.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ATTRS = ["category", "colour", "pattern", "gender"]
+TARGETS = (0.90, 0.95)
+
+
+def write_calibration(path: Path, classes: dict[str, list[str]], support: dict[str, list[int]]) -> dict:
+    """Thresholds by hand: class k of an attribute gets 0.25 + 0.05 k at P>=0.90 and 0.1 more at
+    P>=0.95; the last class has no threshold (as a class without validation support)."""
+    thresholds = {a: {f"{t:.2f}": [None if k == len(c) - 1 else round(0.25 + 0.05 * k + (0.1 if t > 0.9 else 0), 3)
+                                   for k in range(len(c))] for t in TARGETS} for a, c in classes.items()}
+    doc = {"precision_targets": list(TARGETS), "min_support": 10, "confidence": 0.5,
+           "thresholds": thresholds, "support": support}
+    (path / "calibration.json").write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", seed: int = 0) -> Path:
+    """A checkpoint folder as `attrx train` writes one, with the model left at its random init."""
+    import numpy as np
+    import torch
+
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.training import tokenizer
+    from attrx.training.checkpoint import TOKENIZER, save_checkpoint
+    from attrx.training.data import label_maps, split_of
+    from attrx.training.models.factory import create_model
+    from attrx.training.params import TrainConfig
+
+    cfg = TrainConfig(catalog=str(catalog), attributes=ATTRS, out=str(out), val_frac=0.2, test_frac=0.2,
+                      config="momo-tiny" if family == "momo" else "tiny", family=family, seed=seed)
+    products = [p for p in read_catalog(catalog, tuple(ATTRS), require_labels=True).products
+                if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
+    classes = label_maps(products, tuple(ATTRS), 0)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = tokenizer.train_wordpiece([p.title for p in products], 300)
+    tokenizer.save(raw, out / TOKENIZER)
+    torch.manual_seed(seed)
+    model, pre = create_model(cfg, [len(classes[a]) for a in ATTRS], tokenizer.special_ids(raw), raw.get_vocab_size())
+    model.eval()
+    words = {a: sorted({p.labels[a] for p in products if p.labels.get(a)}) for a in ATTRS}
+    meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
+            "other_for": [], "label_words": words, "best": "untrained", "train_seconds": 0.0,
+            "counts": {"train": len(products), "val": 0, "test": 0, "skipped": 0}}
+    save_checkpoint(out, model, classes, pre, out / TOKENIZER, meta)
+    support = {a: np.bincount([classes[a].index(p.labels[a]) for p in products if p.labels.get(a) in classes[a]],
+                              minlength=len(classes[a])).astype(int).tolist() for a in ATTRS}
+    write_calibration(out, classes, support)
+    return out
+
+
+def untrained_bundle(catalog: Path, out: Path, *, name: str = "tiny-test", **export) -> Path:
+    from attrx.export.build import export_bundle
+
+    ck = untrained_checkpoint(catalog, out.parent / f"{out.name}-checkpoint")
+    return export_bundle(ck, out, name=name, **export).path
+
+
+class Server:
+    """A real `attrx serve` process on 127.0.0.1."""
+
+    def __init__(self, bundle: Path, wait_ready: bool = True, env: dict | None = None, **settings):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        exe = str(Path(sys.executable).parent / "attrx")
+        args = [exe, "serve", "--bundle", str(bundle), "--port", str(self.port), "--log-level", "warning"]
+        for k, v in settings.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.wait_listening()
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_listening(self, timeout: float = 60.0) -> None:
+
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server not listening after {timeout}s: {self.output()}")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.proc.kill()
+        self.log.close()
+
+
+def server_factory(bundle):
+    servers = []
+
+    def start(wait_ready: bool = True, env: dict | None = None, **settings) -> Server:
+        s = Server(bundle, wait_ready=wait_ready, env=env, **settings)
+        servers.append(s)
+        return s
+
+    return start, servers
+
+
+def long_catalog(demo_catalog, tmp_path, repeats: int = 30) -> tuple[Path, list[str]]:
+    """The demo products with images, repeated under new ids: a catalog long enough to interrupt."""
+    rows = [r for r in csv.DictReader(open(demo_catalog)) if r["image"]]
+    cat = tmp_path / "long.csv"
+    ids = []
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "image"])
+        for k in range(repeats):
+            for r in rows:
+                ids.append(f"{r['id']}-{k}")
+                w.writerow([ids[-1], r["title"], str(demo_catalog.parent / r["image"])])
+    return cat, ids
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def scrape(server) -> str:
+    return httpx.get(server.url + "/metrics", timeout=10).text
+
+
+def wait_metric(server, name: str, value: float, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if metric(scrape(server), name) >= value:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} did not reach {value}")

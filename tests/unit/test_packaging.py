@@ -1,0 +1,81 @@
+"""The installed layout: one `attrx` namespace over the top-level folders, an explicit package list in
+pyproject.toml that matches the tree, and the house limits on function and module length."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SOURCE_DIRS = ("attrx", "service", "training", "export")
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 400
+
+
+def _packages_in_tree() -> set[str]:
+    """Every package setuptools must ship: attrx (a namespace package: no __init__.py), attrx/cli, and
+    each folder with an __init__.py under the mapped folders, named by the package-dir mapping."""
+    found = {"attrx"}
+    for prefix, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base)
+            found.add(".".join([prefix, *rel.parts]) if rel.parts else prefix)
+    return found
+
+
+def test_the_package_list_matches_the_tree():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    tree = _packages_in_tree()
+    assert not tree - listed, f"packages missing from [tool.setuptools] packages in pyproject.toml: {sorted(tree - listed)}"
+    assert not listed - tree, f"listed packages with no folder: {sorted(listed - tree)}"
+
+
+def test_the_mapping_keeps_the_top_level_folders_under_attrx():
+    mapping = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    assert mapping == {"attrx": "attrx", "attrx.service": "service", "attrx.training": "training",
+                       "attrx.export": "export"}
+    assert PYPROJECT["project"]["scripts"] == {"attrx": "attrx.cli:main"}
+    assert not (ROOT / "attrx" / "__init__.py").exists(), "attrx is a namespace package (see pyproject.toml)"
+
+
+def test_every_config_file_ships():
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]["attrx.training"]
+    assert data == ["configs/*.json"] and list((ROOT / "training" / "configs").glob("*.json"))
+
+
+def _source_files():
+    for d in SOURCE_DIRS:
+        yield from sorted((ROOT / d).rglob("*.py"))
+
+
+def test_no_function_over_80_lines_and_no_module_over_400():
+    long_functions, long_modules = [], []
+    for path in _source_files():
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+
+
+# names shared on purpose, with one job: a factory picks an implementation (runtime backends, model
+# families); the CLI's modules are named for the stage they front (attrx/cli/train.py -> training)
+SAME_JOB = {"factory"}
+
+
+def test_no_two_modules_share_a_name_with_different_jobs():
+    names: dict[str, list[str]] = {}
+    for path in _source_files():
+        if path.name != "__init__.py" and path.stem not in SAME_JOB and path.parent.name != "cli":
+            names.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    shared = {k: v for k, v in names.items() if len(v) > 1}
+    assert not shared, f"module names used twice: {shared}"
