@@ -44,7 +44,7 @@ def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", 
     from attrx.training import tokenizer
     from attrx.training.checkpoint import TOKENIZER, save_checkpoint
     from attrx.training.data import label_maps, split_of
-    from attrx.training.models.factory import create_model
+    from attrx.training.models.factory import create_model, resolve_config
     from attrx.training.params import TrainConfig
 
     cfg = TrainConfig(catalog=str(catalog), attributes=ATTRS, out=str(out), val_frac=0.2, test_frac=0.2,
@@ -53,7 +53,7 @@ def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", 
                 if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
     classes = label_maps(products, tuple(ATTRS), 0)
     out.mkdir(parents=True, exist_ok=True)
-    raw = tokenizer.train_wordpiece([p.title for p in products], 300)
+    raw = tokenizer.train_wordpiece([p.title for p in products], resolve_config(cfg.config, cfg.family).vocab_size)
     tokenizer.save(raw, out / TOKENIZER)
     torch.manual_seed(seed)
     model, pre = create_model(cfg, [len(classes[a]) for a in ATTRS], tokenizer.special_ids(raw), raw.get_vocab_size())

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 
 from attrx.cli import data, evaluate, export, score, serve, train
+from attrx.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attrx", description="Product attribute extraction from titles and images.")
+    p.add_argument("--version", action="version", version=f"attrx {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parsers(sub)
     train.add_parsers(sub)
