@@ -18,11 +18,12 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality clean
+.PHONY: help venv install test test-unit test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
+	@echo "make test-unit    tests/unit: no bundle, no server (~25 s)"
 	@echo "make test-fast    tests/unit + tests/integration: nothing trains (the edit loop)"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: PyTorch eager vs onnxruntime fp32 unfused, fused, int8 (~2 min)"
@@ -47,6 +48,10 @@ venv install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the quickest loop: functions and small objects (no bundle, no server)
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 # the edit loop: tests/unit and tests/integration (an untrained bundle, real servers); nothing trains
 test-fast: $(STAMP)
