@@ -25,10 +25,14 @@ TARGETS = (0.90, 0.95)
 
 
 def write_calibration(path: Path, classes: dict[str, list[str]], support: dict[str, list[int]]) -> dict:
-    """Thresholds by hand: class k of an attribute gets 0.25 + 0.05 k at P>=0.90 and 0.1 more at
-    P>=0.95; the last class has no threshold (as a class without validation support)."""
-    thresholds = {a: {f"{t:.2f}": [None if k == len(c) - 1 else round(0.25 + 0.05 * k + (0.1 if t > 0.9 else 0), 3)
-                                   for k in range(len(c))] for t in TARGETS} for a, c in classes.items()}
+    """Thresholds by hand, set around chance (1/n for n classes) so that an untrained model's answers
+    fall on both sides: at P>=0.90 class k needs (1 + 0.05 k)/n, at P>=0.95 twice that; the last class
+    has no threshold (as a class without validation support: never accepted)."""
+    def threshold(k: int, n: int, t: float) -> float | None:
+        return None if k == n - 1 else round((1 + 0.05 * k) / n * (2 if t > 0.9 else 1), 4)
+
+    thresholds = {a: {f"{t:.2f}": [threshold(k, len(c), t) for k in range(len(c))] for t in TARGETS}
+                  for a, c in classes.items()}
     doc = {"precision_targets": list(TARGETS), "min_support": 10, "confidence": 0.5,
            "thresholds": thresholds, "support": support}
     (path / "calibration.json").write_text(json.dumps(doc, indent=2))
