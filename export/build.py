@@ -103,7 +103,7 @@ def _precision_variants(tmp: Path, precisions: list[str], outputs: list[str], ev
     if wanted and ev is None:
         return {}, {p: "no real catalog items to check it on: the training catalog is not where the "
                        "checkpoint recorded it (pass --catalog)" for p in wanted}
-    ref = precision.predict(precision.session(tmp / "model.onnx"), ev.inputs, outputs) if wanted else None
+    ref = precision.run_session(precision.session(tmp / "model.onnx"), ev.inputs, outputs) if wanted else None
     for prec in wanted:
         print(f"export: converting to {prec} and checking it on {len(ev)} catalog items", file=sys.stderr)
         outcome = precision.make_variant(prec, tmp / "model.onnx", tmp / precision.FILES[prec], outputs, ev, ref)

@@ -104,7 +104,7 @@ session = onnx_session  # the one CPU session of export/
 CONVERT = {"fp16": to_fp16, "int8": to_int8}
 
 
-def predict(sess, inputs: dict[str, np.ndarray], outputs: list[str], batch: int = 64) -> list[np.ndarray]:
+def run_session(sess, inputs: dict[str, np.ndarray], outputs: list[str], batch: int = 64) -> list[np.ndarray]:
     n = len(next(iter(inputs.values())))
     parts = [sess.run(outputs, {k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
     return [np.concatenate(col) for col in zip(*parts, strict=True)]
@@ -156,7 +156,7 @@ def make_variant(precision: str, fp32: Path, dst: Path, outputs: list[str], ev: 
         report = {"items": len(ev), "source": ev.source, "attempt": label, "gate": GATES[precision],
                   "kept_fp32_nodes": len(keep), "attributes": {}}
         try:
-            got = predict(session(dst), ev.inputs, outputs)
+            got = run_session(session(dst), ev.inputs, outputs)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the variant does not run
             tried.append(Outcome(precision, False, report, [f"onnxruntime cannot run it: {e}"], label))
             continue
