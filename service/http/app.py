@@ -30,9 +30,11 @@ from attrx.service.http.schemas import (
     ErrorResponse,
     ExtractResponse,
     ModelInfo,
+    calibrated_targets,
+    request_schemas,
 )
 from attrx.service.http.service import Service
-from attrx.service.http.state import State, calibrated_targets, request_schemas
+from attrx.service.http.state import State
 from attrx.service.settings import ServeSettings
 
 log = logging.getLogger("uvicorn.error")

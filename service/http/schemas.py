@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from attrx.service.contract.bundle import load_bundle
+from attrx.service.settings import ServeSettings
+
 
 class ExtractRequest(BaseModel):
     # strict: "3" is not an integer and true is not a number; the types are the ones documented
@@ -97,3 +100,27 @@ class ModelInfo(BaseModel):
     variant: str = Field(description="its key in the bundle's variants (a precision, or tensorrt)")
     variants: list[str] = Field(description="the variants the bundle has")
     batching: dict
+
+
+def calibrated_targets(settings: ServeSettings) -> list[float] | None:
+    """The bundle's precision targets, for the API schema (None if the bundle cannot be read: the
+    server then fails at startup with the bundle's own error). Manifest only, no file hashing."""
+    try:
+        return list(load_bundle(settings.bundle, verify_hashes=False).manifest.precision_targets)
+    except (OSError, ValueError):
+        return None
+
+
+def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
+    """(JSON, multipart) request schemas; min_precision lists the calibrated targets, which are the
+    only values the server takes."""
+    mp = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    if targets:
+        mp = {"type": "number", "enum": targets}
+    js = ExtractRequest.model_json_schema()
+    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
+                                         "description": js["properties"]["min_precision"].get("description", "")}
+    multipart = {"type": "object", "properties": {
+        "title": {"type": "string"}, "image": {"type": "string", "format": "binary"}, "min_precision": mp,
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
+    return js, multipart

@@ -1,5 +1,5 @@
 """A front-end's loaded state: the bundle, its pipeline (decoding and encoding only), the metrics,
-the engine client and the decoding pool; warm-up; the request schemas the calibration allows."""
+the engine client and the decoding pool; warm-up."""
 
 from __future__ import annotations
 
@@ -12,42 +12,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from attrx.service.contract.bundle import Bundle, load_bundle
+from attrx.service.contract.bundle import Bundle
 from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
-from attrx.service.http.schemas import (
-    ExtractRequest,
-)
 from attrx.service.inference.pipeline import Pipeline, load_pipeline, warmup_product
 from attrx.service.settings import ServeSettings
 from attrx.service.telemetry.prometheus import Metrics
 
 log = logging.getLogger("uvicorn.error")
-
-
-def calibrated_targets(settings: ServeSettings) -> list[float] | None:
-    """The bundle's precision targets, for the API schema (None if the bundle cannot be read: the
-    server then fails at startup with the bundle's own error). Manifest only, no file hashing."""
-    try:
-        return list(load_bundle(settings.bundle, verify_hashes=False).manifest.precision_targets)
-    except (OSError, ValueError):
-        return None
-
-
-def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
-    """(JSON, multipart) request schemas; min_precision lists the calibrated targets, which are the
-    only values the server takes."""
-    mp = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
-    if targets:
-        mp = {"type": "number", "enum": targets}
-    js = ExtractRequest.model_json_schema()
-    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
-                                         "description": js["properties"]["min_precision"].get("description", "")}
-    multipart = {"type": "object", "properties": {
-        "title": {"type": "string"}, "image": {"type": "string", "format": "binary"}, "min_precision": mp,
-        "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
-    return js, multipart
 
 
 @dataclass

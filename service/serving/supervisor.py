@@ -6,7 +6,7 @@
                                 answers (`attrx.service.http.frontend.frontend_main`, `attrx.service.http.app`)
 
 Front-ends hand decoded products to the engine through shared memory, so batches form across all
-of them and the GIL of one process no longer bounds the server. What the README promises holds for
+of them and the GIL of one process no longer bounds the server. What docs/http-api.md promises holds for
 the whole server: the admission limit is one counter in shared memory, the metrics are one view
 (prometheus_client's multiprocess mode), and a drain is driven from here: on SIGTERM/SIGINT the
 front-ends stop being ready and answer what they admitted while the engine runs its queue without
