@@ -6,7 +6,7 @@ Trains, evaluates and exports: CMA-CLIP, CMA-CLIP --no-mwa, --no-swa, --fusion t
 pre-training, and MoMo pre-trained (attrx pretrain on the training split) then fine-tuned. Every
 model gets the same `attrx train` epochs, learning rates, batch size and modality dropout.
 Prints JSON (parameters, training time, per-attribute accuracy and recall@0.90, onnxruntime
-items/s at batch 32); --markdown also prints the README table. Takes ~10 minutes on 2 cores:
+items/s at batch 32); --markdown also prints the table in docs/measured-results.md. Takes ~10 minutes on 2 cores:
 run it in the background with its output in a file.
 """
 
