@@ -1,6 +1,6 @@
 """Helpers the test tiers share (imported as `helpers`; fixtures stay in conftest.py).
 
-`untrained_bundle` builds a real bundle in seconds: a tiny CMA-CLIP with random weights, a WordPiece
+`untrained_checkpoint` is the start of a real bundle built in seconds (conftest's `bundle` exports it): a tiny CMA-CLIP with random weights, a WordPiece
 tokenizer trained on the demo titles, a written calibration (real per-class thresholds, one class per
 attribute without support, so `accepted` and the null threshold are both exercised) and the same
 `attrx export` path as a trained model. Only tests about training quality train.
@@ -71,13 +71,6 @@ def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", 
                               minlength=len(classes[a])).astype(int).tolist() for a in ATTRS}
     write_calibration(out, classes, support)
     return out
-
-
-def untrained_bundle(catalog: Path, out: Path, *, name: str = "tiny-test", **export) -> Path:
-    from attrx.export.build import export_bundle
-
-    ck = untrained_checkpoint(catalog, out.parent / f"{out.name}-checkpoint")
-    return export_bundle(ck, out, name=name, **export).path
 
 
 class Server:

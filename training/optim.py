@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-STAGE_PARTS = {"warmup": "everything but the towers", "e2e": "everything", "tune": "the heads only"}
-
 
 def trainable_params(model: torch.nn.Module, stage: str, lock_image: bool = False) -> list[torch.nn.Parameter]:
-    """Set requires_grad for a stage (STAGE_PARTS; --lock-image keeps the image tower frozen) and
+    """Set requires_grad for a stage (warmup: everything but the towers;
+    e2e: everything; tune: the heads only; --lock-image keeps the image tower frozen) and
     return the parameters that train."""
     for p in model.parameters():
         p.requires_grad_(stage == "e2e")

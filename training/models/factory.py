@@ -13,7 +13,6 @@ from attrx.service.contract.preprocess import PreprocessConfig
 from attrx.training.models.layers import ExportWrapper
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-FAMILIES = ("cma-clip", "momo")
 
 
 def load_config(name_or_path: str):
