@@ -1,5 +1,9 @@
 """`attrx export`: checkpoint (+ its calibration from `attrx eval`) -> model bundle, parity-checked.
 
+The bundle carries the calibration as it is: thresholds per situation, the label words the
+situations are read with, the conflict checks and the record constraints; and, unless
+`unimodal=False`, the title-only and image-only outputs the conflict checks read.
+
 The fp32 graph is always written and must match PyTorch within `tolerance`. Each further precision
 asked for (fp16, int8) is converted from it and kept only if it passes its gate on real catalog
 items (export/precision.py); a refused one is named, with the reason, in the manifest and on stderr.
@@ -22,6 +26,7 @@ from attrx.export.parity import check_parity
 from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.bundle import MANIFEST, PRECISIONS, SCHEMA_VERSION, load_bundle, sha256_file
 from attrx.service.contract.preprocess import INPUT_NAMES
+from attrx.training.calibration import attribute_specs
 from attrx.training.checkpoint import CALIBRATION, METRICS, TOKENIZER, load_checkpoint
 from attrx.training.data import encode_catalog, split_of
 
@@ -124,10 +129,10 @@ def _manifest(ck, calib: dict, metrics: dict, *, name, version, outputs, opset, 
         "version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"family": ck.model_config.family, "config": ck.model_config.model_dump(),
-                  "inputs": list(INPUT_NAMES), "outputs": outputs, "opset": opset, "attention": attention},
-        "attributes": [{"name": a, "classes": ck.classes[a], "thresholds": calib["thresholds"][a],
-                        "support": calib.get("support", {}).get(a), "min_support": calib.get("min_support")}
-                       for a in ck.attributes],
+                  "inputs": list(INPUT_NAMES), "outputs": outputs, "opset": opset, "attention": attention,
+                  "unimodal": any(o.endswith(".text_probs") for o in outputs)},
+        "attributes": [a.model_dump() for a in attribute_specs(calib, ck.classes)],
+        "constraints": calib.get("constraints"),
         "precision_targets": calib["precision_targets"],
         "preprocess": ck.preprocess.model_dump(),
         "files": files,
@@ -148,7 +153,7 @@ def check_precisions(precisions: list[str]) -> list[str]:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None = None, version: str = "0.1.0",
                   precisions: list[str] = ("fp32",), attention: str = "fused", opset: int | None = None,
-                  tolerance: float = 1e-4, catalog: str | Path | None = None) -> ExportResult:
+                  tolerance: float = 1e-4, catalog: str | Path | None = None, unimodal: bool = True) -> ExportResult:
     t0 = time.time()
     precisions = check_precisions(list(precisions))
     ck = load_checkpoint(checkpoint)
@@ -159,7 +164,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
     try:
         pre = ck.preprocess
         outputs = export_onnx(ck.model, ck.attributes, tmp / "model.onnx", max_len=pre.max_text_len,
-                              image_size=pre.image_size, attention=attention, opset=opset)
+                              image_size=pre.image_size, attention=attention, opset=opset, unimodal=unimodal)
         opset = _opset_of(tmp / "model.onnx")
         ev = eval_set(ck, catalog)
         parity = _fp32_parity(ck, tmp / "model.onnx", outputs, ev, tolerance)

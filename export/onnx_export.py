@@ -81,10 +81,10 @@ class _CountAttention(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def attention_calls(model, inputs: dict[str, np.ndarray]) -> int:
+def attention_calls(model, inputs: dict[str, np.ndarray], unimodal: bool = False) -> int:
     """How many attention computations one forward pass makes (each should be one fused node)."""
     with _CountAttention() as mode, torch.no_grad():
-        export_module(model).eval()(*(torch.from_numpy(v) for v in inputs.values()))
+        export_module(model, unimodal).eval()(*(torch.from_numpy(v) for v in inputs.values()))
     return mode.calls
 
 
@@ -95,9 +95,10 @@ def op_counts(path: Path) -> Counter:
 
 
 def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image_size: int,
-                attention: str = "fused", opset: int | None = None) -> list[str]:
-    """Write the ONNX graph; returns its output names. Raises ExportError when an attention was
-    left unfused in a fused export."""
+                attention: str = "fused", opset: int | None = None, unimodal: bool = True) -> list[str]:
+    """Write the ONNX graph; returns its output names. With `unimodal`, the title-only and
+    image-only probabilities are outputs too. Raises ExportError when an attention was left unfused
+    in a fused export."""
     if attention not in ATTENTION_FORMS:
         raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
     opset = opset or MIN_OPSET[attention]
@@ -105,8 +106,8 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
         raise ValueError(f"opset {opset} is too old for {attention} attention (needs >= {MIN_OPSET[attention]})")
     model = model.eval()
     before = set_tower_attention(model, "sdpa" if attention == "fused" else "eager")
-    wrapper = export_module(model).eval()
-    outputs = [n for a in attributes for n in output_names(a)]
+    wrapper = export_module(model, unimodal).eval()
+    outputs = [n for a in attributes for n in output_names(a, unimodal)]
     example = example_inputs(model, 2, max_len, image_size)
     args = tuple(torch.from_numpy(v) for v in example.values())
     try:
@@ -123,7 +124,7 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
         onnx.checker.check_model(str(path))
         if attention == "fused":
             fold_attention_3d(path)
-            _check_fused(model, example, path)
+            _check_fused(model, example, path, unimodal)
     finally:
         set_tower_attention(model, before)
     return outputs
@@ -152,11 +153,12 @@ def unfused_attention(path: Path) -> list[str]:
     return [n.name for n in g.node if n.op_type == "Softmax" and weighs_matmul(n.output[0])]
 
 
-def _check_fused(model, example: dict[str, np.ndarray], path: Path) -> None:
+def _check_fused(model, example: dict[str, np.ndarray], path: Path, unimodal: bool = False) -> None:
     """Every attention of the exported graph is one Attention node. (The graph may have fewer
     Attention nodes than the model makes attention calls: the exporter drops blocks whose output
     nothing reads, e.g. the fusion blocks of a --no-mwa model with evidence modality weights.)"""
-    calls, fused, left = attention_calls(model, example), op_counts(path)["Attention"], unfused_attention(path)
+    calls, fused, left = (attention_calls(model, example, unimodal), op_counts(path)["Attention"],
+                          unfused_attention(path))
     if left or (calls and not fused):
         raise ExportError(f"{len(left)} attention(s) left as MatMul/Softmax ({', '.join(left[:5])}) and {fused} "
                           f"fused, for {calls} attention calls; check the towers' attn_implementation")

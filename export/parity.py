@@ -31,7 +31,8 @@ def check_parity(model, onnx_path: Path, batches: dict[str, dict[str, np.ndarray
     from attrx.training.models.factory import export_module
 
     sess = onnx_session(onnx_path)
-    wrapper = export_module(model).eval()
+    unimodal = any(n.endswith(".text_probs") for n in output_names)  # the graph's outputs say which wrapper
+    wrapper = export_module(model, unimodal).eval()
     report, failures = {}, []
     for name, feeds in batches.items():
         got = sess.run(output_names, feeds)

@@ -57,6 +57,11 @@ class ServeSettings(BaseSettings):
     max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side exceeds this many times "
                                                               "the shorter -> 422, undecoded")
     max_title_chars: int = Field(2000, ge=1, description="longer titles -> 422")
+    decisions: str = Field("full", pattern="^(full|plain)$",
+                           description="full: thresholds per situation, conflict checks and record constraints, as "
+                                       "the bundle carries them; plain: its per-class thresholds in every situation, "
+                                       "no conflict check, no constraints (for comparisons only: the accepted flag "
+                                       "then overstates precision where the title is silent)")
     max_batch_items: int = Field(32, ge=1, description="most products in one /v1/extract/batch call")
     # connections
     header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "

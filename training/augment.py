@@ -3,7 +3,8 @@
 Label-word removal teaches a multimodal model that a *present* title can be silent about an
 attribute. With probability p per attribute and item, every whole word (or phrase) that names one
 of the attribute's labels is removed from the title, case-insensitively, longest label first, so
-"navy blue" goes before "blue". `attrx eval --strip-label-words` uses the very same matching.
+"navy blue" goes before "blue". The matcher is the contract's (attrx.service.contract.situations):
+`attrx eval --strip-label-words`, calibration and the served situations use the very same matching.
 
 Image augmentation changes geometry only (random scale/translate crop, horizontal flip), never
 hue or brightness: colour is one of the attributes being learned.
@@ -11,40 +12,14 @@ hue or brightness: colour is one of the attributes being learned.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from attrx.service.contract.preprocess import encode_titles
-
-
-def label_pattern(words: Iterable[str]) -> re.Pattern | None:
-    """One regex that matches any of `words` as a whole word or phrase (longest first)."""
-    ws = sorted({w.strip() for w in words if w and w.strip()}, key=len, reverse=True)
-    if not ws:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in ws) + r")(?!\w)", re.IGNORECASE)
-
-
-def strip_pattern(title: str | None, pattern: re.Pattern | None) -> str | None:
-    """The title without the pattern's words; None when nothing is left."""
-    if not title or pattern is None:
-        return title
-    return " ".join(pattern.sub(" ", title).split()) or None
-
-
-def strip_words(title: str | None, words: Iterable[str]) -> str | None:
-    """Remove whole-word, case-insensitive occurrences of `words` (longest first) from a title."""
-    return strip_pattern(title, label_pattern(words))
-
-
-def names_label(title: str | None, label: str) -> bool:
-    """Does the title name the label, with the same whole-word matching as strip_words?"""
-    pat = label_pattern([label])
-    return bool(title) and pat is not None and pat.search(title) is not None
+from attrx.service.contract.situations import label_pattern, strip_pattern
 
 
 class TitleSilencer:

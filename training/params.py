@@ -43,6 +43,9 @@ class TrainConfig(BaseModel):
     inputs: str = Field("both", pattern="^(both|text|image)$")
     lock_image: bool = False
     modality_specific_layernorm: bool = False
+    # record constraints between attributes: learned from the training split (and/or taxonomy CSVs)
+    constraints: str = Field("learn", pattern="^(learn|none)$")
+    taxonomy: list[str] = []
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0

@@ -8,6 +8,7 @@ import torch
 
 from attrx.training.checkpoint import torch_inputs
 from attrx.training.data import Encoded
+from attrx.training.models.layers import with_unimodal
 
 
 @torch.no_grad()
@@ -27,3 +28,22 @@ def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_
     if probs is None:
         return [], []
     return [np.concatenate(p) for p in probs], [np.concatenate(w) for w in weights]
+
+
+@torch.no_grad()
+def predict_outputs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256) -> dict:
+    """Per attribute: fused probabilities, modality weights, title-only and image-only probabilities
+    (the outputs a bundle with unimodal outputs serves): {"probs", "weights", "text", "image"}."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list] = {}
+    for s in range(0, len(idx), batch_size):
+        batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
+        fused, text, image = with_unimodal(model, **batch)
+        parts = {"probs": [lg for lg, _ in fused], "weights": [w for _, w in fused], "text": text, "image": image}
+        for name, ts in parts.items():
+            lists = out.setdefault(name, [[] for _ in ts])
+            for j, t in enumerate(ts):
+                t = t.float() if name == "weights" else torch.softmax(t.float(), -1)
+                lists[j].append(t.cpu().numpy())
+    return {name: [np.concatenate(x) for x in lists] for name, lists in out.items()}

@@ -23,6 +23,7 @@ import torch
 from attrx.training.augment import TitleSilencer
 from attrx.training.calibration import calibrate_checkpoint
 from attrx.training.checkpoint import save_checkpoint
+from attrx.training.constraint_learning import checkpoint_constraints
 from attrx.training.device import Compute, default_threads
 from attrx.training.device import resolve as resolve_compute
 from attrx.training.distributed import Dist
@@ -82,7 +83,12 @@ def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start
             "counts": {"train": len(run.tr), "val": len(run.va), "test": len(run.data.indices("test")),
                        "skipped": len(run.errors)}}
     save_checkpoint(out, model, run.classes, run.pre, run.tok_file, meta)
-    calibrate_checkpoint(out, model, run.data, run.va, run.classes)
+    constraints = None
+    if cfg.constraints == "learn" or cfg.taxonomy:
+        train_products = [run.data.products[i] for i in run.data.indices("train")]
+        constraints = checkpoint_constraints(out, train_products, run.classes, cfg.constraints == "learn",
+                                             cfg.taxonomy)
+    calibrate_checkpoint(out, model, run.data, run.va, run.classes, run.tok, run.label_words, constraints)
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
 
 

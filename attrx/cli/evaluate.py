@@ -12,11 +12,11 @@ def cmd_eval(a) -> None:
     evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
              progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
              strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
-             confidence=a.calibration_confidence)
+             confidence=a.calibration_confidence, decisions=a.decisions)
 
 
 def _eval_parser(sub) -> None:
-    e = sub.add_parser("eval", help="accuracy, macro-F1, recall@precision; calibrate per-class thresholds")
+    e = sub.add_parser("eval", help="quality per attribute, condition and situation; calibrate the acceptance thresholds")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--catalog", required=True)
     e.add_argument("--out", help="where metrics.json and plots go (default: the checkpoint folder)")
@@ -38,7 +38,12 @@ def _eval_parser(sub) -> None:
     e.add_argument("--drop-title", action="store_true", help="condition: evaluate with the titles removed")
     e.add_argument("--drop-image", action="store_true", help="condition: evaluate with the images removed")
     e.add_argument("--strip-label-words", type=csv_list, metavar="ATTR[,ATTR]",
-                   help="condition: remove every class name of these attributes from the titles (e.g. colour)")
+                   help="condition: remove every label word of these attributes from the titles (e.g. colour; "
+                        "all: every attribute's)")
+    e.add_argument("--decisions", choices=["full", "plain"], default="full",
+                   help="full: answers as the bundle decides them (thresholds per situation, conflicts, "
+                        "constraints; default); plain: per-class thresholds in every situation, no conflicts, no "
+                        "constraints (what bundles before situations did), for comparison")
     e.add_argument("--report", help="also write figures and a Markdown summary (summary.md) into this folder")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)

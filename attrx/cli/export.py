@@ -14,7 +14,8 @@ def cmd_export(a) -> None:
 
     try:
         result = export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, precisions=a.precision,
-                               attention=a.attention, opset=a.opset, tolerance=a.tolerance, catalog=a.catalog)
+                               attention=a.attention, opset=a.opset, tolerance=a.tolerance, catalog=a.catalog,
+                               unimodal=a.unimodal)
     except ExportError as e:
         raise SystemExit(f"attrx export: {e}") from None
     if a.tensorrt:
@@ -68,6 +69,9 @@ def _export_parser(sub) -> None:
     x.add_argument("--catalog", help="catalog whose test split checks the fp16/int8 variants (default: the "
                                      "checkpoint's training catalog)")
     x.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| probability difference")
+    x.add_argument("--no-unimodal", dest="unimodal", action="store_false",
+                   help="leave out the title-only and image-only outputs (the bundle then flags no title-image "
+                        "conflicts; for comparing serving cost)")
     x.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (as `attrx build-engine`; "
                                                            "needs the full tensorrt package and a GPU)")
     x.add_argument("--max-batch-size", type=int, default=32, help="TensorRT profile's largest batch (default 32)")

@@ -9,6 +9,9 @@ def cmd_score(a) -> None:
     ray_flags = [f for f, v in (("--ray-concurrency", a.ray_concurrency != 1), ("--ray-num-cpus", a.ray_num_cpus != 1),
                                 ("--ray-format", a.ray_format != "parquet"), ("--ray-local-cpus", a.ray_local_cpus),
                                 ("--ray-block-rows", a.ray_block_rows != 256)) if v]
+    if a.ray is not None and a.conflicts:
+        raise SystemExit("attrx score: --conflicts is written by local scoring; with --ray, read the "
+                         "<attribute>_conflict columns of OUT")
     if a.ray is None and ray_flags:
         raise SystemExit(f"attrx score: without --ray, {', '.join(ray_flags)} would be ignored: add --ray or drop them")
     if a.ray is not None:
@@ -20,7 +23,7 @@ def cmd_score(a) -> None:
 
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
                     overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers, precision=a.precision,
-                    max_image_pixels=a.max_image_pixels, progress=not a.quiet)
+                    max_image_pixels=a.max_image_pixels, progress=not a.quiet, conflicts=a.conflicts)
     if summary["interrupted"]:
         # the work done is saved and its workers are gone; leave without the pool's exit-time
         # cleanup, which can block on results still in its pipes
@@ -59,6 +62,9 @@ def _score_parser(sub) -> None:
     c.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
                    help="which of the bundle's variants runs (auto: int8 on cpu if the bundle has it, fp16 on GPUs)")
     c.add_argument("--max-image-pixels", type=int, help="refuse images declaring more pixels (default 40,000,000)")
+    c.add_argument("--conflicts", metavar="FILE",
+                   help="also write every attribute whose title and image disagree to FILE (JSONL: id, attribute, "
+                        "value, title_says, image_says)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     r = c.add_argument_group("Ray Data (pip install 'attrx[ray]'; OUT is then a folder)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

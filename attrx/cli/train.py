@@ -50,7 +50,9 @@ def _train_parser(sub) -> None:
                         "(default 0.3; 0 turns it off; off for --inputs text|image)")
     t.add_argument("--aux-loss-weight", type=float,
                    help="weight of the unimodal auxiliary heads' losses (a head on the title tower alone and one "
-                        "on the image tower alone; training only, never exported) (default 0.5; 0 turns them off)")
+                        "on the image tower alone; exported as the title-only and image-only outputs that show "
+                        "title-image conflicts) (default 0.5; 0 turns them off: conflicts then come from two "
+                        "more masked passes)")
     t.add_argument("--modality-weights", choices=["paper", "evidence"],
                    help="paper: lambda mixes the sequence-wise attention outputs T', I' (which have already "
                         "attended to each other); evidence: the same lambda, still read from T', I', mixes each "
@@ -72,6 +74,19 @@ def _train_parser(sub) -> None:
                    help="locked-image tuning: the image tower (MoMo: the image input embedding) never trains")
     t.add_argument("--modality-specific-layernorm", action="store_true",
                    help="MoMo: shared attention/MLP weights, per-modality LayerNorms (MS-CLIP)")
+    _data_options(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _data_options(t) -> None:
+    t.add_argument("--constraints", choices=["learn", "none"],
+                   help="learn: constraints between attributes (hierarchies, allowed combinations) from the "
+                        "training split, applied when a product's answer is decoded (default); none: each "
+                        "attribute's own argmax")
+    t.add_argument("--taxonomy", action="append", metavar="CSV",
+                   help="allowed combinations: a CSV whose header names attributes and whose rows are the "
+                        "combinations a record may hold; replaces what was learned for those attributes "
+                        "(repeatable)")
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int)
@@ -92,7 +107,6 @@ def _train_parser(sub) -> None:
                    help="torch CPU threads (default: every core this process may use). On a machine shared with "
                         "another training, give each run its share, e.g. --threads 1 each on 2 cores")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_train)
 
 
 def _pretrain_parser(sub) -> None:

@@ -1,9 +1,11 @@
 """The model bundle: the only thing `export/` hands to `service/`.
 
 A folder with
-  manifest.json   this schema (versioned; v1 bundles are still read)
+  manifest.json   this schema (versioned; v1 and v2 bundles are still read)
   model.onnx      the fp32 graph, always present. Inputs: attrx.service.contract.preprocess.INPUT_NAMES; outputs
-                  per attribute `<attr>.probs` [B, C] and `<attr>.modality_weights` [B, 2] (text, image)
+                  per attribute `<attr>.probs` [B, C] and `<attr>.modality_weights` [B, 2] (text, image), and
+                  with `model.unimodal` (v3) `<attr>.text_probs` and `<attr>.image_probs` [B, C]: the
+                  title-only and image-only predictions that show title-image conflicts
   model.fp16.onnx, model.int8.onnx
                   optional precision variants of the same graph (same inputs and outputs), each
                   listed under `variants` with its intended providers and its parity report
@@ -21,10 +23,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from attrx.service.contract.constraints import Constraints
 from attrx.service.contract.preprocess import INPUT_NAMES, PreprocessConfig
+from attrx.service.contract.situations import SITUATIONS
 
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMAS = (1, 2)
+# v3: thresholds and support per situation, label words, conflict checks, record constraints,
+# unimodal outputs
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMAS = (1, 2, 3)
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 
@@ -33,12 +39,41 @@ class BundleError(ValueError):
     """A bundle that cannot be served; the message names what is wrong."""
 
 
-def output_names(attribute: str) -> tuple[str, str]:
-    return f"{attribute}.probs", f"{attribute}.modality_weights"
+def output_names(attribute: str, unimodal: bool = False) -> tuple[str, ...]:
+    names = (f"{attribute}.probs", f"{attribute}.modality_weights")
+    return (*names, f"{attribute}.text_probs", f"{attribute}.image_probs") if unimodal else names
 
 
 def precision_key(target: float) -> str:
     return f"{target:.2f}"
+
+
+def _check_thresholds(thresholds: dict[str, list[float | None]], n: int, where: str) -> None:
+    for key, ths in thresholds.items():
+        if len(ths) != n:
+            raise ValueError(f"{where}thresholds[{key!r}] has {len(ths)} values for {n} classes")
+        bad = [t for t in ths if t is not None and not 0.0 <= t <= 1.0]
+        if bad:
+            raise ValueError(f"{where}thresholds[{key!r}] has values outside [0, 1]: {bad[:3]}")
+
+
+class SituationSpec(BaseModel):
+    """Acceptance in one situation: per target, one threshold per class (None: never accepted)."""
+    model_config = ConfigDict(extra="forbid")
+    support: int = Field(ge=0)  # calibration products in this situation (natural and copies)
+    natural: int = Field(0, ge=0)  # of them, validation products as they are
+    class_support: list[int] | None = None
+    thresholds: dict[str, list[float | None]]
+
+
+class ConflictSpec(BaseModel):
+    """A title-image conflict: the title-only prediction names a value with at least
+    `min_title_confidence`, and the image-only prediction gives that value at most
+    `max_image_probability`."""
+    model_config = ConfigDict(extra="forbid")
+    min_title_confidence: float = Field(ge=0.0, le=1.0)
+    max_image_probability: float = Field(ge=0.0, le=1.0)
+    flagged_named: float | None = None  # share of validation products whose title names their label, flagged
 
 
 class AttributeSpec(BaseModel):
@@ -51,6 +86,12 @@ class AttributeSpec(BaseModel):
     # min_support of them has no threshold (None) for any target
     support: list[int] | None = None
     min_support: int | None = Field(None, ge=0)
+    # v3: the words that name each label in a title (the situation matcher), acceptance per
+    # situation, the conflict check, and the folded class that is never accepted
+    label_words: list[str] | None = None
+    situations: dict[str, SituationSpec] | None = None
+    conflict: ConflictSpec | None = None
+    folded_class: str | None = None
 
     @field_validator("classes")
     @classmethod
@@ -62,12 +103,17 @@ class AttributeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _thresholds_match_classes(self):
-        for key, ths in self.thresholds.items():
-            if len(ths) != len(self.classes):
-                raise ValueError(f"thresholds[{key!r}] has {len(ths)} values for {len(self.classes)} classes")
-            bad = [t for t in ths if t is not None and not 0.0 <= t <= 1.0]
-            if bad:
-                raise ValueError(f"thresholds[{key!r}] has values outside [0, 1]: {bad[:3]}")
+        _check_thresholds(self.thresholds, len(self.classes), "")
+        unknown = sorted(set(self.situations or {}) - set(SITUATIONS))
+        if unknown:
+            raise ValueError(f"unknown situations {unknown}; known: {', '.join(SITUATIONS)}")
+        for name, sit in (self.situations or {}).items():
+            _check_thresholds(sit.thresholds, len(self.classes), f"situations[{name!r}].")
+            if set(sit.thresholds) != set(self.thresholds):
+                raise ValueError(f"situations[{name!r}] has targets {sorted(sit.thresholds)}, the attribute "
+                                 f"{sorted(self.thresholds)}")
+        if self.folded_class is not None and self.folded_class not in self.classes:
+            raise ValueError(f"folded_class {self.folded_class!r} is not one of the classes")
         if self.support is not None and len(self.support) != len(self.classes):
             raise ValueError(f"support has {len(self.support)} values for {len(self.classes)} classes")
         return self
@@ -81,6 +127,7 @@ class ModelSpec(BaseModel):
     outputs: list[str]
     opset: int = Field(ge=17)
     attention: str = Field("unfused", pattern="^(fused|unfused)$")
+    unimodal: bool = False  # v3: title-only and image-only outputs beside the fused ones
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -129,6 +176,11 @@ class Manifest(BaseModel):
     # one fp32 variant, its model.onnx
     variants: dict[str, VariantSpec] = {}
     refused: dict[str, str] = {}  # variants export was asked for and refused, with the reason
+    constraints: Constraints | None = None  # v3: the catalog's constraints between attributes
+
+    @property
+    def situation_calibrated(self) -> bool:
+        return all(a.situations is not None for a in self.attributes)
 
     @field_validator("schema_version")
     @classmethod
@@ -174,7 +226,7 @@ class Manifest(BaseModel):
             raise ValueError(f"files lists no {', '.join(missing)}")
         if list(self.model.inputs) != list(INPUT_NAMES):
             raise ValueError(f"model.inputs {self.model.inputs} differ from the preprocessing contract {list(INPUT_NAMES)}")
-        want = [n for a in names for n in output_names(a)]
+        want = [n for a in names for n in output_names(a, self.model.unimodal)]
         if list(self.model.outputs) != want:
             raise ValueError(f"model.outputs {self.model.outputs} do not match the attributes (expected {want})")
         return self

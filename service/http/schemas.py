@@ -36,9 +36,23 @@ class AttributePrediction(BaseModel):
     confidence: float
     top_k: list[Candidate]
     modality_weights: ModalityWeights
-    threshold: float | None = Field(description="this class's threshold for the requested precision; "
-                                                "null: the target is unreachable for this class")
-    accepted: bool = Field(description="confidence >= threshold")
+    situation: str = Field(description="what attrx saw for this attribute: the title names one of its labels "
+                                       "(named), names none (silent) or is missing (no_title); the image is present "
+                                       "or not, e.g. silent+image")
+    threshold: float | None = Field(description="the threshold for this value's class, the product's situation and "
+                                                "the requested precision; null: no threshold (the situation or class "
+                                                "lacked calibration support, or the target is unreachable)")
+    accepted: bool = Field(description="confidence >= threshold, and no reason for review")
+    conflict: bool = Field(False, description="the title-only and image-only predictions disagree confidently: "
+                                              "never accepted, a finding about the listing")
+    constrained: bool = Field(False, description="the catalog's constraints changed this value from the model's "
+                                                 "own argmax (the most probable allowed combination)")
+    conflict_values: dict[str, str] | None = Field(None, description="with a conflict: what the title alone "
+                                                                     "(title_says) and the image alone "
+                                                                     "(image_says) predict")
+    review: str | None = Field(None, description="why the value is not accepted: no_allowed_combination, other "
+                                                 "(the folded class), conflict, no_support, below_threshold; "
+                                                 "null when accepted")
 
 
 class ModelRef(BaseModel):
@@ -78,11 +92,25 @@ class BatchResponse(BaseModel):
     latency_ms: float
 
 
+class SituationInfo(BaseModel):
+    support: int = Field(description="calibration products in this situation (validation products and their "
+                                     "copies with label words removed, title or image dropped)")
+    natural: int = Field(0, description="of them, validation products as they are")
+    thresholds: dict[str, list[float | None]] = Field(description="per precision target, one threshold per class")
+
+
 class AttributeInfo(BaseModel):
     name: str
     classes: list[str]
-    thresholds: dict[str, list[float | None]]
+    thresholds: dict[str, list[float | None]] = Field(description="per-class thresholds of a bundle that is not "
+                                                                  "situation-calibrated (used in every situation)")
     support: list[int] | None = Field(None, description="validation positives per class behind the thresholds")
+    situations: dict[str, SituationInfo] | None = Field(None, description="thresholds and support per situation; "
+                                                                          "a situation not listed is never accepted")
+    conflict: dict | None = Field(None, description="the title-image conflict check: min_title_confidence, "
+                                                    "max_image_probability, and the share of validation products "
+                                                    "whose title names their label that it flags")
+    folded_class: str | None = Field(None, description="the class of folded rare labels: never accepted")
 
 
 class ModelInfo(BaseModel):
@@ -92,7 +120,10 @@ class ModelInfo(BaseModel):
     family: str
     created: str
     precision_targets: list[float]
+    situation_calibrated: bool = Field(description="false for a bundle made before situations: its per-class "
+                                                   "thresholds apply in every situation")
     attributes: list[AttributeInfo]
+    constraints: dict | None = Field(None, description="the record constraints the bundle applies")
     metrics: dict
     backend: str
     providers: list[str]

@@ -101,14 +101,15 @@ class Service:
             self.state.metrics.rejections.labels(reason).inc()
 
     # -- one product --------------------------------------------------------------------------
-    async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> BatchResult:
+    async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> tuple[BatchResult, list[str]]:
+        """The product's row of its batch's outputs, and its situation per attribute."""
         st = self.state
         watch.check("decoding")
-        fut = st.pool.submit(st.pipeline.decode_request, p.title, p.image)
+        fut = st.pool.submit(_decode, st.pipeline, p.title, p.image)
         if ticket is not None:
             ticket.hold(fut)
         try:
-            inputs = await watch.wait(fut, "decoding")
+            inputs, situations = await watch.wait(fut, "decoding")
         except (ImageError, InputError) as e:
             raise input_error(e) from None
         watch.check("queueing")
@@ -116,7 +117,7 @@ class Service:
             job, slot = st.engine.submit(inputs, watch.deadline)
             if ticket is not None:
                 ticket.hold(job)
-            return await watch.wait(job, "running", cancel=partial(st.engine.cancel, slot))
+            return await watch.wait(job, "running", cancel=partial(st.engine.cancel, slot)), situations
         except QueueFull as e:
             raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
         except DeadlineExceeded:  # counted by the batcher
@@ -144,10 +145,10 @@ class Service:
             p = await read_one(request)
             check_options(p)
             key = self.precision_key(st, p.min_precision)
-            res = await self.run(p, watch, request.scope.get("attrx.ticket"))
+            res, situations = await self.run(p, watch, request.scope.get("attrx.ticket"))
         finally:
             watch.close()
-        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
         return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
                              "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
@@ -157,7 +158,7 @@ class Service:
         try:
             p = from_model(ExtractRequest.model_validate(raw))
             key = self.precision_key(st, p.min_precision)
-            res = await self.run(p, watch, ticket)
+            res, situations = await self.run(p, watch, ticket)
         except ApiError as e:
             if not e.counted:
                 self.reject(e.reason)
@@ -167,7 +168,7 @@ class Service:
             return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
         except ClientGone:
             return {"index": i, "gone": True}
-        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, top_k=p.top_k)
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
         return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
 
     async def extract_batch(self, request: Request) -> JSONResponse:
@@ -197,9 +198,9 @@ class Service:
         m, s = st.bundle.manifest, st.settings
         return ModelInfo(
             name=m.name, version=m.version, family=m.model.family, created=m.created,
-            precision_targets=m.precision_targets,
-            attributes=[{"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support}
-                        for a in m.attributes],
+            precision_targets=m.precision_targets, situation_calibrated=m.situation_calibrated,
+            attributes=[_attribute_info(a) for a in m.attributes],
+            constraints=m.constraints.model_dump() if m.constraints else None,
             metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
             precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
             batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
@@ -225,3 +226,16 @@ class Service:
         st.metrics.in_flight.set(st.admission.in_flight)
         body, media_type = exposition(st.metrics.registry)
         return Response(body, media_type=media_type)
+
+
+def _decode(pipeline, title, image) -> tuple[dict, list[str]]:
+    """In the decoding pool: the model inputs and the situations (raises InputError, ImageError)."""
+    return pipeline.decode_request(title, image), pipeline.situations(title, image)
+
+
+def _attribute_info(a) -> dict:
+    sits = None if a.situations is None else {k: {"support": v.support, "natural": v.natural,
+                                                  "thresholds": v.thresholds} for k, v in a.situations.items()}
+    return {"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support,
+            "situations": sits, "conflict": a.conflict.model_dump() if a.conflict else None,
+            "folded_class": a.folded_class}

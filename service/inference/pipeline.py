@@ -38,7 +38,8 @@ def load_pipeline(settings, *, with_backend: bool = True) -> tuple[Bundle, Pipel
     front-end process, which only decodes and encodes) the model file is neither hashed nor loaded."""
     bundle = load_bundle(settings.bundle, verify_hashes=with_backend)
     predictor = Predictor(bundle, max_title_chars=settings.max_title_chars,
-                          max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect)
+                          max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect,
+                          decisions=settings.decisions)
     backend = load_backend(bundle, settings.backend, providers=settings.providers, threads=settings.intra_op_threads,
                            precision=settings.precision, max_batch_size=settings.max_batch_size,
                            trt_cache_dir=settings.trt_cache_dir) if with_backend else None
@@ -62,8 +63,12 @@ class Pipeline:
     def unbatch(self, outputs: list[np.ndarray], n: int) -> list[tuple[list[np.ndarray], int]]:
         return [(outputs, i) for i in range(n)]
 
-    def encode_response(self, outputs: list[np.ndarray], row: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
-        return self.predictor.encode_response(outputs, row, key=key, top_k=top_k)
+    def situations(self, title: str | None, image) -> list[str]:
+        return self.predictor.situations(title, image)
+
+    def encode_response(self, outputs: list[np.ndarray], row: int, *, key: str, situations: Sequence[str],
+                        top_k: int = 1) -> dict[str, dict]:
+        return self.predictor.encode_response(outputs, row, key=key, situations=situations, top_k=top_k)
 
     def run_batch(self, items: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """batch + predict: what the batcher's thread does with the items it took."""

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from attrx.service.contract.bundle import Bundle, precision_key
+from attrx.service.contract.bundle import Bundle, output_names, precision_key
+from attrx.service.contract.decisions import REVIEW_REASONS, decide, rules_from_manifest, situation_index
 from attrx.service.contract.preprocess import (
     ImageError,
     build_inputs,
@@ -18,6 +19,9 @@ from attrx.service.contract.preprocess import (
     load_tokenizer,
     normalise_title,
 )
+from attrx.service.contract.situations import SituationReader
+
+DECISIONS = ("full", "plain")
 
 
 class InputError(ValueError):
@@ -37,7 +41,7 @@ class Predictor:
     """The bundle's preprocessing and postprocessing around any runtime backend."""
 
     def __init__(self, bundle: Bundle, *, max_title_chars: int = 2000, max_image_pixels: int | None = None,
-                 max_image_aspect: float | None = None):
+                 max_image_aspect: float | None = None, decisions: str = "full"):
         self.bundle = bundle
         self.manifest = bundle.manifest
         pre = self.manifest.preprocess
@@ -48,6 +52,18 @@ class Predictor:
         self.max_title_chars = max_title_chars
         self.attributes = [a.name for a in self.manifest.attributes]
         self.targets = [precision_key(t) for t in self.manifest.precision_targets]
+        if decisions not in DECISIONS:
+            raise ValueError(f"decisions must be one of {DECISIONS}, got {decisions!r}")
+        full = decisions == "full"
+        self.rules, self.decoder = rules_from_manifest(self.manifest, situations=full, conflicts=full, constraints=full)
+        self.read_situations = SituationReader({a.name: a.label_words or a.classes for a in self.manifest.attributes})
+        where = {n: i for i, n in enumerate(self.manifest.model.outputs)}
+        uni = self.manifest.model.unimodal
+        self._cols = [[where[n] for n in output_names(a, uni)] for a in self.attributes]
+
+    def situations(self, title: str | None, image) -> list[str]:
+        """Per attribute, the product's situation (see attrx.service.contract.situations)."""
+        return self.read_situations(title, image)
 
     def decode_request(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
         """One product -> model inputs with batch size 1. Raises InputError or ImageError."""
@@ -71,25 +87,39 @@ class Predictor:
                                            f"use one of {', '.join(self.targets)}")
         return key
 
-    def encode_response(self, outputs: Sequence[np.ndarray], i: int, *, key: str, top_k: int = 1) -> dict[str, dict]:
-        """Row i of a batch's outputs -> per attribute value, confidence, top-k, weights, threshold."""
+    def encode_response(self, outputs: Sequence[np.ndarray], i: int, *, key: str, situations: Sequence[str],
+                        top_k: int = 1) -> dict[str, dict]:
+        """Row i of a batch's outputs -> per attribute value, confidence, top-k, weights, situation,
+        threshold, acceptance and the reasons for review."""
+        cols = self._cols
+        probs = [outputs[c[0]][i : i + 1] for c in cols]
+        uni = len(cols[0]) == 4
+        d = decide(self.rules, self.decoder, probs, np.array([situation_index(situations)]), key,
+                   [outputs[c[2]][i : i + 1] for c in cols] if uni else None,
+                   [outputs[c[3]][i : i + 1] for c in cols] if uni else None)
         result = {}
-        for j, attr in enumerate(self.manifest.attributes):
+        for j, rule in enumerate(self.rules):
             # plain Python on small rows: numpy's per-call overhead dominated this on the event loop
-            probs, (w_text, w_image) = outputs[2 * j][i].tolist(), outputs[2 * j + 1][i].tolist()
-            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
-            c = order[0]
-            conf = probs[c]
-            thr = attr.thresholds[key][c]
-            top = order[: max(1, min(top_k, len(attr.classes)))]
-            result[attr.name] = {
-                "value": attr.classes[c],
-                "confidence": conf,
-                "top_k": [{"value": attr.classes[t], "probability": probs[t]} for t in top],
+            p, (w_text, w_image) = probs[j][0].tolist(), outputs[cols[j][1]][i].tolist()
+            c, thr, why = int(d.value[j][0]), float(d.threshold[j][0]), int(d.reason[j][0])
+            top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[: max(1, min(top_k, len(p)))]
+            result[rule.name] = {
+                "value": rule.classes[c],
+                "confidence": p[c],
+                "top_k": [{"value": rule.classes[t], "probability": p[t]} for t in top],
                 "modality_weights": {"text": w_text, "image": w_image},
-                "threshold": thr,
-                "accepted": thr is not None and conf >= thr,
+                "situation": situations[j],
+                "threshold": None if thr != thr else thr,
+                "accepted": why < 0,
+                "conflict": bool(d.conflict[j][0]),
+                "constrained": bool(d.constrained[j][0]),
+                "review": None if why < 0 else REVIEW_REASONS[why],
             }
+            if d.conflict[j][0]:
+                col = cols[j]
+                result[rule.name]["conflict_values"] = {
+                    "title_says": rule.classes[int(outputs[col[2]][i].argmax())],
+                    "image_says": rule.classes[int(outputs[col[3]][i].argmax())]}
         return result
 
 

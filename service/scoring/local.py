@@ -35,7 +35,8 @@ from attrx.service.scoring.outputs import bundle_sha256, open_output
 def output_columns(attributes: list[str]) -> list[str]:
     cols = ["id"]
     for a in attributes:
-        cols += [a, f"{a}_confidence", f"{a}_accepted", f"{a}_text_weight", f"{a}_image_weight"]
+        cols += [a, f"{a}_confidence", f"{a}_accepted", f"{a}_text_weight", f"{a}_image_weight",
+                 f"{a}_situation", f"{a}_threshold", f"{a}_conflict", f"{a}_constrained", f"{a}_review"]
     return cols
 
 
@@ -47,7 +48,18 @@ def flatten(pid: str, preds: dict[str, dict]) -> dict:
         row[f"{a}_accepted"] = p["accepted"]
         row[f"{a}_text_weight"] = round(p["modality_weights"]["text"], 6)
         row[f"{a}_image_weight"] = round(p["modality_weights"]["image"], 6)
+        row[f"{a}_situation"] = p["situation"]
+        row[f"{a}_threshold"] = None if p["threshold"] is None else round(p["threshold"], 6)
+        row[f"{a}_conflict"] = p["conflict"]
+        row[f"{a}_constrained"] = p["constrained"]
+        row[f"{a}_review"] = p["review"]
     return row
+
+
+def conflict_rows(pid: str, preds: dict[str, dict]) -> list[dict]:
+    """One row per attribute whose title and image disagree (for `attrx score --conflicts`)."""
+    return [{"id": pid, "attribute": a, "value": p["value"], "confidence": round(p["confidence"], 6),
+             "situation": p["situation"], **p.get("conflict_values", {})} for a, p in preds.items() if p["conflict"]]
 
 
 # -- worker processes -------------------------------------------------------------------------------
@@ -64,7 +76,7 @@ def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
 def _prepare(task: tuple[int, str, str | None, str | None]):
     line, pid, title, image = task
     try:
-        return line, pid, _predictor.decode_request(title, image), None
+        return line, pid, (_predictor.decode_request(title, image), _predictor.situations(title, image)), None
     except (ImageError, InputError) as e:
         return line, pid, None, str(e)
 
@@ -125,7 +137,9 @@ def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, in
 def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
           workers: int | None = None, resume: bool = False, overwrite: bool = False,
           min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
-          max_image_pixels: int | None = None, progress: bool = True) -> dict:
+          max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None) -> dict:
+    """Score a catalog into `out` (rows that cannot be scored go to `<out>.errors.jsonl`); with
+    `conflicts`, every attribute whose title and image disagree is also written there as JSONL."""
     out = Path(out)
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
@@ -147,6 +161,7 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers),
                            precision=precision)
     errors_f = open(errors_path, "w", encoding="utf-8")
+    conflicts_f = open(conflicts, "a" if resume else "w", encoding="utf-8") if conflicts else None
     errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     counts = {"scored": 0, "failed": len(cat.errors)}
     # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
@@ -157,8 +172,13 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
 
     def flush(batch: list) -> None:
-        outputs = backend.run(batch_inputs([x for _, x in batch]))
-        writer.write([flatten(pid, predictor.encode_response(outputs, i, key=key)) for i, (pid, _) in enumerate(batch)])
+        outputs = backend.run(batch_inputs([x for _, (x, _) in batch]))
+        preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits))
+                 for i, (pid, (_, sits)) in enumerate(batch)]
+        writer.write([flatten(pid, p) for pid, p in preds])
+        if conflicts_f is not None:
+            conflicts_f.write("".join(json.dumps(r) + "\n" for pid, p in preds for r in conflict_rows(pid, p)))
+            conflicts_f.flush()
         counts["scored"] += len(batch)
         bar.update(len(batch))
 
@@ -185,4 +205,6 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
         _stop_pool(pool, early=stop.is_set() or sys.exc_info()[0] is not None)
         writer.close()
         errors_f.close()
+        if conflicts_f is not None:
+            conflicts_f.close()
     return _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())

@@ -96,9 +96,10 @@ def parquet_schema(columns: list[str]):
 
     fields = []
     for c in columns:
-        if c == "id" or not c.endswith(("_confidence", "_accepted", "_weight")):
+        if c == "id" or not c.endswith(("_confidence", "_accepted", "_weight", "_threshold", "_conflict",
+                                         "_constrained")):
             fields.append(pa.field(c, pa.string()))
-        elif c.endswith("_accepted"):
+        elif c.endswith(("_accepted", "_conflict", "_constrained")):
             fields.append(pa.field(c, pa.bool_()))
         else:
             fields.append(pa.field(c, pa.float64()))

@@ -31,7 +31,9 @@ import numpy as np
 
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
+from attrx.service.contract.decisions import situation_index
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
+from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
 from attrx.service.scoring.local import flatten, output_columns
 from attrx.service.scoring.outputs import (
@@ -136,8 +138,9 @@ def _predictor(bundle_dir: str, max_image_pixels: int | None) -> Predictor:
 def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> dict:
     """Rows (id, line, title, image) -> model inputs, plus `error` ('' when the row is fine)."""
     pred = _predictor(bundle_dir, max_image_pixels)
-    items, errors = [], []
+    items, errors, sits = [], [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
+        sits.append(situation_index(pred.situations(title, image)))
         try:
             items.append(pred.decode_request(title, image))
             errors.append("")
@@ -148,7 +151,9 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
         blank = pred.decode_request("-", None)
         items = [blank if x is None else x for x in items]
     inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).items()}
-    return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object), **inputs}
+    situations = np.asarray(sits, dtype=np.int8).reshape(len(sits), len(pred.attributes))
+    return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object),
+            "situation": situations, **inputs}
 
 
 class Infer:
@@ -180,8 +185,10 @@ class Infer:
         rows = []
         if ok.any():
             outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
-            ids = batch["id"][ok]
-            rows = [flatten(str(pid), self.predictor.encode_response(outputs, i, key=self.key)) for i, pid in enumerate(ids)]
+            ids, sits = batch["id"][ok], batch["situation"][ok]
+            rows = [flatten(str(pid), self.predictor.encode_response(outputs, i, key=self.key,
+                                                                     situations=[SITUATIONS[k] for k in sits[i]]))
+                    for i, pid in enumerate(ids)]
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 

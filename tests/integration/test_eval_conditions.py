@@ -6,7 +6,7 @@ import json
 import pytest
 
 from attrx.cli import main
-from attrx.training.evaluate import strip_words
+from attrx.service.contract.situations import strip_words
 
 
 def test_strip_words_is_whole_word_case_insensitive_longest_first():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from attrx.service.contract.preprocess import load_tokenizer
-from attrx.training.augment import TitleSilencer, augment_images, label_pattern, names_label, strip_pattern
+from attrx.service.contract.situations import label_pattern, names_label, strip_pattern
+from attrx.training.augment import TitleSilencer, augment_images
 from attrx.training.models.cma_clip import CMAClip
 from attrx.training.models.factory import load_config
 

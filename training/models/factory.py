@@ -129,7 +129,8 @@ def create_pretrainer(mcfg, max_len: int, special: dict[str, int]) -> nn.Module:
     return Pretrainer(mcfg, max_len, special)
 
 
-def export_module(model: nn.Module) -> nn.Module:
-    """The model with its outputs flattened for ONNX (per task: probabilities, modality weights)."""
-    return ExportWrapper(model)
+def export_module(model: nn.Module, unimodal: bool = False) -> nn.Module:
+    """The model with its outputs flattened for ONNX (per task: probabilities, modality weights, and
+    with `unimodal` the title-only and image-only probabilities)."""
+    return ExportWrapper(model, unimodal)
 

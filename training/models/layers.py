@@ -117,15 +117,34 @@ def make_head(fusion: str, width: int, hidden: int, n_classes: int, dropout: flo
     return TaskHead(width, hidden, n_classes, dropout)
 
 
-class ExportWrapper(nn.Module):
-    """Flattens a model's outputs (any family: same forward) for ONNX: per task, probabilities then modality weights."""
+def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, text_present, image_present):
+    """(fused outputs [(logits, weights)], title-only logits, image-only logits) per task. A model
+    with unimodal heads (CMA-CLIP's auxiliary heads) answers in one pass; any other family gets
+    two more passes, one that sees only the title and one that sees only the image."""
+    if getattr(model, "aux_text", None) is not None:
+        return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present)
+    fused = model(input_ids, attention_mask, pixel_values, text_present, image_present)
+    one, zero = torch.ones_like(text_present), torch.zeros_like(text_present)
+    text = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, one, zero)]
+    image = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, zero, one)]
+    return fused, text, image
 
-    def __init__(self, model: nn.Module):
+
+class ExportWrapper(nn.Module):
+    """Flattens a model's outputs (any family: same forward) for ONNX: per task, probabilities then
+    modality weights, and with `unimodal` the title-only and image-only probabilities."""
+
+    def __init__(self, model: nn.Module, unimodal: bool = False):
         super().__init__()
         self.model = model
+        self.unimodal = unimodal
 
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+        args = (input_ids, attention_mask, pixel_values, text_present, image_present)
+        if not self.unimodal:
+            return tuple(o for logits, w in self.model(*args) for o in (torch.softmax(logits, dim=-1), w))
+        fused, text, image = with_unimodal(self.model, *args)
         outs = []
-        for logits, weights in self.model(input_ids, attention_mask, pixel_values, text_present, image_present):
-            outs += [torch.softmax(logits, dim=-1), weights]
+        for (logits, w), t, i in zip(fused, text, image, strict=True):
+            outs += [torch.softmax(logits, dim=-1), w, torch.softmax(t, dim=-1), torch.softmax(i, dim=-1)]
         return tuple(outs)

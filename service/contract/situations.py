@@ -1,0 +1,82 @@
+"""What attrx can see about one product, per attribute: its situation.
+
+A situation has two parts:
+- the title's state for the attribute: it names one of the attribute's label words (`named`), it
+  names none (`silent`), or there is no title (`no_title`);
+- whether the image is present (`image`) or missing (`no_image`).
+
+Five situations exist (a product with neither title nor image is refused at the door). Acceptance
+is calibrated per attribute x situation, because the model is as confident on a silent title as on
+a named one, from weaker evidence.
+
+The label-word matcher lives here, beside the bundle contract, so that training (silent-title
+augmentation, evaluation conditions, calibration copies) and serving (the situation of a request)
+match words the very same way: whole words or phrases, case-insensitive, longest first, so
+"navy blue" goes before "blue". numpy-free and torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from attrx.service.contract.preprocess import normalise_title
+
+SITUATIONS = ("named+image", "silent+image", "no_title+image", "named+no_image", "silent+no_image")
+SITUATION_HELP = {
+    "named+image": "the title names one of the attribute's labels; the image is present",
+    "silent+image": "the title names none of the attribute's labels; the image is present",
+    "no_title+image": "no title; the image is present",
+    "named+no_image": "the title names one of the attribute's labels; no image",
+    "silent+no_image": "the title names none of the attribute's labels; no image",
+}
+
+
+def label_pattern(words: Iterable[str]) -> re.Pattern | None:
+    """One regex that matches any of `words` as a whole word or phrase (longest first)."""
+    ws = sorted({w.strip() for w in words if w and w.strip()}, key=len, reverse=True)
+    if not ws:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in ws) + r")(?!\w)", re.IGNORECASE)
+
+
+def strip_pattern(title: str | None, pattern: re.Pattern | None) -> str | None:
+    """The title without the pattern's words; None when nothing is left."""
+    if not title or pattern is None:
+        return title
+    return " ".join(pattern.sub(" ", title).split()) or None
+
+
+def strip_words(title: str | None, words: Iterable[str]) -> str | None:
+    """Remove whole-word, case-insensitive occurrences of `words` (longest first) from a title."""
+    return strip_pattern(title, label_pattern(words))
+
+
+def names_label(title: str | None, label: str) -> bool:
+    """Does the title name the label, with the same whole-word matching as strip_words?"""
+    pat = label_pattern([label])
+    return bool(title) and pat is not None and pat.search(title) is not None
+
+
+def situation_of(title: str | None, has_image: bool, pattern: re.Pattern | None) -> str:
+    """The situation of one attribute, from the (normalised) title and whether an image came."""
+    if not title:
+        state = "no_title"
+    elif pattern is not None and pattern.search(title):
+        state = "named"
+    else:
+        state = "silent"
+    return f"{state}+{'image' if has_image else 'no_image'}"
+
+
+class SituationReader:
+    """The situation of every attribute of a product, from the bundle's label words."""
+
+    def __init__(self, label_words: dict[str, list[str]]):
+        self.attributes = list(label_words)
+        self.patterns = [label_pattern(ws) for ws in label_words.values()]
+
+    def __call__(self, title: str | None, image) -> list[str]:
+        title = normalise_title(title)
+        has_image = image is not None and not (isinstance(image, bytes) and not image)
+        return [situation_of(title, has_image, p) for p in self.patterns]
