@@ -50,6 +50,7 @@ CONDITIONS = {
     "b": ("colour words removed from titles", ["--strip-label-words", "baseColour"]),
     "c": ("image missing", ["--drop-image"]),
     "d": ("title missing", ["--drop-title"]),
+    "e": ("every attribute's label words removed from titles", ["--strip-label-words", "all"]),
 }
 # The default recipe (attrx train's defaults: silent-title training, unimodal auxiliary heads,
 # image augmentation) on the `small` config, the single-modality baselines, and one row per lever
@@ -103,24 +104,38 @@ def _args():
                     help=f"comma-separated model names (default: {DEFAULT_MODELS}; all: {','.join(MODELS)})")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the models an earlier run of this --out already trained and evaluated")
+    ap.add_argument("--reeval", action="store_true",
+                    help="with --reuse: keep the trained models but run every evaluation again")
     ap.add_argument("--render-only", action="store_true",
                     help="re-write docs/RESULTS.md and the figures from an earlier run's results.json")
     return ap.parse_args()
 
 
+def _evaluate_plain(ck: Path, catalog: Path) -> dict:
+    """The same checkpoint answered as bundles before situations did (--decisions plain)."""
+    out = {}
+    for cond, (_, cflags) in CONDITIONS.items():
+        ev_out = ck / "eval" / f"plain-{cond}"
+        attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--out", str(ev_out), *cflags,
+              "--decisions", "plain", "--quiet")
+        out[cond] = json.loads((ev_out / "metrics.json").read_text())
+    return out
+
+
 def _evaluate_conditions(name: str, ck: Path, catalog: Path) -> dict:
-    """Conditions (a)-(d) for one checkpoint; None where the condition leaves the model nothing."""
+    """Conditions (a)-(e) for one checkpoint; None where the condition leaves the model nothing."""
     results = {}
     for cond, (_, cflags) in CONDITIONS.items():
-        if name == "text-only" and cond == "d" or name == "image-only" and cond == "c":
-            results[cond] = None  # nothing left for the model to read
+        if name == "text-only" and cond == "d" or name == "image-only" and cond in ("c", "e"):
+            results[cond] = None  # nothing left for the model to read (or nothing changes)
             continue
         ev_out = ck / "eval" / f"condition-{cond}"
         if cond == "a":
             attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--quiet")
             src = ck / "metrics.json"
             ev_out.mkdir(parents=True, exist_ok=True)
-            for f in [*ck.glob("pr_*.png"), ck / "image_weights.npz", ck / "title_lacks_label.npz"]:
+            for f in [*ck.glob("pr_*.png"), *ck.glob("situations_*.png"), ck / "image_weights.npz",
+                      ck / "title_lacks_label.npz"]:
                 shutil.copyfile(f, ev_out / f.name)
         else:
             attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--out", str(ev_out), *cflags, "--quiet")
@@ -135,7 +150,12 @@ def _run_model(name: str, a, out: Path, catalog: Path, budget: list[str], pre_di
     if a.reuse and done.is_file():
         log(f"{name}: reusing {ck}")
         d = json.loads(done.read_text())
-        return d["results"], d["seconds"]
+        if not a.reeval:
+            return d["results"], d["seconds"]
+        log(f"{name}: evaluating again")
+        results = _evaluate_conditions(name, ck, catalog)
+        done.write_text(json.dumps({"results": results, "seconds": d["seconds"]}))
+        return results, d["seconds"]
     flags = [f.replace("{pretrained}", str(pre_dir)).replace("{md}", str(a.modality_dropout)) for f in MODELS[name]]
     if not name.startswith("momo"):
         flags += ["--config", a.config]
@@ -190,13 +210,24 @@ def main() -> None:
         results[name], secs = _run_model(name, a, out, catalog, budget, pre_dir)
         timings[name] = {"seconds": round(secs, 1)}
     cross = cross_check(out, catalog) if "cma-clip" in results else None
+    acceptance = None
+    if "cma-clip" in results:
+        log("cma-clip: the same model answered as bundles before situations (--decisions plain)")
+        plain = _evaluate_plain(out / "cma_clip", catalog)
+        full = results["cma-clip"]
+        acceptance = {"full": {c: r["attributes"] for c, r in full.items() if r},
+                      "plain": {c: r["attributes"] for c, r in plain.items()},
+                      "records": {c: r.get("records") for c, r in full.items() if r and r.get("records")},
+                      "plain_records": {c: r.get("records") for c, r in plain.items() if r.get("records")},
+                      "calibration": full["a"].get("calibration")}
     classes = {}
     if (out / "cma_clip" / "config.json").is_file():
         classes = {k: len(v) for k, v in json.loads((out / "cma_clip" / "config.json").read_text())["attributes"].items()}
     summary = {"catalog": str(catalog), "attributes": ATTRS, "budget": " ".join(["--config", a.config, *budget]),
                "argv": sys.argv[1:], "classes_kept": classes, "min_class_count": a.min_class_count,
                "modality_dropout": a.modality_dropout, "timings": timings, "cross_check": cross,
-               "colour_histogram_baseline": baseline, "total_seconds": round(time.time() - t_all, 1),
+               "colour_histogram_baseline": baseline, "acceptance": acceptance,
+               "total_seconds": round(time.time() - t_all, 1),
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "results": {m: {c: (None if r is None else r["attributes"]) for c, r in conds.items()}
                            for m, conds in results.items()}}
@@ -299,9 +330,10 @@ def figures(summary: dict, out: Path, fig_dir: Path) -> None:
     plt.close(fig)
     if "cma-clip" in results:
         for attr in ("baseColour", "articleType"):
-            src = out / "cma_clip" / "eval" / "condition-a" / f"pr_{attr}.png"
-            if src.is_file():
-                shutil.copyfile(src, fig_dir / f"pr_{attr}_cma_clip.png")
+            for kind in ("pr", "situations"):
+                src = out / "cma_clip" / "eval" / "condition-a" / f"{kind}_{attr}.png"
+                if src.is_file():
+                    shutil.copyfile(src, fig_dir / f"{kind}_{attr}_cma_clip.png")
         wa = np.load(out / "cma_clip" / "eval" / "condition-a" / "image_weights.npz")["baseColour"]
         wb = np.load(out / "cma_clip" / "eval" / "condition-b" / "image_weights.npz")["baseColour"]
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
@@ -498,6 +530,11 @@ def write_results_md(s: dict, path: Path, argv: list[str]) -> None:
         lines += ["", f"Classes per attribute after folding labels with fewer than {s.get('min_class_count', 10)} "
                   "training examples into `other`: " + ", ".join(f"{k} {v}" for k, v in s["classes_kept"].items()) + "."]
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(res)]
+    acc = s.get("acceptance")
+    if acc:
+        from acceptance_report import render
+
+        lines += render(acc["full"], acc["plain"], acc["records"], acc["plain_records"], CONDITIONS)
     cc = s.get("cross_check")
     if cc:
         lines += ["", "## Bundle cross-check", "",

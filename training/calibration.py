@@ -29,16 +29,17 @@ from attrx.service.contract.constraints import Constraints, RecordDecoder
 from attrx.service.contract.decisions import AttributeRules, conflicts, decide, image_support
 from attrx.service.contract.situations import SITUATIONS
 from attrx.training import metrics
-from attrx.training.calibration_set import CalibrationSet, calibration_set
+from attrx.training.calibration_set import COPIES, CalibrationSet, calibration_set
 from attrx.training.checkpoint import CALIBRATION
 from attrx.training.data import IGNORE, OTHER, Encoded
 
 DEFAULT_TARGETS = (0.90, 0.95)
 MIN_SUPPORT = 10
 MIN_SITUATION_SUPPORT = 50
+MIN_POOL = 10  # the shared threshold of the classes without their own needs this many answers
 CONFIDENCE = 0.5
 TITLE_CONFIDENCE = 0.5
-CONFLICT_BUDGET = 0.02
+CONFLICT_BUDGET = 0.01
 
 
 def calibrate_probs(probs: list[np.ndarray], labels: np.ndarray, attrs: list[str], targets=DEFAULT_TARGETS, *,
@@ -55,23 +56,29 @@ def calibrate_probs(probs: list[np.ndarray], labels: np.ndarray, attrs: list[str
             "thresholds": thresholds, "support": support}
 
 
-def conflict_check(cs: CalibrationSet, j: int, budget: float = CONFLICT_BUDGET) -> ConflictSpec | None:
+def conflict_check(cs: CalibrationSet, j: int, budget: float = CONFLICT_BUDGET,
+                   useful_below: float = 0.9) -> ConflictSpec | None:
     """The image-probability bound below which a confident title-only value counts as contradicted,
     set so that at most `budget` of the validation products (with both) whose title names their own
-    label are flagged; None without enough of them."""
-    named = (cs.copy == 0) & cs.names_label[:, j] & (cs.situations[:, j] == SITUATIONS.index("named+image"))
-    if named.sum() < MIN_SITUATION_SUPPORT:
+    label are flagged. None without enough of them, or when the answers it would flag are right at
+    least `useful_below` of the time on validation (the image-only head cannot tell there)."""
+    named = (cs.copy == 0) & (cs.situations[:, j] == SITUATIONS.index("named+image"))
+    own = named & cs.names_label[:, j]
+    if own.sum() < MIN_SITUATION_SUPPORT:
         return None
-    t, i = cs.outputs["text"][j][named], cs.outputs["image"][j][named]
-    sure = t.max(1) >= TITLE_CONFIDENCE
-    support = np.sort(image_support(t, i)[sure])
-    k = int(np.floor(budget * named.sum()))  # this many may be flagged
-    if k == 0 or len(support) == 0:
+    t, i = cs.outputs["text"][j], cs.outputs["image"][j]
+    support = np.sort(image_support(t[own], i[own])[t[own].max(1) >= TITLE_CONFIDENCE])
+    k = min(int(np.floor(budget * own.sum())), len(support))  # this many may be flagged
+    if k == 0:
         return None
-    bound = float(support[min(k, len(support)) - 1])
-    rate = float(conflicts(t, i, np.ones(len(t), dtype=bool), (TITLE_CONFIDENCE, bound)).mean())
-    return ConflictSpec(min_title_confidence=TITLE_CONFIDENCE, max_image_probability=bound,
-                        flagged_named=round(rate, 4))
+    rule = (TITLE_CONFIDENCE, float(support[k - 1]))
+    flagged = named & conflicts(t, i, np.ones(len(t), dtype=bool), rule)
+    right = cs.outputs["probs"][j].argmax(1) == cs.labels[:, j]
+    if not flagged.any() or right[flagged].mean() >= useful_below:
+        return None
+    return ConflictSpec(min_title_confidence=rule[0], max_image_probability=rule[1],
+                        flagged_named=round(float(flagged[own].mean()), 4),
+                        flagged_precision=round(float(right[flagged].mean()), 4))
 
 
 def _class_thresholds(conf, value, label, n_classes: int, targets, min_support: int, confidence: float) -> dict:
@@ -85,7 +92,7 @@ def _class_thresholds(conf, value, label, n_classes: int, targets, min_support: 
         for c in np.flatnonzero(own):
             ths[c] = metrics.recall_at_precision(np.where(value == c, conf, -np.inf), label == c, t,
                                                  confidence).threshold
-        if rare.sum() >= max(1, min_support):
+        if rare.sum() >= MIN_POOL:
             shared = metrics.recall_at_precision(np.where(rare, conf, -np.inf), rare & (value == label), t,
                                                  confidence).threshold
             for c in np.flatnonzero(~own):
@@ -142,8 +149,7 @@ def calibrate_checkpoint(path: str | Path | None, model, data: Encoded, va: np.n
     doc.update({"label_words": label_words, "constraints": constraints.model_dump() if constraints else None,
                 "folded_class": {a: (OTHER if OTHER in cl else None) for a, cl in classes.items()},
                 "min_situation_support": MIN_SITUATION_SUPPORT,
-                "rows": {c: int((cs.copy == i).sum()) for i, c in enumerate(("natural", "strip", "no_title",
-                                                                              "no_image"))}})
+                "rows": {c: int((cs.copy == i).sum()) for i, c in enumerate(COPIES)}})
     if path is not None:
         (Path(path) / CALIBRATION).write_text(json.dumps(doc, indent=1))
     return doc

@@ -3,7 +3,8 @@
 Silent titles and missing modalities are rare in a catalog's validation split, so the split is
 copied three ways and the model's outputs on every copy are kept:
 - per attribute, the products whose title names one of its labels, with those words removed (the
-  attribute's situation becomes silent; the row counts for that attribute only);
+  attribute's situation becomes silent; the row counts for that attribute only), and once more with
+  every attribute's label words removed at once (the row counts for every attribute);
 - every product with an image, with its title dropped;
 - every product with a title, with its image dropped.
 Each row carries its situation per attribute, computed with the contract's matcher from the copy
@@ -22,7 +23,7 @@ from attrx.service.contract.situations import label_pattern, names_label, situat
 from attrx.training.data import Encoded
 from attrx.training.predict import predict_outputs
 
-COPIES = ("natural", "strip", "no_title", "no_image")
+COPIES = ("natural", "strip", "strip_all", "no_title", "no_image")
 
 
 @dataclass
@@ -93,6 +94,13 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         if keep.any():
             enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
             parts.append(_rows(model, enc, attrs, patterns, "strip", only=j))
+    every = label_pattern([w for ws in label_words.values() for w in ws])
+    stripped = [strip_pattern(t, every) for t in titles]
+    keep = np.array([s != t for s, t in zip(stripped, titles, strict=True)], dtype=bool)
+    keep &= (natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped])
+    if keep.any():
+        enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
+        parts.append(_rows(model, enc, attrs, patterns, "strip_all"))
     with_image, with_title = natural.arrays["image_present"] > 0, natural.arrays["text_present"] > 0
     if with_image.any():
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),

@@ -7,7 +7,7 @@ mass would fall on pairs that are not allowed. Hierarchies (articleType -> subCa
 masterCategory) pass this test, and so do combinations with enough support such as gender x
 articleType; pairs such as gender x season (anything goes) or articleType x baseColour (too many
 rare pairs to call the rest impossible) do not. Tied attributes form groups (connected components); a group's allowed
-combinations are those whose every tied pair is allowed.
+combinations are those whose every tied pair is allowed and whose other pairs occur in training.
 
 A taxonomy file (CSV: one column per attribute, one allowed combination per row) replaces what was
 learned for its attributes. Values are the model's classes: labels folded into `other` are `other`.
@@ -69,9 +69,9 @@ def _components(attrs: list[str], pairs) -> list[list[str]]:
 
 
 def _combinations(group: list[str], classes: dict[str, list[str]], pairs: dict) -> list[list[str]]:
-    """Every combination of the group's values whose tied pairs are all allowed (joined attribute by
-    attribute, the most tied first, so the partial combinations stay few)."""
-    order = sorted(group, key=lambda a: -sum(a in k for k in pairs))
+    """Every combination of the group's values whose pairs are all allowed (joined attribute by
+    attribute, the one with most classes first, so the partial combinations stay few)."""
+    order = sorted(group, key=lambda a: -len(classes[a]))
     combos: list[dict[str, str]] = [{}]
     for a in order:
         nxt = []
@@ -84,11 +84,19 @@ def _combinations(group: list[str], classes: dict[str, list[str]], pairs: dict) 
     return [[c[a] for a in group] for c in combos]
 
 
+def _seen(products: list[Product], classes: dict[str, list[str]], a: str, b: str) -> set:
+    return {(va, vb) for p in products if (va := _value(p, a, classes)) is not None
+            and (vb := _value(p, b, classes)) is not None}
+
+
 def learn_constraints(products: list[Product], classes: dict[str, list[str]], **rule) -> Constraints:
+    """Tied pairs allow their supported combinations; the other pairs inside a group allow what the
+    training split has seen at all, so the folded class `other` never lets an unseen pair through."""
     pairs = tied_pairs(products, classes, **rule)
     groups = []
     for group in _components(list(classes), pairs):
-        inside = {k: v for k, v in pairs.items() if k[0] in group and k[1] in group}
+        inside = {(a, b): pairs.get((a, b)) or _seen(products, classes, a, b)
+                  for a, b in itertools.combinations(group, 2)}
         allowed = _combinations(group, classes, inside)
         if allowed:
             groups.append(ConstraintGroup(attributes=group, allowed=allowed, source="learned"))

@@ -91,8 +91,8 @@ def _constraints(ck, train_products, write: bool):
     return c
 
 
-def _calibration(ck, data, va, train_products, custom: bool, targets, min_support, confidence) -> dict:
-    """The plain evaluation calibrates (and writes calibration.json); a condition or another
+def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets, min_support, confidence) -> dict:
+    """The plain evaluation calibrates (and writes calibration.json into out); a condition or another
     catalog uses the checkpoint's, unless it is from before situations (then it is recalibrated
     in memory, on the validation rows)."""
     f = ck.path / CALIBRATION
@@ -105,8 +105,8 @@ def _calibration(ck, data, va, train_products, custom: bool, targets, min_suppor
                                 "its own catalog first (attrx eval --checkpoint ... --catalog TRAINING_CATALOG)")
     label_words = ck.meta.get("label_words") or {a: list(c) for a, c in ck.classes.items()}
     label_words = {a: label_words.get(a) or list(ck.classes[a]) for a in ck.attributes}
-    return calibrate_checkpoint(ck.path if not custom else None, ck.model, data, va, ck.classes, ck.tokenizer,
-                                label_words, _constraints(ck, train_products, write=not custom), targets,
+    return calibrate_checkpoint(None if custom else out, ck.model, data, va, ck.classes, ck.tokenizer,
+                                label_words, _constraints(ck, train_products, write=not custom and out == ck.path), targets,
                                 min_support=min_support, confidence=confidence)
 
 
@@ -235,7 +235,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
     elif len(va) == 0 or len(ev) == 0:
         raise ValueError(f"{catalog}: the validation ({len(va)}) or test ({len(ev)}) split is empty; "
                          "for a catalog the model was not trained on, use --split all")
-    calib = _calibration(ck, data, va, train_products, custom, targets, min_support, confidence)
+    calib = _calibration(ck, data, va, train_products, custom, out, targets, min_support, confidence)
     outs = predict_outputs(ck.model, data, ev)
     (out / ".images.f32").unlink(missing_ok=True)  # the pixels are no longer needed
     prods = [data.products[i] for i in ev]
@@ -267,7 +267,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         from attrx.training.report import write_report
 
         write_report(result, weights, Path(report), pr_dir=out)
-    print(f"metrics: {out / METRICS}" + ("" if custom else f"; thresholds: {ck.path / CALIBRATION}")
+    print(f"metrics: {out / METRICS}" + ("" if custom else f"; thresholds: {out / CALIBRATION}")
           + f"; plots: {out}/pr_*.png, {out}/situations_*.png" + (f"; report: {report}/summary.md" if report else ""))
     return result
 

@@ -74,6 +74,7 @@ class ConflictSpec(BaseModel):
     min_title_confidence: float = Field(ge=0.0, le=1.0)
     max_image_probability: float = Field(ge=0.0, le=1.0)
     flagged_named: float | None = None  # share of validation products whose title names their label, flagged
+    flagged_precision: float | None = None  # how often the flagged answers were right on validation
 
 
 class AttributeSpec(BaseModel):

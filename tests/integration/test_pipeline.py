@@ -30,6 +30,7 @@ def test_onnx_bundle_serves_service_preprocessed_inputs_like_torch(bundle, check
 
     from attrx.service.catalog.reader import read_catalog
     from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.layers import with_unimodal
 
     b = load_bundle(bundle)
     tok = load_tokenizer(b.tokenizer_path, b.manifest.preprocess.max_text_len)
@@ -39,12 +40,15 @@ def test_onnx_bundle_serves_service_preprocessed_inputs_like_torch(bundle, check
     imgs += [None, imgs[0]]
     feeds = build_inputs(tok, titles, imgs, b.manifest.preprocess)
     sess = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
+    assert b.manifest.model.unimodal  # per attribute: probs, weights, title-only and image-only probs
     got = sess.run(b.manifest.model.outputs, feeds)
     ck = load_checkpoint(checkpoint)
     with torch.no_grad():
-        ref = ck.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-    for j, (probs, weights) in enumerate(zip(got[0::2], got[1::2], strict=True)):
+        ref, ref_text, ref_image = with_unimodal(ck.model, **{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for j, (probs, weights, text, image) in enumerate(zip(*(got[k::4] for k in range(4)), strict=True)):
         np.testing.assert_allclose(probs, torch.softmax(ref[j][0], -1).numpy(), atol=1e-4)
+        np.testing.assert_allclose(text, torch.softmax(ref_text[j], -1).numpy(), atol=1e-4)
+        np.testing.assert_allclose(image, torch.softmax(ref_image[j], -1).numpy(), atol=1e-4)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-6)
         assert weights[-2].tolist() == [1.0, 0.0] and weights[-1].tolist() == [0.0, 1.0]
