@@ -55,7 +55,9 @@ class RecordDecoder:
     def __init__(self, classes: dict[str, Sequence[str]], constraints: Constraints | None):
         self.attributes = list(classes)
         self.fit_log = float(np.log(constraints.fit_ratio)) if constraints else 0.0
-        self.groups: list[tuple[list[int], np.ndarray]] = []
+        # per group: its attribute columns, its allowed combinations as indices into the group's
+        # classes laid side by side [K, g], and each attribute's (start, end) in that layout
+        self.groups: list[tuple[list[int], np.ndarray, list[tuple[int, int]]]] = []
         for g in (constraints.groups if constraints else []):
             cols = [self.attributes.index(a) for a in g.attributes if a in classes]
             if len(cols) != len(g.attributes):
@@ -64,22 +66,44 @@ class RecordDecoder:
             rows = [[index[k].get(v, -1) for k, v in enumerate(combo)] for combo in g.allowed]
             table = np.array([r for r in rows if min(r) >= 0], dtype=np.int64)
             if len(table):
-                self.groups.append((cols, table))
+                sizes = [len(classes[a]) for a in g.attributes]
+                starts = np.cumsum([0, *sizes[:-1]])
+                self.groups.append((cols, table + starts, [(int(s0), int(s0) + n) for s0, n in zip(starts, sizes,
+                                                                                                 strict=True)]))
 
     def decode(self, probs: Sequence[np.ndarray]) -> Decoded:
         """probs: per attribute [N, C]. Returns the chosen values and what the constraints did."""
         chosen = np.stack([p.argmax(1) for p in probs], 1)
         changed = np.zeros(chosen.shape, dtype=bool)
         no_fit = np.zeros(chosen.shape, dtype=bool)
-        for cols, table in self.groups:
-            logp = [np.log(np.maximum(probs[j], 1e-12)) for j in cols]
-            score = sum(lp[:, table[:, k]] for k, lp in enumerate(logp))  # [N, K]
+        for cols, flat, bounds in self.groups:
+            # one gather over the group's log-probabilities laid side by side: [N, K combinations]
+            logp = np.log(np.maximum(np.concatenate([probs[j] for j in cols], 1), 1e-12))
+            score = logp[:, flat].sum(2)
             best = score.argmax(1)
-            free = sum(lp.max(1) for lp in logp)
-            fits = score[np.arange(len(best)), best] - free >= self.fit_log - 1e-9
+            free = sum(logp[:, lo:hi].max(1) for lo, hi in bounds)
+            fits = score[np.arange(len(best)), best] - free >= self.fit_log - 1e-6
             for k, j in enumerate(cols):
-                pick = np.where(fits, table[best, k], chosen[:, j])
+                pick = np.where(fits, flat[best, k] - bounds[k][0], chosen[:, j])
                 changed[:, j] = pick != chosen[:, j]
                 chosen[:, j] = pick
                 no_fit[:, j] = ~fits
         return Decoded(chosen, changed, no_fit)
+
+    def decode_one(self, probs: Sequence[np.ndarray], chosen: list[int]) -> tuple[list[int], list[bool], list[bool]]:
+        """`decode` for one product (probs: per attribute a 1-D row; chosen: each attribute's own
+        argmax), with as few numpy calls as it takes: the serving path."""
+        chosen, changed, no_fit = list(chosen), [False] * len(chosen), [False] * len(chosen)
+        for cols, flat, bounds in self.groups:
+            logp = np.log(np.maximum(np.concatenate([probs[j] for j in cols]), 1e-12))
+            score = logp[flat].sum(1)
+            best = int(score.argmax())
+            free = float(sum(logp[lo:hi].max() for lo, hi in bounds))
+            if float(score[best]) - free < self.fit_log - 1e-6:
+                for j in cols:
+                    no_fit[j] = True
+                continue
+            for k, j in enumerate(cols):
+                pick = int(flat[best, k]) - bounds[k][0]
+                changed[j], chosen[j] = pick != chosen[j], pick
+        return chosen, changed, no_fit

@@ -36,6 +36,16 @@ class AttributeRules:
     other: int  # the folded class's index, -1 without one
     conflict: tuple[float, float] | None  # (min title confidence, max image probability); None: no check
 
+    @property
+    def threshold_lists(self) -> dict[str, list[list[float | None]]]:
+        """The same thresholds as nested lists (None: never accepted), for one product at a time."""
+        cached = self.__dict__.get("_lists")
+        if cached is None:
+            cached = {k: [[None if t != t else float(t) for t in row] for row in v.tolist()]
+                      for k, v in self.thresholds.items()}
+            object.__setattr__(self, "_lists", cached)
+        return cached
+
 
 @dataclass
 class Decisions:
@@ -93,6 +103,34 @@ def decide(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs
         out.conflict.append(flag)
         out.constrained.append(changed[:, j])
         out.reason.append(reason)
+    return out
+
+
+def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs: Sequence[np.ndarray],
+               situations: Sequence[int], key: str, text_probs: Sequence[np.ndarray] | None = None,
+               image_probs: Sequence[np.ndarray] | None = None) -> list[tuple]:
+    """`decide` for one product, in plain Python where numpy's per-call cost would dominate (the
+    serving path). probs: per attribute a 1-D row. Per attribute: (value, confidence, threshold or
+    None, reason index or -1, conflict, constrained). tests/unit/test_decisions.py holds the two equal."""
+    rows = [p.tolist() for p in probs]
+    chosen = [max(range(len(r)), key=r.__getitem__) for r in rows]
+    changed = [False] * len(rows)
+    no_fit = [False] * len(rows)
+    if decoder is not None and decoder.groups:
+        chosen, changed, no_fit = decoder.decode_one(probs, chosen)
+    out = []
+    for j, r in enumerate(rules):
+        c, s = chosen[j], situations[j]
+        conf = rows[j][c]
+        thr = r.threshold_lists[key][s][c]
+        flag = False
+        if r.conflict is not None and text_probs is not None and BOTH_PRESENT[s]:
+            t, i = text_probs[j].tolist(), image_probs[j].tolist()
+            ti = max(range(len(t)), key=t.__getitem__)
+            flag = t[ti] >= r.conflict[0] and i[ti] <= r.conflict[1]
+        checks = (no_fit[j], c == r.other, flag, thr is None, thr is None or not conf >= thr)
+        reason = next((k for k, hit in enumerate(checks) if hit), -1)
+        out.append((c, conf, thr, reason, flag, changed[j]))
     return out
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from attrx.service.contract.bundle import Bundle, output_names, precision_key
-from attrx.service.contract.decisions import REVIEW_REASONS, decide, rules_from_manifest, situation_index
+from attrx.service.contract.decisions import REVIEW_REASONS, decide_one, rules_from_manifest, situation_index
 from attrx.service.contract.preprocess import (
     ImageError,
     build_inputs,
@@ -92,34 +92,26 @@ class Predictor:
         """Row i of a batch's outputs -> per attribute value, confidence, top-k, weights, situation,
         threshold, acceptance and the reasons for review."""
         cols = self._cols
-        probs = [outputs[c[0]][i : i + 1] for c in cols]
         uni = len(cols[0]) == 4
-        d = decide(self.rules, self.decoder, probs, np.array([situation_index(situations)]), key,
-                   [outputs[c[2]][i : i + 1] for c in cols] if uni else None,
-                   [outputs[c[3]][i : i + 1] for c in cols] if uni else None)
+        answers = decide_one(self.rules, self.decoder, [outputs[c[0]][i] for c in cols], situation_index(situations),
+                             key, [outputs[c[2]][i] for c in cols] if uni else None,
+                             [outputs[c[3]][i] for c in cols] if uni else None)
         result = {}
-        for j, rule in enumerate(self.rules):
+        for j, (rule, (c, conf, thr, why, conflict, constrained)) in enumerate(zip(self.rules, answers, strict=True)):
             # plain Python on small rows: numpy's per-call overhead dominated this on the event loop
-            p, (w_text, w_image) = probs[j][0].tolist(), outputs[cols[j][1]][i].tolist()
-            c, thr, why = int(d.value[j][0]), float(d.threshold[j][0]), int(d.reason[j][0])
+            p, (w_text, w_image) = outputs[cols[j][0]][i].tolist(), outputs[cols[j][1]][i].tolist()
             top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[: max(1, min(top_k, len(p)))]
             result[rule.name] = {
-                "value": rule.classes[c],
-                "confidence": p[c],
+                "value": rule.classes[c], "confidence": conf,
                 "top_k": [{"value": rule.classes[t], "probability": p[t]} for t in top],
                 "modality_weights": {"text": w_text, "image": w_image},
-                "situation": situations[j],
-                "threshold": None if thr != thr else thr,
-                "accepted": why < 0,
-                "conflict": bool(d.conflict[j][0]),
-                "constrained": bool(d.constrained[j][0]),
-                "review": None if why < 0 else REVIEW_REASONS[why],
+                "situation": situations[j], "threshold": thr, "accepted": why < 0, "conflict": conflict,
+                "constrained": constrained, "review": None if why < 0 else REVIEW_REASONS[why],
             }
-            if d.conflict[j][0]:
-                col = cols[j]
+            if conflict:
                 result[rule.name]["conflict_values"] = {
-                    "title_says": rule.classes[int(outputs[col[2]][i].argmax())],
-                    "image_says": rule.classes[int(outputs[col[3]][i].argmax())]}
+                    "title_says": rule.classes[int(outputs[cols[j][2]][i].argmax())],
+                    "image_says": rule.classes[int(outputs[cols[j][3]][i].argmax())]}
         return result
 
 

@@ -88,3 +88,37 @@ def test_a_situation_calibrated_bundle_names_no_unknown_situation():
                                constraints=None)
     table = rules_from_manifest(manifest)[0][0].thresholds["0.90"]
     assert table[SILENT].tolist() == [0.5, 0.5] and np.isnan(table[NAMED]).all()  # named lacked support
+
+
+def test_one_product_at_a_time_answers_as_the_batch_does():
+    """decide_one (serving) and decide (evaluation, calibration) are one rule in two speeds."""
+    from attrx.service.contract.decisions import decide_one
+
+    rng = np.random.default_rng(0)
+    classes = {"type": ["shirt", "shoe", "bag", "other"], "master": ["apparel", "footwear", "accessories"],
+               "colour": ["red", "blue", "other"]}
+    allowed = Constraints(groups=[ConstraintGroup(attributes=["type", "master"], allowed=[
+        ["shirt", "apparel"], ["shoe", "footwear"], ["bag", "accessories"], ["other", "apparel"]])], fit_ratio=0.05)
+    decoder = RecordDecoder(classes, allowed)
+    rules = []
+    for a, cl in classes.items():
+        table = rng.uniform(0.2, 0.9, (len(SITUATIONS), len(cl)))
+        table[rng.random(table.shape) < 0.2] = np.nan
+        rules.append(AttributeRules(a, cl, {"0.90": table}, len(cl) - 1 if cl[-1] == "other" else -1, (0.5, 0.2)))
+    n = 400
+
+    def draw(c):
+        return rng.dirichlet(np.full(c, 0.3), n).astype(np.float32)
+
+    probs, text, image = ([draw(len(c)) for c in classes.values()] for _ in range(3))
+    sits = rng.integers(0, len(SITUATIONS), (n, len(classes)))
+    batch = decide(rules, decoder, probs, sits, "0.90", text, image)
+    for i in range(n):
+        one = decide_one(rules, decoder, [p[i] for p in probs], sits[i].tolist(), "0.90", [t[i] for t in text],
+                         [m[i] for m in image])
+        for j, (c, conf, thr, why, flag, changed) in enumerate(one):
+            assert (c, why, flag, changed) == (batch.value[j][i], batch.reason[j][i], batch.conflict[j][i],
+                                               batch.constrained[j][i])
+            assert conf == pytest.approx(batch.confidence[j][i]) and (thr is None) == np.isnan(batch.threshold[j][i])
+    reasons = {int(r) for rs in batch.reason for r in rs}
+    assert reasons == {-1, 0, 1, 2, 3, 4}  # every outcome was exercised
