@@ -7,10 +7,10 @@ import shutil
 
 import httpx
 import pytest
+from helpers import ATTRS, server_factory
 
 from attrx.cli import main
 from attrx.service.contract.bundle import load_bundle
-from helpers import ATTRS, server_factory
 
 
 def _situational(calib: dict, classes: dict[str, list[str]]) -> dict:
