@@ -79,6 +79,11 @@ def test_training_keeps_the_best_epoch_across_stages_and_calibrates(trained_chec
             for thr, n in zip(per_class, calib["support"][a], strict=True):
                 assert thr is None or n >= calib["min_support"]  # no threshold without support
     assert cfg["training"]["silence_title"] > 0 and cfg["model"]["aux_heads"]  # the defaults for multimodal
+    # acceptance per situation, on the validation split and its copies; situations need support
+    assert set(calib["situations"]) == set(cfg["attributes"]) and calib["rows"]["no_title"] > 0
+    for sits in calib["situations"].values():
+        assert all(s["support"] >= calib["min_situation_support"] for s in sits.values())
+    assert (checkpoint / "constraints.json").is_file() and "constraints" in calib
     assert cfg["label_words"]["colour"] and "other" not in cfg["label_words"]["colour"]
 
 
