@@ -18,7 +18,7 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality clean
+.PHONY: help venv install test test-unit test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -32,7 +32,8 @@ help:
 	@echo "make bench-training  benchmarks/training.py: streaming vs in-memory, peak RSS at 3k/30k products, torchrun 2 vs 1 (~12 min)"
 	@echo "make bench-scale  benchmarks/scale.py: attrx score --ray (Ray Data) vs attrx score, 1 vs 2 actors, N-node projection (~4 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
-	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~35 min)"
+	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~75 min)"
+	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make lint         ruff + lint-imports (the import rules)"
 
 $(PY):
@@ -104,3 +105,7 @@ QUALITY_CATALOG ?= ../shared/data/fashion-products/catalog.csv
 bench-quality: $(STAMP)
 	mkdir -p build
 	$(PY) benchmarks/quality.py --catalog $(QUALITY_CATALOG) 2>&1 | tee build/quality.log
+
+# what situations, conflicts and constraints cost in serving (the CMA-CLIP checkpoint of bench-quality)
+bench-decisions: $(STAMP)
+	$(PY) benchmarks/decisions_cost.py --checkpoint build/quality/cma_clip --catalog $(QUALITY_CATALOG)

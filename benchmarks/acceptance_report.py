@@ -62,6 +62,20 @@ def title_group_table(full: dict, plain: dict | None, attr: str = "baseColour") 
     return lines
 
 
+def stand_in_table(full: dict) -> list[str]:
+    """The copies against the products they stand in for: natural silent titles (a) vs titles with
+    every label word removed (e), at the same thresholds, situation silent+image."""
+    lines = ["| attribute | natural silent (a): products, accuracy, P≥0.90 | label words removed (e): products, "
+             "accuracy, P≥0.90 |", "|---|---|---|"]
+    for a in ATTRS:
+        cells = []
+        for cond in ("a", "e"):
+            x = full.get(cond, {}).get(a, {}).get("situations", {}).get("silent+image")
+            cells.append("-" if not x else f"{x['n']}, {x['accuracy']:.3f}, {_p(x['accepted']['0.90'])}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def records_table(records: dict, plain_records: dict | None) -> list[str]:
     lines = ["| condition | whole-record accuracy | combinations never seen in training per 1,000 | `other` answered | "
              "`other` accepted | before: whole-record, unseen per 1,000, `other` accepted |", "|---|---|---|---|---|---|"]
@@ -151,6 +165,10 @@ def render(full: dict, plain: dict | None, records: dict, plain_records: dict | 
             lines += ["", f"### ({cond}) {conditions[cond][0]}", ""] + condition_table(full, plain, cond)
     lines += ["", "### Per situation, titles as they are (a)", ""] + situation_table(full)
     lines += ["", "### baseColour by what the title says (a)", ""] + title_group_table(full, plain)
+    lines += ["", "### Are the copies a fair stand-in for silent titles?", "",
+              "Calibration copies titles with label words removed; here the test products whose title is "
+              "naturally silent are set beside the test products with every label word removed, at the same "
+              "thresholds.", ""] + stand_in_table(full)
     lines += ["", "### Records", ""] + records_table(records, plain_records)
     lines += ["", "![precision vs coverage per situation, baseColour](figures/situations_baseColour_cma_clip.png) "
               "![articleType](figures/situations_articleType_cma_clip.png)", ""]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import statistics
@@ -119,8 +120,9 @@ def main() -> None:
     products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
     work = Path(tempfile.mkdtemp(prefix="attrx-decisions-"))
     log("exporting the checkpoint with and without unimodal outputs...")
-    bundles = {"unimodal": export_bundle(a.checkpoint, work / "unimodal", unimodal=True).path,
-               "no-unimodal": export_bundle(a.checkpoint, work / "none", unimodal=False).path}
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON result
+        bundles = {"unimodal": export_bundle(a.checkpoint, work / "unimodal", unimodal=True).path,
+                   "no-unimodal": export_bundle(a.checkpoint, work / "none", unimodal=False).path}
     a.max_queue_delay_ms, a.max_batch_size = 5.0, 32
     result = {"benchmark": "decisions_cost", "machine": {"cpus": os.cpu_count()}, "checkpoint": a.checkpoint,
               "repeats": a.repeats}

@@ -115,3 +115,55 @@ def test_scale_benchmark_runs_ray_and_score_side_by_side(bundle, demo_catalog):
     p = out["projection"]["inputs"]
     expect = (p["fixed_s"] + p["read_us_per_row"] * 1e7 / 1e6 + 1e7 / (10 * p["per_node_items_per_s"])) / 3600
     assert abs(float(out["projection"]["examples"]["10,000,000 items on 10 nodes"][:-2]) - expect) < 0.02
+
+
+def test_acceptance_targets_are_checked_from_the_figures():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import acceptance_report as ar
+
+    def st(p, cov):
+        return {"precision": p, "coverage": cov, "ci95": [p - 0.02, min(1.0, p + 0.02)], "upper95": min(1.0, p + 0.02)}
+
+    def attr(p90=0.92, p95=0.96, cov=0.8, acc=0.9):
+        groups = {"names_label": {"n": 1000, "accuracy": 0.95, "conflicts": 30, "accepted": {"0.90": st(0.97, 0.9)}},
+                  "names_other": {"n": 30, "accuracy": 0.1, "conflicts": 3, "accepted": {"0.90": st(0.1, 0.5)}},
+                  "silent": {"n": 90, "accuracy": 0.6, "conflicts": 0, "accepted": {"0.90": st(0.86, 0.25)}}}
+        sit = {"n": 900, "accuracy": acc, "conflicts": 1, "accepted": {"0.90": st(p90, cov), "0.95": st(p95, cov)}}
+        return {"accuracy": acc, "accepted_precision": {"0.90": st(p90, cov), "0.95": st(p95, cov)},
+                "situations": {"silent+image": sit}, "title_groups": groups}
+
+    full = {c: {a: attr() for a in ar.ATTRS} for c in "aecd"}
+    full["e"]["season"] = attr(p95=0.92)  # one miss at P>=0.95
+    full["d"]["baseColour"]["accepted_precision"]["0.90"] = {"precision": None, "coverage": 0.0, "ci95": None,
+                                                             "upper95": None}  # none accepted
+    plain = {c: {a: attr(cov=0.81) for a in ar.ATTRS} for c in "aecd"}
+    rec = {"0.90": {"whole_record_accuracy": 0.64, "unseen_combinations_per_1000": 0.0, "other_accepted": 0,
+                    "other_answered": 20, "other_answered_rate": 0.02}}
+    lines = ar.targets(full, plain, {"a": rec}, {"a": rec})
+    e = next(x for x in lines if x.startswith("(e)"))
+    assert e.endswith(")") and "**not met**" in e and "season P≥0.95 0.920" in e
+    d = next(x for x in lines if x.startswith("(d)"))
+    assert "baseColour P≥0.90 none accepted" in d  # an empty accepted set is a miss, not precision 1
+    assert next(x for x in lines if x.startswith("(c)")).endswith("**met**")
+    assert "largest fall +0.010" in next(x for x in lines if x.startswith("Coverage"))
+    conflict = next(x for x in lines if x.startswith("Title names another"))
+    assert "50% accepted" in conflict and "**not met**" in conflict and "3.0% flagged" in conflict
+    assert "upper bound 0.88" in next(x for x in lines if x.startswith("Natural silent"))
+
+
+def test_decisions_cost_benchmark_runs_both_sides(checkpoint, demo_catalog):
+    """One round of benchmarks/decisions_cost.py on the tiny checkpoint: both exports, both decision
+    modes, every comparison reported with its ratio."""
+    import json
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("benchmarks/decisions_cost.py loads the server with wrk (Debian package wrk)")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/decisions_cost.py"), "--checkpoint", str(checkpoint),
+                        "--catalog", str(demo_catalog), "--repeats", "2", "--duration", "1", "--products", "32"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["model"]["unimodal_over_none"]["n"] == 2 and out["model"]["unimodal_over_none"]["median"] > 0
+    assert set(out["encode_response"]["us_per_product"]) == {"full", "plain"}
+    assert out["http"]["full_over_plain"]["n"] == 2 and out["http"]["requests_per_s"]["full"]["median"] > 0
