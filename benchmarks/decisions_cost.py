@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per HTTP load run")
     ap.add_argument("--products", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-http", action="store_true", help="only the in-process comparisons (1 and 2)")
     a = ap.parse_args()
     from attrx.export.build import export_bundle
     from attrx.service.catalog.reader import read_catalog
@@ -124,14 +125,16 @@ def main() -> None:
         bundles = {"unimodal": export_bundle(a.checkpoint, work / "unimodal", unimodal=True).path,
                    "no-unimodal": export_bundle(a.checkpoint, work / "none", unimodal=False).path}
     a.max_queue_delay_ms, a.max_batch_size = 5.0, 32
+    family = json.loads((Path(a.checkpoint) / "config.json").read_text())["model"]["family"]
     result = {"benchmark": "decisions_cost", "machine": {"cpus": os.cpu_count()}, "checkpoint": a.checkpoint,
-              "repeats": a.repeats}
+              "family": family, "repeats": a.repeats}
     log("model: batch-32 inference with and without unimodal outputs...")
     result["model"] = model_cost(bundles, products, a.repeats)
     log("encode_response: decisions full vs plain...")
     result["encode_response"] = encode_cost(bundles["unimodal"], products, a.repeats)
-    log(f"HTTP at concurrency {a.concurrency_level}: decisions full vs plain...")
-    result["http"] = http_cost(a, bundles["unimodal"], products, work)
+    if not a.skip_http:
+        log(f"HTTP at concurrency {a.concurrency_level}: decisions full vs plain...")
+        result["http"] = http_cost(a, bundles["unimodal"], products, work)
     print(json.dumps(result, indent=2))
 
 
