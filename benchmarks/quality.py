@@ -13,13 +13,18 @@ Protocol (deterministic: fixed seeds, split by a hash of the product id):
   modality dropout 0.3, so a missing modality at test time is a case they have seen.
 - The image-only floor: a colour histogram + logistic regression (benchmarks/colour_baseline.py).
 - Conditions on the test split: (a) titles as they are; (b) every baseColour label word removed
-  from the titles (whole words, case-insensitive); (c) image missing; (d) title missing; and the
-  natural condition: accuracy under (a) on the products whose title does not name their label.
+  from the titles (whole words, case-insensitive); (c) image missing; (d) title missing; (e) every
+  attribute's label words removed; and the natural condition: accuracy under (a) on the products
+  whose title does not name their label.
 - Per model, condition and attribute: accuracy, macro-F1, recall at precision 0.90 (with the
   number of classes counted and unreachable), mean image modality weight, and the realised
   precision of the predictions accepted at the P>=0.90 thresholds.
 - Cross-check: the CMA-CLIP bundle is served by `attrx serve` and `attrx score` scores the test
   split; its accuracy must equal `attrx eval`'s to 3 decimals.
+- Acceptance (benchmarks/acceptance_report.py): for CMA-CLIP, per condition and situation, the
+  realised precision of accepted answers with its Clopper-Pearson interval and coverage, as served
+  and as a bundle before situations answered (`attrx eval --decisions plain`), title groups for
+  baseColour, the copies beside natural silent titles, record metrics, and the targets.
 
 Writes build/quality/results.json, docs/RESULTS.md and docs/figures/*.png. Never copies the data.
 Run it in the background with its log in a file: about 75 minutes on 2 cores. --reuse keeps the
@@ -475,9 +480,10 @@ def _natural_and_precision_tables(res: dict) -> list[str]:
                  for m in res]
         lines.append(f"| {attr} | " + " | ".join(cells) + " |")
     lines += ["", "## Thresholds that hold", "",
-              "Realised precision of the predictions accepted at the P≥0.90 thresholds (calibrated on validation, "
-              "at least 10 validation positives per class, Clopper-Pearson lower bound at 50% confidence), on the "
-              "test split under (a), micro over accepted items, with the share of products accepted.", "",
+              "Realised precision of the answers accepted at P≥0.90 as the bundle decides them (thresholds per "
+              "attribute x situation x class, calibrated on the validation split and its copies, Clopper-Pearson "
+              "lower bound at 50% confidence; conflicts, constraints, `other` never accepted), on the test split "
+              "under (a), micro over accepted items, with the share of products accepted.", "",
               "| attribute | " + " | ".join(res) + " |", "|---" * (1 + len(res)) + "|"]
     for attr in ATTRS:
         cells = []
