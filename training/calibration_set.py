@@ -19,7 +19,7 @@ import numpy as np
 
 from attrx.service.contract.decisions import situation_index
 from attrx.service.contract.preprocess import encode_titles
-from attrx.service.contract.situations import label_pattern, names_label, situation_of, strip_pattern
+from attrx.service.contract.situations import SituationReader, label_pattern, names_label, strip_pattern
 from attrx.training.data import Encoded
 from attrx.training.predict import predict_outputs
 
@@ -54,11 +54,12 @@ def _copy(data: Encoded, idx: np.ndarray, tok, *, titles=None, drop_image: bool 
     return Encoded(products, arrays, data.labels[idx], np.full(len(idx), "val"))
 
 
-def _rows(model, enc: Encoded, attrs: list[str], patterns, copy: str, only: int | None = None) -> CalibrationSet:
+def _rows(model, enc: Encoded, attrs: list[str], reader: SituationReader, copy: str,
+          only: int | None = None) -> CalibrationSet:
     titles = [p.title for p in enc.products]
     has_image = enc.arrays["image_present"] > 0
-    sits = np.array([situation_index([situation_of(t, bool(im), pat) for pat in patterns])
-                     for t, im in zip(titles, has_image, strict=True)], dtype=np.int64).reshape(len(enc), len(attrs))
+    sits = np.array([situation_index(reader.read(t, bool(im))) for t, im in zip(titles, has_image, strict=True)],
+                    dtype=np.int64).reshape(len(enc), len(attrs))
     counts = np.ones((len(enc), len(attrs)), dtype=bool)
     if only is not None:
         counts[:] = False
@@ -82,8 +83,9 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
     """The validation rows va as they are, and (with `copies`) their three kinds of copies."""
     attrs = list(label_words)
     patterns = [label_pattern(ws) for ws in label_words.values()]
+    reader = SituationReader(label_words)
     natural = _copy(data, va, tok)
-    parts = [_rows(model, natural, attrs, patterns, "natural")]
+    parts = [_rows(model, natural, attrs, reader, "natural")]
     if not copies:
         return parts[0]
     titles = [p.title for p in natural.products]
@@ -93,18 +95,18 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         keep = changed & ((natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped]))
         if keep.any():
             enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-            parts.append(_rows(model, enc, attrs, patterns, "strip", only=j))
+            parts.append(_rows(model, enc, attrs, reader, "strip", only=j))
     every = label_pattern([w for ws in label_words.values() for w in ws])
     stripped = [strip_pattern(t, every) for t in titles]
     keep = np.array([s != t for s, t in zip(stripped, titles, strict=True)], dtype=bool)
     keep &= (natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped])
     if keep.any():
         enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-        parts.append(_rows(model, enc, attrs, patterns, "strip_all"))
+        parts.append(_rows(model, enc, attrs, reader, "strip_all"))
     with_image, with_title = natural.arrays["image_present"] > 0, natural.arrays["text_present"] > 0
     if with_image.any():
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),
-                           attrs, patterns, "no_title"))
+                           attrs, reader, "no_title"))
     if with_title.any():
-        parts.append(_rows(model, _copy(data, va[with_title], tok, drop_image=True), attrs, patterns, "no_image"))
+        parts.append(_rows(model, _copy(data, va[with_title], tok, drop_image=True), attrs, reader, "no_image"))
     return concat(parts)

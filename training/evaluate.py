@@ -19,9 +19,9 @@ from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.decisions import decide, situation_index
 from attrx.service.contract.situations import (
     SITUATIONS,
+    SituationReader,
     label_pattern,
     names_label,
-    situation_of,
     strip_pattern,
 )
 from attrx.training import metrics, situation_report
@@ -113,9 +113,11 @@ def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets,
 def _situations(ck, prods, calib: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per evaluated product and attribute: its situation, and what its title says (title groups)."""
     words = calib.get("label_words") or {a: list(c) for a, c in ck.classes.items()}
-    pats = [label_pattern(words.get(a) or ck.classes[a]) for a in ck.attributes]
-    sits = np.array([situation_index([situation_of(p.title, p.image is not None, pt) for pt in pats])
-                     for p in prods], dtype=np.int64).reshape(len(prods), len(pats))
+    words = {a: words.get(a) or ck.classes[a] for a in ck.attributes}
+    pats = [label_pattern(ws) for ws in words.values()]
+    reader = SituationReader(words)
+    sits = np.array([situation_index(reader.read(p.title, p.image is not None)) for p in prods],
+                    dtype=np.int64).reshape(len(prods), len(pats))
     groups = np.stack([situation_report.title_groups([p.title for p in prods], [p.labels.get(a) for p in prods],
                                                      pt, label_pattern) for a, pt in zip(ck.attributes, pats,
                                                                                           strict=True)], 1)

@@ -98,7 +98,7 @@ class RecordDecoder:
             logp = np.log(np.maximum(np.concatenate([probs[j] for j in cols]), 1e-12))
             score = logp[flat].sum(1)
             best = int(score.argmax())
-            free = float(sum(logp[lo:hi].max() for lo, hi in bounds))
+            free = float(np.maximum.reduceat(logp, [lo for lo, _ in bounds]).sum())
             if float(score[best]) - free < self.fit_log - 1e-6:
                 for j in cols:
                     no_fit[j] = True

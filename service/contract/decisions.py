@@ -125,9 +125,9 @@ def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, p
         thr = r.threshold_lists[key][s][c]
         flag = False
         if r.conflict is not None and text_probs is not None and BOTH_PRESENT[s]:
-            t, i = text_probs[j].tolist(), image_probs[j].tolist()
-            ti = max(range(len(t)), key=t.__getitem__)
-            flag = t[ti] >= r.conflict[0] and i[ti] <= r.conflict[1]
+            t = text_probs[j]
+            ti = int(t.argmax())
+            flag = bool(t[ti] >= r.conflict[0]) and bool(image_probs[j][ti] <= r.conflict[1])
         checks = (no_fit[j], c == r.other, flag, thr is None, thr is None or not conf >= thr)
         reason = next((k for k, hit in enumerate(checks) if hit), -1)
         out.append((c, conf, thr, reason, flag, changed[j]))

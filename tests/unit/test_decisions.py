@@ -122,3 +122,20 @@ def test_one_product_at_a_time_answers_as_the_batch_does():
             assert conf == pytest.approx(batch.confidence[j][i]) and (thr is None) == np.isnan(batch.threshold[j][i])
     reasons = {int(r) for rs in batch.reason for r in rs}
     assert reasons == {-1, 0, 1, 2, 3, 4}  # every outcome was exercised
+
+
+def test_the_served_reader_reads_every_title_as_the_matcher_does():
+    from attrx.service.contract.preprocess import normalise_title
+    from attrx.service.contract.situations import label_pattern, situation_of
+
+    words = {"colour": ["Navy Blue", "Blue", "Off White", "Red", "Multi"], "type": ["T-Shirt", "Tshirts", "Flip Flops"],
+             "odd": ["(RED)", "Rosé", "x_y"]}
+    read = SituationReader(words)
+    titles = ["Roadster Men NAVY blue T-shirt", "off-white tee", "Off White Tee", "Flip  Flops", "blue-ish",
+              "Bluetooth", "RED", "Roadster (red) cap", "rosé wine", "ROSÉ", "t shirt", "x_y z", "x y", "multicolour",
+              "Puma", "tshirts!", "Men's Blue"]
+    pats = {a: label_pattern(ws) for a, ws in words.items()}
+    for t in titles:
+        for img in (b"x", None):
+            want = [situation_of(normalise_title(t), img is not None, pats[a]) for a in words]
+            assert read(t, img) == want, t
