@@ -113,15 +113,13 @@ def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets,
 def _situations(ck, prods, calib: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per evaluated product and attribute: its situation, and what its title says (title groups)."""
     words = calib.get("label_words") or {a: list(c) for a, c in ck.classes.items()}
-    words = {a: words.get(a) or ck.classes[a] for a in ck.attributes}
-    pats = [label_pattern(ws) for ws in words.values()]
-    reader = SituationReader(words)
+    reader = SituationReader({a: words.get(a) or ck.classes[a] for a in ck.attributes})
+    n, k = len(prods), len(ck.attributes)
     sits = np.array([situation_index(reader.read(p.title, p.image is not None)) for p in prods],
-                    dtype=np.int64).reshape(len(prods), len(pats))
-    groups = np.stack([situation_report.title_groups([p.title for p in prods], [p.labels.get(a) for p in prods],
-                                                     pt, label_pattern) for a, pt in zip(ck.attributes, pats,
-                                                                                          strict=True)], 1)
-    return sits, groups.reshape(len(prods), len(pats))
+                    dtype=np.int64).reshape(n, k)
+    groups = np.stack([situation_report.title_groups([p.title for p in prods], [p.labels.get(a) for p in prods], pt)
+                       for a, pt in zip(ck.attributes, reader.patterns, strict=True)], 1).reshape(n, k)
+    return sits, groups
 
 
 def _attribute_result(ck, a: str, j: int, labels, prods, outs, decisions, where, calib: dict, min_positives: int):

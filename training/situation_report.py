@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import beta
 
 from attrx.service.contract.decisions import REVIEW_REASONS, Decisions
-from attrx.service.contract.situations import SITUATIONS
+from attrx.service.contract.situations import SITUATIONS, names_label
 
 TITLE_GROUPS = ("names_label", "names_other", "silent", "no_title")
 
@@ -53,13 +53,14 @@ def group_report(rows: np.ndarray, correct: np.ndarray, decisions: dict[str, Dec
     return out
 
 
-def title_groups(titles: Sequence[str | None], labels: Sequence[str | None], pattern, label_pattern) -> np.ndarray:
-    """Per product, what its title says about the attribute: index into TITLE_GROUPS."""
+def title_groups(titles: Sequence[str | None], labels: Sequence[str | None], pattern) -> np.ndarray:
+    """Per product, what its title says about the attribute (pattern: its label words): index into
+    TITLE_GROUPS."""
     out = np.empty(len(titles), dtype=np.int64)
     for i, (t, lab) in enumerate(zip(titles, labels, strict=True)):
         if not t:
             out[i] = 3
-        elif lab and (p := label_pattern([lab])) is not None and p.search(t):
+        elif lab and names_label(t, lab):
             out[i] = 0
         elif pattern is not None and pattern.search(t):
             out[i] = 1

@@ -16,7 +16,7 @@ Per product and attribute, in this order:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,16 +35,13 @@ class AttributeRules:
     thresholds: dict[str, np.ndarray]  # precision key -> [situations, classes], nan: never accepted
     other: int  # the folded class's index, -1 without one
     conflict: tuple[float, float] | None  # (min title confidence, max image probability); None: no check
+    # the same thresholds as nested lists (None: never accepted), built once, for one product at a time
+    threshold_lists: dict[str, list[list[float | None]]] = field(init=False, repr=False)
 
-    @property
-    def threshold_lists(self) -> dict[str, list[list[float | None]]]:
-        """The same thresholds as nested lists (None: never accepted), for one product at a time."""
-        cached = self.__dict__.get("_lists")
-        if cached is None:
-            cached = {k: [[None if t != t else float(t) for t in row] for row in v.tolist()]
-                      for k, v in self.thresholds.items()}
-            object.__setattr__(self, "_lists", cached)
-        return cached
+    def __post_init__(self):
+        lists = {k: [[None if t != t else float(t) for t in row] for row in v.tolist()]
+                 for k, v in self.thresholds.items()}
+        object.__setattr__(self, "threshold_lists", lists)
 
 
 @dataclass
@@ -108,11 +105,12 @@ def decide(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs
 
 def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs: Sequence[np.ndarray],
                situations: Sequence[int], key: str, text_probs: Sequence[np.ndarray] | None = None,
-               image_probs: Sequence[np.ndarray] | None = None) -> list[tuple]:
+               image_probs: Sequence[np.ndarray] | None = None, rows: list[list[float]] | None = None) -> list[tuple]:
     """`decide` for one product, in plain Python where numpy's per-call cost would dominate (the
-    serving path). probs: per attribute a 1-D row. Per attribute: (value, confidence, threshold or
-    None, reason index or -1, conflict, constrained). tests/unit/test_decisions.py holds the two equal."""
-    rows = [p.tolist() for p in probs]
+    serving path). probs: per attribute a 1-D row; rows: the same as lists, if the caller has them.
+    Per attribute: (value, confidence, threshold or None, reason index or -1, conflict, constrained).
+    tests/unit/test_decisions.py holds the two equal."""
+    rows = rows if rows is not None else [p.tolist() for p in probs]
     chosen = [max(range(len(r)), key=r.__getitem__) for r in rows]
     changed = [False] * len(rows)
     no_fit = [False] * len(rows)

@@ -234,8 +234,5 @@ def _decode(pipeline, title, image) -> tuple[dict, list[str]]:
 
 
 def _attribute_info(a) -> dict:
-    sits = None if a.situations is None else {k: {"support": v.support, "natural": v.natural,
-                                                  "thresholds": v.thresholds} for k, v in a.situations.items()}
-    return {"name": a.name, "classes": a.classes, "thresholds": a.thresholds, "support": a.support,
-            "situations": sits, "conflict": a.conflict.model_dump() if a.conflict else None,
-            "folded_class": a.folded_class}
+    return a.model_dump(include={"name", "classes", "thresholds", "support", "situations", "conflict",
+                                 "folded_class"})

@@ -93,13 +93,14 @@ class Predictor:
         threshold, acceptance and the reasons for review."""
         cols = self._cols
         uni = len(cols[0]) == 4
-        answers = decide_one(self.rules, self.decoder, [outputs[c[0]][i] for c in cols], situation_index(situations),
-                             key, [outputs[c[2]][i] for c in cols] if uni else None,
-                             [outputs[c[3]][i] for c in cols] if uni else None)
+        probs = [outputs[c[0]][i] for c in cols]
+        rows = [p.tolist() for p in probs]  # plain Python on small rows: numpy's per-call cost dominated
+        answers = decide_one(self.rules, self.decoder, probs, situation_index(situations), key,
+                             [outputs[c[2]][i] for c in cols] if uni else None,
+                             [outputs[c[3]][i] for c in cols] if uni else None, rows=rows)
         result = {}
         for j, (rule, (c, conf, thr, why, conflict, constrained)) in enumerate(zip(self.rules, answers, strict=True)):
-            # plain Python on small rows: numpy's per-call overhead dominated this on the event loop
-            p, (w_text, w_image) = outputs[cols[j][0]][i].tolist(), outputs[cols[j][1]][i].tolist()
+            p, (w_text, w_image) = rows[j], outputs[cols[j][1]][i].tolist()
             top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[: max(1, min(top_k, len(p)))]
             result[rule.name] = {
                 "value": rule.classes[c], "confidence": conf,
