@@ -77,6 +77,14 @@ def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: no clean-up at all
         proc.wait(timeout=30)
+    # a Ray worker outside the process group can still finish the block it was writing: count the
+    # complete files once they have stopped changing
+    seen, still = None, time.monotonic()
+    while time.monotonic() - still < 2 and time.monotonic() < deadline + 30:
+        now = [(f.name, f.stat().st_size) for f in data_files(out)]
+        if now != seen:
+            seen, still = now, time.monotonic()
+        time.sleep(0.1)
     # the ids of the complete files: a file the kill cut short has no footer and is dropped, as
     # --resume drops it (reading it as it is would fail on a kill that lands mid-write)
     kept = done_ids(out)
