@@ -74,12 +74,51 @@ def nodes_in(path: Path, scopes: tuple[str, ...]) -> list[str]:
     return names
 
 
+class ConversionError(RuntimeError):
+    pass
+
+
+def dedupe_nodes(graph) -> int:
+    """Drop the nodes that repeat an earlier node exactly (op, inputs, outputs, attributes), and give
+    the remaining same-named nodes distinct names; returns how many were dropped.
+
+    onnxruntime 1.30's float16 converter casts an fp32-kept initializer once per consumer, and every
+    copy has the same name and output ("two nodes with same node name (..._cast_to_fp32_node)"). The
+    copies compute the same tensor, so keeping the first (it precedes every consumer) is exact."""
+    seen, keep, dropped = set(), [], 0
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        keep.append(node)
+    producers: dict[str, str] = {}
+    for node in keep:
+        for out in node.output:
+            if out and out in producers:
+                raise ConversionError(f"the converted graph computes {out!r} twice, in nodes {producers[out]!r} "
+                                      f"and {node.name!r}, differently")
+            producers[out] = node.name
+    used: set[str] = set()
+    for node in keep:
+        base, k = node.name, 0
+        while node.name and node.name in used:
+            k += 1
+            node.name = f"{base}_{k}"
+        used.add(node.name)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return dropped
+
+
 def to_fp16(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP_FP32,
                                      node_block_list=keep_fp32_nodes)
+    dedupe_nodes(model.graph)
     onnx.save(model, str(dst))
 
 
@@ -90,13 +129,31 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
 
     # per-tensor weights: per-channel ones gave the heads' MatMuls zero points onnxruntime's CPU
     # kernel refuses ("b zero point is not valid")
+    clean = dst.with_name(dst.name + ".src.onnx")
+    drop_weight_value_info(src, clean)
     logging.disable(logging.WARNING)  # the quantiser's advice to pre-process, logged on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+        quantize_dynamic(str(clean), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          per_channel=False, nodes_to_exclude=keep_fp32_nodes,
                          extra_options={"MatMulConstBOnly": True})
     finally:
         logging.disable(logging.NOTSET)
+        clean.unlink(missing_ok=True)
+
+
+def drop_weight_value_info(src: Path, dst: Path) -> None:
+    """A copy of the graph without value_info entries for its initializers (the exporter writes
+    them; they only repeat the weights' shapes). onnxruntime's quantiser before 1.32 rewrites a Gemm's
+    weight under the same name and its shape inference then fails on the stale entry ("Inferred
+    shape and existing shape differ in dimension 0")."""
+    import onnx
+
+    model = onnx.load(str(src))
+    weights = {i.name for i in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in weights]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(dst))
 
 
 session = onnx_session  # the one CPU session of export/
