@@ -18,13 +18,14 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions clean
+.PHONY: help venv install test test-unit test-fast test-lowest lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
 	@echo "make test         install into $(VENV) (torch pinned: $(TORCH_SPEC)) and run the test suite"
 	@echo "make test-unit    tests/unit: no bundle, no server (~25 s)"
 	@echo "make test-fast    tests/unit + tests/integration: nothing trains (the edit loop)"
+	@echo "make test-lowest  export, serving and scoring tests at the lowest versions pyproject.toml allows (own venv)"
 	@echo "make demo-bundle  synthetic demo catalog -> train (tiny CMA-CLIP) -> eval -> ONNX bundle in $(DEMO_BUNDLE)"
 	@echo "make bench        benchmarks/runtime.py: PyTorch eager vs onnxruntime fp32 unfused, fused, int8 (~2 min)"
 	@echo "make bench-serve  benchmarks/serve.py: HTTP load (wrk), batched vs unbatched vs in-process, attrx score"
@@ -57,6 +58,20 @@ test-unit: $(STAMP)
 # the edit loop: tests/unit and tests/integration (an untrained bundle, real servers); nothing trains
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/integration
+
+# The export, serving and scoring tests against the lowest versions pyproject.toml allows (the base
+# install and the train extra at their `>=` minimums: .ci/lowest_constraints.py), in their own venv.
+LOWEST_VENV ?= .venv-lowest
+LOWEST_TESTS ?= tests/unit tests/integration/test_export.py tests/integration/test_service.py \
+	tests/integration/test_scoring.py tests/integration/test_runtime.py tests/integration/test_gpu_paths.py
+test-lowest:
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LOWEST_VENV)/bin/python .ci/lowest_constraints.py train > $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python -m pip install -q -e ".[train,dev]" -c $(LOWEST_VENV)/lowest.txt
+	@$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(onnxruntime|onnx|onnxscript|numpy|transformers|tokenizers|fastapi|pydantic|pillow|pyarrow) "
+	$(LOWEST_VENV)/bin/python -m pytest -q $(LOWEST_TESTS)
 
 # ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

@@ -48,8 +48,12 @@ class ServeSettings(BaseSettings):
                          description="onnxruntime (the ONNX variants), or tensorrt (the bundle's model.plan from "
                                      "`attrx build-engine`, on the TensorRT lean runtime; needs attrx[tensorrt] "
                                      "and a GPU)")
+    allow_provider_fallback: bool = Field(False, description="start even when the execution provider asked for "
+                                          "does not load, on the one that does (logged; /v1/model and "
+                                          "attrx_model_info name it); without it the server refuses to start")
     trt_cache_dir: str | None = Field(None, description="TensorRT execution provider's engine and timing cache "
-                                                         "(default ~/.cache/attrx/tensorrt/<model sha>)")
+                                                         "(default $ATTRX_CACHE_DIR/tensorrt, else "
+                                                         "~/.cache/attrx/tensorrt, else the temp folder)")
     warmup_batches: int = Field(1, ge=1, description="full batches run before /readyz turns 200")
     # input limits
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")

@@ -83,8 +83,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         exe = str(Path(sys.executable).parent / "attrx")
         args = [exe, "serve", "--bundle", str(bundle), "--port", str(self.port), "--log-level", "warning"]
-        for k, v in settings.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
+        for k, v in settings.items():  # True: a switch (--allow-provider-fallback)
+            args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
         self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

@@ -33,7 +33,8 @@ def cmd_build_engine(a) -> None:
 
     try:
         build_engine(a.bundle, max_batch_size=a.max_batch_size, opt_batch_size=a.opt_batch_size,
-                     precision=a.precision, workspace_gib=a.workspace_gib)
+                     precision=a.precision, workspace_gib=a.workspace_gib,
+                     allow_other_version=a.allow_other_tensorrt)
     except EngineBuildError as e:
         raise SystemExit(f"attrx build-engine: {e}") from None
 
@@ -84,6 +85,9 @@ def _export_parser(sub) -> None:
     b.add_argument("--max-batch-size", type=int, default=32, help="largest batch of the optimisation profile")
     b.add_argument("--opt-batch-size", type=int, help="batch size TensorRT tunes for (default: max-batch-size)")
     b.add_argument("--workspace-gib", type=float, default=2.0, help="builder workspace limit")
+    b.add_argument("--allow-other-tensorrt", action="store_true",
+                   help="build with a TensorRT other than the pinned one (the engine then runs only on a lean "
+                        "runtime of that version)")
     b.set_defaults(func=cmd_build_engine)
 
 

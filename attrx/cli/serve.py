@@ -34,10 +34,13 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
 
     for name, f in ServeSettings.model_fields.items():
         ann = f.annotation
-        typ = ann if ann in (int, float, str) else str
         default = f.default_factory() if f.default_factory is not None else f.default
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                       help=f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip())
+        text = f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip()
+        if ann is bool:  # a switch: --allow-provider-fallback
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_const", const=True, default=None, help=text)
+            continue
+        typ = ann if ann in (int, float, str) else str
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=text)
 
 
 def _serve_parser(sub) -> None:

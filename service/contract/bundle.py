@@ -132,6 +132,22 @@ class ModelSpec(BaseModel):
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# The one TensorRT release attrx builds engines with and runs them on. A plan built version-compatible
+# without an embedded lean runtime runs only on a lean runtime of the same version (TensorRT's docs;
+# `Runtime.load_runtime`), so the `tensorrt` and `gpu` extras pin tensorrt-lean-cu13 to it,
+# `attrx build-engine` refuses another builder, and the backend compares the version a plan was
+# built with before deserialising it. tests/unit/test_packaging.py holds pyproject.toml to it.
+TENSORRT_VERSION = "11.4.0.106"
+
+
+def tensorrt_release(version: str) -> tuple[int, ...]:
+    """'11.4.0.106.post1' -> (11, 4, 0, 106): the release, without post or local parts."""
+    import re
+
+    m = re.match(r"^\d+(?:\.\d+)*", version.strip())
+    return tuple(int(x) for x in m.group(0).split(".")) if m else ()
+
+
 PROVIDER_KINDS = ("cpu", "cuda", "tensorrt")
 
 

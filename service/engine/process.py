@@ -167,7 +167,8 @@ def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> 
     try:
         bundle, pipeline = load_pipeline(settings)
         metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
-        metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name)
+        metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name,
+                          pipeline.backend.providers[0])
         item = pipeline.decode_request(*warmup_product())
         layout = _layout(pipeline, item)
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits

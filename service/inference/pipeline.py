@@ -42,7 +42,8 @@ def load_pipeline(settings, *, with_backend: bool = True) -> tuple[Bundle, Pipel
                           decisions=settings.decisions)
     backend = load_backend(bundle, settings.backend, providers=settings.providers, threads=settings.intra_op_threads,
                            precision=settings.precision, max_batch_size=settings.max_batch_size,
-                           trt_cache_dir=settings.trt_cache_dir) if with_backend else None
+                           trt_cache_dir=settings.trt_cache_dir,
+                           allow_fallback=settings.allow_provider_fallback) if with_backend else None
     return bundle, Pipeline(predictor, backend)
 
 

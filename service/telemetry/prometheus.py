@@ -70,8 +70,9 @@ class Metrics:
                                   registry=r)
         # an Info metric in all but name (Info does not exist in multiprocess mode)
         self.model_info = Gauge("attrx_model_info", "the served bundle and the variant that runs (precision: fp32, "
-                                "fp16 or int8; sha256: of the file that runs)",
-                                ["name", "version", "family", "precision", "backend", "sha256"],
+                                "fp16 or int8; sha256: of the file that runs; provider: the execution provider "
+                                "that really runs it)",
+                                ["name", "version", "family", "precision", "backend", "provider", "sha256"],
                                 registry=r, multiprocess_mode="max")
         if front:  # ready only when every front-end process is
             self.ready = Gauge("attrx_ready", "1 once the bundle is loaded and warmed up", registry=r,
@@ -89,10 +90,11 @@ class Metrics:
 
         self._per_attribute = {a: (self.confidence.labels(a), self.image_weight.labels(a)) for a in attributes}
 
-    def set_model(self, manifest, variant: str, backend: str) -> None:
-        """Set by the inference process, the one that knows which variant runs."""
+    def set_model(self, manifest, variant: str, backend: str, provider: str) -> None:
+        """Set by the inference process, the one that knows which variant runs, and on what."""
         m, v = manifest, manifest.variants[variant]
-        self.model_info.labels(m.name, m.version, m.model.family, v.precision, backend, m.files[v.file].sha256).set(1)
+        self.model_info.labels(m.name, m.version, m.model.family, v.precision, backend, provider,
+                               m.files[v.file].sha256).set(1)
 
     def observe_batch(self, outputs: list[np.ndarray]) -> None:
         """A batch's predictions, in the inference process, once per batch: the products, and per

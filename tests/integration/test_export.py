@@ -203,7 +203,7 @@ def test_served_variant_is_reported(variant_bundle, bundle):
         assert r.status_code == 200 and set(r.json()["predictions"]) == {"category", "colour", "pattern", "gender"}
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
         sha = load_bundle(variant_bundle.path).manifest.files["model.int8.onnx"].sha256
-        assert re.search(rf'^attrx_model_info{{backend="onnxruntime",.*precision="int8",sha256="{sha}"', metrics, re.M)
+        assert re.search(rf'^attrx_model_info{{backend="onnxruntime",.*precision="int8",provider="CPUExecutionProvider",sha256="{sha}"', metrics, re.M)
     finally:
         s.stop()
     # a precision the bundle lacks stops the start, naming what it has

@@ -247,7 +247,7 @@ def test_metrics_names_and_promtool(server, bundle):
     info = [ln for ln in text.splitlines() if ln.startswith("attrx_model_info{")]
     # one series, from the inference process, naming the variant that runs (fp32: the bundle has no other)
     assert info == [f'attrx_model_info{{backend="onnxruntime",family="cma-clip",name="tiny-test",precision="fp32",'
-                    f'sha256="{sha}",version="0.1.0"}} 1.0'], info
+                    f'provider="CPUExecutionProvider",sha256="{sha}",version="0.1.0"}} 1.0'], info
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package 'prometheus'); metric names checked above")

@@ -38,17 +38,53 @@ def _gpu() -> bool:
     return err == cudart.cudaError_t.cudaSuccess and n > 0
 
 
-def _with_plan(bundle, tmp_path, plan: bytes):
-    """A copy of the bundle with `plan` recorded as its TensorRT engine."""
+def _with_plan(bundle, tmp_path, plan: bytes, built_with: str | None = None):
+    """A copy of the bundle with `plan` recorded as its TensorRT engine, built with TensorRT
+    `built_with` (default: the installed lean runtime's version)."""
+    if built_with is None:
+        import tensorrt_lean
+
+        built_with = tensorrt_lean.__version__
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     (b / "model.plan").write_bytes(plan)
     raw = json.loads((b / "manifest.json").read_text())
     raw["files"]["model.plan"] = {"sha256": sha256_file(b / "model.plan"), "bytes": len(plan)}
     raw["variants"]["tensorrt"] = {"file": "model.plan", "format": "tensorrt", "precision": "fp32",
-                                   "providers": ["tensorrt"]}
+                                   "providers": ["tensorrt"], "build": {"tensorrt": built_with}}
     (b / "manifest.json").write_text(json.dumps(raw))
     return b
+
+
+def _with_variant(bundle, tmp_path, precision: str):
+    """A copy of the bundle listing its fp32 file once more as a `precision` variant (options only)."""
+    b = tmp_path / f"with-{precision}"
+    shutil.copytree(bundle, b)
+    raw = json.loads((b / "manifest.json").read_text())
+    raw["variants"][precision] = {**raw["variants"]["fp32"], "precision": precision}
+    (b / "manifest.json").write_text(json.dumps(raw))
+    return b
+
+
+@pytest.mark.skipif(not _has("tensorrt_lean"), reason="the TensorRT lean runtime is not installed "
+                                                      "(pip install 'attrx[tensorrt]')")
+@pytest.mark.parametrize("built_with", ["10.13.3.9", None])
+def test_backend_refuses_a_plan_of_another_tensorrt_before_loading_it(bundle, tmp_path, built_with):
+    """Checked before deserialising and before looking for a GPU, so it shows here: the error names
+    both versions (or says the manifest does not record one)."""
+    import tensorrt_lean
+
+    b = _with_plan(bundle, tmp_path, b"not a plan", built_with=built_with or "x")
+    if built_with is None:  # a manifest without the builder's version
+        raw = json.loads((b / "manifest.json").read_text())
+        del raw["variants"]["tensorrt"]["build"]
+        (b / "manifest.json").write_text(json.dumps(raw))
+        want = "does not say which TensorRT built this engine"
+    else:
+        want = (f"was built with TensorRT {re.escape(built_with)}, and this lean runtime is "
+                f"{re.escape(tensorrt_lean.__version__)}")
+    with pytest.raises(BackendError, match=want):
+        load_backend(load_bundle(b), "tensorrt")
 
 
 def test_backend_without_engine_says_how_to_build_one(bundle):
@@ -88,7 +124,7 @@ def test_serve_with_tensorrt_backend_fails_at_start_with_the_reason(bundle):
 def test_build_engine_without_builder_names_what_to_install(bundle):
     from attrx.cli import main
 
-    with pytest.raises(SystemExit, match="needs the full TensorRT package.*pypi.nvidia.com tensorrt-cu12"):
+    with pytest.raises(SystemExit, match="needs the full TensorRT package.*pypi.nvidia.com tensorrt-cu13==11"):
         main(["build-engine", str(bundle)])
 
 
@@ -103,6 +139,10 @@ def test_tensorrt_provider_options(bundle, tmp_path):
                                               "text_present:1,image_present:1")
     assert opts["trt_profile_max_shapes"].startswith(f"input_ids:16x{L},")
     assert opts["trt_engine_cache_enable"] == "True" and opts["trt_fp16_enable"] == "False"
+    # the fp16 graph carries its own types (LayerNorm, Softmax, the colour histogram kept fp32): the
+    # provider must not be told to build a weakly typed fp16 network from it either
+    fp16 = _with_variant(bundle, tmp_path, "fp16")
+    assert tensorrt_options(load_bundle(fp16), "fp16", 16, str(tmp_path / "c2"))["trt_fp16_enable"] == "False"
     cache = tmp_path / "cache" / b.manifest.files["model.onnx"].sha256[:16]
     assert opts["trt_engine_cache_path"] == str(cache) and cache.is_dir()
 
@@ -110,7 +150,7 @@ def test_tensorrt_provider_options(bundle, tmp_path):
 @pytest.mark.skipif(not (_has("tensorrt") and _gpu()),
                     reason="building and running an engine needs the full tensorrt package and an NVIDIA GPU "
                            "(NVIDIA's container, or pip install --extra-index-url https://pypi.nvidia.com "
-                           "tensorrt-cu12)")
+                           "tensorrt-cu13==11.4.0.106)")
 def test_engine_build_and_run_matches_onnxruntime(bundle, tmp_path):  # pragma: no cover - GPU machines only
     from attrx.export.tensorrt_engine import build_engine
     from attrx.service.inference.predictor import Predictor

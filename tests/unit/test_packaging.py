@@ -79,3 +79,38 @@ def test_no_two_modules_share_a_name_with_different_jobs():
             names.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
     shared = {k: v for k, v in names.items() if len(v) > 1}
     assert not shared, f"module names used twice: {shared}"
+
+
+def _extra(name: str) -> list[str]:
+    return PYPROJECT["project"]["optional-dependencies"][name]
+
+
+def test_tensorrt_runtimes_are_pinned_to_the_version_engines_are_built_with():
+    """A plan runs only on the lean runtime of the TensorRT that built it: both extras pin exactly the
+    contract's TENSORRT_VERSION, and everything GPU-side is built for one CUDA major (13)."""
+    from attrx.service.contract.bundle import TENSORRT_VERSION
+
+    for extra in ("tensorrt", "gpu"):
+        reqs = _extra(extra)
+        assert f"tensorrt-lean-cu13=={TENSORRT_VERSION}" in reqs, (extra, reqs)
+        assert "cuda-bindings>=13,<14" in reqs, (extra, reqs)
+        assert not [r for r in reqs if "cu12" in r], reqs
+    ort_gpu = next(r for r in _extra("gpu") if r.startswith("onnxruntime-gpu"))
+    # CUDA 13 builds and the Attention op's CUDA kernel; the CUDA/cuDNN libraries from its own extras
+    assert ort_gpu == "onnxruntime-gpu[cuda,cudnn]>=1.27", ort_gpu
+
+
+def test_lowest_constraints_pin_every_declared_minimum():
+    """`make test-lowest` installs with .ci/lowest_constraints.py's pins: every `>=` requirement of
+    the base install and the train extra at its minimum, torch excepted (its exact CPU pin comes first)."""
+    import re
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "lowest_constraints.py"), "train"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    reqs = PYPROJECT["project"]["dependencies"] + _extra("train")
+    want = {re.match(r"[\w.\-]+", r).group(0): re.search(r">=([\w.]+)", r).group(1) for r in reqs if ">=" in r}
+    want.pop("torch")
+    assert sorted(out) == sorted(f"{k}=={v}" for k, v in want.items())
+    assert "onnxruntime==1.23" in out and not [x for x in out if x.startswith("torch")]

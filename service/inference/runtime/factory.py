@@ -10,14 +10,16 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def load_backend(bundle: Bundle, kind: str = "onnxruntime", *, providers: str = "cpu", threads: int = 0,
-                 precision: str = "auto", max_batch_size: int = 32, trt_cache_dir: str | None = None) -> Backend:
+                 precision: str = "auto", max_batch_size: int = 32, trt_cache_dir: str | None = None,
+                 allow_fallback: bool = False) -> Backend:
     """`onnxruntime` runs one of the bundle's ONNX variants (`precision`: auto picks the best one for
-    the providers); `tensorrt` runs its TensorRT engine with the lean runtime."""
+    the providers; a provider that does not load is an error unless `allow_fallback`); `tensorrt` runs
+    its TensorRT engine with the lean runtime."""
     if kind == "onnxruntime":
         from attrx.service.inference.runtime.onnxruntime_backend import OnnxBackend
 
         return OnnxBackend(bundle, providers=providers, threads=threads, precision=precision,
-                           max_batch_size=max_batch_size, trt_cache_dir=trt_cache_dir)
+                           max_batch_size=max_batch_size, trt_cache_dir=trt_cache_dir, allow_fallback=allow_fallback)
     if kind == "tensorrt":
         from attrx.service.inference.runtime.tensorrt_backend import TensorRTBackend
 

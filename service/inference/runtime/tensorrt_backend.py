@@ -13,10 +13,22 @@ import threading
 
 import numpy as np
 
-from attrx.service.contract.bundle import Bundle
+from attrx.service.contract.bundle import TENSORRT_VERSION, Bundle, tensorrt_release
 from attrx.service.inference.runtime.base import BackendError
 
-INSTALL_HINT = "pip install 'attrx[tensorrt]' (tensorrt-lean-cu12 and cuda-bindings 12)"
+INSTALL_HINT = f"pip install 'attrx[tensorrt]' (tensorrt-lean-cu13=={TENSORRT_VERSION} and cuda-bindings 13)"
+
+
+def check_versions(built_with: str | None, runtime: str, plan: str) -> None:
+    """A version-compatible plan without an embedded lean runtime runs only on the lean runtime of
+    the TensorRT version that built it: refuse, naming both, before deserialising."""
+    if built_with is None:
+        raise BackendError(f"{plan}: the manifest does not say which TensorRT built this engine; rebuild it with "
+                           f"`attrx build-engine` (TensorRT {TENSORRT_VERSION})")
+    if tensorrt_release(built_with) != tensorrt_release(runtime):
+        raise BackendError(f"{plan} was built with TensorRT {built_with}, and this lean runtime is {runtime}: a plan "
+                           f"runs only on the lean runtime of its own version. Rebuild it with `attrx build-engine` "
+                           f"under TensorRT {runtime}, or install tensorrt-lean-cu13=={built_with}")
 
 
 def import_runtime():
@@ -70,45 +82,60 @@ def _logger(trt):
     return Logger()
 
 
+def _pinned(cudart, nbytes: int, dtype: np.dtype, what: str) -> tuple[int, np.ndarray]:
+    """Page-locked host memory (so copies on a stream are truly asynchronous) and a flat numpy view."""
+    import ctypes
+
+    ptr = int(_cuda(cudart, cudart.cudaHostAlloc(nbytes, cudart.cudaHostAllocDefault), f"pinning {what}"))
+    raw = (ctypes.c_byte * nbytes).from_address(ptr)
+    return ptr, np.frombuffer(raw, dtype=dtype)
+
+
 class _Worker:
-    """One thread's execution context, stream and device buffers."""
+    """One thread's execution context, stream, device buffers and pinned host buffers, made on that
+    thread after selecting the backend's GPU there (cudaSetDevice holds per thread)."""
 
     def __init__(self, backend: TensorRTBackend):
         self.b, cudart = backend, backend.cudart
+        _cuda(cudart, cudart.cudaSetDevice(backend.device), f"selecting GPU {backend.device} on this thread")
         self.context = backend.engine.create_execution_context()
         if self.context is None:
             raise BackendError("TensorRT could not create an execution context: " + backend.last_errors())
         self.stream = _cuda(cudart, cudart.cudaStreamCreate(), "creating a CUDA stream")
-        self.buffers = {}
+        self.buffers, self.host, self.host_ptrs = {}, {}, {}
         for name in backend.io_names:
             nbytes = int(np.prod(backend.max_shape[name])) * backend.dtypes[name].itemsize
             self.buffers[name] = _cuda(cudart, cudart.cudaMalloc(nbytes), f"allocating {name}")
+            self.host_ptrs[name], self.host[name] = _pinned(cudart, nbytes, backend.dtypes[name], name)
             self.context.set_tensor_address(name, int(self.buffers[name]))
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         b, cudart = self.b, self.b.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        keep = []
         for name in b.input_names:
-            arr = np.ascontiguousarray(inputs[name], dtype=b.dtypes[name])
-            keep.append(arr)
+            arr = inputs[name]
+            staged = self.host[name][:arr.size].reshape(arr.shape)
+            staged[...] = arr  # converts to the engine's dtype on the way into pinned memory
             self.context.set_input_shape(name, arr.shape)
-            _cuda(cudart, cudart.cudaMemcpyAsync(self.buffers[name], arr.ctypes.data, arr.nbytes, h2d, self.stream),
-                  f"copying {name} to the GPU")
+            _cuda(cudart, cudart.cudaMemcpyAsync(self.buffers[name], self.host_ptrs[name], staged.nbytes, h2d,
+                                                 self.stream), f"copying {name} to the GPU")
         if not self.context.execute_async_v3(self.stream):
             raise BackendError("TensorRT inference failed: " + b.last_errors())
-        outs = []
+        views = []
         for name in b.output_names:
-            out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=b.dtypes[name])
-            _cuda(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name], out.nbytes, d2h, self.stream),
-                  f"copying {name} from the GPU")
-            outs.append(out)
+            shape = tuple(self.context.get_tensor_shape(name))
+            view = self.host[name][:int(np.prod(shape))].reshape(shape)
+            _cuda(cudart, cudart.cudaMemcpyAsync(self.host_ptrs[name], self.buffers[name], view.nbytes, d2h,
+                                                 self.stream), f"copying {name} from the GPU")
+            views.append(view)
         _cuda(cudart, cudart.cudaStreamSynchronize(self.stream), "waiting for the GPU")
-        return [o.astype(np.float32, copy=False) for o in outs]
+        return [v.astype(np.float32, copy=True) for v in views]  # copies: the pinned buffers are reused
 
     def close(self) -> None:
         for ptr in self.buffers.values():
             self.b.cudart.cudaFree(ptr)
+        for ptr in self.host_ptrs.values():
+            self.b.cudart.cudaFreeHost(ptr)
         self.b.cudart.cudaStreamDestroy(self.stream)
 
 
@@ -122,7 +149,9 @@ class TensorRTBackend:
             raise BackendError(f"{bundle.path} has no TensorRT engine: build one on the GPU machine with "
                                f"`attrx build-engine {bundle.path}` (needs the full tensorrt package)")
         self.trt, self.cudart = import_runtime()
+        check_versions((variant.build or {}).get("tensorrt"), self.trt.__version__, str(bundle.variant_path("tensorrt")))
         check_gpu(self.cudart)
+        self.device = device
         _cuda(self.cudart, self.cudart.cudaSetDevice(device), f"selecting GPU {device}")
         self.precision, self.variant = variant.precision, "tensorrt"
         self._log = _logger(self.trt)
