@@ -17,10 +17,10 @@ import re
 
 import httpx
 import pytest
+from helpers import scrape
 
 from attrx.service.contract.bundle import TENSORRT_VERSION, load_bundle
 from attrx.service.inference.runtime import BackendError, load_backend
-from helpers import scrape
 
 SITECUSTOMIZE = """
 import onnxruntime as _ort
