@@ -30,13 +30,20 @@ class TitleSilencer:
         self.patterns = [label_pattern(ws) for ws in label_words.values()]
         self.p = p
         self.tok = tokenizer
-        self.rng = np.random.default_rng(seed + 7919)
+        self.seed = seed + 7919
+        self.rng = np.random.default_rng(self.seed)
 
-    def __call__(self, titles: Sequence[str | None], batch: dict[str, torch.Tensor]) -> int:
+    def rng_for(self, key: tuple[int, ...]) -> np.random.Generator:
+        """The generator of one batch (epoch, batch number): the same draws whichever loader worker
+        process silences it, so runs stay reproducible at any --workers."""
+        return np.random.default_rng([self.seed, *key])
+
+    def __call__(self, titles: Sequence[str | None], batch: dict[str, torch.Tensor],
+                 rng: np.random.Generator | None = None) -> int:
         """Edit batch["input_ids"/"attention_mask"/"text_present"] in place; returns the count changed."""
         if self.p <= 0 or not titles:
             return 0
-        hit = self.rng.random((len(titles), len(self.patterns))) < self.p
+        hit = (rng or self.rng).random((len(titles), len(self.patterns))) < self.p
         changed, new = [], []
         for i, t in enumerate(titles):
             if not t or not hit[i].any() or batch["text_present"][i] <= 0:
@@ -61,20 +68,22 @@ def augment_images(pixels: torch.Tensor, present: torch.Tensor, gen: torch.Gener
                    scale: tuple[float, float] = (0.75, 1.0), max_shift: float = 0.1, flip: bool = True) -> torch.Tensor:
     """Random zoom-in crop, shift and horizontal flip of normalised images [B, 3, S, S], batched
     through one affine grid; colour values are only interpolated, never changed. Absent images
-    (present == 0) are returned as they were."""
-    b = pixels.shape[0]
+    (present == 0) are returned as they were. Runs where `pixels` are (the GPU in training on
+    CUDA), drawing from `gen`, which must be on that device."""
+    b, dev = pixels.shape[0], pixels.device
     if b == 0:
         return pixels
-    s = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
-    tx = torch.empty(b).uniform_(-max_shift, max_shift, generator=gen)
-    ty = torch.empty(b).uniform_(-max_shift, max_shift, generator=gen)
-    sign = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
-    theta = torch.zeros(b, 2, 3)
+    s = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen)
+    tx = torch.empty(b, device=dev).uniform_(-max_shift, max_shift, generator=gen)
+    ty = torch.empty(b, device=dev).uniform_(-max_shift, max_shift, generator=gen)
+    ones = torch.ones(b, device=dev)
+    sign = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -ones, ones) if flip else ones
+    theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0] = s * sign
     theta[:, 1, 1] = s
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(pixels.dtype), list(pixels.shape), align_corners=False)
     out = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
     keep = (present > 0).view(b, 1, 1, 1)
     return torch.where(keep, out, pixels)

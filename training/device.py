@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,44 @@ class Compute:
 
     def move(self, t: torch.Tensor) -> torch.Tensor:
         return t.pin_memory().to(self.device, non_blocking=True) if self.cuda else t
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on the training device: augmentation and modality dropout draw there."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def prefetch(self, items: Iterable[tuple]) -> Iterator[tuple]:
+        """(indices, inputs, labels) batches on the device. On CUDA the next batch is copied on a side
+        stream (non_blocking, from pinned memory) while the current one computes; the compute stream
+        waits only for its own batch's copy. On the CPU the batches pass through."""
+        if not self.cuda:
+            yield from items
+            return
+        stream = torch.cuda.Stream(device=self.device)
+
+        def send(item):
+            idx, batch, labels = item
+            with torch.cuda.stream(stream):
+                moved = {k: self.move(v) for k, v in batch.items()}, self.move(labels)
+                done = torch.cuda.Event()
+                done.record(stream)
+            return idx, moved, done
+
+        def ready(sent):
+            idx, (batch, labels), done = sent
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            for t in (*batch.values(), labels):
+                t.record_stream(current)  # their memory is not reused before the compute stream is done
+            return idx, batch, labels
+
+        pending = None
+        for item in items:
+            sent = send(item)
+            if pending is not None:
+                yield ready(pending)
+            pending = sent
+        if pending is not None:
+            yield ready(pending)
 
     def step(self, loss: torch.Tensor, opt, params, max_norm: float = 1.0) -> None:
         """backward, gradient clipping and the optimiser step (through the scaler for fp16)."""

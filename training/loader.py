@@ -1,9 +1,11 @@
-"""Training batches through a DataLoader: worker processes read (or, in memory, slice) each batch
-while the model trains on the previous one, with a bounded prefetch (2 batches per worker)."""
+"""Training batches through a DataLoader: worker processes read (or, in memory, slice) each batch,
+and silence its titles, while the model trains on the previous one, with a bounded prefetch (2
+batches per worker) into pinned memory when training on a GPU. Compute.prefetch then copies the
+next batch to the GPU while the current one computes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -14,23 +16,29 @@ from attrx.training.data import Encoded
 
 
 class BatchReader(Dataset):
-    """Indexed by a batch's item indices; returns (indices, model inputs, labels)."""
+    """Indexed by (key, a batch's item indices); returns (indices, model inputs, labels). With a
+    silencer, the batch's titles lose label words here, in the worker, drawing from the batch's own
+    generator (key: epoch, batch number)."""
 
-    def __init__(self, data: Encoded):
-        self.data = data
+    def __init__(self, data: Encoded, silencer=None):
+        self.data, self.silencer = data, silencer
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, idx: np.ndarray):
-        return idx, torch_inputs(self.data.take(idx)), torch.from_numpy(self.data.labels[idx])
+    def __getitem__(self, item: tuple[tuple[int, ...], np.ndarray]):
+        key, idx = item
+        inputs = torch_inputs(self.data.take(idx))
+        if self.silencer is not None:
+            self.silencer([self.data.products[i].title for i in idx], inputs, rng=self.silencer.rng_for(key))
+        return idx, inputs, torch.from_numpy(self.data.labels[idx])
 
 
-def batches(data: Encoded, order: np.ndarray, batch_size: int, *, workers: int = 0, pin: bool = False
-            ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+def batches(data: Encoded, order: np.ndarray, batch_size: int, *, workers: int = 0, pin: bool = False,
+            silencer=None, epoch: int = 0) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
     """The items of `order`, in that order, `batch_size` at a time."""
-    plan: Iterable[np.ndarray] = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    reader = BatchReader(data)
+    plan = [((epoch, k), order[s : s + batch_size]) for k, s in enumerate(range(0, len(order), batch_size))]
+    reader = BatchReader(data, silencer)
     if workers == 0:
         yield from (reader[b] for b in plan)
         return

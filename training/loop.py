@@ -27,14 +27,16 @@ from attrx.training.schedule import scheduler
 
 
 def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over tasks of the cross-entropy on labelled items (and, with rows, only those rows)."""
+    """Sum over tasks of the mean cross-entropy on labelled items (and, with rows, only those rows).
+    Masked, not indexed: no step waits on the GPU to learn how many items are labelled."""
     total = labels.new_zeros((), dtype=torch.float32)
     for j, lg in enumerate(logits):
         ok = labels[:, j] >= 0
         if rows is not None:
             ok = ok & rows
-        if ok.any():
-            total = total + F.cross_entropy(lg[ok], labels[ok, j])
+        per_item = F.cross_entropy(lg, labels[:, j].clamp(min=0), reduction="none")
+        weight = ok.to(per_item.dtype)
+        total = total + (per_item * weight).sum() / weight.sum().clamp(min=1)
     return total
 
 
@@ -64,13 +66,14 @@ def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_wei
 
 
 def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> None:
-    """Hide the title or the image (never both) of a random fraction p of the batch, in place."""
+    """Hide the title or the image (never both) of a random fraction p of the batch, in place, on
+    the batch's device (drawing from `gen`, on that device)."""
     if p <= 0:
         return
     tp, ip = batch["text_present"], batch["image_present"]
     both = (tp > 0) & (ip > 0)
-    drop = (torch.rand(tp.shape, generator=gen) < p) & both
-    hide_text = drop & (torch.rand(tp.shape, generator=gen) < 0.5)
+    drop = (torch.rand(tp.shape, generator=gen, device=tp.device) < p) & both
+    hide_text = drop & (torch.rand(tp.shape, generator=gen, device=tp.device) < 0.5)
     tp[hide_text] = 0.0
     ip[drop & ~hide_text] = 0.0
 
@@ -114,8 +117,8 @@ class Run:
     cfg: TrainConfig
     compute: Compute
     dist: Dist
-    gen: torch.Generator  # modality dropout and augmentation (seeded per rank)
-    silencer: TitleSilencer | None
+    gen: torch.Generator  # modality dropout and augmentation, on the device (seeded per rank)
+    silencer: TitleSilencer | None  # runs in the loader's workers, a generator per batch
     log: object
     epochs_done: int = 0
 
@@ -128,25 +131,26 @@ def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> floa
             m.eval()
     order = run.tr[r.dist.train_order(len(run.tr), r.epochs_done, cfg.seed)]
     per_rank = max(1, cfg.batch_size // r.dist.world)  # --batch-size is the global batch
-    total, n = 0.0, 0
+    total, n, step = 0.0, 0, 0
     bar = tqdm(total=len(order), desc=desc, unit="item", leave=False, disable=None if cfg.progress else True)
-    for idx, batch, labels in batches(run.data, order, per_rank, workers=data_workers(cfg), pin=compute.cuda):
-        if r.silencer is not None:
-            r.silencer([run.data.products[i].title for i in idx], batch)
+    source = batches(run.data, order, per_rank, workers=data_workers(cfg), pin=compute.cuda, silencer=r.silencer,
+                     epoch=r.epochs_done)
+    for idx, batch, labels in compute.prefetch(source):
         _modality_dropout(batch, cfg.modality_dropout, r.gen)
         if cfg.augment_images:
             batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], r.gen)
-        batch, labels = compute.to_device(batch), compute.move(labels)
         with compute.autocast():
             loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight)
         opt.zero_grad(set_to_none=True)
         compute.step(loss, opt, params)
         sched.step()
-        total += float(loss.detach()) * len(idx)
-        n += len(idx)
+        total = total + loss.detach() * len(idx)  # a device tensor: no synchronising on every step
+        n, step = n + len(idx), step + 1
         bar.update(len(idx))
-        bar.set_postfix(loss=f"{total / n:.3f}")
+        if not bar.disable and step % 20 == 1:  # reading the loss waits for the GPU: now and then
+            bar.set_postfix(loss=f"{float(total) / n:.3f}", refresh=False)
     bar.close()
+    total = float(total)
     r.epochs_done += 1
     total, n = r.dist.sum(np.array([total, n]))  # the mean over every rank's items
     return float(total / max(1, n))

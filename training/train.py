@@ -63,7 +63,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
         if cfg.silence_title else None
     best = Best()
     with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
-        r = Run(model, run, cfg, compute, dist, torch.Generator().manual_seed(cfg.seed + dist.rank), silencer, log)
+        r = Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log)
         for stage in STAGES:
             if getattr(cfg, f"{stage}_epochs"):
                 run_stage(stage, r, best)

@@ -120,3 +120,50 @@ def test_accepted_precision_counts_what_the_thresholds_let_through():
     r = accepted_precision(probs, y, [0.75, None], ["a", "b"])
     assert r["accepted"] == 2 and r["precision"] == 0.5 and r["coverage"] == 0.4
     assert r["per_class"] == {"a": {"accepted": 2, "precision": 0.5}}
+
+
+def test_titles_are_silenced_in_the_loader_workers_the_same_at_any_worker_count(checkpoint, demo_catalog):
+    """Silencing moved off the training loop into the DataLoader's worker processes: each batch draws
+    from its own generator (epoch, batch number), so 0, 1 or 2 workers give the same batches, and
+    another epoch gives other ones."""
+    from attrx.service.catalog.reader import read_catalog
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.data import encode_catalog
+    from attrx.training.loader import batches
+
+    ck = load_checkpoint(checkpoint)
+    data, _ = encode_catalog(read_catalog(demo_catalog, tuple(ck.classes)), ck.tokenizer, ck.preprocess, ck.classes,
+                             progress=False)
+    words = {"colour": ck.classes["colour"], "pattern": ck.classes["pattern"]}
+    order = np.random.default_rng(0).permutation(len(data))[:96]
+
+    def ids(workers: int, epoch: int = 2) -> torch.Tensor:
+        s = TitleSilencer(words, p=0.5, tokenizer=ck.tokenizer, seed=3)
+        return torch.cat([b["input_ids"] for _, b, _ in batches(data, order, 16, workers=workers, silencer=s,
+                                                                   epoch=epoch)])
+
+    plain = torch.cat([b["input_ids"] for _, b, _ in batches(data, order, 16)])
+    one = ids(0)
+    assert not torch.equal(one, plain)  # it silenced something
+    assert torch.equal(one, ids(1)) and torch.equal(one, ids(2))
+    assert not torch.equal(one, ids(0, epoch=3))
+
+
+def test_augmentation_and_dropout_draw_on_the_batch_device_reproducibly():
+    """The device-side generator: the same seed gives the same draws; on the CPU (the device here)
+    the draws are the ones the loop made before it moved to the device."""
+    from attrx.training.loop import _modality_dropout
+
+    def run(seed: int):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        batch = {"text_present": torch.ones(64), "image_present": torch.ones(64)}
+        _modality_dropout(batch, 0.5, g)
+        return batch["text_present"], augment_images(torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1)),
+                                                     batch["image_present"], g)
+
+    (t1, x1), (t2, x2) = run(5), run(5)
+    assert torch.equal(t1, t2) and torch.equal(x1, x2)
+    g = torch.Generator().manual_seed(5)  # the draws of the former CPU-only code, in its order
+    drop = (torch.rand(64, generator=g) < 0.5)
+    hide_text = drop & (torch.rand(64, generator=g) < 0.5)
+    assert torch.equal(t1 == 0, hide_text)
