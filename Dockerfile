@@ -6,6 +6,14 @@
 #   docker run -p 8000:8000 -v $PWD/build/demo-bundle:/models/bundle:ro attrx
 #   docker build --target serve-demo -t attrx-demo .            # demo bundle built into the image
 #   docker build --build-arg VARIANT=gpu --target serve -t attrx-gpu .   # onnxruntime-gpu + TensorRT lean runtime
+#   docker run --gpus all -e ATTRX_PROVIDERS=cuda -p 8000:8000 -v ...:/models/bundle:ro attrx-gpu
+#
+# The GPU variant is CUDA 13 throughout, from wheels, on the slim base: onnxruntime-gpu (>= 1.27, built
+# for CUDA 13) with its `cuda` and `cudnn` extras (the CUDA 13 runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9
+# as nvidia-* wheels, which attrx preloads: onnxruntime.preload_dlls), tensorrt-lean-cu13 and
+# cuda-bindings 13. The host needs an NVIDIA driver for CUDA 13 (>= 580) and the container toolkit. A
+# provider that does not load stops `attrx serve` with the reason (ATTRX_ALLOW_PROVIDER_FALLBACK=1
+# serves on the CPU instead, and /v1/model says so).
 #
 # No Docker engine runs on the development machines: this file is kept minimal and reviewed, not built in CI.
 
@@ -22,11 +30,16 @@ COPY training training
 COPY export export
 # GPU variant: onnxruntime-gpu replaces onnxruntime (the two must never be installed together), and
 # the TensorRT lean runtime runs a bundle's model.plan (--backend tensorrt)
+# (installing .[gpu] brings the CPU onnxruntime too, through the base requirements: it is removed,
+# and onnxruntime-gpu reinstalled over the files the two share)
 RUN pip install . \
  && if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]" && pip uninstall -y onnxruntime \
-      && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.23"; fi \
- && useradd --system --uid 10001 --home-dir /app attrx
-ENV ATTRX_HOST=0.0.0.0 ATTRX_PORT=8000 ATTRX_BUNDLE=/models/bundle
+      && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.27" \
+      && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"; fi \
+ && useradd --system --uid 10001 --home-dir /app attrx \
+ && mkdir -p /var/cache/attrx && chown attrx /var/cache/attrx
+# TensorRT engine and timing caches: writable by the non-root user (mount a volume to keep them)
+ENV ATTRX_HOST=0.0.0.0 ATTRX_PORT=8000 ATTRX_BUNDLE=/models/bundle ATTRX_CACHE_DIR=/var/cache/attrx
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"

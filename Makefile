@@ -18,7 +18,7 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast test-lowest lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions clean
+.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~60 min)"
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
+	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
 	@echo "make lint         ruff + lint-imports (the import rules)"
 
 $(PY):
@@ -72,6 +73,12 @@ test-lowest:
 	$(LOWEST_VENV)/bin/python -m pip install -q -e ".[train,dev]" -c $(LOWEST_VENV)/lowest.txt
 	@$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(onnxruntime|onnx|onnxscript|numpy|transformers|tokenizers|fastapi|pydantic|pillow|pyarrow) "
 	$(LOWEST_VENV)/bin/python -m pytest -q $(LOWEST_TESTS)
+
+# attrx's GPU paths on a CUDA machine, in one go (benchmarks/gpu_check.py): run it with the Python that has
+# CUDA torch (not .venv, whose torch is the CPU build); installs nothing, writes build/gpu-check/report.json
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out build/gpu-check
 
 # ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

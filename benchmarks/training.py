@@ -11,6 +11,15 @@
    in-memory (one warm-up epoch). Target: streaming grows by < 25%.
 3. torchrun with 2 gloo processes vs 1 process, same global batch: items/s and final validation
    accuracy. On a 2-core machine this shows correctness, not speed.
+4. `--baseline-bin DIR` (the bin folder of another attrx install, e.g. the previous commit): the
+   streaming run of 1. with this checkout and with that one, alternating; the ratio of items/s.
+   Target: this checkout >= 1.0x (the training loop must not slow down on the CPU).
+5. `--device cuda`: per model config (`--gpu-configs`, default small and cma-clip-b32) at
+   `--gpu-batch-size` (default 256), bf16: the model alone (random valid inputs on the GPU,
+   forward_train + loss + backward + AdamW, no data loading) and `attrx train` on a demo catalog,
+   its epochs' products/s and the GPU's utilisation sampled every 0.5 s (NVML through
+   torch.cuda.utilization, else nvidia-smi). Targets (issue 21): cma-clip-b32 >= 2,000 products/s
+   at >= 70% utilisation; small's loop >= 50% of its model-alone rate.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+ATTRX = [sys.executable, "-m", "attrx"]  # works where attrx is on the path but not installed (GPU machines)
 TRAIN = ["--config", "tiny", "--batch-size", "32", "--quiet", "--threads", "2"]
 
 
@@ -36,7 +46,7 @@ def catalog(root: Path, n: int, seed: int = 0) -> Path:
     out = root / f"demo-{n}"
     if not (out / "catalog.csv").is_file():
         log(f"demo catalog of {n} products...")
-        subprocess.run([str(BIN / "attrx"), "demo-data", "--out", str(out), "--n", str(n), "--seed", str(seed),
+        subprocess.run([*ATTRX, "demo-data", "--out", str(out), "--n", str(n), "--seed", str(seed),
                         "--quiet"], check=True, stdout=subprocess.DEVNULL)
     return out / "catalog.csv"
 
@@ -112,17 +122,54 @@ def ddp(root: Path) -> dict:
             "note": "2 CPU cores: two processes share them, so this checks correctness (accuracy), not speed"}
 
 
+def baseline(root: Path, reps: int, other: Path) -> dict:
+    """The streaming training run with this checkout's attrx and with another install's, alternating."""
+    cat = catalog(root, 3000)
+    args = ["train", "--catalog", str(cat), "--attributes", "category,colour,pattern,gender", *TRAIN,
+            "--warmup-epochs", "1", "--e2e-epochs", "3", "--tune-epochs", "0"]
+    bins = {"this": BIN, "baseline": other}
+    runs = {k: [] for k in bins}
+    for rep in range(reps):
+        for name in (("this", "baseline") if rep % 2 == 0 else ("baseline", "this")):
+            r = run_train([str(bins[name] / "attrx"), *args], root / f"cmp-{name}-{rep}")
+            log(f"{name} rep {rep}: {r['items_per_s']} items/s (epochs {r['epoch_items_per_s']})")
+            runs[name].append(r)
+    ratios = {k: [round(a[k] / b[k], 3) for a, b in zip(runs["this"], runs["baseline"], strict=True)]
+              for k in ("items_per_s", "epoch_items_per_s")}
+    return {"baseline_bin": str(other), "runs": runs,
+            "ratio": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "per_rep": v}
+                      for k, v in ratios.items()}, "target": 1.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="build/bench-training")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--sizes", default="3000,30000")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: data, memory, ddp")
+    ap.add_argument("--baseline-bin", help="bin folder of another attrx install to compare the loop with")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: only the GPU part (model alone vs the training loop, GPU utilisation)")
+    ap.add_argument("--gpu-configs", default="small,cma-clip-b32")
+    ap.add_argument("--gpu-batch-size", type=int, default=256)
+    ap.add_argument("--gpu-catalog", type=int, default=10000, help="products in the GPU part's demo catalog")
+    ap.add_argument("--gpu-epochs", type=int, default=3)
     a = ap.parse_args()
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     skip = set(a.skip.split(",")) - {""}
     result = {"benchmark": "training", "cpus": os.cpu_count()}
+    if a.device == "cuda":
+        from gpu_training import gpu_part
+
+        result["gpu"] = gpu_part(root, catalog(root, a.gpu_catalog, seed=5), a.gpu_configs.split(","),
+                                 a.gpu_batch_size, a.gpu_epochs)
+        (root / "gpu.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
+    if a.baseline_bin:
+        result["baseline"] = baseline(root, a.reps, Path(a.baseline_bin))
+        skip |= {"data", "memory", "ddp"}
     if "data" not in skip:
         result["data_paths"] = data_paths(root, a.reps)
     if "memory" not in skip:
