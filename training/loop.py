@@ -74,8 +74,8 @@ def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Gener
     both = (tp > 0) & (ip > 0)
     drop = (torch.rand(tp.shape, generator=gen, device=tp.device) < p) & both
     hide_text = drop & (torch.rand(tp.shape, generator=gen, device=tp.device) < 0.5)
-    tp[hide_text] = 0.0
-    ip[drop & ~hide_text] = 0.0
+    tp.masked_fill_(hide_text, 0.0)  # not tp[mask] = 0: boolean indexing waits for the GPU
+    ip.masked_fill_(drop & ~hide_text, 0.0)
 
 
 def _validate(model, data: Encoded, idx: np.ndarray, dist: Dist | None = None) -> tuple[float, list[float | None]]:
