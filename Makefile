@@ -4,8 +4,9 @@ PYTHON      ?= python3
 VENV        ?= .venv
 # An exact pin: a looser spec pulls the newest CUDA build of torch (several GB).
 TORCH_SPEC  ?= torch==2.13.0
-# tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path; ray: `attrx score --ray`
-EXTRAS      ?= train,dev,tensorrt,ray
+# tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path; ray: `attrx score --ray`;
+# vision: pretrained image backbones' weights (the tests load the real ones)
+EXTRAS      ?= train,dev,tensorrt,ray,vision
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
 
