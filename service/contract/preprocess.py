@@ -40,6 +40,10 @@ class PreprocessConfig(BaseModel):
     image_std: tuple[float, float, float] = CLIP_STD
     max_text_len: int = Field(32, ge=4, le=512)
     resample: str = Field("bicubic", pattern="^(bicubic|bilinear|lanczos)$")
+    # "crop": shorter side to image_size, centre crop (CLIP's); "pad": longer side to image_size,
+    # centred on white (the whole product kept: what the pretrained CNN towers were probed with).
+    # Absent in bundles written before it existed, which cropped
+    fit: str = Field("crop", pattern="^(crop|pad)$")
     max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels are refused")
     max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side is more than this many "
                                                               "times the shorter are refused")
@@ -113,15 +117,27 @@ def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Imag
 
 
 def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> float32 [3, S, S]: shorter side resized to S, centre crop, normalised."""
+    """RGB image -> float32 [3, S, S]: shorter side resized to S and centre-cropped (fit "crop"),
+    or longer side resized to S and centred on white (fit "pad"); normalised."""
     s = cfg.image_size
     w, h = img.size
+    if cfg.fit == "pad":
+        scale = s / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), _RESAMPLE[cfg.resample])
+        canvas = Image.new("RGB", (s, s), (255, 255, 255))
+        canvas.paste(img, ((s - nw) // 2, (s - nh) // 2))
+        return _normalise(canvas, cfg)
     scale = s / min(w, h)
     nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), _RESAMPLE[cfg.resample])
     left, top = (nw - s) // 2, (nh - s) // 2
-    img = img.crop((left, top, left + s, top + s))
+    return _normalise(img.crop((left, top, left + s, top + s)), cfg)
+
+
+def _normalise(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     scale, shift = _normaliser(cfg.image_mean, cfg.image_std)
     arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)  # (x / 255 - mean) / std, per channel
     return np.ascontiguousarray(arr * scale - shift)

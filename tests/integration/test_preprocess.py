@@ -58,6 +58,22 @@ def test_resize_shorter_side_then_centre_crop():
     assert not np.isclose(arr[0], white[0], atol=0.1).any()
 
 
+def test_pad_fit_keeps_the_whole_image_centred_on_white():
+    """fit "pad": the longer side to S, the rest white, nothing cropped (a bundle field: absent in
+    older bundles, which read as "crop")."""
+    img = Image.new("RGB", (32, 64), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 32, 4))  # a red band at the top: kept, unlike a centre crop
+    cfg = PreprocessConfig(image_size=32, max_text_len=12, fit="pad")
+    arr = image_to_array(img, cfg)
+    white = (1.0 - np.array(cfg.image_mean)) / np.array(cfg.image_std)
+    assert arr.shape == (3, 32, 32)
+    np.testing.assert_allclose(arr[:, :, :8], np.broadcast_to(white[:, None, None], (3, 32, 8)), rtol=1e-5)
+    red = (np.array([1.0, 0, 0]) - np.array(cfg.image_mean)) / np.array(cfg.image_std)
+    np.testing.assert_allclose(arr[:, 0, 16], red, rtol=1e-5)  # the top row of the product
+    assert not np.allclose(image_to_array(img, CFG)[:, 0, 16], red)  # cropped away under "crop"
+    assert PreprocessConfig.model_validate({"image_size": 32}).fit == "crop"
+
+
 def test_exif_orientation_is_applied():
     img = Image.new("RGB", (60, 30), (200, 10, 10))
     exif = img.getexif()
