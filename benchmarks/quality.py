@@ -99,6 +99,8 @@ def _args():
     ap.add_argument("--out", default=str(ROOT / "build" / "quality"))
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="where RESULTS.md and figures/ go")
     ap.add_argument("--config", default="small", help="model config of the CMA-CLIP models (default small)")
+    ap.add_argument("--train-flags", default="", help="more `attrx train` flags for every model, e.g. --lock-image "
+                                                      "(a pretrained image tower kept as it is)")
     ap.add_argument("--epochs", default="1,12,1", help="warm-up,end-to-end,tuning epochs for every model")
     ap.add_argument("--lr", default="2e-3", help="peak end-to-end learning rate")
     ap.add_argument("--batch-size", default="64")
@@ -163,7 +165,7 @@ def _run_model(name: str, a, out: Path, catalog: Path, budget: list[str], pre_di
         return results, d["seconds"]
     flags = [f.replace("{pretrained}", str(pre_dir)).replace("{md}", str(a.modality_dropout)) for f in MODELS[name]]
     if not name.startswith("momo"):
-        flags += ["--config", a.config]
+        flags += ["--config", a.config, *a.train_flags.split()]
     log(f"{name}: training")
     secs = attrx("train", "--catalog", str(catalog), "--attributes", ",".join(ATTRS), "--out", str(ck),
                  *flags, *budget)

@@ -39,7 +39,8 @@ def write_calibration(path: Path, classes: dict[str, list[str]], support: dict[s
     return doc
 
 
-def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", seed: int = 0) -> Path:
+def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", seed: int = 0,
+                         config: str | None = None) -> Path:
     """A checkpoint folder as `attrx train` writes one, with the model left at its random init."""
     import numpy as np
     import torch
@@ -52,7 +53,7 @@ def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", 
     from attrx.training.params import TrainConfig
 
     cfg = TrainConfig(catalog=str(catalog), attributes=ATTRS, out=str(out), val_frac=0.2, test_frac=0.2,
-                      config="momo-tiny" if family == "momo" else "tiny", family=family, seed=seed)
+                      config=config or ("momo-tiny" if family == "momo" else "tiny"), family=family, seed=seed)
     products = [p for p in read_catalog(catalog, tuple(ATTRS), require_labels=True).products
                 if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
     classes = label_maps(products, tuple(ATTRS), 0)

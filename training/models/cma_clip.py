@@ -10,11 +10,12 @@ modality weight is exactly 0 (the other exactly 1).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from attrx.training.models.layers import Block, HeadConfig, apply_inputs, make_head, mlp
+from attrx.training.models.towers import image_tower
 
 
 class TowerConfig(BaseModel):
@@ -46,7 +47,12 @@ class ModelConfig(BaseModel):
     family: str = "cma-clip"
     description: str = ""
     text: TowerConfig
-    vision: VisionTowerConfig
+    vision: VisionTowerConfig | None = None  # the ViT's shape: image_tower "vit" needs it
+    # the image tower (training/models/towers.py): "vit" (CLIP's, from `vision` or --init-from) or a
+    # pretrained CNN, "efficientnet-lite0" (ImageNet weights from the `vision` extra unless
+    # image_pretrained is false); its input size is preprocess.image_size
+    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite0)$")
+    image_pretrained: bool = True
     fusion: FusionConfig = FusionConfig()
     head: HeadConfig = HeadConfig()
     preprocess: dict = {}
@@ -78,6 +84,18 @@ class ModelConfig(BaseModel):
     # mixes each tower's own features T, I, so lambda is the share of the title's own evidence
     # against the image's own evidence in what the head sees
     modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
+
+    @model_validator(mode="after")
+    def _tower_shape(self):
+        if self.image_tower == "vit" and self.vision is None:
+            raise ValueError("image_tower vit needs the `vision` block (its hidden size, layers, patch size)")
+        if self.image_tower != "vit" and self.image_stem != "patch":
+            raise ValueError(f"image_stem {self.image_stem} is the ViT's; image_tower {self.image_tower} is a CNN")
+        return self
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocess.get("image_size") or self.vision.image_size)
 
 
 class CnnStem(nn.Module):
@@ -134,7 +152,7 @@ class CMAClip(nn.Module):
         n_classes: list[int],
         *,
         text_model: CLIPTextModel | None = None,
-        vision_model: CLIPVisionModel | None = None,
+        vision_model: nn.Module | None = None,
         pad_token_id: int = 0,
         bos_token_id: int = 2,
         eos_token_id: int = 3,
@@ -149,8 +167,8 @@ class CMAClip(nn.Module):
                 hidden_act="gelu", **cfg.text.model_dump())
             text_model = CLIPTextModel(tc)
         if vision_model is None:
-            vc = CLIPVisionConfig(hidden_act="gelu", **cfg.vision.model_dump())
-            vision_model = CLIPVisionModel(vc)
+            vision_model = image_tower(cfg.image_tower, cfg.vision.model_dump() if cfg.vision else None,
+                                       cfg.image_size)
         self.text = text_model
         self.vision = vision_model
         dt, dv, d = text_model.config.hidden_size, vision_model.config.hidden_size, cfg.fusion.width

