@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
