@@ -108,9 +108,6 @@ def model_alone(config: str, batch: int, steps: int = 30, warmup: int = 5, devic
     sync()
     dt = time.perf_counter() - t0
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
-    del model, opt, inputs
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
     return {"products_per_s": round(batch * steps / dt, 1), "steps": steps, "batch": batch,
             "peak_memory_gib": None if mem is None else round(mem, 2)}
 
