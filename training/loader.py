@@ -20,8 +20,8 @@ class BatchReader(Dataset):
     silencer, the batch's titles lose label words here, in the worker, drawing from the batch's own
     generator (key: epoch, batch number)."""
 
-    def __init__(self, data: Encoded, silencer=None):
-        self.data, self.silencer = data, silencer
+    def __init__(self, data: Encoded, silencer=None, features=None):
+        self.data, self.silencer, self.features = data, silencer, features
 
     def __len__(self) -> int:
         return len(self.data)
@@ -31,14 +31,16 @@ class BatchReader(Dataset):
         inputs = torch_inputs(self.data.take(idx))
         if self.silencer is not None:
             self.silencer([self.data.products[i].title for i in idx], inputs, rng=self.silencer.rng_for(key))
+        if self.features is not None:  # a locked tower's outputs, computed once (training/features.py)
+            inputs["vision_features"] = self.features.take(idx)
         return idx, inputs, torch.from_numpy(self.data.labels[idx])
 
 
 def batches(data: Encoded, order: np.ndarray, batch_size: int, *, workers: int = 0, pin: bool = False,
-            silencer=None, epoch: int = 0) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+            silencer=None, epoch: int = 0, features=None) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
     """The items of `order`, in that order, `batch_size` at a time."""
     plan = [((epoch, k), order[s : s + batch_size]) for k, s in enumerate(range(0, len(order), batch_size))]
-    reader = BatchReader(data, silencer)
+    reader = BatchReader(data, silencer, features)
     if workers == 0:
         yield from (reader[b] for b in plan)
         return

@@ -121,6 +121,7 @@ class Run:
     silencer: TitleSilencer | None  # runs in the loader's workers, a generator per batch
     log: object
     epochs_done: int = 0
+    features: object = None  # a locked CNN tower's cached outputs (training/features.py), or None
 
 
 def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> float:
@@ -134,10 +135,10 @@ def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> floa
     total, n, step = 0.0, 0, 0
     bar = tqdm(total=len(order), desc=desc, unit="item", leave=False, disable=None if cfg.progress else True)
     source = batches(run.data, order, per_rank, workers=data_workers(cfg), pin=compute.cuda, silencer=r.silencer,
-                     epoch=r.epochs_done)
+                     epoch=r.epochs_done, features=r.features)
     for idx, batch, labels in compute.prefetch(source):
         _modality_dropout(batch, cfg.modality_dropout, r.gen)
-        if cfg.augment_images:
+        if cfg.augment_images and r.features is None:  # cached tower outputs: its input is fixed
             batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], r.gen)
         with compute.autocast():
             loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight)

@@ -62,8 +62,10 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
     silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed + dist.rank) \
         if cfg.silence_title else None
     best = Best()
+    features = _locked_features(cfg, run, compute, dist, out)
     with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
-        r = Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log)
+        r = Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log,
+                features=features)
         for stage in STAGES:
             if getattr(cfg, f"{stage}_epochs"):
                 run_stage(stage, r, best)
@@ -74,6 +76,28 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
         _save(out, model, run, cfg, best, t_start)
     _clean_scratch(out, cfg, dist)
     return out
+
+
+def _locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dist, out: Path):
+    """A locked CNN tower's outputs for the training rows, computed once (rank 0; the others read
+    its file), or None when the tower trains or is not a CNN."""
+    from attrx.training import features
+
+    if not features.cachable(run.model, cfg.lock_image):
+        return None
+    folder = Path(cfg.image_cache) if cfg.image_cache else out / ".features"
+    rows = run.data.indices("train")
+    if not dist.main:
+        dist.barrier()
+    t0 = time.time()
+    store, warm = features.tower_features(run.model, run.data, rows, folder, Path(cfg.catalog), run.pre,
+                                          device=compute.device, progress=cfg.progress and dist.main)
+    if dist.main:
+        dist.barrier()
+    print(f"locked image tower: its outputs for {len(rows)} training products "
+          f"{'read from the cache' if warm else 'computed once'} in {folder} ({time.time() - t0:.1f}s); image "
+          "augmentation does not reach it", flush=True)
+    return store
 
 
 def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start: float) -> None:
@@ -97,5 +121,6 @@ def _clean_scratch(out: Path, cfg: TrainConfig, dist: Dist) -> None:
     dist.barrier()
     if dist.main:
         (out / ".images.f32").unlink(missing_ok=True)
+        shutil.rmtree(out / ".features", ignore_errors=True)
         if not cfg.image_cache:
             shutil.rmtree(out / ".image-cache", ignore_errors=True)

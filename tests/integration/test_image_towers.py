@@ -73,3 +73,21 @@ def test_cnn_towers_refuse_what_only_the_vit_has():
         ModelConfig.model_validate({**raw, "image_stem": "cnn"})
     with pytest.raises(ValueError, match="image_tower vit needs the `vision` block"):
         ModelConfig.model_validate({**raw, "image_tower": "vit"})
+
+
+def test_cached_tower_outputs_give_the_forward_of_the_tower(effnet_checkpoint):
+    """Training on a locked tower's stored outputs (float16 on disk) computes what running the
+    tower would, up to that rounding."""
+    from attrx.export.onnx_export import example_inputs
+    from attrx.training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(effnet_checkpoint)
+    model = ck.model.eval()
+    feeds = {k: torch.from_numpy(v) for k, v in example_inputs(model, 4, 24, 128, seed=3).items()}
+    with torch.no_grad():
+        ref = model.forward_train(**feeds)[0]
+        cached = model.vision(feeds["pixel_values"]).last_hidden_state.to(torch.float16)
+        got = model.forward_train(**feeds, vision_features=cached)[0]
+    for (lr, wr), (lg, wg) in zip(ref, got, strict=True):
+        torch.testing.assert_close(torch.softmax(lg, -1), torch.softmax(lr, -1), atol=2e-3, rtol=0)
+        torch.testing.assert_close(wg, wr, atol=2e-3, rtol=0)

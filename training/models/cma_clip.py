@@ -15,7 +15,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from attrx.training.models.layers import Block, HeadConfig, apply_inputs, make_head, mlp
-from attrx.training.models.towers import image_tower
+from attrx.training.models.towers import TowerOutput, image_tower
 
 
 class TowerConfig(BaseModel):
@@ -223,12 +223,19 @@ class CMAClip(nn.Module):
         """Returns a list (one per task) of (logits [B, C], modality weights [B, 2] = (text, image))."""
         return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present)[0]
 
-    def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+    def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present,
+                      vision_features=None):
         """(fused outputs as forward returns them, aux text logits, aux image logits); the aux lists
-        are empty without aux heads. Only the fused outputs are exported."""
+        are empty without aux heads. Only the fused outputs are exported. `vision_features`: a
+        locked CNN tower's outputs computed beforehand ([B, 1 + N, D], [CLS] first), in place of
+        running it."""
         tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
         t_out = self.text(input_ids=input_ids, attention_mask=attention_mask)
-        v_out = self.vision(pixel_values=pixel_values)
+        if vision_features is None:
+            v_out = self.vision(pixel_values=pixel_values)
+        else:
+            feats = vision_features.to(self.proj_v.weight.dtype)
+            v_out = TowerOutput(feats, feats[:, 0])
         colour = self.colour(pixel_values) if self.colour is not None else None
         eos = self._eos_index(input_ids, attention_mask)
         t_feat, i_feat, t_uni, i_uni = self._features(t_out, v_out, attention_mask, tp, ip, colour, eos)
