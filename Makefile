@@ -62,7 +62,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/integration
 
 # The export, serving and scoring tests against the lowest versions pyproject.toml allows (the base
-# install and the train extra at their `>=` minimums: .ci/lowest_constraints.py), in their own venv.
+# install and the train and vision extras at their `>=` minimums: .ci/lowest_constraints.py), in their own venv.
 LOWEST_VENV ?= .venv-lowest
 LOWEST_TESTS ?= tests/unit tests/integration/test_export.py tests/integration/test_service.py \
 	tests/integration/test_scoring.py tests/integration/test_runtime.py tests/integration/test_gpu_paths.py
@@ -70,8 +70,8 @@ test-lowest:
 	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LOWEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(LOWEST_VENV)/bin/python .ci/lowest_constraints.py train > $(LOWEST_VENV)/lowest.txt
-	$(LOWEST_VENV)/bin/python -m pip install -q -e ".[train,dev]" -c $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python .ci/lowest_constraints.py train vision > $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python -m pip install -q -e ".[train,dev,vision]" -c $(LOWEST_VENV)/lowest.txt
 	@$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(onnxruntime|onnx|onnxscript|numpy|transformers|tokenizers|fastapi|pydantic|pillow|pyarrow) "
 	$(LOWEST_VENV)/bin/python -m pytest -q $(LOWEST_TESTS)
 

@@ -102,14 +102,15 @@ def test_tensorrt_runtimes_are_pinned_to_the_version_engines_are_built_with():
 
 def test_lowest_constraints_pin_every_declared_minimum():
     """`make test-lowest` installs with .ci/lowest_constraints.py's pins: every `>=` requirement of
-    the base install and the train extra at its minimum, torch excepted (its exact CPU pin comes first)."""
+    the base install and the train and vision extras at its minimum, torch excepted (its exact CPU
+    pin comes first)."""
     import re
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "lowest_constraints.py"), "train"], capture_output=True,
-                         text=True, check=True).stdout.split()
-    reqs = PYPROJECT["project"]["dependencies"] + _extra("train")
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "lowest_constraints.py"), "train", "vision"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    reqs = PYPROJECT["project"]["dependencies"] + _extra("train") + _extra("vision")
     want = {re.match(r"[\w.\-]+", r).group(0): re.search(r">=([\w.]+)", r).group(1) for r in reqs if ">=" in r}
     want.pop("torch")
     assert sorted(out) == sorted(f"{k}=={v}" for k, v in want.items())
