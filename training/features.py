@@ -38,7 +38,7 @@ class FeatureStore:
     def take(self, idx: np.ndarray) -> torch.Tensor:
         rows = self.row_of[idx]
         if (rows < 0).any():
-            raise KeyError("features asked for products outside the training split")
+            raise KeyError("features asked for products outside the training and validation splits")
         return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
 
 

@@ -78,12 +78,13 @@ def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Gener
     ip.masked_fill_(drop & ~hide_text, 0.0)
 
 
-def _validate(model, data: Encoded, idx: np.ndarray, dist: Dist | None = None) -> tuple[float, list[float | None]]:
+def _validate(model, data: Encoded, idx: np.ndarray, dist: Dist | None = None,
+              features=None) -> tuple[float, list[float | None]]:
     """Validation loss (sum over attributes of the mean NLL) and per-attribute accuracy. Under
     torchrun each rank scores a disjoint share and the sums are all-reduced: exact, no duplicates."""
     dist = dist or Dist()
     share = dist.shard(idx)
-    probs, _ = predict_probs(model, data, share)
+    probs, _ = predict_probs(model, data, share, features=features)
     y = data.labels[share]
     n_attr = data.labels.shape[1]
     sums = np.zeros((n_attr, 4))  # nll sum, items with a class, correct, items with a label
@@ -173,7 +174,7 @@ def run_stage(stage: str, r: Run, best: Best) -> None:
     for epoch in range(1, epochs + 1):
         t0 = time.time()
         train_loss = _train_epoch(r, fwd, params, opt, sched, stage, f"{stage} {epoch}/{epochs}")
-        val_loss, val_acc = _validate(model, run.data, run.va, r.dist)
+        val_loss, val_acc = _validate(model, run.data, run.va, r.dist, r.features)
         improved = best.offer(val_loss, model, f"{stage} epoch {epoch}")
         rec = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                "val_accuracy": {a: None if v is None else round(v, 4) for a, v in zip(attrs, val_acc, strict=True)},

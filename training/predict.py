@@ -12,13 +12,17 @@ from attrx.training.models.layers import with_unimodal
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256):
-    """Class probabilities and modality weights per attribute for the items idx."""
+def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256,
+                  features=None):
+    """Class probabilities and modality weights per attribute for the items idx (with `features`, a
+    locked tower's stored outputs stand in for running it: validation during training)."""
     model.eval()
     device = next(model.parameters()).device
     probs, weights = None, None
     for s in range(0, len(idx), batch_size):
         batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
+        if features is not None:
+            batch["vision_features"] = features.take(idx[s : s + batch_size]).to(device)
         outs = model(**batch)
         if probs is None:
             probs, weights = [[] for _ in outs], [[] for _ in outs]

@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from attrx.training.augment import TitleSilencer
@@ -79,14 +80,14 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
 
 
 def _locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dist, out: Path):
-    """A locked CNN tower's outputs for the training rows, computed once (rank 0; the others read
-    its file), or None when the tower trains or is not a CNN."""
+    """A locked CNN tower's outputs for the training and validation rows, computed once (rank 0;
+    the others read its file), or None when the tower trains or is not a CNN."""
     from attrx.training import features
 
     if not features.cachable(run.model, cfg.lock_image):
         return None
     folder = Path(cfg.image_cache) if cfg.image_cache else out / ".features"
-    rows = run.data.indices("train")
+    rows = np.concatenate([run.tr, run.va])
     if not dist.main:
         dist.barrier()
     t0 = time.time()
@@ -94,7 +95,7 @@ def _locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Di
                                           device=compute.device, progress=cfg.progress and dist.main)
     if dist.main:
         dist.barrier()
-    print(f"locked image tower: its outputs for {len(rows)} training products "
+    print(f"locked image tower: its outputs for {len(rows)} training and validation products "
           f"{'read from the cache' if warm else 'computed once'} in {folder} ({time.time() - t0:.1f}s); image "
           "augmentation does not reach it", flush=True)
     return store

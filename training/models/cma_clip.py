@@ -219,9 +219,10 @@ class CMAClip(nn.Module):
     def head_parameters(self):
         return list(self.heads.parameters())
 
-    def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+    def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present, vision_features=None):
         """Returns a list (one per task) of (logits [B, C], modality weights [B, 2] = (text, image))."""
-        return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present)[0]
+        return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present,
+                                  vision_features)[0]
 
     def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present,
                       vision_features=None):
