@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from attrx.cli import data, evaluate, export, score, serve, train
+from attrx.service.inference.runtime.base import BackendError
 from attrx.version import __version__
 
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BackendError as e:  # a runtime that cannot run here (provider, GPU, TensorRT version): say why
+        raise SystemExit(f"attrx {args.command}: {e}") from None
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         from pydantic import ValidationError
 

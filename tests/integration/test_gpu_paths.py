@@ -131,3 +131,17 @@ def test_the_builder_must_be_the_pinned_tensorrt():
                                                          f"to {TENSORRT_VERSION}")):
         check_builder_version("10.13.3.9")
     check_builder_version("10.13.3.9", allow_other=True)  # allowed, with a warning
+
+
+def test_score_stops_with_the_reason_not_a_traceback(bundle, demo_catalog, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    r = subprocess.run([sys.executable, "-m", "attrx", "score", str(demo_catalog), "--bundle", str(bundle), "--out",
+                        str(tmp_path / "out.jsonl"), "--providers", "cuda", "--quiet"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 1, r.stderr
+    assert "attrx score: CUDAExecutionProvider was asked for, but onnxruntime runs the model on" in r.stderr
+    assert "Traceback" not in r.stderr
