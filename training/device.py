@@ -52,7 +52,7 @@ class Compute:
         def send(item):
             idx, batch, labels = item
             with torch.cuda.stream(stream):
-                moved = {k: self.move(v) for k, v in batch.items()}, self.move(labels)
+                moved = self.to_device(batch), self.move(labels)
                 done = torch.cuda.Event()
                 done.record(stream)
             return idx, moved, done

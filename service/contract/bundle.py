@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +143,6 @@ TENSORRT_VERSION = "11.4.0.106"
 
 def tensorrt_release(version: str) -> tuple[int, ...]:
     """'11.4.0.106.post1' -> (11, 4, 0, 106): the release, without post or local parts."""
-    import re
-
     m = re.match(r"^\d+(?:\.\d+)*", version.strip())
     return tuple(int(x) for x in m.group(0).split(".")) if m else ()
 
