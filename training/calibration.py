@@ -138,9 +138,10 @@ def calibrate_situations(cs: CalibrationSet, classes: dict[str, list[str]], cons
 def calibrate_checkpoint(path: str | Path | None, model, data: Encoded, va: np.ndarray, classes: dict[str, list[str]],
                          tok, label_words: dict[str, list[str]], constraints: Constraints | None,
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT,
-                         confidence: float = CONFIDENCE) -> dict:
-    """Calibrate on the validation rows va and their copies; writes calibration.json into path (if given)."""
-    cs = calibration_set(model, data, va, tok, label_words)
+                         confidence: float = CONFIDENCE, features=None) -> dict:
+    """Calibrate on the validation rows va and their copies; writes calibration.json into path (if
+    given). `features`: a locked tower's stored outputs for va (training/features.py), or None."""
+    cs = calibration_set(model, data, va, tok, label_words, features=features)
     nat = cs.copy == 0
     doc = calibrate_probs([p[nat] for p in cs.outputs["probs"]], cs.labels[nat], list(classes), targets,
                           min_support=min_support, confidence=confidence)

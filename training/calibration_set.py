@@ -55,7 +55,7 @@ def _copy(data: Encoded, idx: np.ndarray, tok, *, titles=None, drop_image: bool 
 
 
 def _rows(model, enc: Encoded, attrs: list[str], reader: SituationReader, copy: str,
-          only: int | None = None) -> CalibrationSet:
+          only: int | None = None, features=None, source: np.ndarray | None = None) -> CalibrationSet:
     titles = [p.title for p in enc.products]
     has_image = enc.arrays["image_present"] > 0
     sits = np.array([situation_index(reader.read(t, bool(im))) for t, im in zip(titles, has_image, strict=True)],
@@ -66,7 +66,7 @@ def _rows(model, enc: Encoded, attrs: list[str], reader: SituationReader, copy: 
         counts[:, only] = True
     named = np.array([[names_label(t, p.labels.get(a) or "") for a in attrs] for t, p in
                       zip(titles, enc.products, strict=True)], dtype=bool).reshape(len(enc), len(attrs))
-    out = predict_outputs(model, enc, np.arange(len(enc)))
+    out = predict_outputs(model, enc, np.arange(len(enc)), features=features, source=source)
     return CalibrationSet(out, enc.labels, sits, counts, named, np.full(len(enc), COPIES.index(copy)))
 
 
@@ -79,13 +79,15 @@ def concat(parts: list[CalibrationSet]) -> CalibrationSet:
 
 
 def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict[str, list[str]],
-                    copies: bool = True) -> CalibrationSet:
-    """The validation rows va as they are, and (with `copies`) their three kinds of copies."""
+                    copies: bool = True, features=None) -> CalibrationSet:
+    """The validation rows va as they are, and (with `copies`) their three kinds of copies. With
+    `features` (a locked tower's stored outputs) every copy that keeps its image reads them instead
+    of running the tower again; the image-dropped copy runs the model as served."""
     attrs = list(label_words)
     patterns = [label_pattern(ws) for ws in label_words.values()]
     reader = SituationReader(label_words)
     natural = _copy(data, va, tok)
-    parts = [_rows(model, natural, attrs, reader, "natural")]
+    parts = [_rows(model, natural, attrs, reader, "natural", features=features, source=va)]
     if not copies:
         return parts[0]
     titles = [p.title for p in natural.products]
@@ -95,18 +97,18 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         keep = changed & ((natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped]))
         if keep.any():
             enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-            parts.append(_rows(model, enc, attrs, reader, "strip", only=j))
+            parts.append(_rows(model, enc, attrs, reader, "strip", only=j, features=features, source=va[keep]))
     every = label_pattern([w for ws in label_words.values() for w in ws])
     stripped = [strip_pattern(t, every) for t in titles]
     keep = np.array([s != t for s, t in zip(stripped, titles, strict=True)], dtype=bool)
     keep &= (natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped])
     if keep.any():
         enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-        parts.append(_rows(model, enc, attrs, reader, "strip_all"))
+        parts.append(_rows(model, enc, attrs, reader, "strip_all", features=features, source=va[keep]))
     with_image, with_title = natural.arrays["image_present"] > 0, natural.arrays["text_present"] > 0
     if with_image.any():
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),
-                           attrs, reader, "no_title"))
+                           attrs, reader, "no_title", features=features, source=va[with_image]))
     if with_title.any():
         parts.append(_rows(model, _copy(data, va[with_title], tok, drop_image=True), attrs, reader, "no_image"))
     return concat(parts)

@@ -35,14 +35,19 @@ def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_
 
 
 @torch.no_grad()
-def predict_outputs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256) -> dict:
+def predict_outputs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256,
+                    features=None, source: np.ndarray | None = None) -> dict:
     """Per attribute: fused probabilities, modality weights, title-only and image-only probabilities
-    (the outputs a bundle with unimodal outputs serves): {"probs", "weights", "text", "image"}."""
+    (the outputs a bundle with unimodal outputs serves): {"probs", "weights", "text", "image"}.
+    With `features` (a locked tower's stored outputs, training/features.py) the row idx[i] reads
+    the stored outputs of the catalog product source[idx[i]] instead of running the tower."""
     model.eval()
     device = next(model.parameters()).device
     out: dict[str, list] = {}
     for s in range(0, len(idx), batch_size):
         batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
+        if features is not None:
+            batch["vision_features"] = features.take(source[idx[s : s + batch_size]]).to(device)
         fused, text, image = with_unimodal(model, **batch)
         parts = {"probs": [lg for lg, _ in fused], "weights": [w for _, w in fused], "text": text, "image": image}
         for name, ts in parts.items():

@@ -74,7 +74,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
     model = model.to("cpu")  # the checkpoint and the calibration are device-free
     print(f"best validation loss {best.loss:.4f} ({best.where}): these weights are the checkpoint", flush=True)
     if dist.main:
-        _save(out, model, run, cfg, best, t_start)
+        _save(out, model, run, cfg, best, t_start, features)
     _clean_scratch(out, cfg, dist)
     return out
 
@@ -101,7 +101,7 @@ def _locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Di
     return store
 
 
-def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start: float) -> None:
+def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start: float, features=None) -> None:
     meta = {"training": cfg.model_dump(), "split": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac},
             "other_for": run.other_for, "label_words": run.label_words, "best": best.where,
             "train_seconds": round(time.time() - t_start, 1),
@@ -113,7 +113,8 @@ def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start
         train_products = [run.data.products[i] for i in run.data.indices("train")]
         constraints = checkpoint_constraints(out, train_products, run.classes, cfg.constraints == "learn",
                                              cfg.taxonomy)
-    calibrate_checkpoint(out, model, run.data, run.va, run.classes, run.tok, run.label_words, constraints)
+    calibrate_checkpoint(out, model, run.data, run.va, run.classes, run.tok, run.label_words, constraints,
+                         features=features)
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
 
 

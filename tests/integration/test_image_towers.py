@@ -91,3 +91,37 @@ def test_cached_tower_outputs_give_the_forward_of_the_tower(effnet_checkpoint):
     for (lr, wr), (lg, wg) in zip(ref, got, strict=True):
         torch.testing.assert_close(torch.softmax(lg, -1), torch.softmax(lr, -1), atol=2e-3, rtol=0)
         torch.testing.assert_close(wg, wr, atol=2e-3, rtol=0)
+
+
+def test_calibration_on_stored_tower_outputs_matches_running_the_tower(demo_catalog, tmp_path):
+    """Calibration reads a locked tower's stored outputs for every validation copy that keeps its
+    image (the tower is not run again on ~4 copies of the split); its rows match running it."""
+    import numpy as np
+
+    from attrx.training import features
+    from attrx.training.calibration_set import calibration_set
+    from attrx.training.params import TrainConfig
+    from attrx.training.prepare import prepare
+
+    cfg = TrainConfig(catalog=str(demo_catalog), attributes=["colour", "pattern"], out=str(tmp_path / "ck"),
+                      config="small-effnet", lock_image=True, val_frac=0.2, test_frac=0.2, progress=False)
+    (tmp_path / "ck").mkdir()
+    run, _ = prepare(cfg, tmp_path / "ck")
+    rows = np.concatenate([run.tr, run.va])
+    store, warm = features.tower_features(run.model, run.data, rows, tmp_path / "f", demo_catalog, run.pre,
+                                          device=torch.device("cpu"), progress=False)
+    assert not warm
+    ref = calibration_set(run.model, run.data, run.va, run.tok, run.label_words)
+    got = calibration_set(run.model, run.data, run.va, run.tok, run.label_words, features=store)
+    assert len(got) == len(ref) > 2 * len(run.va)
+    np.testing.assert_array_equal(got.situations, ref.situations)
+    for key in ("probs", "weights", "image"):
+        for g, r in zip(got.outputs[key], ref.outputs[key], strict=True):
+            np.testing.assert_allclose(g, r, atol=3e-3)
+
+    class Blank:  # stored outputs that are not the tower's: the calibration rows must move
+        def take(self, idx):
+            return torch.zeros(len(idx), *store.shape)
+
+    blank = calibration_set(run.model, run.data, run.va, run.tok, run.label_words, features=Blank())
+    assert not np.allclose(blank.outputs["image"][0], ref.outputs["image"][0], atol=3e-3)

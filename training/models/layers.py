@@ -117,16 +117,18 @@ def make_head(fusion: str, width: int, hidden: int, n_classes: int, dropout: flo
     return TaskHead(width, hidden, n_classes, dropout)
 
 
-def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, text_present, image_present):
+def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, text_present, image_present,
+                  **extra):
     """(fused outputs [(logits, weights)], title-only logits, image-only logits) per task. A model
     with unimodal heads (CMA-CLIP's auxiliary heads) answers in one pass; any other family gets
-    two more passes, one that sees only the title and one that sees only the image."""
+    two more passes, one that sees only the title and one that sees only the image. `extra`
+    (`vision_features`) goes to every pass."""
     if getattr(model, "aux_text", None) is not None:
-        return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present)
-    fused = model(input_ids, attention_mask, pixel_values, text_present, image_present)
+        return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
+    fused = model(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
     one, zero = torch.ones_like(text_present), torch.zeros_like(text_present)
-    text = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, one, zero)]
-    image = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, zero, one)]
+    text = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, one, zero, **extra)]
+    image = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, zero, one, **extra)]
     return fused, text, image
 
 
