@@ -13,7 +13,9 @@ and the attrx / LitServe ratio per concurrency, repetition by repetition.
 Admission control is opened wide (`--max-in-flight 4096`): this measures throughput and latency
 at a fixed concurrency; shedding under overload is benchmarks/overload.py's subject.
 `batched` runs `attrx serve` with its default front-end processes (one per core); `batched-1w`
-with one, for the scaling figure.
+with one, for the scaling figure. `--compare-bundle B` adds `compare`: the batched server on another
+bundle (e.g. today's default recipe beside a new one), with the ratio --bundle / B per concurrency,
+repetition by repetition.
 Prints JSON; progress goes to stderr. Targets (issue "Serving past the GIL"), reported, not asserted:
   attrx batched >= 1.3x LitServe's requests/s at concurrency 8, 32 and 64 (with --litserve)
   batched >= 1.5x unbatched requests/s at concurrency 32
@@ -160,7 +162,8 @@ def server_command(args, name: str, port: int, extra: list[str]) -> list[str]:
         return [sys.executable, str(ROOT / "benchmarks/litserve_peer.py"), "--bundle", args.bundle, "--port", str(port),
                 "--max-batch-size", str(args.max_batch_size), "--batch-timeout-ms", str(args.max_queue_delay_ms)]
     exe = str(Path(sys.executable).parent / "attrx")
-    return [exe, "serve", "--bundle", args.bundle, "--port", str(port), "--log-level", "warning",
+    bundle = args.compare_bundle if name == "compare" else args.bundle
+    return [exe, "serve", "--bundle", bundle, "--port", str(port), "--log-level", "warning",
             "--max-queue-size", "4096", "--max-in-flight", "4096", "--request-timeout-ms", "30000", *extra]
 
 
@@ -282,6 +285,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every configuration")
     ap.add_argument("--litserve", action="store_true",
                     help="also serve the same bundle with LitServe (benchmarks/litserve_peer.py; pip install -e '.[bench]')")
+    ap.add_argument("--compare-bundle", help="also serve this bundle batched, and report --bundle / it")
     a = ap.parse_args()
     if a.litserve:
         try:
@@ -308,6 +312,8 @@ def main() -> None:
                "unbatched": ["--max-batch-size", "1"]}
     if a.litserve:
         configs["litserve"] = []
+    if a.compare_bundle:
+        configs["compare"] = batching
     reps = {name: [] for name in configs}
     for rep in range(a.repeats):  # alternating: each repetition starts with the next configuration
         names = list(configs)
@@ -331,6 +337,9 @@ def main() -> None:
     if a.litserve:
         result["litserve"] = summary["litserve"]
         result["attrx_over_litserve"] = ratio_by_rep(reps["batched"], reps["litserve"], a.concurrency)
+    if a.compare_bundle:
+        result["compare"] = {"bundle": a.compare_bundle, "batched": summary["compare"],
+                             "bundle_over_compare": ratio_by_rep(reps["batched"], reps["compare"], a.concurrency)}
     result["targets"] = targets(result, a.max_queue_delay_ms)
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
