@@ -125,3 +125,26 @@ def test_calibration_on_stored_tower_outputs_matches_running_the_tower(demo_cata
 
     blank = calibration_set(run.model, run.data, run.va, run.tok, run.label_words, features=Blank())
     assert not np.allclose(blank.outputs["image"][0], ref.outputs["image"][0], atol=3e-3)
+
+
+def test_unimodal_passes_run_a_cnn_tower_once_and_answer_as_three_passes(effnet_checkpoint):
+    """A model without unimodal heads answers title-only and image-only with two more passes; a CNN
+    tower's output does not depend on which modality is present, so it runs once for all three."""
+    from attrx.export.onnx_export import example_inputs
+    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.layers import with_unimodal
+
+    model = load_checkpoint(effnet_checkpoint).model.eval()
+    model.aux_text = None  # the three-pass path (e.g. --inputs image, --aux-loss-weight 0)
+    feeds = {k: torch.from_numpy(v) for k, v in example_inputs(model, 3, 24, 128, seed=4).items()}
+    calls = []
+    hook = model.vision.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        fused, text, image = with_unimodal(model, **feeds)
+        hook.remove()
+        one, zero = torch.ones_like(feeds["text_present"]), torch.zeros_like(feeds["text_present"])
+        ref_image = [lg for lg, _ in model(**{**feeds, "text_present": zero, "image_present": one})]
+        ref_fused = [lg for lg, _ in model(**feeds)]
+    assert len(calls) == 1
+    for got, ref in zip(image + [lg for lg, _ in fused], ref_image + ref_fused, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from attrx.training.models.towers import CnnTower
+
 
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -125,6 +127,8 @@ def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, tex
     (`vision_features`) goes to every pass."""
     if getattr(model, "aux_text", None) is not None:
         return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
+    if "vision_features" not in extra and isinstance(getattr(model, "vision", None), CnnTower):
+        extra = {**extra, "vision_features": model.vision(pixel_values).last_hidden_state}  # once, not per pass
     fused = model(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
     one, zero = torch.ones_like(text_present), torch.zeros_like(text_present)
     text = [lg for lg, _ in model(input_ids, attention_mask, pixel_values, one, zero, **extra)]
