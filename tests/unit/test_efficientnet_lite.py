@@ -51,3 +51,17 @@ def test_a_missing_weights_wheel_names_the_extra(monkeypatch):
         E.pretrained()
     with pytest.raises(E.MissingWeights, match="no pretrained weights named 'lite9'"):
         E.weights_path("lite9")
+
+
+@pytest.mark.parametrize(("name", "blocks", "head_in"), [("efficientnet-lite1", 21, 320), ("efficientnet-lite2", 21, 352)])
+def test_lite1_and_lite2_load_every_key_of_their_wheels(name, blocks, head_in):
+    state = torch.load(E.weights_path(name), map_location="cpu", weights_only=True)
+    ours = E.network(name).state_dict()
+    assert set(state) == set(ours) and all(state[k].shape == ours[k].shape for k in state)
+    assert len([k for k in state if k.endswith("_depthwise_conv.weight")]) == blocks
+    net = E.pretrained(name)
+    assert net._conv_head.weight.shape[1] == head_in
+    grid, pooled = net.features(torch.zeros(1, 3, 240, 240))
+    assert grid.shape == (1, 1280, 8, 8) and pooled.shape == (1, 1280)
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite 'efficientnet-lite7'"):
+        E.network("efficientnet-lite7")

@@ -51,7 +51,7 @@ class ModelConfig(BaseModel):
     # the image tower (training/models/towers.py): "vit" (CLIP's, from `vision` or --init-from) or a
     # pretrained CNN, "efficientnet-lite0" (ImageNet weights from the `vision` extra unless
     # image_pretrained is false); its input size is preprocess.image_size
-    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite0)$")
+    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite[012])$")
     image_pretrained: bool = True
     fusion: FusionConfig = FusionConfig()
     head: HeadConfig = HeadConfig()

