@@ -49,7 +49,7 @@ class ModelConfig(BaseModel):
     text: TowerConfig
     vision: VisionTowerConfig | None = None  # the ViT's shape: image_tower "vit" needs it
     # the image tower (training/models/towers.py): "vit" (CLIP's, from `vision` or --init-from) or a
-    # pretrained CNN, "efficientnet-lite0" (ImageNet weights from the `vision` extra unless
+    # pretrained CNN, "efficientnet-lite0" / "-lite1" / "-lite2" (ImageNet weights from the `vision` extra unless
     # image_pretrained is false); its input size is preprocess.image_size
     image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite[012])$")
     image_pretrained: bool = True
