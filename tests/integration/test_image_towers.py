@@ -63,6 +63,20 @@ def test_the_whole_tower_exports_at_parity(effnet_checkpoint, tmp_path):
     report = check_parity(ck.model, tmp_path / "m.onnx", batches, outputs, 1e-4)
     assert max(r["max_abs_diff"] for r in report.values()) <= 1e-4
 
+    # the precision variants: fp16 (convolutions included) and int8 (MatMul/Gemm only; the convolutions
+    # stay fp32) convert, load and answer close to fp32 on the same inputs
+    import numpy as np
+
+    from attrx.export.precision import run_session, session, to_fp16, to_int8
+
+    feeds = batches["b3"]
+    ref = run_session(session(tmp_path / "m.onnx"), feeds, outputs)
+    for name, convert, tol in (("fp16", to_fp16, 2e-2), ("int8", to_int8, 0.2)):
+        convert(tmp_path / "m.onnx", tmp_path / f"m.{name}.onnx", [])
+        got = run_session(session(tmp_path / f"m.{name}.onnx"), feeds, outputs)
+        assert max(float(np.abs(g - r).max()) for g, r in zip(got, ref, strict=True)) <= tol, name
+    assert op_counts(tmp_path / "m.int8.onnx")["Conv"] == counts["Conv"]
+
 
 def test_cnn_towers_refuse_what_only_the_vit_has():
     from attrx.training.models.cma_clip import ModelConfig
