@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from attrx.training.models.towers import CnnTower
-
 
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -127,7 +125,7 @@ def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, tex
     (`vision_features`) goes to every pass."""
     if getattr(model, "aux_text", None) is not None:
         return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
-    if "vision_features" not in extra and isinstance(getattr(model, "vision", None), CnnTower):
+    if "vision_features" not in extra and getattr(getattr(model, "vision", None), "outputs_reusable", False):
         extra = {**extra, "vision_features": model.vision(pixel_values).last_hidden_state}  # once, not per pass
     fused = model(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
     one, zero = torch.ones_like(text_present), torch.zeros_like(text_present)

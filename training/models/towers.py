@@ -44,6 +44,9 @@ class CnnTower(nn.Module):
     """A convolutional backbone as an image tower. Locked (no parameter trains), it stays in eval
     mode, so its BatchNorm statistics are the pretrained ones whatever the training loop sets."""
 
+    # its outputs can stand in for running it (`vision_features`): the pooled feature is token 0
+    outputs_reusable = True
+
     def __init__(self, name: str, image_size: int):
         super().__init__()
         self.net = efficientnet_lite.network(name)
