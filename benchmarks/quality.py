@@ -9,7 +9,9 @@ Protocol (deterministic: fixed seeds, split by a hash of the product id):
   12 minutes of training each): text-only, image-only, CMA-CLIP with attrx train's default recipe
   (silent-title training, unimodal auxiliary heads, evidence modality weights, image augmentation),
   and one row per lever turned off (--silence-title 0, --aux-loss-weight 0, --modality-weights
-  paper). --only picks others (--no-mwa, --no-swa, pre-trained MoMo). Multimodal models train with
+  paper), and the pretrained image tower's image-only and CMA-CLIP (`... effnet`: --config
+  small-effnet --lock-image, issue 22). --only picks others (--no-mwa, --no-swa, pre-trained MoMo).
+  Multimodal models train with
   modality dropout 0.3, so a missing modality at test time is a case they have seen.
 - The image-only floor: a colour histogram + logistic regression (benchmarks/colour_baseline.py).
 - Conditions on the test split: (a) titles as they are; (b) every baseColour label word removed
@@ -27,7 +29,7 @@ Protocol (deterministic: fixed seeds, split by a hash of the product id):
   baseColour, the copies beside natural silent titles, record metrics, and the targets.
 
 Writes build/quality/results.json, docs/RESULTS.md and docs/figures/*.png. Never copies the data.
-Run it in the background with its log in a file: about 75 minutes on 2 cores. --reuse keeps the
+Run it in the background with its log in a file: about 95 minutes on 2 cores. --reuse keeps the
 models an interrupted run already finished.
 """
 
