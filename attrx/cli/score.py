@@ -12,6 +12,9 @@ def cmd_score(a) -> None:
     if a.ray is not None and a.conflicts:
         raise SystemExit("attrx score: --conflicts is written by local scoring; with --ray, read the "
                          "<attribute>_conflict columns of OUT")
+    if a.ray is not None and a.review_queue:
+        raise SystemExit("attrx score: --review-queue is written by local scoring for now; with --ray, read the "
+                         "<attribute>_accepted columns of OUT")
     if a.ray is None and ray_flags:
         raise SystemExit(f"attrx score: without --ray, {', '.join(ray_flags)} would be ignored: add --ray or drop them")
     if a.ray is not None:
@@ -23,7 +26,8 @@ def cmd_score(a) -> None:
 
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
                     overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers, precision=a.precision,
-                    max_image_pixels=a.max_image_pixels, progress=not a.quiet, conflicts=a.conflicts)
+                    max_image_pixels=a.max_image_pixels, progress=not a.quiet, conflicts=a.conflicts,
+                    review_queue=a.review_queue)
     if summary["interrupted"]:
         # the work done is saved and its workers are gone; leave without the pool's exit-time
         # cleanup, which can block on results still in its pipes
@@ -65,6 +69,9 @@ def _score_parser(sub) -> None:
     c.add_argument("--conflicts", metavar="FILE",
                    help="also write every attribute whose title and image disagree to FILE (JSONL: id, attribute, "
                         "value, title_says, image_says)")
+    c.add_argument("--review-queue", metavar="FILE",
+                   help="also write every product with an attribute not accepted to FILE (JSONL, one product per "
+                        "line: its values, confidence, situation, candidates and a priority; docs/review-queue.md)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     r = c.add_argument_group("Ray Data (pip install 'attrx[ray]'; OUT is then a folder)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

@@ -30,6 +30,7 @@ from attrx.service.inference.predictor import InputError, Predictor, batch_input
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
 from attrx.service.scoring.outputs import bundle_sha256, open_output
+from attrx.service.scoring.review_queue import CANDIDATES, queue_row
 
 
 def output_columns(attributes: list[str]) -> list[str]:
@@ -60,6 +61,33 @@ def conflict_rows(pid: str, preds: dict[str, dict]) -> list[dict]:
     """One row per attribute whose title and image disagree (for `attrx score --conflicts`)."""
     return [{"id": pid, "attribute": a, "value": p["value"], "confidence": round(p["confidence"], 6),
              "situation": p["situation"], **p.get("conflict_values", {})} for a, p in preds.items() if p["conflict"]]
+
+
+class SideFiles:
+    """The JSONL files a run may write beside its output, batch by batch: title-image conflicts
+    (`--conflicts`) and the review queue (`--review-queue`, attrx.service.scoring.review_queue)."""
+
+    def __init__(self, products: list, conflicts: str | Path | None, queue: str | Path | None, append: bool):
+        mode = "a" if append else "w"
+        self.conflicts = open(conflicts, mode, encoding="utf-8") if conflicts else None
+        self.queue = open(queue, mode, encoding="utf-8") if queue else None
+        self.source = {p.id: (p.title, str(p.image) if p.image else None) for p in products} if queue else {}
+        # candidates for review: the model's next values after its answer
+        self.top_k = CANDIDATES + 1 if queue else 1
+
+    def write(self, preds: list[tuple[str, dict]]) -> None:
+        if self.conflicts is not None:
+            self.conflicts.write("".join(json.dumps(r) + "\n" for pid, p in preds for r in conflict_rows(pid, p)))
+            self.conflicts.flush()
+        if self.queue is not None:
+            rows = [queue_row(pid, *self.source[pid], p) for pid, p in preds]
+            self.queue.write("".join(json.dumps(r) + "\n" for r in rows if r is not None))
+            self.queue.flush()
+
+    def close(self) -> None:
+        for f in (self.conflicts, self.queue):
+            if f is not None:
+                f.close()
 
 
 # -- worker processes -------------------------------------------------------------------------------
@@ -137,9 +165,11 @@ def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, in
 def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
           workers: int | None = None, resume: bool = False, overwrite: bool = False,
           min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
-          max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None) -> dict:
+          max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None,
+          review_queue: str | Path | None = None) -> dict:
     """Score a catalog into `out` (rows that cannot be scored go to `<out>.errors.jsonl`); with
-    `conflicts`, every attribute whose title and image disagree is also written there as JSONL."""
+    `conflicts`, every attribute whose title and image disagree is also written there as JSONL; with
+    `review_queue`, every product with an attribute not accepted (attrx.service.scoring.review_queue)."""
     out = Path(out)
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
@@ -161,7 +191,7 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers),
                            precision=precision)
     errors_f = open(errors_path, "w", encoding="utf-8")
-    conflicts_f = open(conflicts, "a" if resume else "w", encoding="utf-8") if conflicts else None
+    side = SideFiles(todo, conflicts, review_queue, append=resume)
     errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     counts = {"scored": 0, "failed": len(cat.errors)}
     # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
@@ -173,12 +203,10 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
 
     def flush(batch: list) -> None:
         outputs = backend.run(batch_inputs([x for _, (x, _) in batch]))
-        preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits))
+        preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits, top_k=side.top_k))
                  for i, (pid, (_, sits)) in enumerate(batch)]
         writer.write([flatten(pid, p) for pid, p in preds])
-        if conflicts_f is not None:
-            conflicts_f.write("".join(json.dumps(r) + "\n" for pid, p in preds for r in conflict_rows(pid, p)))
-            conflicts_f.flush()
+        side.write(preds)
         counts["scored"] += len(batch)
         bar.update(len(batch))
 
@@ -205,6 +233,5 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
         _stop_pool(pool, early=stop.is_set() or sys.exc_info()[0] is not None)
         writer.close()
         errors_f.close()
-        if conflicts_f is not None:
-            conflicts_f.close()
+        side.close()
     return _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())
