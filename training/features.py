@@ -43,7 +43,7 @@ class FeatureStore:
 
 
 def cachable(model: torch.nn.Module, lock_image: bool) -> bool:
-    return lock_image and isinstance(getattr(model, "vision", None), CnnTower)
+    return lock_image and getattr(getattr(model, "vision", None), "outputs_reusable", False)
 
 
 def weights_digest(module: torch.nn.Module) -> str:

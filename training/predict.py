@@ -11,18 +11,27 @@ from attrx.training.data import Encoded
 from attrx.training.models.layers import with_unimodal
 
 
+def _batches(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int, features=None,
+             source: np.ndarray | None = None):
+    """The model's inputs for idx in batches, on its device; with `features`, the stored tower
+    outputs of the catalog products source[idx] (idx itself when source is None)."""
+    device = next(model.parameters()).device
+    for s in range(0, len(idx), batch_size):
+        part = idx[s : s + batch_size]
+        batch = {k: v.to(device) for k, v in torch_inputs(data.take(part)).items()}
+        if features is not None:
+            batch["vision_features"] = features.take(part if source is None else source[part]).to(device)
+        yield batch
+
+
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int = 256,
                   features=None):
     """Class probabilities and modality weights per attribute for the items idx (with `features`, a
     locked tower's stored outputs stand in for running it: validation during training)."""
     model.eval()
-    device = next(model.parameters()).device
     probs, weights = None, None
-    for s in range(0, len(idx), batch_size):
-        batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
-        if features is not None:
-            batch["vision_features"] = features.take(idx[s : s + batch_size]).to(device)
+    for batch in _batches(model, data, idx, batch_size, features):
         outs = model(**batch)
         if probs is None:
             probs, weights = [[] for _ in outs], [[] for _ in outs]
@@ -42,12 +51,8 @@ def predict_outputs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batc
     With `features` (a locked tower's stored outputs, training/features.py) the row idx[i] reads
     the stored outputs of the catalog product source[idx[i]] instead of running the tower."""
     model.eval()
-    device = next(model.parameters()).device
     out: dict[str, list] = {}
-    for s in range(0, len(idx), batch_size):
-        batch = {k: v.to(device) for k, v in torch_inputs(data.take(idx[s : s + batch_size])).items()}
-        if features is not None:
-            batch["vision_features"] = features.take(source[idx[s : s + batch_size]]).to(device)
+    for batch in _batches(model, data, idx, batch_size, features, source):
         fused, text, image = with_unimodal(model, **batch)
         parts = {"probs": [lg for lg, _ in fused], "weights": [w for _, w in fused], "text": text, "image": image}
         for name, ts in parts.items():
