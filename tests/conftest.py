@@ -63,11 +63,11 @@ def _no_training_outside_e2e(request, monkeypatch):
         raise AssertionError(f"{request.node.nodeid} trains a model: move it to tests/e2e (or build an "
                              "untrained model with helpers.untrained_checkpoint)")
 
+    import attrx.training.loop as loop_mod
     import attrx.training.pretrain as pretrain_mod
-    import attrx.training.train as train_mod
 
-    # the stage runners, looked up when a stage starts: however the test reached `train`
-    monkeypatch.setattr(train_mod, "run_stage", refuse)
+    # the stage runners, looked up when a stage starts: however the test reached `train` (or `improve`)
+    monkeypatch.setattr(loop_mod, "run_stage", refuse)
     monkeypatch.setattr(pretrain_mod, "_run_stage", refuse)
 
 

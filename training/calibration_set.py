@@ -82,7 +82,8 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
                     copies: bool = True, features=None) -> CalibrationSet:
     """The validation rows va as they are, and (with `copies`) their three kinds of copies. With
     `features` (a locked tower's stored outputs) every copy that keeps its image reads them instead
-    of running the tower again; the image-dropped copy runs the model as served."""
+    of running the tower again, and the image-dropped copy reads the tower's one output on the
+    blank image it is served with."""
     attrs = list(label_words)
     patterns = [label_pattern(ws) for ws in label_words.values()]
     reader = SituationReader(label_words)
@@ -110,5 +111,11 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),
                            attrs, reader, "no_title", features=features, source=va[with_image]))
     if with_title.any():
-        parts.append(_rows(model, _copy(data, va[with_title], tok, drop_image=True), attrs, reader, "no_image"))
+        enc = _copy(data, va[with_title], tok, drop_image=True)
+        blank = None
+        if features is not None:  # the locked tower's output on the blank image, once, not per row
+            from attrx.training.features import BlankFeatures
+
+            blank = BlankFeatures(model, enc.arrays["pixel_values"][:1])
+        parts.append(_rows(model, enc, attrs, reader, "no_image", features=blank))
     return concat(parts)

@@ -42,6 +42,23 @@ class FeatureStore:
         return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
 
 
+class BlankFeatures:
+    """The locked tower's outputs on a dropped image (all-zero pixels, as served): one input, so one
+    output, computed once and given to every row (the calibration's image-dropped copy)."""
+
+    def __init__(self, model: torch.nn.Module, pixels: np.ndarray):
+        device = next(model.parameters()).device
+        was = model.vision.training
+        model.vision.eval()
+        with torch.no_grad():
+            blank = torch.zeros((1, *pixels.shape[1:]), dtype=torch.float32, device=device)
+            self.feats = model.vision(blank).last_hidden_state.float().cpu()
+        model.vision.train(was)
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        return self.feats.expand(len(idx), *self.feats.shape[1:])
+
+
 def cachable(model: torch.nn.Module, lock_image: bool) -> bool:
     return lock_image and getattr(getattr(model, "vision", None), "outputs_reusable", False)
 

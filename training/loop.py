@@ -20,15 +20,17 @@ from attrx.training.device import Compute
 from attrx.training.distributed import Dist
 from attrx.training.loader import batches
 from attrx.training.optim import adamw, trainable_params
-from attrx.training.params import TrainConfig
+from attrx.training.params import STAGES, TrainConfig
 from attrx.training.predict import predict_probs
 from attrx.training.prepare import Prepared, data_workers
 from attrx.training.schedule import scheduler
 
 
-def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over tasks of the mean cross-entropy on labelled items (and, with rows, only those rows).
-    Masked, not indexed: no step waits on the GPU to learn how many items are labelled."""
+def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | None = None,
+        item_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over tasks of the mean cross-entropy on labelled items (and, with rows, only those rows;
+    with item_weights, a weighted mean: trusted labels count more). Masked, not indexed: no step
+    waits on the GPU to learn how many items are labelled."""
     total = labels.new_zeros((), dtype=torch.float32)
     for j, lg in enumerate(logits):
         ok = labels[:, j] >= 0
@@ -36,7 +38,9 @@ def _ce(logits: list[torch.Tensor], labels: torch.Tensor, rows: torch.Tensor | N
             ok = ok & rows
         per_item = F.cross_entropy(lg, labels[:, j].clamp(min=0), reduction="none")
         weight = ok.to(per_item.dtype)
-        total = total + (per_item * weight).sum() / weight.sum().clamp(min=1)
+        if item_weights is not None:
+            weight = weight * item_weights
+        total = total + (per_item * weight).sum() / weight.sum().clamp(min=1e-6)
     return total
 
 
@@ -54,14 +58,15 @@ class TrainForward(torch.nn.Module):
         return self.model(**batch), [], []  # MoMo: fused heads only
 
 
-def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
+def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float,
+          item_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The fused heads' loss, plus the unimodal auxiliary heads' (each on the items that have
-    that modality) weighted by aux_weight."""
+    that modality) weighted by aux_weight; item_weights weigh the batch's items (None: equally)."""
     fused, aux_t, aux_i = outputs
-    loss = _ce([lg for lg, _ in fused], labels)
+    loss = _ce([lg for lg, _ in fused], labels, item_weights=item_weights)
     if aux_t and aux_weight > 0:
-        loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0)
-                                    + _ce(aux_i, labels, batch["image_present"] > 0))
+        loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0, item_weights)
+                                    + _ce(aux_i, labels, batch["image_present"] > 0, item_weights))
     return loss
 
 
@@ -123,6 +128,12 @@ class Run:
     log: object
     epochs_done: int = 0
     features: object = None  # a locked CNN tower's cached outputs (training/features.py), or None
+    item_weights: np.ndarray | None = None  # per catalog row, its loss weight (attrx improve: trusted labels)
+
+    def weights_for(self, idx, device) -> torch.Tensor | None:
+        if self.item_weights is None:
+            return None
+        return torch.from_numpy(self.item_weights[np.asarray(idx)].astype(np.float32)).to(device)
 
 
 def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> float:
@@ -142,7 +153,7 @@ def _train_epoch(r: Run, fwd, params, opt, sched, stage: str, desc: str) -> floa
         if cfg.augment_images and r.features is None:  # cached tower outputs: its input is fixed
             batch["pixel_values"] = augment_images(batch["pixel_values"], batch["image_present"], r.gen)
         with compute.autocast():
-            loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight)
+            loss = _loss(fwd(**batch), batch, labels, cfg.aux_loss_weight, r.weights_for(idx, labels.device))
         opt.zero_grad(set_to_none=True)
         compute.step(loss, opt, params)
         sched.step()
@@ -189,3 +200,13 @@ def run_stage(stage: str, r: Run, best: Best) -> None:
         if cfg.patience and stale >= cfg.patience and epoch < epochs:
             print(f"{stage}: no better validation loss for {stale} epochs, stage ends early", flush=True)
             break
+
+
+def fit(r: Run) -> Best:
+    """Every stage of r.cfg with epochs, in order; the model ends with the best weights seen."""
+    best = Best()
+    for stage in STAGES:
+        if getattr(r.cfg, f"{stage}_epochs"):
+            run_stage(stage, r, best)
+    r.model.load_state_dict(best.state)
+    return best

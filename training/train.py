@@ -29,8 +29,8 @@ from attrx.training.device import Compute, default_threads
 from attrx.training.device import resolve as resolve_compute
 from attrx.training.distributed import Dist
 from attrx.training.distributed import setup as setup_distributed
-from attrx.training.loop import Best, Run, run_stage
-from attrx.training.params import STAGES, TrainConfig
+from attrx.training.loop import Best, Run, fit
+from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, prepare
 
 __all__ = ["TrainConfig", "train"]
@@ -62,15 +62,10 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
     print(f"training on {compute.device.type}{where} at {compute.precision}", flush=True)
     silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed + dist.rank) \
         if cfg.silence_title else None
-    best = Best()
-    features = _locked_features(cfg, run, compute, dist, out)
+    features = locked_features(cfg, run, compute, dist, out)
     with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
-        r = Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log,
-                features=features)
-        for stage in STAGES:
-            if getattr(cfg, f"{stage}_epochs"):
-                run_stage(stage, r, best)
-    model.load_state_dict(best.state)
+        best = fit(Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log,
+                       features=features))
     model = model.to("cpu")  # the checkpoint and the calibration are device-free
     print(f"best validation loss {best.loss:.4f} ({best.where}): these weights are the checkpoint", flush=True)
     if dist.main:
@@ -79,7 +74,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
     return out
 
 
-def _locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dist, out: Path):
+def locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dist, out: Path):
     """A locked CNN tower's outputs for the training and validation rows, computed once (rank 0;
     the others read its file), or None when the tower trains or is not a CNN."""
     from attrx.training import features

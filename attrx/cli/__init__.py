@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from attrx.cli import data, evaluate, export, score, serve, train
+from attrx.cli import data, evaluate, export, review, score, serve, train
 from attrx.service.inference.runtime.base import BackendError
 from attrx.version import __version__
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(sub)
     serve.add_parsers(sub)
     score.add_parsers(sub)
+    review.add_parsers(sub)
     return p
 
 

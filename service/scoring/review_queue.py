@@ -7,24 +7,44 @@ product with at least one attribute not accepted (format 1; documented in docs/r
      "attributes": {"colour": {"value": "blue", "confidence": 0.61, "situation": "silent+image",
                                "threshold": 0.93 | null, "review": "below_threshold",
                                "modality_weights": {"text": 0.2, "image": 0.8},
-                               "candidates": [{"value": "navy", "probability": 0.22}, ...]}}}
+                               "candidates": [{"value": "navy", "probability": 0.22}, ...]}},
+     "accepted": {"gender": "Men", ...}}
 
-Only the attributes that need a person are listed; accepted ones are already filled in. The
-`priority` is the expected number of wrong values a person corrects by answering the product: the
-sum, over its attributes not accepted, of the probability that the answer is wrong (1 - confidence).
-It is a first order: the measured comparison with lowest-confidence and random orders is the
-simulated reviewer's job (issue 23), not done yet.
+Only the attributes that need a person are listed; accepted ones are already filled in (`accepted`,
+so a review page can hold the record to the bundle's constraints). The `priority` is the expected
+number of wrong values a person corrects by answering the product: the sum, over its attributes not
+accepted, of the probability that the answer is wrong (1 - confidence). benchmarks/review.py
+measures it against lowest-confidence and random orders.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 FORMAT = 1
 CANDIDATES = 3  # the model's next values after its answer, from the bundle's classes
 
 
+def priorities(confidence: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """[N] the queue order's key for N products from their [N, A] confidences and accepted flags:
+    the expected number of wrong values a person's answer corrects (sum of 1 - confidence over the
+    attributes not accepted). 0 for a product with every attribute accepted."""
+    return ((1.0 - np.asarray(confidence, dtype=np.float64)) * ~np.asarray(accepted, dtype=bool)).sum(1)
+
+
+def lowest_confidence(confidence: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """[N] the simpler order it is measured against: 1 - the lowest confidence among the attributes
+    not accepted (higher first, like priorities); 0 when every attribute was accepted."""
+    pending = np.where(np.asarray(accepted, dtype=bool), np.inf, np.asarray(confidence, dtype=np.float64))
+    low = pending.min(1)
+    return np.where(np.isfinite(low), 1.0 - low, 0.0)
+
+
 def priority(preds: dict[str, dict]) -> float:
-    """Expected wrong values corrected by answering this product (its attributes not accepted)."""
-    return sum(1.0 - p["confidence"] for p in preds.values() if not p["accepted"])
+    """priorities() of one product's predictions (attrx score's per-attribute dicts)."""
+    conf = np.array([[p["confidence"] for p in preds.values()]])
+    acc = np.array([[p["accepted"] for p in preds.values()]])
+    return float(priorities(conf, acc)[0])
 
 
 def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, dict]) -> dict | None:
@@ -42,5 +62,6 @@ def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, d
                          "modality_weights": {k: round(v, 6) for k, v in p["modality_weights"].items()},
                          "candidates": [{"value": c["value"], "probability": round(c["probability"], 6)}
                                         for c in others]}
+    accepted = {a: p["value"] for a, p in preds.items() if p["accepted"]}
     return {"format": FORMAT, "id": pid, "title": title, "image": image,
-            "priority": round(priority(preds), 6), "attributes": attributes}
+            "priority": round(priority(preds), 6), "attributes": attributes, "accepted": accepted}

@@ -30,6 +30,7 @@ def test_the_queue_holds_exactly_the_attributes_not_accepted(bundle, demo_catalo
         assert q["format"] == 1 and q["title"] == (catalog[pid]["title"] or None)
         assert (q["image"] is None) == (not catalog[pid]["image"])
         assert set(q["attributes"]) == {a for a in ATTRS if r[f"{a}_accepted"] == "False"}
+        assert q["accepted"] == {a: r[a] for a in ATTRS if r[f"{a}_accepted"] == "True"}
         expected = sum(1 - float(r[f"{a}_confidence"]) for a in q["attributes"])
         assert q["priority"] == pytest.approx(expected, abs=1e-5)
         for a, v in q["attributes"].items():

@@ -1,0 +1,233 @@
+"""`attrx review`: the review page and its API (FastAPI), over a queue, a bundle and a decisions store.
+
+A reviewer is known by name on every API call:
+- with per-reviewer keys (`--reviewers FILE`, lines `name:key`), `Authorization: Bearer <key>` names them;
+- otherwise a name given at the start of the session (`X-Reviewer`), behind the service's API key
+  when one is set (ATTRX_API_KEY / --api-key-file: `Authorization: Bearer <key>`).
+One shared key alone cannot say who decided, so a name is always required.
+
+    GET  /                               the page (keyboard-first; no data in it)
+    GET  /api/session                    who you are, the queue's size, what is answered
+    POST /api/next                       lease the next product (highest priority first) and show it
+    POST /api/products/{id}/decision     {"answers": {attr: {"action": "accept"|"correct"|"skip", "value": ...}}}
+    POST /api/products/{id}/allowed      {"record": {attr: value}}: the values still allowed beside these
+    POST /api/products/{id}/skip         pass on the product (it goes back to the others)
+    GET  /api/products/{id}/image        its image
+    GET  /api/decisions                  the stored answers (the latest per product and attribute)
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from attrx.service.review.queue import QueueItem, Vocabulary, read_queue
+from attrx.service.review.store import Answer, DecisionStore, LeaseError
+
+NAME = re.compile(r"^[\w .@'-]{1,64}$")
+PAGE = Path(__file__).with_name("page.html")
+
+
+class ReviewError(Exception):
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: str = Field(pattern="^(accept|correct|skip)$")
+    value: str | None = Field(None, max_length=200)
+
+
+class RecordBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    record: dict[str, str | None]
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answers: dict[str, Choice]
+
+
+@dataclass
+class ReviewConfig:
+    queue: str
+    bundle: str
+    db: str
+    reviewer_keys: dict[str, str] | None = None  # key -> name
+    api_key: str | None = None
+    lease_s: float = 300.0
+
+
+def read_reviewer_keys(path: str | Path) -> dict[str, str]:
+    """`name:key` per line (# comments) -> {key: name}; a clear error for anything else."""
+    keys: dict[str, str] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, key = line.partition(":")
+        if not sep or not NAME.match(name.strip()) or len(key.strip()) < 8:
+            raise ValueError(f"{path}:{n}: expected 'name:key' with a key of at least 8 characters")
+        if key.strip() in keys:
+            raise ValueError(f"{path}:{n}: the key of {name.strip()} is already another reviewer's")
+        keys[key.strip()] = name.strip()
+    if not keys:
+        raise ValueError(f"{path}: no reviewer (lines 'name:key')")
+    return keys
+
+
+class Review:
+    """The session state the routes share."""
+
+    def __init__(self, cfg: ReviewConfig):
+        from attrx.service.contract.bundle import load_bundle
+
+        self.cfg = cfg
+        self.items = read_queue(cfg.queue)
+        self.by_id = {q.id: q for q in self.items}
+        self.vocab = Vocabulary(load_bundle(cfg.bundle, verify_hashes=False).manifest)
+        unknown = sorted({a for q in self.items for a in q.attributes} - set(self.vocab.values))
+        if unknown:
+            raise ValueError(f"{cfg.queue}: attributes {unknown} are not in the bundle {cfg.bundle}; "
+                             "review a queue with the bundle that scored it")
+        self.store = DecisionStore(cfg.db)
+
+    def reviewer(self, request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if self.cfg.reviewer_keys is not None:
+            for key, name in self.cfg.reviewer_keys.items():
+                if token and hmac.compare_digest(token.encode(), key.encode()):
+                    return name
+            raise ReviewError(401, "unauthorized", "missing or unknown reviewer key (send 'Authorization: Bearer <key>')")
+        if self.cfg.api_key and not (token and hmac.compare_digest(token.encode(), self.cfg.api_key.encode())):
+            raise ReviewError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')")
+        name = request.headers.get("x-reviewer", "").strip()
+        if not NAME.match(name):
+            raise ReviewError(400, "name_required", "say who you are: send 'X-Reviewer: <your name>' (1-64 letters, "
+                                                    "digits, spaces, . @ ' -)")
+        return name
+
+    def item(self, pid: str) -> QueueItem:
+        if pid not in self.by_id:
+            raise ReviewError(404, "not_in_queue", f"product {pid!r} is not in the review queue")
+        return self.by_id[pid]
+
+    def allowed(self, q: QueueItem, chosen: dict[str, str | None]) -> dict[str, list[str]]:
+        """Per attribute under review, the values that fit the accepted ones and the other answers so far."""
+        record = {**q.accepted, **{a: v for a, v in chosen.items() if a in q.attributes and v}}
+        return {a: self.vocab.allowed(a, {k: v for k, v in record.items() if k != a}) for a in q.attributes}
+
+    def view(self, q: QueueItem) -> dict:
+        """What the page shows: the queue line, and per attribute the values a reviewer may pick."""
+        return {"id": q.id, "title": q.title, "has_image": bool(q.image), "priority": q.priority,
+                "accepted": q.accepted, "attributes": q.attributes, "allowed": self.allowed(q, {})}
+
+    def answers(self, q: QueueItem, body: DecisionBody) -> list[Answer]:
+        missing, extra = set(q.attributes) - set(body.answers), set(body.answers) - set(q.attributes)
+        if missing or extra:
+            raise ReviewError(422, "wrong_attributes", f"answer exactly the attributes under review: "
+                                                       f"{sorted(q.attributes)} (missing {sorted(missing)}, "
+                                                       f"not under review {sorted(extra)})")
+        out = []
+        for a, c in body.answers.items():
+            model = q.attributes[a]
+            value = model["value"] if c.action == "accept" else c.value
+            if c.action == "correct" and not value:
+                raise ReviewError(422, "value_required", f"{a}: 'correct' needs the right value")
+            out.append(Answer(a, c.action, None if c.action == "skip" else value, model["value"], model["confidence"]))
+        record = {**q.accepted, **{x.attribute: x.value for x in out if x.value is not None}}
+        problems = self.vocab.problems(record)
+        if problems:
+            raise ReviewError(422, "not_allowed", "; ".join(problems))
+        return out
+
+
+def create_app(cfg: ReviewConfig) -> FastAPI:
+    review = Review(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        review.store.close()
+
+    app = FastAPI(title="attrx review", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.review = review
+
+    @app.exception_handler(ReviewError)
+    async def _err(request: Request, e: ReviewError):
+        return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"status": "ok"}
+
+    _session_routes(app, review)
+    _product_routes(app, review)
+    return app
+
+
+def _session_routes(app: FastAPI, review: Review) -> None:
+    @app.get("/api/session")
+    def session(request: Request):
+        return {"reviewer": review.reviewer(request), "queue": len(review.items), "lease_seconds": review.cfg.lease_s,
+                **review.store.counts()}
+
+    @app.post("/api/next")
+    def next_product(request: Request):
+        who = review.reviewer(request)
+        pid = review.store.lease_next(who, (q.id for q in review.items), review.cfg.lease_s)
+        if pid is None:
+            return {"product": None, "detail": "nothing left to review in this queue"}
+        return {"product": review.view(review.by_id[pid]), "lease_seconds": review.cfg.lease_s}
+
+    @app.get("/api/decisions")
+    def decisions(request: Request):
+        review.reviewer(request)
+        return {"decisions": review.store.current()}
+
+
+def _product_routes(app: FastAPI, review: Review) -> None:
+    @app.post("/api/products/{pid}/decision")
+    def decide(pid: str, body: DecisionBody, request: Request):
+        who = review.reviewer(request)
+        q = review.item(pid)
+        answers = review.answers(q, body)
+        try:
+            n = review.store.record(pid, who, answers, q.title, q.image)
+        except LeaseError as e:
+            raise ReviewError(409, "leased_to_another", str(e)) from None
+        return {"saved": n, "reviewer": who, **review.store.counts()}
+
+    @app.post("/api/products/{pid}/allowed")
+    def allowed(pid: str, body: RecordBody, request: Request):
+        review.reviewer(request)
+        return {"allowed": review.allowed(review.item(pid), body.record)}
+
+    @app.post("/api/products/{pid}/skip")
+    def skip(pid: str, request: Request):
+        who = review.reviewer(request)
+        review.item(pid)
+        review.store.skip(pid, who)
+        return {"skipped": pid}
+
+    @app.get("/api/products/{pid}/image")
+    def image(pid: str, request: Request):
+        review.reviewer(request)
+        q = review.item(pid)
+        if not q.image or not Path(q.image).is_file():
+            raise ReviewError(404, "no_image", f"product {pid!r} has no readable image ({q.image or 'none in the queue'})")
+        return FileResponse(q.image)

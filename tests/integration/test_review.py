@@ -1,0 +1,329 @@
+"""`attrx review` (issue 23): a real server over a real queue and a bundle with constraints.
+
+- Reviewers are named: per-reviewer keys, or the API key plus a name; without either, 401/400.
+- Answers outside the bundle's classes or constraints are refused with a 422 naming the problem.
+- A product is leased to one reviewer at a time; the lease ends when they walk away.
+- kill -9 loses no confirmed decision: a restart finds every answer the server confirmed.
+- The answers export as a catalog file (attrx corrections).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import ATTRS
+
+from attrx.cli import main
+
+KEYS = {"alice": "alice-key-0001", "bob": "bob-key-00002"}
+
+
+@pytest.fixture(scope="module")
+def constrained_bundle(checkpoint, demo_catalog, tmp_path_factory) -> Path:
+    """The untrained test bundle with a taxonomy: of the first two attributes' value pairs, only half
+    are allowed together (a catalog's constraint group, as a taxonomy file gives one)."""
+    from attrx.export.build import export_bundle
+    from attrx.service.contract.constraints import ConstraintGroup, Constraints
+    from attrx.training.checkpoint import CALIBRATION, load_checkpoint
+    from attrx.training.constraint_learning import write_constraints
+
+    ck_dir = tmp_path_factory.mktemp("ck-constrained") / "ck"
+    shutil.copytree(checkpoint, ck_dir)
+    ck = load_checkpoint(ck_dir)
+    a, b = ATTRS[:2]
+    pairs = [[x, y] for i, x in enumerate(ck.classes[a]) for j, y in enumerate(ck.classes[b]) if (i + j) % 2 == 0]
+    constraints = Constraints(groups=[ConstraintGroup(attributes=[a, b], allowed=pairs, source="taxonomy: test")])
+    write_constraints(ck_dir, constraints)
+    calib = json.loads((ck_dir / CALIBRATION).read_text())  # the bundle takes them from the calibration
+    (ck_dir / CALIBRATION).write_text(json.dumps({**calib, "constraints": constraints.model_dump()}))
+    return export_bundle(ck_dir, tmp_path_factory.mktemp("b-constrained") / "b", name="constrained").path
+
+
+@pytest.fixture(scope="module")
+def queue(constrained_bundle, demo_catalog, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("queue")
+    main(["score", str(demo_catalog), "--bundle", str(constrained_bundle), "--out", str(d / "scored.csv"),
+          "--review-queue", str(d / "queue.jsonl"), "--quiet"])
+    assert len((d / "queue.jsonl").read_text().splitlines()) >= 10
+    return d / "queue.jsonl"
+
+
+class Reviewing:
+    """A real `attrx review` process on 127.0.0.1."""
+
+    def __init__(self, queue: Path, bundle: Path, db: Path, *args: str, env: dict | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        exe = str(Path(sys.executable).parent / "attrx")
+        self.log = open(db.parent / f"review-{self.port}.log", "w+")
+        self.proc = subprocess.Popen([exe, "review", str(queue), "--bundle", str(bundle), "--db", str(db),
+                                      "--port", str(self.port), *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"attrx review exited {self.proc.returncode}: {self.log.read()}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError("attrx review did not start")
+
+    def call(self, method: str, path: str, who: str | None = "alice", **kw) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if who in KEYS:
+            headers["Authorization"] = f"Bearer {KEYS[who]}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kw)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.fixture
+def reviewers_file(tmp_path) -> Path:
+    f = tmp_path / "reviewers.txt"
+    f.write_text("# name:key\n" + "".join(f"{n}:{k}\n" for n, k in KEYS.items()))
+    return f
+
+
+@pytest.fixture
+def start_review(queue, constrained_bundle, tmp_path, reviewers_file):
+    running = []
+
+    def start(*args, db: Path | None = None, env=None, keys: bool = True):
+        extra = ["--reviewers", str(reviewers_file)] if keys else []
+        r = Reviewing(queue, constrained_bundle, db or tmp_path / "decisions.sqlite", *extra, *args, env=env)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.stop(signal.SIGKILL)
+
+
+def accept_all(product: dict) -> dict:
+    """Answers that keep the record allowed: for each attribute, its first allowed value."""
+    answers, chosen = {}, {}
+    for a in product["attributes"]:
+        allowed = product["allowed"][a]
+        answers[a] = {"action": "skip"} if not allowed else {"action": "correct", "value": allowed[0]}
+        chosen[a] = allowed[0] if allowed else None
+    return answers
+
+
+def answer_next(r: Reviewing, who: str) -> tuple[str, dict]:
+    """Lease the next product, answer it with values the server says are allowed, one at a time."""
+    p = r.call("POST", "/api/next", who).json()["product"]
+    chosen: dict[str, str | None] = {}
+    answers = {}
+    for a in p["attributes"]:
+        allowed = r.call("POST", f"/api/products/{p['id']}/allowed", who, json={"record": chosen}).json()["allowed"][a]
+        if allowed:
+            chosen[a] = allowed[0]
+            action = "accept" if allowed[0] == p["attributes"][a]["value"] else "correct"
+            answers[a] = {"action": action, "value": allowed[0]}
+        else:
+            answers[a] = {"action": "skip"}
+    resp = r.call("POST", f"/api/products/{p['id']}/decision", who, json={"answers": answers})
+    assert resp.status_code == 200, resp.text
+    return p["id"], answers
+
+
+def test_every_call_needs_a_named_reviewer(start_review, queue, constrained_bundle, tmp_path):
+    r = start_review()
+    assert r.call("GET", "/api/session", None).status_code == 401
+    assert r.call("GET", "/api/session", None, headers={"Authorization": "Bearer nope-nope-nope"}).status_code == 401
+    assert r.call("GET", "/api/session", "bob").json()["reviewer"] == "bob"
+    assert r.call("GET", "/", None).status_code == 200  # the page itself holds no data
+    # one shared API key: a name is required on top of it
+    shared = start_review(db=tmp_path / "shared.sqlite", env={"ATTRX_API_KEY": "shared-secret-key"}, keys=False)
+    auth = {"Authorization": "Bearer shared-secret-key"}
+    assert shared.call("GET", "/api/session", None).status_code == 401
+    resp = shared.call("GET", "/api/session", None, headers=auth)
+    assert resp.status_code == 400 and "X-Reviewer" in resp.json()["detail"]
+    assert shared.call("GET", "/api/session", None, headers={**auth, "X-Reviewer": "Carol"}).json()["reviewer"] == "Carol"
+
+
+def test_values_outside_the_bundles_lists_are_refused(start_review):
+    r = start_review()
+    p = r.call("POST", "/api/next").json()["product"]
+    a = next(iter(p["attributes"]))
+    others = {b: {"action": "skip"} for b in p["attributes"] if b != a}
+    bad = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": {a: {"action": "correct",
+                                                                                     "value": "Plaid Unicorn"}, **others}})
+    assert bad.status_code == 422 and "'Plaid Unicorn' is not one of its" in bad.json()["detail"]
+    missing = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": others})
+    assert missing.status_code == 422 and a in missing.json()["detail"]
+    assert r.call("POST", "/api/products/no-such-id/decision", json={"answers": {}}).status_code == 404
+    assert r.call("GET", "/api/decisions").json()["decisions"] == []  # nothing refused was stored
+
+
+def test_a_combination_the_constraints_forbid_is_refused(start_review, queue, constrained_bundle):
+    """Values allowed one by one, but not together (the taxonomy's pairs), are refused naming the group."""
+    from attrx.service.contract.bundle import load_bundle
+    from attrx.service.review.queue import Vocabulary
+
+    vocab = Vocabulary(load_bundle(constrained_bundle).manifest)
+    a, b = ATTRS[:2]
+    r = start_review()
+    p = r.call("POST", "/api/next").json()["product"]
+    record = dict(p["accepted"])
+    answers = {x: {"action": "skip"} for x in p["attributes"]}
+    for x in (a, b):  # the group's attributes under review get values that cannot stand together
+        if x in p["attributes"]:
+            wrong = [v for v in vocab.values[x] if v not in vocab.allowed(x, record)] or vocab.values[x]
+            record[x] = wrong[0]
+            answers[x] = {"action": "correct", "value": wrong[0]}
+    assert a in p["attributes"] or b in p["attributes"]  # the untrained model accepts little
+    assert vocab.problems(record)
+    resp = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": answers})
+    assert resp.status_code == 422 and "no allowed combination of" in resp.json()["detail"], resp.text
+    assert r.call("GET", "/api/decisions").json()["decisions"] == []
+    allowed = r.call("POST", f"/api/products/{p['id']}/allowed", json={"record": {a: vocab.values[a][0]}})
+    if b in p["attributes"] and a in p["attributes"]:  # what the page offers beside a value of a: only its pairs
+        assert set(allowed.json()["allowed"][b]) == set(vocab.allowed(b, {a: vocab.values[a][0]}))
+
+
+def test_one_reviewer_holds_a_product_until_the_lease_ends(start_review):
+    r = start_review("--lease-seconds", "2")
+    a = r.call("POST", "/api/next", "alice").json()["product"]
+    b = r.call("POST", "/api/next", "bob").json()["product"]
+    assert a["id"] != b["id"]
+    assert r.call("POST", "/api/next", "alice").json()["product"]["id"] == a["id"]  # still hers
+    steal = r.call("POST", f"/api/products/{a['id']}/decision", "bob", json={"answers": accept_all(a)})
+    assert steal.status_code == 409 and "leased to alice" in steal.json()["detail"]
+    time.sleep(2.5)  # alice walks away; bob finishes his and the lapsed lease is free again
+    r.call("POST", f"/api/products/{b['id']}/skip", "bob")
+    nxt = r.call("POST", "/api/next", "bob").json()["product"]
+    assert nxt["id"] == a["id"]
+
+
+def test_kill_9_loses_no_confirmed_decision(start_review, tmp_path):
+    db = tmp_path / "durable.sqlite"
+    r = start_review(db=db)
+    confirmed = dict(answer_next(r, "alice") for _ in range(3))
+    confirmed.update(dict(answer_next(r, "bob") for _ in range(2)))
+    r.stop(signal.SIGKILL)  # no shutdown, no close: whatever was confirmed must already be on disk
+    again = start_review(db=db)
+    stored = again.call("GET", "/api/decisions").json()["decisions"]
+    by_product: dict[str, dict] = {}
+    for d in stored:
+        by_product.setdefault(d["id"], {})[d["attribute"]] = d
+    assert set(by_product) == set(confirmed)
+    for pid, answers in confirmed.items():
+        for a, ans in answers.items():
+            assert by_product[pid][a]["action"] == ans["action"] and by_product[pid][a]["value"] == ans.get("value")
+    assert {d["reviewer"] for d in stored} == {"alice", "bob"}
+    assert again.call("GET", "/api/session").json()["products_answered"] == 5
+    served = {again.call("POST", "/api/next", "alice").json()["product"]["id"]}
+    assert not served & set(confirmed)  # an answered product is not offered again
+
+
+def test_answers_export_as_a_catalog(start_review, tmp_path):
+    db = tmp_path / "export.sqlite"
+    r = start_review(db=db)
+    answered = dict(answer_next(r, "alice") for _ in range(3))
+    out = tmp_path / "corrections.csv"
+    main(["corrections", str(db), "--out", str(out)])
+    rows = {row["id"]: row for row in csv.DictReader(open(out))}
+    labelled = {pid for pid, ans in answered.items() if any(x["action"] != "skip" for x in ans.values())}
+    assert set(rows) == labelled
+    for pid in labelled:
+        for a, ans in answered[pid].items():
+            assert rows[pid][a] == (ans.get("value") or "")
+    assert json.loads(json.dumps(rows))  # plain strings: a file a catalog system reads
+
+
+# -- the page in a real browser: headless Chromium from Debian's packages, driven by Selenium ------
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives the browser")
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+                    ".ci/run installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,720", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name: str, tmp_path: Path) -> None:
+    """Screenshots go to the test's folder, and to ATTRX_SCREENSHOTS when set (docs/images for the README)."""
+    driver.save_screenshot(str(tmp_path / name))
+    if os.environ.get("ATTRX_SCREENSHOTS"):
+        Path(os.environ["ATTRX_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(os.environ["ATTRX_SCREENSHOTS"]) / name))
+
+
+def test_the_page_takes_keyboard_decisions_in_chromium(start_review, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    r = start_review()
+    wait = WebDriverWait(browser, 15)
+    browser.get(r.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "login").is_displayed())
+    browser.find_element(By.ID, "key").send_keys(KEYS["bob"] + "\n")
+    wait.until(lambda d: d.find_element(By.ID, "product").is_displayed() and d.find_elements(By.CSS_SELECTOR, ".attr"))
+    assert "reviewer: bob" in browser.find_element(By.ID, "who").text
+    _shot(browser, "review-page.png", tmp_path)
+    first = browser.find_element(By.ID, "meta").text.split(" ")[1]
+    attrs = [e.get_attribute("data-attr") for e in browser.find_elements(By.CSS_SELECTOR, ".attr")]
+    body = browser.find_element(By.TAG_NAME, "body")
+    expect = {}
+    for i, a in enumerate(attrs):  # the second attribute gets no answer (x); the others their first offer (1)
+        row = browser.find_element(By.CSS_SELECTOR, f'.attr[data-attr="{a}"]')
+        offer = row.find_elements(By.CSS_SELECTOR, ".opts span[data-value]")
+        key = "x" if i == 1 or not offer else "1"
+        expect[a] = None if key == "x" else offer[0].get_attribute("data-value")
+        body.send_keys(key)
+        wait.until(lambda d, a=a: d.find_element(By.CSS_SELECTOR, f'.attr[data-attr="{a}"] .chosen').text)
+        time.sleep(0.2)  # the allowed values of the others follow this answer
+    _shot(browser, "review-answered.png", tmp_path)
+    body.send_keys("\n")  # every attribute answered: Enter saves, and the next product comes
+    wait.until(lambda d: d.find_element(By.ID, "meta").text.split(" ")[1] != first)
+    wait.until(lambda d: "saved 1 products" in d.find_element(By.ID, "status").text)
+    stored = {d["attribute"]: d for d in r.call("GET", "/api/decisions").json()["decisions"] if d["id"] == first}
+    assert set(stored) == set(attrs) and {d["reviewer"] for d in stored.values()} == {"bob"}
+    for a, value in expect.items():
+        assert stored[a]["value"] == value and (stored[a]["action"] == "skip") == (value is None)
+    # another allowed value by typing it (/), then s skips the product: it goes back to the others
+    second = browser.find_element(By.ID, "meta").text.split(" ")[1]
+    a = browser.find_element(By.CSS_SELECTOR, ".attr.focus").get_attribute("data-attr")
+    allowed = r.call("POST", f"/api/products/{second}/allowed", "bob", json={"record": {}}).json()["allowed"][a]
+    body.send_keys("/")
+    browser.switch_to.active_element.send_keys(allowed[-1] + "\n")
+    wait.until(lambda d: allowed[-1] in d.find_element(By.CSS_SELECTOR, f'.attr[data-attr="{a}"] .chosen').text)
+    _shot(browser, "review-typed.png", tmp_path)
+    browser.find_element(By.TAG_NAME, "body").send_keys("s")
+    wait.until(lambda d: d.find_element(By.ID, "meta").text.split(" ")[1] not in (first, second))
+    assert second not in {d["id"] for d in r.call("GET", "/api/decisions").json()["decisions"]}
+    assert r.call("POST", "/api/next", "alice").json()["product"]["id"] == second  # skipped by bob, open to alice
