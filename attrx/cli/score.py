@@ -12,9 +12,6 @@ def cmd_score(a) -> None:
     if a.ray is not None and a.conflicts:
         raise SystemExit("attrx score: --conflicts is written by local scoring; with --ray, read the "
                          "<attribute>_conflict columns of OUT")
-    if a.ray is not None and a.review_queue:
-        raise SystemExit("attrx score: --review-queue is written by local scoring for now; with --ray, read the "
-                         "<attribute>_accepted columns of OUT")
     if a.ray is None and ray_flags:
         raise SystemExit(f"attrx score: without --ray, {', '.join(ray_flags)} would be ignored: add --ray or drop them")
     if a.ray is not None:
@@ -47,7 +44,7 @@ def _score_on_ray(a) -> None:
                   fmt=a.ray_format, resume=a.resume, overwrite=a.overwrite, min_precision=a.min_precision,
                   providers=a.providers,
                   precision=a.precision, max_image_pixels=a.max_image_pixels, local_cpus=a.ray_local_cpus,
-                  progress=not a.quiet)
+                  progress=not a.quiet, review_queue=a.review_queue)
     except RayNotInstalled as e:
         raise SystemExit(f"attrx score: {e}") from None
 

@@ -43,6 +43,7 @@ from attrx.service.scoring.outputs import (
     parquet_schema,
     truncate_partial_tail,
 )
+from attrx.service.scoring.review_queue import CANDIDATES, queue_row
 
 META = "_attrx_meta.json"
 ERRORS = "_errors"
@@ -153,7 +154,7 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).items()}
     situations = np.asarray(sits, dtype=np.int8).reshape(len(sits), len(pred.attributes))
     return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object),
-            "situation": situations, **inputs}
+            "situation": situations, "title": batch["title"], "image": batch["image"], **inputs}
 
 
 class Infer:
@@ -161,7 +162,7 @@ class Infer:
     to its own errors file and returns the scored rows as `attrx score` writes them."""
 
     def __init__(self, bundle_dir: str, errors_dir: str, *, key: str, providers: str, precision: str,
-                 threads: int):
+                 threads: int, queue_dir: str | None = None):
         from attrx.service.inference.runtime import load_backend
 
         bundle = load_bundle(bundle_dir, verify_hashes=False)
@@ -169,7 +170,17 @@ class Infer:
         self.backend = load_backend(bundle, providers=providers, threads=threads, precision=precision)
         self.key = key
         self.schema = parquet_schema(output_columns(self.predictor.attributes))
-        self.errors_path = Path(errors_dir) / f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        part = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.errors_path = Path(errors_dir) / part
+        # the review queue: each actor appends its lines to a part of its own; the driver joins them
+        self.queue_path = Path(queue_dir) / part if queue_dir else None
+        self.top_k = CANDIDATES + 1 if queue_dir else 1
+
+    def _write_queue(self, batch: dict, ok: np.ndarray, responses: list[dict]) -> None:
+        rows = [queue_row(str(batch["id"][i]), batch["title"][i], batch["image"][i], r)
+                for i, r in zip(np.flatnonzero(ok), responses, strict=True)]
+        with open(self.queue_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows if r is not None))
 
     def _write_errors(self, batch: dict, bad: np.ndarray) -> None:
         with open(self.errors_path, "a", encoding="utf-8") as f:
@@ -186,9 +197,12 @@ class Infer:
         if ok.any():
             outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
             ids, sits = batch["id"][ok], batch["situation"][ok]
-            rows = [flatten(str(pid), self.predictor.encode_response(outputs, i, key=self.key,
-                                                                     situations=[SITUATIONS[k] for k in sits[i]]))
-                    for i, pid in enumerate(ids)]
+            responses = [self.predictor.encode_response(outputs, i, key=self.key, top_k=self.top_k,
+                                                        situations=[SITUATIONS[k] for k in sits[i]])
+                         for i in range(len(ids))]
+            rows = [flatten(str(pid), r) for pid, r in zip(ids, responses, strict=True)]
+            if self.queue_path is not None:
+                self._write_queue(batch, ok, responses)
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -229,8 +243,11 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
               batch_size: int = 32, concurrency: int = 1, num_cpus: float = 1, block_rows: int = 256,
               fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
               min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
-              max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True) -> dict:
-    """Score a catalog on Ray Data; see the module docstring. Returns the run's summary."""
+              max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True,
+              review_queue: str | Path | None = None) -> dict:
+    """Score a catalog on Ray Data; see the module docstring. With `review_queue`, the products with an
+    attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
+    Returns the run's summary."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
     ray = _import_ray()
@@ -247,6 +264,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
     with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     todo = [p for p in cat.products if p.id not in skip]
+    queue_dir = _queue_parts(out, review_queue)
     t_read = time.perf_counter() - t0
     started = bool(todo) and _connect(ray, address, local_cpus, progress)  # nothing to do: no Ray
     try:
@@ -254,11 +272,35 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
             _check_cpus(ray, concurrency, num_cpus)
             _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
                  num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
-                 max_image_pixels=max_image_pixels)
+                 max_image_pixels=max_image_pixels, queue_dir=queue_dir)
     finally:
         if started:
             ray.shutdown()
+    if queue_dir is not None:
+        join_queue(queue_dir, Path(review_queue), append=resume)
     return _summary(out, skip, time.perf_counter() - t0, t_read)
+
+
+def _queue_parts(out: Path, review_queue) -> Path | None:
+    """The folder the actors write their queue parts to (emptied first), or None without a queue."""
+    if review_queue is None:
+        return None
+    parts = out / ".review-queue"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    return parts
+
+
+def join_queue(parts: Path, queue: Path, *, append: bool) -> int:
+    """The actors' queue parts into one file (appended to on --resume); the parts go. Lines written."""
+    n = 0
+    with open(queue, "a" if append else "w", encoding="utf-8") as f:
+        for part in sorted(parts.glob("part-*.jsonl")):
+            text = part.read_text(encoding="utf-8")
+            n += text.count("\n")
+            f.write(text)
+    shutil.rmtree(parts, ignore_errors=True)
+    return n
 
 
 def decode_memory(image_size: int, batch_size: int) -> int:
@@ -267,7 +309,8 @@ def decode_memory(image_size: int, batch_size: int) -> int:
 
 
 def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
-         block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None) -> None:
+         block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None,
+         queue_dir: Path | None = None) -> None:
     blocks = [rows.slice(s, block_rows) for s in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     # Decoding stays in tasks of its own, spread over every free CPU, apart from the actors' sessions.
@@ -280,7 +323,8 @@ def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, con
                         compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus,
                         fn_constructor_args=(str(bundle.path), str(out / ERRORS)),
                         fn_constructor_kwargs={"key": key, "providers": providers, "precision": precision,
-                                               "threads": max(1, int(num_cpus))})
+                                               "threads": max(1, int(num_cpus)),
+                                               "queue_dir": str(queue_dir) if queue_dir else None})
     if fmt == "parquet":
         ds.write_parquet(str(out))
     else:

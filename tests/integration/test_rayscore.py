@@ -43,11 +43,12 @@ def _rows(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_path, fmt):
-    ref = tmp_path / "ref.jsonl"
-    r = _score(str(messy_catalog), "--bundle", str(bundle), "--out", str(ref), "--batch-size", "32")
+    ref, ref_q, ray_q = tmp_path / "ref.jsonl", tmp_path / "ref-queue.jsonl", tmp_path / "ray-queue.jsonl"
+    r = _score(str(messy_catalog), "--bundle", str(bundle), "--out", str(ref), "--batch-size", "32",
+               "--review-queue", str(ref_q))
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "ray-out"
-    r = _ray(messy_catalog, bundle, out, "--ray-format", fmt)
+    r = _ray(messy_catalog, bundle, out, "--ray-format", fmt, "--review-queue", str(ray_q))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "scored 40, failed 3" in r.stdout, r.stdout
     expected = [json.loads(x) for x in ref.read_text().splitlines()]
@@ -60,6 +61,10 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
     want = [json.loads(x) for x in Path(str(ref) + ".errors.jsonl").read_text().splitlines()]
     assert sorted(error_rows(out), key=lambda e: e["line"]) == sorted(want, key=lambda e: e["line"])
     assert {e["id"] for e in want} == {"bad-corrupt", "bad-missing", "bad-empty"}
+    # the review queue: the same lines as local scoring writes, one per product, the actors' parts joined
+    queue = {q["id"]: q for q in map(json.loads, ray_q.read_text().splitlines())}
+    assert queue == {q["id"]: q for q in map(json.loads, ref_q.read_text().splitlines())} and queue
+    assert len(ray_q.read_text().splitlines()) == len(queue) and not (out / ".review-queue").exists()
 
 
 def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):

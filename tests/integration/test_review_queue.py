@@ -38,9 +38,3 @@ def test_the_queue_holds_exactly_the_attributes_not_accepted(bundle, demo_catalo
             probs = [c["probability"] for c in v["candidates"]]
             assert len(probs) <= 3 and probs == sorted(probs, reverse=True)
             assert all(c["value"] in classes[a] and c["value"] != v["value"] for c in v["candidates"])
-
-
-def test_the_queue_is_refused_on_ray_with_the_reason(bundle, demo_catalog, tmp_path):
-    with pytest.raises(SystemExit, match="--review-queue is written by local scoring"):
-        main(["score", str(demo_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "o"), "--ray",
-              "--review-queue", str(tmp_path / "q.jsonl")])
