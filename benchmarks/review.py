@@ -29,6 +29,7 @@ Prints one JSON document (also written to --out/results.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -280,7 +281,12 @@ def run_seed(w: World, a, seed: int) -> dict:
             "orders": arms}
 
 
-def _spread(xs: list[float]) -> dict:
+def _spread(xs: list[float | None]) -> dict:
+    """Mean, min, max and the per-seed values (a None, e.g. no precision where nothing was accepted, is left out)."""
+    kept = [x for x in xs if x is not None]
+    if not kept:
+        return {"mean": None, "min": None, "max": None, "per_seed": xs}
+    xs = kept
     return {"mean": round(float(np.mean(xs)), 4), "min": round(float(np.min(xs)), 4),
             "max": round(float(np.max(xs)), 4), "per_seed": [round(float(x), 4) for x in xs]}
 
@@ -303,7 +309,7 @@ def summarise(seeds: list[dict]) -> dict:
         "priority_gain>=1.3x_random": {"value": None if ratio is None else round(ratio, 3),
                                        "met": ratio is not None and ratio >= 1.3},
         "precision>=0.88": {"value": out["priority"]["precision"]["min"],
-                            "met": out["priority"]["precision"]["min"] >= 0.88},
+                            "met": (out["priority"]["precision"]["min"] or 0.0) >= 0.88},
         "beats_lowest_confidence": {"value": round(gain["priority"] - gain["lowest-confidence"], 4),
                                     "met": gain["priority"] > gain["lowest-confidence"]}}
     return out
@@ -331,8 +337,9 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    w = world(a, out)
-    seeds = [run_seed(w, a, s) for s in range(a.seeds)]
+    with contextlib.redirect_stdout(sys.stderr):  # attrx's own progress lines: stdout is the JSON
+        w = world(a, out)
+        seeds = [run_seed(w, a, s) for s in range(a.seeds)]
     doc = {"benchmark": "review", "argv": sys.argv[1:], "config": {k: v for k, v in vars(a).items()},
            "split": {"train": int(len(w.run.tr)), "val": int(len(w.run.va)), "test": int(len(w.test))},
            "target": TARGET, "seeds": seeds, "summary": summarise(seeds), "seconds": round(time.time() - t0, 1)}
