@@ -315,6 +315,29 @@ def summarise(seeds: list[dict]) -> dict:
     return out
 
 
+def markdown(doc: dict) -> str:
+    """The per-round table (mean over seeds, min-max) and the targets, for docs/review-queue.md."""
+    seeds, lines = doc["seeds"], []
+    lines += ["| order | round | products reviewed | attribute labels | coverage at P>=0.90 | realised precision "
+              "| accuracy |", "|---|---|---|---|---|---|---|"]
+    for o in ORDERS:
+        for k in range(len(seeds[0]["orders"][o])):
+            rows = [s["orders"][o][k] for s in seeds]
+            cells = []
+            for m in ("coverage", "precision", "accuracy"):
+                sp = _spread([r[m] for r in rows])
+                cells.append(f"{sp['mean']:.4f} ({sp['min']:.4f}-{sp['max']:.4f})")
+            lines.append(f"| {o} | {k} | {rows[0]['products_reviewed']} | "
+                         f"{_spread([r['labels_spent'] for r in rows])['mean']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'no'} |" for k, v in doc["summary"]["targets"].items()]
+    gains = {o: doc["summary"][o]["coverage_gain_vs_control"] for o in ORDERS if o != "control"}
+    lines += ["", "Coverage gain over control after the last round, paired by seed (mean, min-max, per seed):", ""]
+    lines += [f"- {o}: {g['mean']:+.4f} ({g['min']:+.4f} to {g['max']:+.4f}; {', '.join(f'{x:+.4f}' for x in g['per_seed'])})"
+              for o, g in gains.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", default=str(DEFAULT_CATALOG))
@@ -330,7 +353,11 @@ def main(argv=None) -> None:
     ap.add_argument("--trusted-weight", type=float, default=2.0, help="loss weight of a reviewed label")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-products", type=int, default=0, help="only the catalog's first rows (smoke runs)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite OUT/results.md from OUT/results.json")
     a = ap.parse_args(argv)
+    if a.render_only:
+        (Path(a.out) / "results.md").write_text(markdown(json.loads((Path(a.out) / "results.json").read_text())))
+        return
     if not Path(a.catalog).is_file():
         raise SystemExit(f"benchmarks/review.py: no catalog at {a.catalog}; point --catalog to the fashion-products "
                          "catalog.csv (../shared/data/fashion-products/)")
@@ -344,6 +371,7 @@ def main(argv=None) -> None:
            "split": {"train": int(len(w.run.tr)), "val": int(len(w.run.va)), "test": int(len(w.test))},
            "target": TARGET, "seeds": seeds, "summary": summarise(seeds), "seconds": round(time.time() - t0, 1)}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
+    (out / "results.md").write_text(markdown(doc))
     print(json.dumps({k: doc[k] for k in ("config", "split", "summary", "seconds")}, indent=1))
 
 

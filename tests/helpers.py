@@ -94,18 +94,7 @@ class Server:
             self.wait_ready()
 
     def wait_listening(self, timeout: float = 60.0) -> None:
-
-
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
-            try:
-                httpx.get(self.url + "/healthz", timeout=1.0)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise TimeoutError(f"server not listening after {timeout}s: {self.output()}")
+        wait_listening(self.url, self.proc, self.output, timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
 
@@ -130,6 +119,20 @@ class Server:
             except Exception:
                 self.proc.kill()
         self.log.close()
+
+
+def wait_listening(url: str, proc: subprocess.Popen, output, timeout: float = 60.0) -> None:
+    """Until url/healthz answers; the process's output (output()) in the error when it exits first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {output()}")
+        try:
+            httpx.get(url + "/healthz", timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise TimeoutError(f"server not listening after {timeout}s: {output()}")
 
 
 def server_factory(bundle):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -166,6 +167,11 @@ def create_app(cfg: ReviewConfig) -> FastAPI:
     @app.exception_handler(ReviewError)
     async def _err(request: Request, e: ReviewError):
         return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad(request: Request, e: RequestValidationError):
+        what = "; ".join(f"{'.'.join(str(x) for x in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": "bad_request", "detail": what}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():

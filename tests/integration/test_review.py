@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ATTRS
+from helpers import ATTRS, wait_listening
 
 from attrx.cli import main
 
@@ -72,17 +72,12 @@ class Reviewing:
         self.proc = subprocess.Popen([exe, "review", str(queue), "--bundle", str(bundle), "--db", str(db),
                                       "--port", str(self.port), *args], stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"attrx review exited {self.proc.returncode}: {self.log.read()}")
-            try:
-                httpx.get(self.url + "/healthz", timeout=1.0)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise TimeoutError("attrx review did not start")
+        wait_listening(self.url, self.proc, self.output)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
 
     def call(self, method: str, path: str, who: str | None = "alice", **kw) -> httpx.Response:
         headers = kw.pop("headers", {})
@@ -173,6 +168,10 @@ def test_values_outside_the_bundles_lists_are_refused(start_review):
     missing = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": others})
     assert missing.status_code == 422 and a in missing.json()["detail"]
     assert r.call("POST", "/api/products/no-such-id/decision", json={"answers": {}}).status_code == 404
+    junk = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": {a: {"action": "maybe"}}})
+    assert junk.status_code == 422 and "answers." in junk.json()["detail"]  # a readable reason, not a schema dump
+    notjson = r.call("POST", f"/api/products/{p['id']}/decision", content=b"{", headers={"Content-Type": "application/json"})
+    assert notjson.status_code == 422 and notjson.json()["error"] == "bad_request"
     assert r.call("GET", "/api/decisions").json()["decisions"] == []  # nothing refused was stored
 
 
