@@ -35,7 +35,7 @@ help:
 	@echo "make bench-scale  benchmarks/scale.py: attrx score --ray (Ray Data) vs attrx score, 1 vs 2 actors, N-node projection (~4 min)"
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~95 min)"
-	@echo "make bench-review    benchmarks/review.py: the simulated reviewer, queue orders vs a no-new-labels control, 3 seeds (~50 min)"
+	@echo "make bench-review    benchmarks/review.py: the simulated reviewer, queue orders vs a no-new-labels control, 3 seeds (~40 min)"
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
 	@echo "make lint         ruff + lint-imports (the import rules)"
