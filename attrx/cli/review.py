@@ -48,7 +48,9 @@ def corrections_catalog(path: str, out: Path, checkpoint: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--corrections {path}: no such file (a decisions store or a catalog file)")
-    if p.read_bytes()[:16] != b"SQLite format 3\x00":
+    with open(p, "rb") as f:  # the header only: a corrections CSV or store can be large
+        magic = f.read(16)
+    if magic != b"SQLite format 3\x00":
         return p
     from attrx.service.review.store import DecisionStore, export_catalog
 

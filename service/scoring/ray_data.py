@@ -291,16 +291,13 @@ def _queue_parts(out: Path, review_queue) -> Path | None:
     return parts
 
 
-def join_queue(parts: Path, queue: Path, *, append: bool) -> int:
-    """The actors' queue parts into one file (appended to on --resume); the parts go. Lines written."""
-    n = 0
-    with open(queue, "a" if append else "w", encoding="utf-8") as f:
+def join_queue(parts: Path, queue: Path, *, append: bool) -> None:
+    """The actors' queue parts into one file (appended to on --resume), streamed; the parts go."""
+    with open(queue, "ab" if append else "wb") as f:
         for part in sorted(parts.glob("part-*.jsonl")):
-            text = part.read_text(encoding="utf-8")
-            n += text.count("\n")
-            f.write(text)
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
     shutil.rmtree(parts, ignore_errors=True)
-    return n
 
 
 def decode_memory(image_size: int, batch_size: int) -> int:

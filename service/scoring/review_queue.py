@@ -41,10 +41,9 @@ def lowest_confidence(confidence: np.ndarray, accepted: np.ndarray) -> np.ndarra
 
 
 def priority(preds: dict[str, dict]) -> float:
-    """priorities() of one product's predictions (attrx score's per-attribute dicts)."""
-    conf = np.array([[p["confidence"] for p in preds.values()]])
-    acc = np.array([[p["accepted"] for p in preds.values()]])
-    return float(priorities(conf, acc)[0])
+    """priorities() of one product's predictions (attrx score's per-attribute dicts), in plain Python:
+    it runs once per queued product while scoring, where numpy's per-call cost would dominate."""
+    return float(sum(1.0 - p["confidence"] for p in preds.values() if not p["accepted"]))
 
 
 def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, dict]) -> dict | None:
