@@ -274,11 +274,11 @@ def run_seed(w: World, a, seed: int) -> dict:
     train_rows(w, model, base, labelled, None, seed, False, a)
     calib = calibrate(w, model, constraints)
     start = {"state": copy.deepcopy(model.state_dict()), "calib": calib, "figures": test_figures(w, model, calib)}
-    log(f"seed {seed}: first model on {k} labelled products: coverage {start['figures']['coverage']:.4f} "
-        f"({time.time() - t0:.0f}s)")
+    first = round(time.time() - t0, 1)
+    log(f"seed {seed}: first model on {k} labelled products: coverage {start['figures']['coverage']:.4f} ({first:.0f}s)")
     arms = {o: run_order(w, a, o, seed, start, labelled, pool, base, constraints) for o in ORDERS}
-    return {"seed": seed, "labelled": int(k), "pool": int(len(pool)), "first_model_seconds": round(time.time() - t0, 1),
-            "orders": arms}
+    return {"seed": seed, "labelled": int(k), "pool": int(len(pool)), "first_model_seconds": first,
+            "seed_seconds": round(time.time() - t0, 1), "orders": arms}
 
 
 def _spread(xs: list[float | None]) -> dict:
