@@ -21,13 +21,24 @@ class ServeSettings(BaseSettings):
                                      "inference process (default: the number of cores)")
     # dynamic batching (Triton semantics)
     max_batch_size: int = Field(32, ge=1, description="a batch closes at this many items; 1 turns batching off")
-    max_queue_delay_ms: float = Field(5.0, ge=0, description="...or when its oldest item has waited this long")
+    batching: str = Field("adaptive", pattern="^(adaptive|fixed)$",
+                          description="adaptive: an idle engine runs a request at once and batches form from what "
+                                      "queues while one runs; it waits (up to max_queue_delay_ms) only where the "
+                                      "measured batch costs say waiting raises throughput. fixed: Triton's "
+                                      "semantics, every batch waits up to max_queue_delay_ms to fill")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="the longest a batch waits to fill (always, with "
+                                                             "--batching fixed)")
     max_queue_size: int = Field(256, ge=1, description="items waiting for a batch beyond this are refused with 429")
     # 32 kept the admitted requests' p99 within 1.2x of the p99 at capacity under 4x overload on
     # 2 cores (64: 2.5-3x); size it to the throughput times the latency you accept
     max_in_flight: int = Field(32, ge=1, description="products admitted at once (decoding + queued + running); "
                                                     "past it a request is refused at once with 429")
     request_timeout_ms: float = Field(5000.0, gt=0, description="deadline of a request; expired while queued -> 504")
+    dedup: bool = Field(True, description="requests for a product already in flight (same title and image bytes) "
+                        "share its decoding and inference instead of repeating them")
+    response_cache: int = Field(0, ge=0, description="answer repeated products from an LRU cache of this many "
+                                "responses per front-end process, keyed on the bundle's sha256, the product and "
+                                "the options (0: off)")
     inference_workers: int = Field(1, ge=1, description="threads running model batches")
     # half the cores each for preprocessing and the model: on 2 cores this beat onnxruntime's
     # all-cores default by ~19% in requests/s (benchmarks/serve.py), less thread contention

@@ -36,8 +36,9 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
         ann = f.annotation
         default = f.default_factory() if f.default_factory is not None else f.default
         text = f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip()
-        if ann is bool:  # a switch: --allow-provider-fallback
-            p.add_argument(f"--{name.replace('_', '-')}", action="store_const", const=True, default=None, help=text)
+        if ann is bool:  # a switch: --allow-provider-fallback, or --no-dedup for one on by default
+            flag = f"--no-{name.replace('_', '-')}" if default else f"--{name.replace('_', '-')}"
+            p.add_argument(flag, dest=name, action="store_const", const=not default, default=None, help=text)
             continue
         typ = ann if ann in (int, float, str) else str
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=text)

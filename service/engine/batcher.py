@@ -1,7 +1,17 @@
-"""Dynamic batching with Triton's semantics.
+"""Dynamic batching that never makes a request wait for company that is not coming.
 
-- A batch closes when it holds `max_batch_size` items or when its oldest item has waited
-  `max_queue_delay_ms`.
+- `policy="adaptive"` (the default): a free worker takes what is queued at once (a lone request
+  runs alone; while a batch runs, arrivals queue and form the next one). It waits for more only
+  where that is expected to raise throughput: when the items expected to arrive within one batch's
+  fixed cost outnumber those queued (`fixed_cost * arrival_rate > queued`, the point where a bigger
+  batch's saved overhead beats the engine's idle wait), and never past `max_queue_delay_ms`. The
+  fixed cost is fitted online from measured batch times (`time = fixed + per_item * size`), the
+  arrival rate from submissions. On a CPU with a small fixed cost this is continuous batching;
+  where a batch's overhead is large (a GPU) it waits for fuller batches under load.
+- `policy="fixed"` (Triton's semantics): a batch closes when it holds `max_batch_size` items or
+  when its oldest item has waited `max_queue_delay_ms`.
+- Items submitted with the same `key` (the same product) and run in one batch are computed once:
+  `run_batch` sees each distinct key once and every item gets its row.
 - The queue is bounded: `submit` on a full queue raises QueueFull at once (the caller answers 429).
 - Every item has a deadline: one that expires while queued is failed with DeadlineExceeded and
   never run. A cancelled item (client gone) is skipped.
@@ -45,6 +55,47 @@ class _Job:
     future: Future = field(default_factory=Future)
     cancelled: Callable[[], bool] | None = None  # cancelled elsewhere (another process's client gone)
     tag: object = None  # the caller's, for on_complete
+    key: object = None  # equal keys in one batch run once (the same product)
+
+
+class CostModel:
+    """A batch's time as `fixed + per_item * size`, least squares over recent batches (decayed)."""
+
+    def __init__(self, decay: float = 0.98):
+        self.decay = decay
+        self._s = np.zeros(5)  # weight, sum n, sum n^2, sum t, sum n*t
+
+    def observe(self, n: int, seconds: float) -> None:
+        self._s = self._s * self.decay + np.array([1.0, n, n * n, seconds, n * seconds])
+
+    @property
+    def fixed_cost(self) -> float:
+        """Seconds a batch costs whatever its size; 0 until batches of different sizes were seen."""
+        w, sn, snn, st, snt = self._s
+        var = w * snn - sn * sn
+        if w < 2 or var <= 1e-9 * max(1.0, w * snn):
+            return 0.0
+        slope = (w * snt - sn * st) / var
+        return max(0.0, (st - slope * sn) / w)
+
+
+class ArrivalRate:
+    """Items per second, from the gaps between submissions (an exponentially weighted mean gap;
+    a silence longer than it counts as the current gap, so an idle server's rate falls at once)."""
+
+    def __init__(self, alpha: float = 0.1):
+        self.alpha, self._gap, self._last = alpha, None, None
+
+    def tick(self, now: float) -> None:
+        if self._last is not None:
+            gap = now - self._last
+            self._gap = gap if self._gap is None else self._gap + self.alpha * (gap - self._gap)
+        self._last = now
+
+    def per_second(self, now: float) -> float:
+        if self._gap is None:
+            return 0.0
+        return 1.0 / max(self._gap, now - self._last, 1e-6)
 
 
 @dataclass
@@ -67,6 +118,7 @@ class Batcher:
         max_queue_delay_ms: float = 5.0,
         max_queue_size: int = 256,
         workers: int = 1,
+        policy: str = "adaptive",
         on_batch: Callable[[int, float], None] | None = None,
         on_dequeue: Callable[[float], None] | None = None,
         on_expired: Callable[[], None] | None = None,
@@ -75,6 +127,10 @@ class Batcher:
     ):
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be >= 1")
+        if policy not in ("adaptive", "fixed"):
+            raise ValueError(f"policy must be adaptive or fixed, not {policy!r}")
+        self.policy = policy
+        self.costs, self.arrivals = CostModel(), ArrivalRate()
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
@@ -102,14 +158,15 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, inputs: dict[str, np.ndarray], timeout_s: float, *,
-               cancelled: Callable[[], bool] | None = None, tag: object = None) -> Future:
-        job = _Job(inputs, time.monotonic() + timeout_s, cancelled=cancelled, tag=tag)
+               cancelled: Callable[[], bool] | None = None, tag: object = None, key: object = None) -> Future:
+        job = _Job(inputs, time.monotonic() + timeout_s, cancelled=cancelled, tag=tag, key=key)
         with self._cond:
             if not self._accepting:
                 raise Draining("the server is shutting down")
             if len(self._queue) >= self.max_queue_size:
                 raise QueueFull(f"the queue is full ({self.max_queue_size} waiting)")
             self._queue.append(job)
+            self.arrivals.tick(job.enqueued)
             self._depth_changed()
             self._cond.notify()
         return job.future
@@ -147,19 +204,29 @@ class Batcher:
         if self._on_depth:
             self._on_depth(len(self._queue))
 
+    def _wait_s(self) -> float:
+        """How long to wait for more items before closing the batch now; 0: close it."""
+        n = len(self._queue)
+        if n >= self.max_batch_size or self._stopping or not self._accepting or self._flushing:
+            return 0.0
+        now = time.monotonic()
+        left = self._queue[0].enqueued + self.max_delay - now
+        if self.policy == "fixed" or left <= 0:
+            return max(0.0, left)
+        rate = self.arrivals.per_second(now)
+        expected = min(self.max_batch_size, self.costs.fixed_cost * rate)  # arrivals within one overhead
+        if expected <= n:
+            return 0.0  # waiting would idle the engine for less than it saves
+        return min(left, (expected - n) / rate)
+
     def _take(self) -> list[_Job] | None:
         with self._cond:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            # close the batch at max_batch_size or when the oldest item has waited max_queue_delay
-            while (len(self._queue) < self.max_batch_size and not self._stopping and self._accepting
-                   and not self._flushing):
-                remaining = self._queue[0].enqueued + self.max_delay - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            while (wait := self._wait_s()) > 0:
+                self._cond.wait(wait)
                 if not self._queue:
                     return []
             now = time.monotonic()
@@ -200,7 +267,7 @@ class Batcher:
                 continue
             t0 = time.monotonic()
             try:
-                outputs = self.run_batch([j.inputs for j in jobs])
+                outputs = self._run_unique(jobs)
             except BaseException as e:  # noqa: BLE001 - every waiting caller must hear about it
                 for j in jobs:
                     j.future.set_exception(e)
@@ -210,3 +277,21 @@ class Batcher:
                 with self._cond:
                     self._in_flight -= len(jobs)
                     self._cond.notify_all()
+
+    def _run_unique(self, jobs: list[_Job]) -> list[np.ndarray]:
+        """run_batch on the batch's distinct products; every job gets its product's row."""
+        first: dict[object, int] = {}
+        unique, where = [], []
+        for i, j in enumerate(jobs):
+            k = ("unkeyed", i) if j.key is None else j.key
+            if k not in first:
+                first[k] = len(unique)
+                unique.append(j.inputs)
+            where.append(first[k])
+        t0 = time.monotonic()
+        outputs = self.run_batch(unique)
+        self.costs.observe(len(unique), time.monotonic() - t0)
+        if len(unique) == len(jobs):
+            return outputs
+        take = np.asarray(where)
+        return [o[take] for o in outputs]

@@ -68,10 +68,11 @@ class EngineClient:
         self.sock.setblocking(False)
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
-    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True
+    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True, key: int = 0
                ) -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.
-        counted=False: a warm-up product, kept out of the prediction metrics."""
+        counted=False: a warm-up product, kept out of the prediction metrics. key: the product's
+        (`attrx.service.http.dedup.engine_key`; 0: none)."""
         if self.gone:
             raise EngineGone("the inference process has stopped")
         if not self._free:
@@ -79,7 +80,7 @@ class EngineClient:
         k = self._free.pop()
         try:
             self.arena.write_inputs(k, inputs)
-            self.sock.send(REQUEST.pack(k, deadline, int(counted)))
+            self.sock.send(REQUEST.pack(k, deadline, int(counted), key))
         except BaseException:
             self._free.append(k)
             raise

@@ -32,8 +32,9 @@ from attrx.service.procutil import die_with_parent, set_process_name
 log = logging.getLogger("attrx.engine")
 
 # front-end -> engine: slot, deadline (time.monotonic, the same clock in every process), counted
-# (0 for a front-end's warm-up product, which stays out of the prediction metrics)
-REQUEST = struct.Struct("<IdI")
+# (0 for a front-end's warm-up product, which stays out of the prediction metrics), the product's
+# key (0: none; equal keys in one batch, from any front-end, run once)
+REQUEST = struct.Struct("<IdIQ")
 # engine -> front-end: slot, status, batch size, queue wait s, inference s
 REPLY = struct.Struct("<IIIff")
 OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED = range(6)
@@ -68,7 +69,7 @@ class Engine:
         self.batcher = Batcher(
             pipeline.run_batch, max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms, max_queue_size=settings.max_queue_size,
-            workers=settings.inference_workers,
+            workers=settings.inference_workers, policy=settings.batching,
             on_batch=lambda n, dt: (m.batch_size.observe(n), m.inference_seconds.observe(dt),
                                     m.queue_depth.set(self.batcher.depth)),
             on_dequeue=m.queue_seconds.observe,
@@ -89,15 +90,16 @@ class Engine:
                 return  # the front-end closed its end
             pending += data
             whole = len(pending) - len(pending) % REQUEST.size
-            for slot, deadline, counted in REQUEST.iter_unpack(pending[:whole]):
-                self._submit(i, slot, deadline, counted)
+            for slot, deadline, counted, key in REQUEST.iter_unpack(pending[:whole]):
+                self._submit(i, slot, deadline, counted, key)
             pending = pending[whole:]
 
-    def _submit(self, i: int, slot: int, deadline: float, counted: int = 1) -> None:
+    def _submit(self, i: int, slot: int, deadline: float, counted: int = 1, key: int = 0) -> None:
         arena = self.links[i].arena
         try:
             fut = self.batcher.submit(arena.inputs(slot), deadline - time.monotonic(),
-                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot, counted))
+                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot, counted),
+                                      key=key or None)
         except (QueueFull, Draining) as e:
             self.links[i].send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
             return
@@ -138,10 +140,11 @@ class Engine:
             threading.Thread(target=self._read, args=(i,), name=f"attrx-engine-read-{i}", daemon=True).start()
 
     def warm_up(self, item: dict[str, np.ndarray]) -> None:
+        """Full batches, then single items: the batcher's cost model starts with both sizes measured."""
         s = self.settings
         n = min(s.max_batch_size, s.max_queue_size)
-        for _ in range(s.warmup_batches):
-            futs = [self.batcher.submit(item, 60.0) for _ in range(n)]
+        for size in [n] * s.warmup_batches + [1, 1, 1]:
+            futs = [self.batcher.submit(item, 60.0) for _ in range(size)]
             for f in futs:
                 f.result()
 

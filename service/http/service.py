@@ -20,6 +20,7 @@ from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining
 from attrx.service.engine.client import EngineGone, EngineLink
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
+from attrx.service.http.dedup import InFlight, ResponseCache, Shared, engine_key, product_key
 from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
 from attrx.service.http.requests import Product, check_options, from_model, item_id, read_batch, read_one
 from attrx.service.http.schemas import (
@@ -48,6 +49,8 @@ class Service:
         self.drain = Drain()
         self.state: State | None = None
         self.gate: Gate | None = None
+        self.inflight = InFlight()
+        self.cache: ResponseCache | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -65,6 +68,7 @@ class Service:
     async def lifespan(self, app: FastAPI):
         st = self.state = load_state(self.settings, self.link)
         self.gate = Gate(st.admission, st.metrics)
+        self.cache = ResponseCache(self.settings.response_cache, st.bundle_id)
         app.state.attrx = st
         st.engine.start()
         warm = asyncio.create_task(warm_up(st, self.link.ready))
@@ -102,22 +106,22 @@ class Service:
 
     # -- one product --------------------------------------------------------------------------
     async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> tuple[BatchResult, list[str]]:
-        """The product's row of its batch's outputs, and its situation per attribute."""
-        st = self.state
+        """The product's row of its batch's outputs, and its situation per attribute. A product
+        already in flight here (same title and image bytes) is not decoded or run again: this
+        request waits on that work."""
         watch.check("decoding")
-        fut = st.pool.submit(_decode, st.pipeline, p.title, p.image)
-        if ticket is not None:
-            ticket.hold(fut)
+        key = product_key(p.title, p.image) if self.settings.dedup else None
+        shared = self.inflight.join(key) if key is not None else None
+        if shared is None:
+            shared = self.inflight.start(key, lambda s: self._work(s, p, watch.deadline, ticket))
+        else:
+            self.state.metrics.shared.inc()
+            if ticket is not None:
+                ticket.hold(shared.task)
         try:
-            inputs, situations = await watch.wait(fut, "decoding")
+            return await watch.wait(shared.task, "running", cancel=shared.leave)
         except (ImageError, InputError) as e:
             raise input_error(e) from None
-        watch.check("queueing")
-        try:
-            job, slot = st.engine.submit(inputs, watch.deadline)
-            if ticket is not None:
-                ticket.hold(job)
-            return await watch.wait(job, "running", cancel=partial(st.engine.cancel, slot)), situations
         except QueueFull as e:
             raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
         except DeadlineExceeded:  # counted by the batcher
@@ -126,6 +130,34 @@ class Service:
             raise retry_later(503, "draining", str(e)) from None
         except EngineGone as e:
             raise retry_later(503, "not_ready", str(e)) from None
+        except asyncio.CancelledError:
+            if shared.task.cancelled() and not asyncio.current_task().cancelling():
+                # the work was stopped by the others who waited on it, after this one's deadline
+                raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms") from None
+            raise
+
+    async def _work(self, s: Shared, p: Product, deadline: float, ticket: Ticket | None):
+        """Decoding, then the engine: one product's work, shared by every request waiting on it.
+        The first request's ticket holds each stage, so admission bounds the work."""
+        st = self.state
+        fut = s.decoding = st.pool.submit(_decode, st.pipeline, p.title, p.image)
+        if ticket is not None:
+            ticket.hold(fut)
+        inputs, situations = await asyncio.wrap_future(fut)
+        s.decoding = None
+        if s.waiters == 0:
+            return None  # everyone left while it decoded: never queued
+        now = time.monotonic()
+        if now >= self.drain.deadline:
+            raise retry_later(503, "draining", "the server is shutting down")
+        if now >= deadline:
+            raise ApiError(504, "timeout", f"the deadline of {self.settings.request_timeout_ms:.0f} ms passed "
+                                           "before queueing")
+        job, slot = st.engine.submit(inputs, deadline, key=engine_key(s.key))
+        s.cancel_queued = partial(st.engine.cancel, slot)
+        if ticket is not None:
+            ticket.hold(job)
+        return await asyncio.shield(job), situations
 
     def watch(self, request: Request, t0: float) -> Watch:
         ms = self.settings.request_timeout_ms
@@ -145,12 +177,26 @@ class Service:
             p = await read_one(request)
             check_options(p)
             key = self.precision_key(st, p.min_precision)
-            res, situations = await self.run(p, watch, request.scope.get("attrx.ticket"))
+            preds = await self.predictions(st, p, key, watch, request.scope.get("attrx.ticket"))
         finally:
             watch.close()
-        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
         return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
-                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    async def predictions(self, st: State, p: Product, key: str, watch: Watch, ticket: Ticket | None) -> dict:
+        """One product's predictions: from the response cache when it is on and holds them."""
+        cache = self.cache
+        ck = cache.key(product_key(p.title, p.image), (key, p.top_k)) if cache.on else None
+        if ck is not None:
+            found = cache.get(ck)
+            st.metrics.cache.labels("miss" if found is None else "hit").inc()
+            if found is not None:
+                return found
+        res, situations = await self.run(p, watch, ticket)
+        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
+        if ck is not None:
+            cache.put(ck, preds)
+        return preds
 
     # -- a batch of products ------------------------------------------------------------------
     async def _batch_item(self, st: State, i: int, raw, watch: Watch, ticket: Ticket) -> dict:
@@ -158,7 +204,7 @@ class Service:
         try:
             p = from_model(ExtractRequest.model_validate(raw))
             key = self.precision_key(st, p.min_precision)
-            res, situations = await self.run(p, watch, ticket)
+            preds = await self.predictions(st, p, key, watch, ticket)
         except ApiError as e:
             if not e.counted:
                 self.reject(e.reason)
@@ -168,7 +214,6 @@ class Service:
             return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
         except ClientGone:
             return {"index": i, "gone": True}
-        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
         return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
 
     async def extract_batch(self, request: Request) -> JSONResponse:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from attrx.service.contract.bundle import Bundle
+from attrx.service.contract.bundle import Bundle, sha256_file
 from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
@@ -36,6 +36,7 @@ class State:
     ready: bool = False
     drained: bool | None = None
     model_ref: dict = field(default_factory=dict)
+    bundle_id: str = ""  # sha256 of the manifest, which lists every file's sha256
 
 
 def lower_priority(nice: int) -> None:
@@ -57,7 +58,8 @@ def load_state(settings: ServeSettings, link: EngineLink) -> State:
                  ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
                                     initializer=lower_priority, initargs=(settings.preprocess_nice,)),
                  Admission(settings.max_in_flight, shared=link.admission),
-                 model_ref={"name": m.name, "version": m.version})
+                 model_ref={"name": m.name, "version": m.version},
+                 bundle_id=sha256_file(bundle.path / "manifest.json"))
 
 
 async def warm_up(st: State, engine_ready) -> None:
@@ -82,9 +84,9 @@ async def warm_up(st: State, engine_ready) -> None:
     st.ready = True
     st.metrics.ready.set(1)
     count_warm(st, +1)
-    log.info("attrx: %s %s ready in front-end %d (%s %s, batch <= %d, delay %.1f ms, in flight <= %d)",
-             st.model_ref["name"], st.model_ref["version"], os.getpid(), st.link.info["providers"][0],
-             st.link.info["precision"],
+    log.info("attrx: %s %s ready in front-end %d (%s %s, %s batching, batch <= %d, delay <= %.1f ms, "
+             "in flight <= %d)", st.model_ref["name"], st.model_ref["version"], os.getpid(),
+             st.link.info["providers"][0], st.link.info["precision"], s.batching,
              s.max_batch_size, s.max_queue_delay_ms, s.max_in_flight)
 
 

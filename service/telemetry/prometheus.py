@@ -66,6 +66,10 @@ class Metrics:
                                                   "running); the admission limit bounds it", registry=r,
                                multiprocess_mode="mostrecent")
         self.items = Counter("attrx_items", "products predicted", registry=r)
+        self.shared = Counter("attrx_shared_requests", "requests answered from an identical product's work "
+                              "already in flight (one decoding, one inference)", registry=r)
+        self.cache = Counter("attrx_response_cache", "response cache lookups (attrx serve --response-cache)",
+                             ["result"], registry=r)
         self.rejections = Counter("attrx_rejections", "requests or items refused, by reason", ["reason"],
                                   registry=r)
         # an Info metric in all but name (Info does not exist in multiprocess mode)

@@ -58,7 +58,7 @@ def _read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, floa
 def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
     # a long batch delay keeps 4 products in flight; the next requests must be refused at the door
     # two front-end processes: the limit is the whole server's, whichever process a connection reaches
-    s = start_server(workers=2, max_in_flight=4, max_batch_items=4, max_queue_delay_ms=2000, max_batch_size=64)
+    s = start_server(workers=2, max_in_flight=4, max_batch_items=4, batching="fixed", max_queue_delay_ms=2000, max_batch_size=64)
     with cf.ThreadPoolExecutor(4) as ex:
         held = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=20)
                 for i in range(4)]

@@ -125,7 +125,7 @@ def test_killing_the_parent_takes_every_server_process_with_it(start_server):
 
 def test_a_drain_waits_for_work_admitted_by_every_front_end(start_server):
     # a long batch delay holds the products in the engine's queue when SIGTERM comes
-    s = start_server(workers=2, max_queue_delay_ms=1500, max_batch_size=64, drain_timeout_s=20)
+    s = start_server(workers=2, batching="fixed", max_queue_delay_ms=1500, max_batch_size=64, drain_timeout_s=20)
     with cf.ThreadPoolExecutor(8) as ex:
         futs = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=30)
                 for i in range(8)]

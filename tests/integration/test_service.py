@@ -73,7 +73,7 @@ def test_min_precision_selects_thresholds(server):
 
 
 def test_concurrent_requests_form_batches(start_server, product_images):
-    s = start_server(max_queue_delay_ms=100, max_batch_size=16)
+    s = start_server(batching="fixed", max_queue_delay_ms=100, max_batch_size=16)
     before = scrape(s)
     with cf.ThreadPoolExecutor(16) as ex:
         rs = list(ex.map(lambda i: httpx.post(s.url + "/v1/extract", timeout=20, data={"title": f"Tee {i}"},
@@ -90,7 +90,7 @@ def test_concurrent_requests_form_batches(start_server, product_images):
 
 def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
     # a long queue delay keeps items queued: the 5th concurrent request finds the queue full
-    s = start_server(max_queue_delay_ms=1500, max_batch_size=64, max_queue_size=4, request_timeout_ms=10000)
+    s = start_server(batching="fixed", max_queue_delay_ms=1500, max_batch_size=64, max_queue_size=4, request_timeout_ms=10000)
     with cf.ThreadPoolExecutor(8) as ex:
         rs = list(ex.map(lambda i: httpx.post(s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=20),
                          range(8)))
@@ -99,7 +99,7 @@ def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
     r429 = next(r for r in rs if r.status_code == 429)
     assert r429.headers["retry-after"] == "1" and r429.json()["error"]["reason"] == "queue_full"
 
-    t = start_server(max_queue_delay_ms=1500, max_batch_size=64, request_timeout_ms=200)
+    t = start_server(batching="fixed", max_queue_delay_ms=1500, max_batch_size=64, request_timeout_ms=200)
     before = scrape(t)
     r = httpx.post(t.url + "/v1/extract", json={"title": "Red Cap"}, timeout=20)
     assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
@@ -111,7 +111,7 @@ def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
 
 
 def test_a_client_that_disconnects_is_dropped_from_the_queue(start_server):
-    s = start_server(max_queue_delay_ms=2000, max_batch_size=64, request_timeout_ms=10000)
+    s = start_server(batching="fixed", max_queue_delay_ms=2000, max_batch_size=64, request_timeout_ms=10000)
     before = scrape(s)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
         httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=0.4)
@@ -217,7 +217,7 @@ def test_api_key(start_server):
 def test_sigterm_drains_requests_in_flight(start_server):
     # a long batch delay holds all 12 in the queue; SIGTERM is sent once the server has admitted all
     # of them (read from its own gauge, not guessed with a sleep), and closes the batch at once
-    s = start_server(max_queue_delay_ms=4000, max_batch_size=64, drain_timeout_s=10, log_level="info")
+    s = start_server(batching="fixed", max_queue_delay_ms=4000, max_batch_size=64, drain_timeout_s=10, log_level="info")
     with cf.ThreadPoolExecutor(12) as ex:
         futs = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Tee {i}"}, timeout=30)
                 for i in range(12)]

@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from attrx.service.engine.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.batcher import Batcher, CostModel, DeadlineExceeded, Draining, QueueFull, _Job
 from attrx.service.inference.predictor import batch_inputs
 
 WAIT = 10.0  # an upper bound for events that should happen at once; never a sleep
@@ -40,7 +40,8 @@ class Gate:
 
 
 def _batcher(run, **kw) -> Batcher:
-    b = Batcher(run, **{"max_batch_size": 4, "max_queue_delay_ms": 60_000, "max_queue_size": 8, **kw})
+    b = Batcher(run, **{"max_batch_size": 4, "max_queue_delay_ms": 60_000, "max_queue_size": 8, "policy": "fixed",
+                        **kw})
     b.start()
     return b
 
@@ -157,4 +158,59 @@ def test_a_failing_model_fails_every_item_of_its_batch_and_the_batcher_goes_on()
             f.result(timeout=WAIT)
     again = [b.submit(_item(i), 30) for i in range(4)]
     assert [f.result(timeout=WAIT).row for f in again] == [0, 1, 2, 3]
+    assert b.stop(1.0)
+
+
+# -- adaptive batching (the default) ------------------------------------------------------------
+
+def test_adaptive_runs_a_lone_item_at_once_however_long_the_delay():
+    run = Gate()
+    b = _batcher(run, policy="adaptive")  # a minute's delay, never waited out for company
+    assert b.submit(_item(7), 30).result(timeout=WAIT).batch_size == 1
+    assert run.batches == [[7]]
+    assert b.stop(1.0)
+
+
+def test_adaptive_forms_the_next_batch_from_what_queued_while_one_ran():
+    run = Gate(hold=True)
+    b = _batcher(run, policy="adaptive", max_batch_size=3)
+    first = b.submit(_item(0), 30)
+    assert run.started.wait(WAIT)  # item 0 runs alone; 1..4 queue meanwhile
+    rest = [b.submit(_item(i), 30) for i in range(1, 5)]
+    run.release.set()
+    assert first.result(timeout=WAIT).batch_size == 1
+    assert [f.result(timeout=WAIT).batch_size for f in rest] == [3, 3, 3, 1]
+    assert run.batches == [[0], [1, 2, 3], [4]]
+    assert b.stop(1.0)
+
+
+def test_adaptive_waits_only_where_the_fixed_cost_outweighs_the_queue():
+    b = Batcher(lambda items: [], max_batch_size=32, max_queue_delay_ms=50, policy="adaptive")
+    b._accepting = True
+    for n, t in [(1, 0.010), (32, 0.0410), (1, 0.010), (32, 0.0410)]:  # 10 ms fixed, 1 ms per item
+        b.costs.observe(n, t)
+    assert b.costs.fixed_cost == pytest.approx(0.009, abs=1e-6)
+    now = time.monotonic()
+    b._queue.append(_Job(_item(0), now + 30))
+    b.arrivals._gap, b.arrivals._last = 0.001, now  # 1,000 items/s: ~9 arrive within one overhead
+    assert 0.0 < b._wait_s() <= 0.050
+    b.arrivals._gap = 1.0  # 1 item/s: waiting would idle the engine for nothing
+    assert b._wait_s() == 0.0
+
+
+def test_cost_model_without_two_sizes_knows_no_fixed_cost():
+    m = CostModel()
+    for _ in range(5):
+        m.observe(8, 0.02)
+    assert m.fixed_cost == 0.0
+
+
+def test_items_with_one_key_in_a_batch_run_once_and_each_gets_its_row():
+    run = Gate()
+    b = _batcher(run, max_batch_size=4)
+    futs = [b.submit(_item(i), 30, key=k) for i, k in [(5, "a"), (5, "a"), (6, "b"), (7, None)]]
+    results = [f.result(timeout=WAIT) for f in futs]
+    assert run.batches == [[5, 6, 7]]  # the model saw product "a" once
+    assert [int(r.outputs[0][r.row, 0]) for r in results] == [10, 10, 12, 14]
+    assert all(r.batch_size == 4 for r in results)
     assert b.stop(1.0)
