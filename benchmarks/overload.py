@@ -19,6 +19,13 @@ Prints JSON. Targets (issue "Nothing lost, nothing hangs"), reported, not assert
   RSS flat (all the server's processes)          rss_mb before / max during / after
   normal latency within 2 s after the load stops recovered_after_s: sequential requests right after the
                                                  top level, against their median on an idle server
+and (issue "Fast at every load"), after each repetition's levels:
+  a front-end SIGKILLed under load           kill_front_end: closed loop at --concurrency; a third of the
+                                             way in, attrx-front-0 is killed. The server keeps answering
+                                             (ok_per_s), loses only requests that were in the dead process
+                                             (lost: connection errors and timeouts, beside the concurrency
+                                             that bounds them), and is back at full worker count (a new
+                                             attrx-front-0, /readyz 200) within 5 s (restored_s)
 """
 
 from __future__ import annotations
@@ -226,6 +233,58 @@ def run_level(port: int, requests: list[bytes], rss: RssSampler, *, rate: float 
     return row
 
 
+def _front_ends(pid: int) -> dict[str, int]:
+    import psutil
+
+    out = {}
+    for p in psutil.Process(pid).children():
+        try:
+            if p.name().startswith("attrx-front-") and p.status() != psutil.STATUS_ZOMBIE:
+                out[p.name()] = p.pid
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _kill_and_time_restore(port: int, pid: int, after_s: float, out: dict) -> None:
+    """After after_s, SIGKILL attrx-front-0; then the time until a new one runs beside all the
+    others and /readyz says 200 (every front-end warm)."""
+    import signal
+
+    import httpx
+
+    time.sleep(after_s)
+    fronts = _front_ends(pid)
+    victim = fronts["attrx-front-0"]
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    while time.monotonic() - t0 < 30:
+        now = _front_ends(pid)
+        if len(now) == len(fronts) and now.get("attrx-front-0") not in (None, victim):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    out["restored_s"] = round(time.monotonic() - t0, 3)
+                    return
+            except httpx.TransportError:
+                pass
+        time.sleep(0.02)
+
+
+def kill_front_end(port: int, pid: int, requests: list[bytes], concurrency: int, duration: float,
+                   timeout: float) -> dict:
+    """A closed loop at `concurrency` with attrx-front-0 SIGKILLed a third of the way in."""
+    load, out = Load(port, requests, timeout), {}
+    killer = threading.Thread(target=_kill_and_time_restore, args=(port, pid, duration / 3, out))
+    killer.start()
+    asyncio.run(load.closed_loop(concurrency, duration))
+    killer.join()
+    load.close()
+    row = summarise(load.results, duration)
+    row["lost"] = row["status"].get("error", 0) + row["status"].get("timeout", 0)
+    row["restored_s"] = out.get("restored_s")
+    return row
+
+
 def sequential(port: int, requests: list[bytes], seconds: float) -> list[tuple[float, float, int]]:
     """One client, one request at a time: (seconds since start, latency ms, status) per request."""
     import httpx
@@ -336,6 +395,12 @@ def main() -> None:
                 log(f"rep {r + 1}: {m:g}x sent {row['sent_per_s']}/s: {row['status']}  200 p99 {row['p99_200_ms']} ms"
                     f"  429 p99 {row['p99_429_ms']} ms  RSS max {row['rss_mb']['max_during']} MB"
                     f"  (loadgen {row['loadgen_cpu_cores']} cores)")
+            time.sleep(1.0)
+            rep["kill_front_end"] = kill_front_end(port, proc.pid, requests, a.concurrency, a.duration, a.timeout)
+            k = rep["kill_front_end"]
+            log(f"rep {r + 1}: front-end killed under load: {k['status']}, lost {k['lost']}, "
+                f"restored in {k['restored_s']} s, {k['ok_per_s']} ok/s")
+            time.sleep(1.0)
             reps.append(rep)
         rss_end = rss.rss_mb()
     finally:
@@ -351,7 +416,12 @@ def main() -> None:
                                            for rep in reps)
     summary["server_rss_mb"] = {"start": rss_start, "end": rss_end,
                                 "max_during_any_level": max(rep[k]["rss_mb"]["max_during"] for rep in reps
-                                                            for k in rep)}
+                                                            for k in rep if "rss_mb" in rep[k])}
+    summary["kill_front_end"] = {"restored_s": spread([rep["kill_front_end"]["restored_s"] for rep in reps]),
+                                 "lost": [rep["kill_front_end"]["lost"] for rep in reps],
+                                 "status": [rep["kill_front_end"]["status"] for rep in reps],
+                                 "ok_per_s": spread([rep["kill_front_end"]["ok_per_s"] for rep in reps]),
+                                 "concurrency": a.concurrency, "target_restored_s": 5.0}
     print(json.dumps({"level": top, "summary_at_top_level": summary, "repeats": reps,
                       "settings": {"duration_s": a.duration, "concurrency": a.concurrency,
                                    "loadgen_nice": os.getpriority(os.PRIO_PROCESS, 0),

@@ -72,8 +72,13 @@ def _graphs(bundle, ck, tmp: Path) -> tuple[dict[str, Path], dict]:
         graphs["onnxruntime_int8"] = bundle.variant_path("int8")
         gate = {"source": "bundle", "accepted": True, "attempt": v.parity.get("attempt"),
                 "attributes": v.parity.get("attributes")}
-    else:
-        precision.to_int8(bundle.model_path, tmp / "int8.onnx", [])
+    else:  # static int8 as export makes it (calibrated on the training split), without its gate
+        from attrx.export.build import eval_set
+
+        calibration = eval_set(ck, None, "train", precision.CALIBRATION_ITEMS)
+        precision.to_int8(bundle.model_path, tmp / "int8.onnx", precision.nodes_in(bundle.model_path,
+                                                                                 precision.INT8_MORE_SCOPES),
+                          calibration)
         graphs["onnxruntime_int8"] = tmp / "int8.onnx"
         gate = {"source": "quantised by this benchmark, not gated",
                 "refused_by_export": bundle.manifest.refused.get("int8")}

@@ -16,12 +16,22 @@ at a fixed concurrency; shedding under overload is benchmarks/overload.py's subj
 with one, for the scaling figure. `--compare-bundle B` adds `compare`: the batched server on another
 bundle (e.g. today's default recipe beside a new one), with the ratio --bundle / B per concurrency,
 repetition by repetition.
-Prints JSON; progress goes to stderr. Targets (issue "Serving past the GIL"), reported, not asserted:
-  attrx batched >= 1.3x LitServe's requests/s at concurrency 8, 32 and 64 (with --litserve)
-  batched >= 1.5x unbatched requests/s at concurrency 32
-  batched server at concurrency 32 >= 0.8x the in-process pipeline's items/s
-  p99 at concurrency 32 <= max_queue_delay_ms + 3 x median batch-32 inference time
-  attrx score >= 0.7x the in-process pipeline's items/s
+Every server runs attrx's default settings (adaptive batching, deduplication on, no response
+cache) unless a flag here says otherwise (--max-queue-delay-ms, --batching).
+Duplicates: `dedup` and `no-dedup` (--no-dedup) serve a load in which every product is asked for
+twice in a row, so half the requests in flight repeat another's product, at concurrency
+--dup-concurrency; `cache` (--response-cache) serves it with the response cache on, where the
+repeats of the cycle hit it. Before its load, the dedup server answers each of 64 products alone
+and then twice at once, and the answers must be identical (`dedup_answers`).
+
+Prints JSON; progress goes to stderr. Targets (issue "Fast at every load"), reported, not asserted,
+each a median of per-repetition ratios with its range:
+  at concurrency 1, batched p50 <= 1.2x unbatched p50
+  at concurrency 8, batched >= 1.0x unbatched requests/s and >= 1.5x LitServe (with --litserve)
+  at concurrency 32 and 64, batched / LitServe >= 1.65 and 2.07 (the last round's; with --litserve)
+  dedup >= 1.3x no-dedup requests/s on the duplicate load, with identical answers
+Earlier rounds' figures, still reported: batched / unbatched at 32, batched at 32 / the in-process
+pipeline, p99 at 32, attrx score / the in-process pipeline.
 """
 
 from __future__ import annotations
@@ -167,7 +177,8 @@ def server_command(args, name: str, port: int, extra: list[str]) -> list[str]:
             "--max-queue-size", "4096", "--max-in-flight", "4096", "--request-timeout-ms", "30000", *extra]
 
 
-def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path) -> list[dict]:
+def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path, concurrency: list[int],
+                   check: list | None = None) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = open(Path(tempfile.gettempdir()) / f"attrx-bench-{name}.log", "w")  # never an unread pipe
@@ -187,8 +198,11 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
             if time.monotonic() > end or proc.poll() is not None:
                 raise RuntimeError(f"server did not get ready; see {server_log.name}")
             time.sleep(0.1)
+        if check is not None:
+            check.append(dedup_answers(url, bodies))
+            log(f"{name}: answers to products alone and twice at once: {check[-1]}")
         rows = []
-        for c in args.concurrency:
+        for c in concurrency:
             c0, t0 = cpu_seconds(proc.pid), time.monotonic()
             row = run_wrk(url, bodies, script, c, args.duration)
             row["server_cpu_cores"] = round((cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0), 2)
@@ -209,6 +223,32 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
         server_log.close()
 
 
+def dup_bodies(bodies: Path, out: Path) -> Path:
+    """Every product twice in a row: wrk's one thread sends consecutive requests on different
+    connections, so each pair is in flight together."""
+    lines = bodies.read_text().splitlines(keepends=True)
+    out.write_text("".join(line + line for line in lines))
+    return out
+
+
+def dedup_answers(url: str, bodies: Path, n: int = 64) -> dict:
+    """Each of n products alone, then twice at once: the predictions must be identical."""
+    import concurrent.futures as cf
+
+    import httpx
+
+    lines = bodies.read_text().splitlines()[:n]
+    with httpx.Client(timeout=30) as c:
+        alone = [c.post(url + "/v1/extract", content=b, headers={"Content-Type": "application/json"})
+                 .json()["predictions"] for b in lines]
+    with cf.ThreadPoolExecutor(16) as ex:
+        pairs = list(ex.map(lambda b: httpx.post(url + "/v1/extract", content=b, timeout=30,
+                                                 headers={"Content-Type": "application/json"}).json()["predictions"],
+                            [b for b in lines for _ in range(2)]))
+    differ = sum(pairs[2 * i] != alone[i] or pairs[2 * i + 1] != alone[i] for i in range(len(lines)))
+    return {"products": len(lines), "differ": differ, "identical": differ == 0}
+
+
 def summarise_reps(reps: list[list[dict]], concurrency: list[int]) -> list[dict]:
     """Per concurrency: the median over repetitions of req/s and latencies, with the req/s range."""
     out = []
@@ -222,6 +262,13 @@ def summarise_reps(reps: list[list[dict]], concurrency: list[int]) -> list[dict]
     if sizes:
         out.append({"mean_batch_size_over_run": round(statistics.median(sizes), 2)})
     return out
+
+
+def ratio_of(ours: list[list[dict]], peer: list[list[dict]], c: int, key: str) -> dict:
+    """ours / peer of `key` at concurrency c, repetition by repetition: median and range."""
+    ratios = [next(r for r in a if r.get("concurrency") == c)[key] / next(r for r in b if r.get("concurrency") == c)[key]
+              for a, b in zip(ours, peer, strict=True)]
+    return {"measured": round(statistics.median(ratios), 3), "range": [round(min(ratios), 3), round(max(ratios), 3)]}
 
 
 def ratio_by_rep(ours: list[list[dict]], peer: list[list[dict]], concurrency: list[int]) -> list[dict]:
@@ -238,8 +285,8 @@ def ratio_by_rep(ours: list[list[dict]], peer: list[list[dict]], concurrency: li
     return out
 
 
-def targets(result: dict, max_queue_delay_ms: float) -> dict:
-    """The issue's targets, each with its measured figure and whether it is met."""
+def targets(result: dict, max_queue_delay_ms: float, reps: dict | None = None) -> dict:
+    """The issues' targets, each with its measured figure and whether it is met."""
     def at(rows, c):
         return next((r for r in rows if r.get("concurrency") == c), None)
 
@@ -254,11 +301,29 @@ def targets(result: dict, max_queue_delay_ms: float) -> dict:
         "p99_at_c32_ms": {"measured": b32["p99_ms"], "target_at_most": round(bound, 2)},
         "score_over_in_process": {"measured": round(sc["items_per_s"] / inproc["items_per_s"], 2), "target": 0.7},
     }
-    for r in result.get("attrx_over_litserve", []):
-        if r["concurrency"] >= 8:
-            out[f"over_litserve_at_c{r['concurrency']}"] = {"measured": r["req_per_s_ratio"], "target": 1.3}
+    if reps is not None:
+        out.update(_load_targets(reps))
     for t in out.values():
         t["met"] = t["measured"] <= t["target_at_most"] if "target_at_most" in t else t["measured"] >= t["target"]
+    return out
+
+
+def _load_targets(reps: dict) -> dict:
+    """Issue 24's: per-repetition ratios at the levels it names."""
+    out = {}
+    b, u = reps["batched"], reps["unbatched"]
+    if any(r.get("concurrency") == 1 for r in b[0]):
+        out["batched_p50_over_unbatched_at_c1"] = {**ratio_of(b, u, 1, "p50_ms"), "target_at_most": 1.2}
+    if any(r.get("concurrency") == 8 for r in b[0]):
+        out["batched_over_unbatched_at_c8"] = {**ratio_of(b, u, 8, "requests_per_s"), "target": 1.0}
+    if "litserve" in reps:
+        for c, target in ((8, 1.5), (32, 1.65), (64, 2.07)):
+            if any(r.get("concurrency") == c for r in b[0]):
+                out[f"over_litserve_at_c{c}"] = {**ratio_of(b, reps["litserve"], c, "requests_per_s"), "target": target}
+    if "dedup" in reps:
+        c = next(r["concurrency"] for r in reps["dedup"][0] if "concurrency" in r)
+        out[f"dedup_over_no_dedup_at_c{c}"] = {**ratio_of(reps["dedup"], reps["no-dedup"], c, "requests_per_s"),
+                                               "target": 1.3}
     return out
 
 
@@ -279,8 +344,12 @@ def main() -> None:
     ap.add_argument("--catalog", default="build/demo/data/catalog.csv")
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
-    ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    ap.add_argument("--max-queue-delay-ms", type=float, default=None, help="default: the server's")
+    ap.add_argument("--batching", choices=["adaptive", "fixed"], default=None, help="default: the server's")
     ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--dup-concurrency", type=int, default=32, help="concurrency of the duplicate load")
+    ap.add_argument("--response-cache", type=int, default=4096, help="entries, for the `cache` configuration")
+    ap.add_argument("--no-duplicates", action="store_true", help="skip the dedup / no-dedup / cache configurations")
     ap.add_argument("--products", type=int, default=256, help="distinct products the load cycles through")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every configuration")
     ap.add_argument("--litserve", action="store_true",
@@ -307,18 +376,31 @@ def main() -> None:
     log("in-process pipeline (preprocess + inference, batch 32, no HTTP)...")
     inproc = in_process(a.bundle, products, 32, 5.0)
     log(f"in-process: {inproc['items_per_s']} items/s, median batch-32 inference {inproc['median_batch_inference_ms']} ms")
-    batching = ["--max-batch-size", str(a.max_batch_size), "--max-queue-delay-ms", str(a.max_queue_delay_ms)]
+    batching = ["--max-batch-size", str(a.max_batch_size)]
+    if a.max_queue_delay_ms is not None:
+        batching += ["--max-queue-delay-ms", str(a.max_queue_delay_ms)]
+    if a.batching is not None:
+        batching += ["--batching", a.batching]
+    a.max_queue_delay_ms = 5.0 if a.max_queue_delay_ms is None else a.max_queue_delay_ms  # for LitServe
     configs = {"batched": batching, "batched-1w": [*batching, "--workers", "1"],
                "unbatched": ["--max-batch-size", "1"]}
     if a.litserve:
         configs["litserve"] = []
     if a.compare_bundle:
         configs["compare"] = batching
+    if not a.no_duplicates:
+        configs.update({"dedup": batching, "no-dedup": [*batching, "--no-dedup"],
+                        "cache": [*batching, "--response-cache", str(a.response_cache)]})
+    dups = dup_bodies(bodies, work / "bodies-dup.jsonl")
     reps = {name: [] for name in configs}
+    answers = []
     for rep in range(a.repeats):  # alternating: each repetition starts with the next configuration
         names = list(configs)
         for name in names[rep % len(names):] + names[: rep % len(names)]:
-            reps[name].append(serve_and_load(a, name, configs[name], bodies, script))
+            dup = name in ("dedup", "no-dedup", "cache")
+            reps[name].append(serve_and_load(a, name, configs[name], dups if dup else bodies, script,
+                                             [a.dup_concurrency] if dup else a.concurrency,
+                                             check=answers if name == "dedup" else None))
     summary = {name: summarise_reps(rows, a.concurrency) for name, rows in reps.items()}
     batched, unbatched = summary["batched"], summary["unbatched"]
     log("attrx score on the catalog...")
@@ -340,7 +422,14 @@ def main() -> None:
     if a.compare_bundle:
         result["compare"] = {"bundle": a.compare_bundle, "batched": summary["compare"],
                              "bundle_over_compare": ratio_by_rep(reps["batched"], reps["compare"], a.concurrency)}
-    result["targets"] = targets(result, a.max_queue_delay_ms)
+    if not a.no_duplicates:
+        result["duplicates"] = {
+            "load": f"every product twice in a row, concurrency {a.dup_concurrency}",
+            "answers": {"identical": all(x["identical"] for x in answers), "checks": answers},
+            **{name: summarise_reps(reps[name], [a.dup_concurrency]) for name in ("dedup", "no-dedup", "cache")},
+            "cache_over_dedup": ratio_of(reps["cache"], reps["dedup"], a.dup_concurrency, "requests_per_s"),
+        }
+    result["targets"] = targets(result, a.max_queue_delay_ms, reps)
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

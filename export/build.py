@@ -100,8 +100,8 @@ def _fp32_parity(ck, onnx_path: Path, outputs: list[str], ev: precision.EvalSet 
             "batches": report}
 
 
-def _precision_variants(tmp: Path, precisions: list[str], outputs: list[str], ev: precision.EvalSet | None
-                        ) -> tuple[dict, dict[str, str]]:
+def _precision_variants(tmp: Path, precisions: list[str], outputs: list[str], ev: precision.EvalSet | None,
+                        calibration: precision.EvalSet | None = None) -> tuple[dict, dict[str, str]]:
     """fp16/int8 variants that pass their gates -> ({key: variant entry}, {refused key: reason})."""
     variants, refused = {}, {}
     wanted = [p for p in precisions if p != "fp32"]
@@ -111,7 +111,8 @@ def _precision_variants(tmp: Path, precisions: list[str], outputs: list[str], ev
     ref = precision.run_session(precision.session(tmp / "model.onnx"), ev.inputs, outputs) if wanted else None
     for prec in wanted:
         print(f"export: converting to {prec} and checking it on {len(ev)} catalog items", file=sys.stderr)
-        outcome = precision.make_variant(prec, tmp / "model.onnx", tmp / precision.FILES[prec], outputs, ev, ref)
+        outcome = precision.make_variant(prec, tmp / "model.onnx", tmp / precision.FILES[prec], outputs, ev, ref,
+                                         calibration=calibration)
         print(f"export: {precision.describe(outcome)}", file=sys.stderr)
         if outcome.accepted:
             variants[prec] = {"file": precision.FILES[prec], "format": "onnx", "precision": prec,
@@ -168,7 +169,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
         opset = _opset_of(tmp / "model.onnx")
         ev = eval_set(ck, catalog)
         parity = _fp32_parity(ck, tmp / "model.onnx", outputs, ev, tolerance)
-        variants, refused = _precision_variants(tmp, precisions, outputs, ev)
+        calibration = eval_set(ck, catalog, "train", precision.CALIBRATION_ITEMS) if "int8" in precisions else None
+        variants, refused = _precision_variants(tmp, precisions, outputs, ev, calibration)
         shutil.copyfile(ck.path / TOKENIZER, tmp / TOKENIZER)
         files = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
                  for f in ("model.onnx", TOKENIZER, *(v["file"] for v in variants.values()))}

@@ -4,9 +4,13 @@
   numerically fragile ops (LayerNorm, Softmax, reductions, the colour histogram's scatter) kept in
   fp32. Accepted when, on real catalog items, the argmax agrees with fp32 on >= 99.5% of items for
   every attribute and no probability moves by more than 1e-2.
-- int8 (for CPUs): dynamic quantisation of the MatMul/Gemm weights (activations quantised per batch
-  at run time). Accepted when the argmax agrees on >= 99% and per-attribute accuracy on the
-  checkpoint's test split drops by <= 0.005.
+- int8 (for CPUs): static quantisation of the MatMul/Gemm weights and their input activations,
+  with the activations' scales calibrated once on catalog items outside the test split (the
+  checkpoint's training split). A fixed scale makes a product's answer independent of its
+  batch-mates; dynamic quantisation took one activation scale per batch, so a product's answer
+  moved with whoever shared its batch. Accepted when the argmax agrees on >= 99%, per-attribute
+  accuracy on the checkpoint's test split drops by <= 0.005, and the test split run one item at a
+  time and 32 at a time gives identical values and probabilities within 1e-6.
 
 Each conversion is tried first on the whole graph, then with the heads (and the colour histogram)
 left in fp32; the first attempt that passes its gate is kept. onnxruntime's CPU provider runs an
@@ -27,14 +31,18 @@ FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "Re
                   "ReduceMax", "Sigmoid", "Sqrt", "Div", "Pow", "ScatterElements", "Range", "CumSum"]
 # module scopes left in full precision on the second attempt
 SENSITIVE_SCOPES = ("model.heads.", "model.colour")
+# ... and on int8's third: the title-only and image-only heads the conflict checks read as well
+INT8_MORE_SCOPES = (*SENSITIVE_SCOPES, "model.aux_text", "model.aux_image")
 # ... and always, in fp16: the colour histogram's binning is discontinuous, so half-precision
 # pixels would move counts between bins
 FP16_FP32_SCOPES = ("model.colour",)
 
 GATES = {
     "fp16": {"min_agreement": 0.995, "max_prob_diff": 1e-2},
-    "int8": {"min_agreement": 0.99, "max_accuracy_drop": 0.005},
+    "int8": {"min_agreement": 0.99, "max_accuracy_drop": 0.005, "max_batch_diff": 1e-6},
 }
+BATCH_CHECK = (1, 32)  # the batch sizes whose answers must agree (gate "max_batch_diff")
+CALIBRATION_ITEMS = 1024  # catalog items (training split) the int8 activation scales are calibrated on
 # where each variant is meant to run (keys of attrx.service.inference.runtime.onnxruntime_backend.PROVIDERS)
 INTENDED_PROVIDERS = {"fp32": ["cpu", "cuda", "tensorrt"], "fp16": ["cuda", "tensorrt"], "int8": ["cpu"]}
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -122,10 +130,14 @@ def to_fp16(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
     onnx.save(model, str(dst))
 
 
-def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
+def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str], calibration: EvalSet | None = None) -> None:
+    """Static int8: weights per tensor, activations with scales fixed from `calibration`'s items
+    (the 99.999th percentile of each activation's magnitude over them; MinMax lost 1-2 points of
+    agreement more on the demo model). Without calibration items it falls back to dynamic quantisation, whose
+    answers depend on the batch (the gate then refuses it)."""
     import logging
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     # per-tensor weights: per-channel ones gave the heads' MatMuls zero points onnxruntime's CPU
     # kernel refuses ("b zero point is not valid")
@@ -133,12 +145,42 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str]) -> None:
     drop_weight_value_info(src, clean)
     logging.disable(logging.WARNING)  # the quantiser's advice to pre-process, logged on the root logger
     try:
-        quantize_dynamic(str(clean), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         per_channel=False, nodes_to_exclude=keep_fp32_nodes,
-                         extra_options={"MatMulConstBOnly": True})
+        if calibration is None:
+            quantize_dynamic(str(clean), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+                             weight_type=QuantType.QInt8, per_channel=False, nodes_to_exclude=keep_fp32_nodes,
+                             extra_options={"MatMulConstBOnly": True})
+            return
+        quantize_static(str(clean), str(dst), _Calibration(calibration.inputs), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep_fp32_nodes, calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"MatMulConstBOnly": True})
     finally:
         logging.disable(logging.NOTSET)
         clean.unlink(missing_ok=True)
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over encoded catalog items, 16 at a time."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], batch: int = 16):
+        n = len(next(iter(inputs.values())))
+        self._feeds = iter([{k: v[i:i + batch] for k, v in inputs.items()} for i in range(0, n, batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def batch_independence(sess, ev: EvalSet, outputs: list[str]) -> dict:
+    """The test split run BATCH_CHECK[0] and BATCH_CHECK[1] items at a time: per attribute, how many
+    values differ and the largest difference of any probability or modality weight."""
+    small, large = (run_session(sess, ev.inputs, outputs, batch=b) for b in BATCH_CHECK)
+    out = {}
+    for j, a in enumerate(ev.attributes):
+        p1, p32 = small[2 * j], large[2 * j]
+        out[a] = {"values_differ": int((p1.argmax(1) != p32.argmax(1)).sum()),
+                  "max_batch_diff": float(max(np.abs(p1 - p32).max(), np.abs(small[2 * j + 1] - large[2 * j + 1]).max()))}
+    return out
 
 
 def drop_weight_value_info(src: Path, dst: Path) -> None:
@@ -196,28 +238,46 @@ def gate(precision: str, per_attribute: dict) -> list[str]:
                 and r["accuracy_drop"] > g["max_accuracy_drop"]:
             reasons.append(f"{a}: test accuracy drops by {r['accuracy_drop']:.4f} "
                            f"(needs <= {g['max_accuracy_drop']})")
+        if "max_batch_diff" in g and "values_differ" in r and (r["values_differ"] or
+                                                                not r["max_batch_diff"] <= g["max_batch_diff"]):
+            reasons.append(f"{a}: its answers depend on the batch: batch {BATCH_CHECK[0]} and batch "
+                           f"{BATCH_CHECK[1]} differ in {r['values_differ']} values, probabilities by up to "
+                           f"{r['max_batch_diff']:.3g} (needs identical values and <= {g['max_batch_diff']:g})")
     return reasons
 
 
 def make_variant(precision: str, fp32: Path, dst: Path, outputs: list[str], ev: EvalSet,
-                 ref: list[np.ndarray]) -> Outcome:
+                 ref: list[np.ndarray], calibration: EvalSet | None = None) -> Outcome:
     """Convert, measure against fp32 on `ev`, and keep the first attempt that passes its gate.
-    `dst` is left in place only for an accepted variant."""
+    `dst` is left in place only for an accepted variant. `calibration`: int8's activation scales
+    (catalog items outside `ev`)."""
     always = nodes_in(fp32, FP16_FP32_SCOPES) if precision == "fp16" else []
     attempts = {"whole graph": always, "heads and colour histogram in fp32": nodes_in(fp32, SENSITIVE_SCOPES)}
+    if precision == "int8":
+        attempts["heads, colour histogram and single-modality heads in fp32"] = nodes_in(fp32, INT8_MORE_SCOPES)
     tried = []
     for label, keep in attempts.items():
         if tried and set(keep) <= set(always):
             continue  # nothing more to keep in fp32: the second attempt would repeat the first
-        CONVERT[precision](fp32, dst, keep)
+        if precision == "int8":
+            to_int8(fp32, dst, keep, calibration)
+        else:
+            CONVERT[precision](fp32, dst, keep)
         report = {"items": len(ev), "source": ev.source, "attempt": label, "gate": GATES[precision],
                   "kept_fp32_nodes": len(keep), "attributes": {}}
+        if precision == "int8":
+            report["quantisation"] = "static" if calibration is not None else "dynamic"
+            report["calibration"] = None if calibration is None else f"{len(calibration)} items, {calibration.source}"
         try:
-            got = run_session(session(dst), ev.inputs, outputs)
+            sess = session(dst)
+            got = run_session(sess, ev.inputs, outputs)
+            batches = batch_independence(sess, ev, outputs) if "max_batch_diff" in GATES[precision] else {}
         except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the variant does not run
             tried.append(Outcome(precision, False, report, [f"onnxruntime cannot run it: {e}"], label))
             continue
         per_attribute = report["attributes"] = compare(ref, got, ev)
+        for a, r in batches.items():
+            per_attribute[a].update(r)
         reasons = gate(precision, per_attribute)
         tried.append(Outcome(precision, not reasons, report, reasons, label))
         if not reasons:

@@ -86,6 +86,9 @@ class ServeSettings(BaseSettings):
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(1024, ge=1, description="open connections beyond this are answered 503 and closed")
     # lifecycle and access
+    front_end_restarts: int = Field(5, ge=0, description="a front-end process that dies is restarted alone; "
+                                    "past this many restarts within restart_window_s the server exits 1")
+    restart_window_s: float = Field(60.0, gt=0, description="the window front_end_restarts counts in")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>' "
                                                   "(prefer the environment variable or --api-key-file: a flag "

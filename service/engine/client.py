@@ -31,13 +31,14 @@ class EngineLink:
     arena: str
     slots: int
     layout: Layout
-    admission: tuple  # shared_counter(): products in flight, all front-ends together
-    connections: tuple  # shared_counter(): open connections, all front-ends together
-    warm: tuple  # shared_counter(): front-ends ready; /readyz says 200 once all `workers` are
+    admission: Any  # shared_counter(): products in flight, an entry per front-end
+    connections: Any  # shared_counter(): open connections, an entry per front-end
+    warm: Any  # shared_counter(): 1 per front-end ready; /readyz says 200 once all `workers` are
     workers: int
     index: int  # this front-end's number, 0..workers-1
     ready: Any  # a multiprocessing Event, set once the engine has run its warm-up batches
     info: dict  # backend, providers
+    restarted: bool = False  # a replacement for a front-end that died: it serves only once warm
 
 
 class EngineGone(RuntimeError):

@@ -8,7 +8,8 @@ front-end hears "slot k: done" (one write per front-end per batch). An item whos
 raised the slot's cancel flag (client gone, deadline passed) is skipped when the batch forms.
 
 The parent (`attrx.service.serving.supervisor`) drives the life cycle over a pipe: it receives the slot layout,
-sends the arenas' names, then "flush" when a drain begins and "stop" once the front-ends are done.
+attaches each front-end (its socket, passed over the pipe, and its arena's name; again for a
+front-end it restarted), then sends "flush" when a drain begins and "stop" once the front-ends are done.
 The process ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group): only the parent
 decides when the model stops, after the front-ends have answered what they admitted.
 """
@@ -47,11 +48,17 @@ def status_of(exc: BaseException | None) -> int:
 
 
 class _Link:
-    """One front-end as the engine sees it: its socket and its arena."""
+    """One front-end as the engine sees it: its socket and its arena. `dead` once the front-end has
+    gone: its queued items are skipped and its answers dropped (a restarted front-end gets a new
+    link, socket and arena)."""
 
-    def __init__(self, sock: socket.socket, arena: Arena):
-        self.sock, self.arena = sock, arena
+    def __init__(self, index: int, sock: socket.socket, arena: Arena):
+        self.index, self.sock, self.arena = index, sock, arena
         self.lock = threading.Lock()
+        self.dead = False
+
+    def cancelled(self, slot: int) -> bool:
+        return self.dead or self.arena.cancelled(slot)
 
     def send(self, data: bytes) -> None:
         with self.lock:
@@ -64,7 +71,7 @@ class _Link:
 class Engine:
     def __init__(self, settings, pipeline, metrics):
         self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
-        self.links: list[_Link] = []
+        self.links: dict[int, _Link] = {}
         m = metrics
         self.batcher = Batcher(
             pipeline.run_batch, max_batch_size=settings.max_batch_size,
@@ -78,34 +85,34 @@ class Engine:
         )
 
     # -- items in -----------------------------------------------------------------------------
-    def _read(self, i: int) -> None:
-        link = self.links[i]
+    def _read(self, link: _Link) -> None:
         pending = b""
         while True:
             try:
                 data = link.sock.recv(65536)
             except OSError:
                 data = b""
-            if not data:
-                return  # the front-end closed its end
+            if not data:  # the front-end closed its end, or died
+                link.dead = True
+                link.sock.close()
+                return
             pending += data
             whole = len(pending) - len(pending) % REQUEST.size
             for slot, deadline, counted, key in REQUEST.iter_unpack(pending[:whole]):
-                self._submit(i, slot, deadline, counted, key)
+                self._submit(link, slot, deadline, counted, key)
             pending = pending[whole:]
 
-    def _submit(self, i: int, slot: int, deadline: float, counted: int = 1, key: int = 0) -> None:
-        arena = self.links[i].arena
+    def _submit(self, link: _Link, slot: int, deadline: float, counted: int = 1, key: int = 0) -> None:
         try:
-            fut = self.batcher.submit(arena.inputs(slot), deadline - time.monotonic(),
-                                      cancelled=partial(arena.cancelled, slot), tag=(i, slot, counted),
+            fut = self.batcher.submit(link.arena.inputs(slot), deadline - time.monotonic(),
+                                      cancelled=partial(link.cancelled, slot), tag=(link, slot, counted),
                                       key=key or None)
         except (QueueFull, Draining) as e:
-            self.links[i].send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
+            link.send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
             return
-        fut.add_done_callback(partial(self._settled, i, slot))
+        fut.add_done_callback(partial(self._settled, link, slot))
 
-    def _settled(self, i: int, slot: int, fut) -> None:
+    def _settled(self, link: _Link, slot: int, fut) -> None:
         """An item that ended without running (expired, skipped, refused at stop) or in a failed batch."""
         if fut.cancelled():
             status = CANCELLED
@@ -114,11 +121,11 @@ class Engine:
             status = status_of(exc)
             if status == FAILED:
                 log.error("attrx engine: a batch failed: %r", exc)
-        self.links[i].send(REPLY.pack(slot, status, 0, 0.0, 0.0))
+        link.send(REPLY.pack(slot, status, 0, 0.0, 0.0))
 
     # -- results out --------------------------------------------------------------------------
     def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
-        replies: dict[int, list[bytes]] = {}
+        replies: dict[_Link, list[bytes]] = {}
         n = len(jobs)
         counted = [row for row, job in enumerate(jobs) if job.tag is not None and job.tag[2]]
         if counted:  # warm-up products are not predictions
@@ -127,17 +134,24 @@ class Engine:
             if job.tag is None:  # the engine's own warm-up
                 job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
                 continue
-            i, slot, _ = job.tag
-            self.links[i].arena.write_outputs(slot, outputs, row)
-            replies.setdefault(i, []).append(REPLY.pack(slot, OK, n, t0 - job.enqueued, dt))
-        for i, parts in replies.items():
-            self.links[i].send(b"".join(parts))
+            link, slot, _ = job.tag
+            if link.dead:
+                continue  # its front-end has gone: nobody reads the answer
+            link.arena.write_outputs(slot, outputs, row)
+            replies.setdefault(link, []).append(REPLY.pack(slot, OK, n, t0 - job.enqueued, dt))
+        for link, parts in replies.items():
+            link.send(b"".join(parts))
 
     # -- life cycle ---------------------------------------------------------------------------
-    def attach(self, socks: list[socket.socket], arenas: list[Arena]) -> None:
-        self.links = [_Link(s, a) for s, a in zip(socks, arenas, strict=True)]
-        for i in range(len(self.links)):
-            threading.Thread(target=self._read, args=(i,), name=f"attrx-engine-read-{i}", daemon=True).start()
+    def attach(self, index: int, sock: socket.socket, arena: Arena) -> None:
+        """Front-end `index` (first start or restart): read its requests from now on. A previous
+        link with that index (a front-end that died) keeps its arena mapped until its last item is
+        done with it; the parent has already unlinked its name."""
+        old = self.links.get(index)
+        if old is not None:
+            old.dead = True
+        link = self.links[index] = _Link(index, sock, arena)
+        threading.Thread(target=self._read, args=(link,), name=f"attrx-engine-read-{index}", daemon=True).start()
 
     def warm_up(self, item: dict[str, np.ndarray]) -> None:
         """Full batches, then single items: the batcher's cost model starts with both sizes measured."""
@@ -153,7 +167,7 @@ def _layout(pipeline, item: dict[str, np.ndarray]) -> Layout:
     return Layout.of(item, pipeline.run_batch([item, item]))
 
 
-def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> None:
+def engine_main(settings_data: dict, ctl, ready) -> None:
     """The inference process's entry point (spawned by `attrx.service.serving.supervisor`)."""
     import gc
 
@@ -180,25 +194,31 @@ def engine_main(settings_data: dict, ctl, socks: list[socket.socket], ready) -> 
     backend = pipeline.backend
     ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
                                  "precision": backend.precision, "variant": backend.variant}))
-    names = ctl.recv()
-    arenas = [Arena(layout, n, name=name) for name, n in names]
     engine = Engine(settings, pipeline, metrics)
     engine.batcher.start()
-    engine.attach(socks, arenas)
     engine.warm_up(item)
     gc.collect()
     gc.freeze()
     ready.set()
-    _serve_control(engine, ctl)
+    _serve_control(engine, ctl, layout)
 
 
-def _serve_control(engine: Engine, ctl) -> None:
+def _serve_control(engine: Engine, ctl, layout: Layout) -> None:
+    """The parent's commands: attach (a front-end's socket, passed over the pipe, and its arena),
+    flush (a drain began), stop."""
+    from multiprocessing.reduction import recv_handle
+
     while True:
         try:
             cmd = ctl.recv()
+            if cmd[0] == "attach":
+                sock = socket.socket(fileno=recv_handle(ctl))
         except (EOFError, OSError):  # the parent is gone
             cmd = ("stop", 0.0)
-        if cmd[0] == "flush":
+        if cmd[0] == "attach":
+            _, index, name, slots = cmd
+            engine.attach(index, sock, Arena(layout, slots, name=name))
+        elif cmd[0] == "flush":
             engine.batcher.flush()
         elif cmd[0] == "stop":
             drained = engine.batcher.stop(cmd[1])

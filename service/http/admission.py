@@ -12,45 +12,47 @@ import threading
 from concurrent.futures import Future
 
 
-class _Count:
-    value = 0
-
-
-def shared_counter(ctx) -> tuple:
-    """(counter, lock) in shared memory for `Admission(shared=...)` in several processes: the
-    bound then holds for the whole server, whichever front-end process admitted the work."""
-    return ctx.RawValue("q", 0), ctx.Lock()
+def shared_counter(ctx, processes: int = 1):
+    """A count per process in shared memory, for `Admission(shared=(counts, i))` in process i of
+    several: the bound then holds for the whole server, whichever front-end process admitted the
+    work. Each process writes only its own entry, so no lock is shared between processes: a
+    process killed at any instant leaves nothing locked, and the parent zeroes its entry (its work
+    died with it) before a replacement starts."""
+    return ctx.RawArray("q", processes)
 
 
 class Admission:
-    """A counter of products in flight, bounded by `limit`: thread-safe, and process-safe with a
-    `shared_counter`."""
+    """A counter of products in flight, bounded by `limit`: thread-safe, and summed over processes
+    with `shared=(shared_counter(ctx, n), i)`. Two processes admitting at the same instant can
+    each see the other's count before its increment, so the server-wide bound can be passed by at
+    most what those processes admit at that instant; one process never passes it."""
 
     def __init__(self, limit: int, shared: tuple | None = None):
         if limit < 1:
             raise ValueError("the in-flight limit must be >= 1")
         self.limit = limit
-        self._count, self._lock = shared if shared is not None else (_Count(), threading.Lock())
+        self._counts, self._me = shared if shared is not None else ([0], 0)
+        self._lock = threading.Lock()
 
     @property
     def in_flight(self) -> int:
-        return self._count.value
+        return sum(self._counts)
 
     @property
     def full(self) -> bool:
-        return self._count.value >= self.limit
+        return self.in_flight >= self.limit
 
     def try_acquire(self, n: int = 1) -> Ticket | None:
         """n slots at once, or None (nothing taken) when they do not all fit."""
         with self._lock:
-            if self._count.value + n > self.limit:
+            if sum(self._counts) + n > self.limit:
                 return None
-            self._count.value += n
+            self._counts[self._me] += n
         return Ticket(self, n)
 
     def _release(self, n: int) -> None:
         with self._lock:
-            self._count.value -= n
+            self._counts[self._me] -= n
 
 
 class Ticket:

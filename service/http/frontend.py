@@ -232,7 +232,8 @@ def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -
     raise_open_files_limit(settings.max_connections + 64)
     protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
                                 on_close=svc.reject, gate_source=lambda: svc.gate,
-                                connections_limit=Admission(settings.max_connections, shared=link.connections))
+                                connections_limit=Admission(settings.max_connections,
+                                                            shared=(link.connections, link.index)))
     config = uvicorn.Config(
         app, log_level=log_level, access_log=access_log, http=protocol,
         timeout_keep_alive=settings.keep_alive_timeout_s,

@@ -72,6 +72,10 @@ class Service:
         app.state.attrx = st
         st.engine.start()
         warm = asyncio.create_task(warm_up(st, self.link.ready))
+        if self.link.restarted:
+            # the server is up and its other front-ends serve: this one takes connections (they wait
+            # in its socket's backlog meanwhile) only once it can answer them, not with 503s
+            await asyncio.shield(warm)
         try:
             yield
         finally:
@@ -258,7 +262,7 @@ class Service:
             st = self.ready_state()
         except ApiError as e:
             return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
-        warm, workers = st.link.warm[0].value, st.link.workers
+        warm, workers = sum(st.link.warm), st.link.workers
         if warm < workers:  # this process is ready, not yet every one that shares the socket
             return JSONResponse(error_body("not_ready", f"{warm} of {workers} front-end processes are ready"),
                                 status_code=503, headers={"Retry-After": "1"})

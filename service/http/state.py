@@ -57,7 +57,7 @@ def load_state(settings: ServeSettings, link: EngineLink) -> State:
     return State(settings, bundle, pipeline, metrics, engine, link,
                  ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
                                     initializer=lower_priority, initargs=(settings.preprocess_nice,)),
-                 Admission(settings.max_in_flight, shared=link.admission),
+                 Admission(settings.max_in_flight, shared=(link.admission, link.index)),
                  model_ref={"name": m.name, "version": m.version},
                  bundle_id=sha256_file(bundle.path / "manifest.json"))
 
@@ -91,6 +91,5 @@ async def warm_up(st: State, engine_ready) -> None:
 
 
 def count_warm(st: State, n: int) -> None:
-    count, lock = st.link.warm
-    with lock:
-        count.value += n
+    """This front-end's entry of the server's ready count (its own entry only: see shared_counter)."""
+    st.link.warm[st.link.index] += n

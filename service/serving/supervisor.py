@@ -119,6 +119,15 @@ def _shm_warning(bytes_needed: int) -> None:
                     "or --max-in-flight, or give the container more shared memory", free / 1e6, bytes_needed / 1e6)
 
 
+def _forget_metrics(pid: int) -> None:
+    """A dead process's live gauges (ready, queue depth) leave the metrics view; its counters stay."""
+    from prometheus_client import multiprocess
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        multiprocess.mark_process_dead(pid, path)
+
+
 class Supervisor:
     def __init__(self, settings, log_level: str, access_log: bool):
         self.settings, self.log_level, self.access_log = settings, log_level, access_log
@@ -126,18 +135,20 @@ class Supervisor:
         self.engine = None
         self.fronts: list = []
         self.arenas: list = []
+        self.listens: list[socket.socket] = []
+        self.restarts: list[float] = []  # when front-ends were restarted (monotonic)
         self.ctl = None
         self.drained = None
+        self.layout = self.info = None
 
     # -- startup ------------------------------------------------------------------------------
-    def _start_engine(self, pairs, signals: _Signals):
+    def _start_engine(self, signals: _Signals):
         from attrx.service.engine.process import engine_main
 
         self.ctl, child = self.ctx.Pipe()
         self.engine_ready = self.ctx.Event()
         self.engine = self.ctx.Process(target=engine_main, name="attrx-engine", daemon=False,
-                                       args=(self.settings.model_dump(), child, [b for _, b in pairs],
-                                             self.engine_ready))
+                                       args=(self.settings.model_dump(), child, self.engine_ready))
         self.engine.start()
         child.close()
         end = time.monotonic() + STARTUP_TIMEOUT_S
@@ -152,71 +163,109 @@ class Supervisor:
                 return ("error", "interrupted" if signals.count else "the inference process exited while loading")
         return ("error", f"the inference process did not load the bundle within {STARTUP_TIMEOUT_S:g} s")
 
-    def _start_fronts(self, listens, pairs, layout, info) -> None:
+    @property
+    def slots(self) -> int:
+        return self.settings.max_in_flight + 8  # every admitted product, and a few cancelled ones not yet answered
+
+    def _start_fronts(self) -> None:
+        from attrx.service.http.admission import shared_counter
+
+        n = self.settings.workers
+        _shm_warning(n * self.slots * self.layout.slot_bytes)
+        # kept referenced here: a child opens them by name when it starts, after this returns
+        self.admission, self.connections, self.warm = (shared_counter(self.ctx, n) for _ in range(3))
+        self.fronts, self.arenas = [None] * n, [None] * n
+        for i in range(n):
+            self._start_front(i)
+        log.info("attrx: %d front-end processes (pids %s), inference process %d; shared memory %.1f MB",
+                 n, ", ".join(str(p.pid) for p in self.fronts), self.engine.pid,
+                 n * self.slots * self.layout.slot_bytes / 1e6)
+
+    def _start_front(self, i: int, restarted: bool = False) -> None:
+        """Front-end i on its listening socket, with a new arena and a new link to the engine."""
+        from multiprocessing.reduction import send_handle
+
         from attrx.service.engine.client import EngineLink
         from attrx.service.engine.shm import Arena
-        from attrx.service.http.admission import shared_counter
         from attrx.service.http.frontend import frontend_main
 
-        s = self.settings
-        slots = s.max_in_flight + 8  # every admitted product, and a few cancelled ones not yet answered
-        _shm_warning(len(pairs) * slots * layout.slot_bytes)
-        self.arenas = [Arena(layout, slots) for _ in pairs]
-        self.ctl.send([(a.name, slots) for a in self.arenas])
-        # kept referenced here: a child opens the lock by name when it starts, after this returns
-        self.admission = admission = shared_counter(self.ctx)
-        self.connections = connections = shared_counter(self.ctx)
-        self.warm = warm = shared_counter(self.ctx)
-        for i, ((front_sock, _), arena, listen) in enumerate(zip(pairs, self.arenas, listens, strict=True)):
-            link = EngineLink(front_sock, listen, arena.name, slots, layout, admission, connections, warm,
-                              len(pairs), i, self.engine_ready, info)
+        arena = self.arenas[i] = Arena(self.layout, self.slots)
+        front_sock, engine_sock = socket.socketpair()
+        try:
+            self.ctl.send(("attach", i, arena.name, self.slots))
+            send_handle(self.ctl, engine_sock.fileno(), self.engine.pid)
+            link = EngineLink(front_sock, self.listens[i], arena.name, self.slots, self.layout, self.admission,
+                              self.connections, self.warm, len(self.listens), i, self.engine_ready, self.info,
+                              restarted)
             p = self.ctx.Process(target=frontend_main, name=f"attrx-front-{i}",
-                                 args=(s.model_dump(), link, self.log_level, self.access_log))
+                                 args=(self.settings.model_dump(), link, self.log_level, self.access_log))
             p.start()
-            self.fronts.append(p)
-        log.info("attrx: %d front-end processes (pids %s), inference process %d; shared memory %.1f MB",
-                 len(self.fronts), ", ".join(str(p.pid) for p in self.fronts), self.engine.pid,
-                 len(pairs) * slots * layout.slot_bytes / 1e6)
+            self.fronts[i] = p
+        finally:  # the children hold their own copies
+            front_sock.close()
+            engine_sock.close()
 
     def run(self) -> int:
         s = self.settings
         try:
-            listens = _bind(s.host, s.port, s.workers)
+            self.listens = _bind(s.host, s.port, s.workers)
         except OSError as e:
             log.error("attrx: cannot listen on %s:%d: %s", s.host, s.port, e.strerror or e)
             return 3
         signals = _Signals()
-        pairs = [socket.socketpair() for _ in range(s.workers)]
         try:
-            msg = self._start_engine(pairs, signals)
+            msg = self._start_engine(signals)
             if msg[0] != "layout":
                 log.error("attrx: cannot serve: %s", msg[1])
                 self._stop_engine(0.0)
                 return 3
-            self._start_fronts(listens, pairs, msg[1], msg[2])
-            for a, b in pairs:  # the children hold their own copies
-                a.close()
-                b.close()
-            for sock in listens:
-                sock.close()
+            self.layout, self.info = msg[1], msg[2]
+            self._start_fronts()
             return self._supervise(signals)
         finally:
             signals.restore()
             for a in self.arenas:
-                a.close()
+                if a is not None:
+                    a.close()
+            for sock in self.listens:
+                sock.close()
 
-    # -- running and stopping -----------------------------------------------------------------
+    # -- running, restarting and stopping -----------------------------------------------------
     def _supervise(self, signals: _Signals) -> int:
-        procs = {p.sentinel: p for p in [self.engine, *self.fronts]}
-        failed = None
-        ready = wait([*procs, signals.fd])
-        for fd in ready:
-            if fd in procs:
-                p = procs[fd]
-                p.join()
-                failed = failed or p
-                log.error("attrx: %s (pid %d) exited with status %s; stopping the server", p.name, p.pid, p.exitcode)
-        return self._shutdown(failed)
+        while True:
+            fronts = {p.sentinel: i for i, p in enumerate(self.fronts)}
+            ready = wait([self.engine.sentinel, *fronts, signals.fd])
+            if signals.fd in ready:
+                return self._shutdown(None)
+            if self.engine.sentinel in ready:
+                self.engine.join()
+                log.error("attrx: the inference process (pid %d) exited with status %s; stopping the server",
+                          self.engine.pid, self.engine.exitcode)
+                return self._shutdown(self.engine)
+            for fd in ready:
+                if not self._restart(fronts[fd]):
+                    return self._shutdown(self.fronts[fronts[fd]])
+
+    def _restart(self, i: int) -> bool:
+        """Front-end i died: start a replacement, unless it is one restart too many. False: give up."""
+        s, p = self.settings, self.fronts[i]
+        p.join()
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < s.restart_window_s]
+        if len(self.restarts) >= s.front_end_restarts:
+            log.error("attrx: %s (pid %d) exited with status %s: %d front-end failures within %g s, past the "
+                      "limit of %d restarts; stopping the server", p.name, p.pid, p.exitcode, len(self.restarts) + 1,
+                      s.restart_window_s, s.front_end_restarts)
+            return False
+        self.restarts.append(now)
+        log.error("attrx: %s (pid %d) exited with status %s; restarting it (%d of %d restarts within %g s)",
+                  p.name, p.pid, p.exitcode, len(self.restarts), s.front_end_restarts, s.restart_window_s)
+        # its work died with it: its entries of the shared counts go back to zero
+        self.admission[i] = self.connections[i] = self.warm[i] = 0
+        _forget_metrics(p.pid)
+        self.arenas[i].close()  # the engine keeps its own mapping until its last item of it is done
+        self._start_front(i, restarted=True)
+        return True
 
     def _shutdown(self, failed) -> int:
         s = self.settings

@@ -68,20 +68,32 @@ def test_serving_targets_are_checked_from_the_figures():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import serve
 
-    def rows(rps, p99):
-        return [{"concurrency": c, "requests_per_s": rps[i], "p99_ms": p99[i]} for i, c in enumerate([8, 32, 64])]
+    def rows(rps, p50, p99=(20, 20, 40, 80)):
+        return [{"concurrency": c, "requests_per_s": rps[i], "p50_ms": p50[i], "p95_ms": p99[i], "p99_ms": p99[i],
+                 "errors": 0, "loadgen_cpu_cores": 0.5}
+                for i, c in enumerate([1, 8, 32, 64])]
 
-    reps = {"a": [rows([700, 1200, 1300], [20, 40, 80])] * 3, "peer": [rows([500, 700, 800], [30, 60, 120])] * 3}
+    batched = [rows([400, 700, 1200, 1300], [2.4, 9, 20, 40]), rows([400, 760, 1200, 1300], [2.2, 9, 20, 40]),
+               rows([400, 700, 1200, 1300], [2.6, 9, 20, 40])]
+    reps = {"batched": batched, "unbatched": [rows([420, 690, 800, 900], [2.0, 9, 30, 60])] * 3,
+            "litserve": [rows([120, 500, 700, 800], [8, 15, 40, 80])] * 3,
+            "dedup": [[{"concurrency": 32, "requests_per_s": x}] for x in (1400, 1500, 1300)],
+            "no-dedup": [[{"concurrency": 32, "requests_per_s": 1000}]] * 3}
     result = {"in_process": {"items_per_s": 1400, "median_batch_inference_ms": 8.0}, "score": {"items_per_s": 900},
-              "batched": rows([700, 1200, 1300], [20, 40, 80]), "unbatched": rows([600, 800, 900], [20, 50, 90]),
-              "attrx_over_litserve": serve.ratio_by_rep(reps["a"], reps["peer"], [8, 32, 64])}
-    t = serve.targets(result, max_queue_delay_ms=5.0)
+              "batched": serve.summarise_reps(batched, [1, 8, 32, 64]),
+              "unbatched": serve.summarise_reps(reps["unbatched"], [1, 8, 32, 64])}
+    t = serve.targets(result, max_queue_delay_ms=5.0, reps=reps)
     assert t["batched_over_unbatched_at_c32"] == {"measured": 1.5, "target": 1.5, "met": True}
     assert t["http_over_in_process_at_c32"]["measured"] == 0.86 and t["http_over_in_process_at_c32"]["met"]
     assert t["p99_at_c32_ms"] == {"measured": 40, "target_at_most": 29.0, "met": False}
-    assert t["over_litserve_at_c8"] == {"measured": 1.4, "target": 1.3, "met": True}
-    assert t["over_litserve_at_c64"]["measured"] == 1.625
     assert not t["score_over_in_process"]["met"]  # 900 / 1400 = 0.64
+    # medians of per-repetition ratios, with their ranges
+    assert t["batched_p50_over_unbatched_at_c1"] == {"measured": 1.2, "range": [1.1, 1.3], "target_at_most": 1.2,
+                                                     "met": True}
+    assert t["batched_over_unbatched_at_c8"]["measured"] == 1.014 and t["batched_over_unbatched_at_c8"]["met"]
+    assert t["over_litserve_at_c8"]["measured"] == 1.4 and not t["over_litserve_at_c8"]["met"]  # target 1.5
+    assert t["over_litserve_at_c64"] == {"measured": 1.625, "range": [1.625, 1.625], "target": 2.07, "met": False}
+    assert t["dedup_over_no_dedup_at_c32"] == {"measured": 1.4, "range": [1.3, 1.5], "target": 1.3, "met": True}
 
 
 def test_recovery_after_overload_is_when_answers_turn_normal_for_good():

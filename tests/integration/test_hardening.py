@@ -242,10 +242,12 @@ def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
 # -- shutdown and waiting ---------------------------------------------------------------------------
 def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_server):
     s = start_server(preprocess_workers=1, drain_timeout_s=1, log_level="info")
-    heavy = _png(6000, 6000)  # 10 of them, one at a time: several seconds of decoding, past the 1 s drain
+    # 10 different products (identical ones would share one decoding), one at a time: several seconds
+    # of decoding, past the 1 s drain
+    heavy = [_png(6000, 6000, fill=0x40 + i) for i in range(10)]
     with cf.ThreadPoolExecutor(10) as ex:
-        futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy, "image/png")},
-                          timeout=30) for _ in range(10)]
+        futs = [ex.submit(httpx.post, s.url + "/v1/extract", files={"image": ("h.png", heavy[i], "image/png")},
+                          timeout=30) for i in range(10)]
         wait_metric(s, "attrx_in_flight", 10)
         s.proc.send_signal(signal.SIGTERM)
         rs = [f.result() for f in futs]
