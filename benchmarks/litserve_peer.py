@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import litserve as ls  # noqa: E402
@@ -21,6 +23,8 @@ import litserve as ls  # noqa: E402
 from attrx.service.contract.bundle import load_bundle  # noqa: E402
 from attrx.service.inference.predictor import Predictor, batch_inputs  # noqa: E402
 from attrx.service.inference.runtime import load_backend  # noqa: E402
+
+SITUATIONS = "_situations"
 
 
 class AttrxAPI(ls.LitAPI):
@@ -35,21 +39,28 @@ class AttrxAPI(ls.LitAPI):
         self.key = self.predictor.precision_key(None)
 
     def decode_request(self, request):
+        """The model inputs and, as attrx does, the product's situation per attribute (carried
+        through the batch as a string array beside the inputs)."""
         data = request.get("image_base64")
-        return self.predictor.decode_request(request.get("title"), base64.b64decode(data) if data else None)
+        title, image = request.get("title"), base64.b64decode(data) if data else None
+        inputs = self.predictor.decode_request(title, image)
+        return {**inputs, SITUATIONS: np.array([self.predictor.situations(title, image)])}
 
     def batch(self, inputs):
         return batch_inputs(inputs)
 
     def predict(self, x):
-        return self.backend.run(x)
+        situations = x.pop(SITUATIONS)
+        return self.backend.run(x), situations
 
-    def unbatch(self, outputs):
-        return [(outputs, i) for i in range(len(outputs[0]))]
+    def unbatch(self, output):
+        outputs, situations = output
+        return [(outputs, i, situations[i]) for i in range(len(outputs[0]))]
 
     def encode_response(self, output):
-        outputs, i = output
-        return {"min_precision": self.key, "predictions": self.predictor.encode_response(outputs, i, key=self.key)}
+        outputs, i, situations = output
+        return {"min_precision": self.key, "predictions": self.predictor.encode_response(
+            outputs, i, key=self.key, situations=list(situations))}
 
 
 def main() -> None:
