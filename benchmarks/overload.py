@@ -281,6 +281,9 @@ def kill_front_end(port: int, pid: int, requests: list[bytes], concurrency: int,
     load.close()
     row = summarise(load.results, duration)
     row["lost"] = row["status"].get("error", 0) + row["status"].get("timeout", 0)
+    # keep-alive connections to the dead process fail on their next request; the client resends it on
+    # a new connection, as HTTP clients do after a closed keep-alive connection
+    row["resent_on_new_connection"] = load.reconnects
     row["restored_s"] = out.get("restored_s")
     return row
 
@@ -338,6 +341,26 @@ def spread(xs: list[float | None]) -> dict:
     if not xs:
         return {"median": None}
     return {"median": round(statistics.median(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+
+
+def summarise_reps(reps: list[dict], top: str, concurrency: int, rss_start: float, rss_end: float) -> dict:
+    """The top level's figures over the repetitions (median, min, max), and the front-end kills'."""
+    summary = {k: spread([rep[top][k] for rep in reps]) for k in
+               ("share_429_of_non_200", "p99_429_ms", "accepted_p99_over_capacity_p99", "ok_per_s")}
+    summary["recovered_after_s"] = spread([rep[top]["after_load"]["recovered_after_s"] for rep in reps])
+    summary["capacity_ok_per_s"] = spread([rep["capacity"]["ok_per_s"] for rep in reps])
+    summary["capacity_p99_ms"] = spread([rep["capacity"]["p99_200_ms"] for rep in reps])
+    summary["status_504_or_timeout"] = sum(rep[top]["status"].get("504", 0) + rep[top]["status"].get("timeout", 0)
+                                           for rep in reps)
+    summary["server_rss_mb"] = {"start": rss_start, "end": rss_end,
+                                "max_during_any_level": max(rep[k]["rss_mb"]["max_during"] for rep in reps
+                                                            for k in rep if "rss_mb" in rep[k])}
+    summary["kill_front_end"] = {"restored_s": spread([rep["kill_front_end"]["restored_s"] for rep in reps]),
+                                 "lost": [rep["kill_front_end"]["lost"] for rep in reps],
+                                 "status": [rep["kill_front_end"]["status"] for rep in reps],
+                                 "ok_per_s": spread([rep["kill_front_end"]["ok_per_s"] for rep in reps]),
+                                 "concurrency": concurrency, "target_restored_s": 5.0}
+    return summary
 
 
 def main() -> None:
@@ -407,21 +430,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     top = f"{max(a.multiples):g}x"
-    summary = {k: spread([rep[top][k] for rep in reps]) for k in
-               ("share_429_of_non_200", "p99_429_ms", "accepted_p99_over_capacity_p99", "ok_per_s")}
-    summary["recovered_after_s"] = spread([rep[top]["after_load"]["recovered_after_s"] for rep in reps])
-    summary["capacity_ok_per_s"] = spread([rep["capacity"]["ok_per_s"] for rep in reps])
-    summary["capacity_p99_ms"] = spread([rep["capacity"]["p99_200_ms"] for rep in reps])
-    summary["status_504_or_timeout"] = sum(rep[top]["status"].get("504", 0) + rep[top]["status"].get("timeout", 0)
-                                           for rep in reps)
-    summary["server_rss_mb"] = {"start": rss_start, "end": rss_end,
-                                "max_during_any_level": max(rep[k]["rss_mb"]["max_during"] for rep in reps
-                                                            for k in rep if "rss_mb" in rep[k])}
-    summary["kill_front_end"] = {"restored_s": spread([rep["kill_front_end"]["restored_s"] for rep in reps]),
-                                 "lost": [rep["kill_front_end"]["lost"] for rep in reps],
-                                 "status": [rep["kill_front_end"]["status"] for rep in reps],
-                                 "ok_per_s": spread([rep["kill_front_end"]["ok_per_s"] for rep in reps]),
-                                 "concurrency": a.concurrency, "target_restored_s": 5.0}
+    summary = summarise_reps(reps, top, a.concurrency, rss_start, rss_end)
     print(json.dumps({"level": top, "summary_at_top_level": summary, "repeats": reps,
                       "settings": {"duration_s": a.duration, "concurrency": a.concurrency,
                                    "loadgen_nice": os.getpriority(os.PRIO_PROCESS, 0),

@@ -338,6 +338,40 @@ def score_run(args) -> dict:
     return {"scored": int(m.group(1)), "failed": int(m.group(2)), "items_per_s": float(m.group(3))}
 
 
+def server_configs(a) -> dict[str, list[str]]:
+    """Each configuration's `attrx serve` flags (LitServe's: none)."""
+    batching = ["--max-batch-size", str(a.max_batch_size)]
+    if a.max_queue_delay_ms is not None:
+        batching += ["--max-queue-delay-ms", str(a.max_queue_delay_ms)]
+    if a.batching is not None:
+        batching += ["--batching", a.batching]
+    a.max_queue_delay_ms = 5.0 if a.max_queue_delay_ms is None else a.max_queue_delay_ms  # for LitServe
+    configs = {"batched": batching, "batched-1w": [*batching, "--workers", "1"],
+               "unbatched": ["--max-batch-size", "1"]}
+    if a.litserve:
+        configs["litserve"] = []
+    if a.compare_bundle:
+        configs["compare"] = batching
+    if not a.no_duplicates:
+        configs.update({"dedup": batching, "no-dedup": [*batching, "--no-dedup"],
+                        "cache": [*batching, "--response-cache", str(a.response_cache)]})
+    return configs
+
+
+def run_configs(a, configs: dict, bodies: Path, dups: Path, script: Path) -> tuple[dict, list]:
+    """Every configuration --repeats times, alternating: each repetition starts with the next one."""
+    reps = {name: [] for name in configs}
+    answers = []
+    for rep in range(a.repeats):
+        names = list(configs)
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            dup = name in ("dedup", "no-dedup", "cache")
+            reps[name].append(serve_and_load(a, name, configs[name], dups if dup else bodies, script,
+                                             [a.dup_concurrency] if dup else a.concurrency,
+                                             check=answers if name == "dedup" else None))
+    return reps, answers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="build/demo-bundle")
@@ -376,32 +410,10 @@ def main() -> None:
     log("in-process pipeline (preprocess + inference, batch 32, no HTTP)...")
     inproc = in_process(a.bundle, products, 32, 5.0)
     log(f"in-process: {inproc['items_per_s']} items/s, median batch-32 inference {inproc['median_batch_inference_ms']} ms")
-    batching = ["--max-batch-size", str(a.max_batch_size)]
-    if a.max_queue_delay_ms is not None:
-        batching += ["--max-queue-delay-ms", str(a.max_queue_delay_ms)]
-    if a.batching is not None:
-        batching += ["--batching", a.batching]
-    a.max_queue_delay_ms = 5.0 if a.max_queue_delay_ms is None else a.max_queue_delay_ms  # for LitServe
-    configs = {"batched": batching, "batched-1w": [*batching, "--workers", "1"],
-               "unbatched": ["--max-batch-size", "1"]}
-    if a.litserve:
-        configs["litserve"] = []
-    if a.compare_bundle:
-        configs["compare"] = batching
-    if not a.no_duplicates:
-        configs.update({"dedup": batching, "no-dedup": [*batching, "--no-dedup"],
-                        "cache": [*batching, "--response-cache", str(a.response_cache)]})
-    dups = dup_bodies(bodies, work / "bodies-dup.jsonl")
-    reps = {name: [] for name in configs}
-    answers = []
-    for rep in range(a.repeats):  # alternating: each repetition starts with the next configuration
-        names = list(configs)
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
-            dup = name in ("dedup", "no-dedup", "cache")
-            reps[name].append(serve_and_load(a, name, configs[name], dups if dup else bodies, script,
-                                             [a.dup_concurrency] if dup else a.concurrency,
-                                             check=answers if name == "dedup" else None))
-    summary = {name: summarise_reps(rows, a.concurrency) for name, rows in reps.items()}
+    configs = server_configs(a)
+    reps, answers = run_configs(a, configs, bodies, dup_bodies(bodies, work / "bodies-dup.jsonl"), script)
+    dup_names = ("dedup", "no-dedup", "cache")
+    summary = {name: summarise_reps(rows, a.concurrency) for name, rows in reps.items() if name not in dup_names}
     batched, unbatched = summary["batched"], summary["unbatched"]
     log("attrx score on the catalog...")
     sc = score_run(a)

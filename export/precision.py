@@ -137,7 +137,13 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str], calibration: EvalS
     answers depend on the batch (the gate then refuses it)."""
     import logging
 
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     # per-tensor weights: per-channel ones gave the heads' MatMuls zero points onnxruntime's CPU
     # kernel refuses ("b zero point is not valid")
