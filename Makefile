@@ -109,8 +109,10 @@ bench: demo-bundle
 clean:
 	rm -rf build .pytest_cache
 
+# the LitServe peer comes with the bench extra
 bench-serve: demo-bundle
-	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv --litserve
 
 bench-scale: demo-bundle
 	$(PY) benchmarks/scale.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv
