@@ -111,7 +111,7 @@ clean:
 
 # the LitServe peer comes with the bench extra
 bench-serve: demo-bundle
-	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/serve.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv --litserve
 
 bench-scale: demo-bundle
