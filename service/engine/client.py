@@ -61,6 +61,8 @@ class EngineClient:
         self._free = list(range(arena.n - 1, -1, -1))
         self._pending: dict[int, asyncio.Future] = {}
         self._buf = b""
+        self._out = bytearray()  # requests not yet written: one write per event-loop turn
+        self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.gone = False
 
@@ -81,13 +83,35 @@ class EngineClient:
         k = self._free.pop()
         try:
             self.arena.write_inputs(k, inputs)
-            self.sock.send(REQUEST.pack(k, deadline, int(counted), key))
         except BaseException:
             self._free.append(k)
             raise
+        self._out += REQUEST.pack(k, deadline, int(counted), key)
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
         fut = self._loop.create_future()
         self._pending[k] = fut
         return fut, k
+
+    def _flush(self) -> None:
+        """Write what this turn of the event loop submitted in one send: under load the engine's
+        reader thread wakes once per turn, not once per product (each wake-up took the core from
+        this loop, which also answers the 429s)."""
+        while self._out and not self.gone:
+            try:
+                n = self.sock.send(self._out)
+            except BlockingIOError:  # the engine is behind: finish when the socket can take more
+                self._loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError:
+                return self._lost()
+            del self._out[:n]
+        self._flushing = False
+
+    def _writable(self) -> None:
+        self._loop.remove_writer(self.sock.fileno())
+        self._flush()
 
     def cancel(self, k: int) -> bool:
         """Ask the engine to skip slot k. False: it may already be running (the answer still comes)."""

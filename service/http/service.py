@@ -252,9 +252,10 @@ class Service:
             constraints=m.constraints.model_dump() if m.constraints else None,
             metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
             precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
-            batching={"max_batch_size": s.max_batch_size, "max_queue_delay_ms": s.max_queue_delay_ms,
-                      "max_queue_size": s.max_queue_size, "max_in_flight": s.max_in_flight,
-                      "request_timeout_ms": s.request_timeout_ms},
+            batching={"policy": s.batching, "max_batch_size": s.max_batch_size,
+                      "max_queue_delay_ms": s.max_queue_delay_ms, "max_queue_size": s.max_queue_size,
+                      "max_in_flight": s.max_in_flight, "request_timeout_ms": s.request_timeout_ms,
+                      "dedup": s.dedup, "response_cache": s.response_cache},
         )
 
     def readyz(self) -> JSONResponse:

@@ -10,8 +10,16 @@ of them and the GIL of one process no longer bounds the server. What docs/http-a
 the whole server: the admission limit is one counter in shared memory, the metrics are one view
 (prometheus_client's multiprocess mode), and a drain is driven from here: on SIGTERM/SIGINT the
 front-ends stop being ready and answer what they admitted while the engine runs its queue without
-waiting for full batches; the engine stops last. If any process dies unexpectedly the others are
-stopped and the exit status is non-zero, for the orchestrator to restart the whole server.
+waiting for full batches; the engine stops last.
+
+A front-end that dies is restarted alone while the others keep serving: the parent zeroes its
+entries of the shared counts (its work died with it), gives it a new arena and a new link to the
+engine (the socket passed over the control pipe), and starts it on the same listening socket,
+which the parent keeps open: connections the kernel hands that socket meanwhile wait in its
+backlog for the replacement, which takes them once warm, a wait bounded by one front-end's start
+(1.0-1.3 s here, under load) and by the restart limit. Past `front_end_restarts` restarts within
+`restart_window_s` the server gives up and exits 1. The engine's death stops the server (exit 1):
+the orchestrator restarts it whole.
 """
 
 from __future__ import annotations
