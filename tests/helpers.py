@@ -13,9 +13,11 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -177,3 +179,14 @@ def wait_metric(server, name: str, value: float, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"{name} did not reach {value}")
+
+
+def png(width: int, height: int, fill: int = 0x80) -> bytes:
+    """A solid-colour PNG built by hand: large ones take long to decode and compress to little."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = (b"\0" + bytes([fill]) * (3 * width)) * height
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")

@@ -17,7 +17,21 @@ from typing import Any
 import numpy as np
 
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
-from attrx.service.engine.process import CANCELLED, DRAINING, EXPIRED, OK, QUEUE_FULL, REPLY, REQUEST
+from attrx.service.engine.process import (
+    CANCELLED,
+    DRAINING,
+    DROP,
+    EXPIRED,
+    FOLLOW,
+    LEAD,
+    MISS,
+    NO_SLOT,
+    OK,
+    QUEUE_FULL,
+    REPLY,
+    REQUEST,
+    RUN,
+)
 from attrx.service.engine.shm import Arena, Layout
 
 
@@ -39,10 +53,15 @@ class EngineLink:
     ready: Any  # a multiprocessing Event, set once the engine has run its warm-up batches
     info: dict  # backend, providers
     restarted: bool = False  # a replacement for a front-end that died: it serves only once warm
+    keys: Any = None  # shared table of the products being worked on (attrx.service.http.dedup.SharedKeys)
 
 
 class EngineGone(RuntimeError):
     """The inference process stopped answering."""
+
+
+class Miss(LookupError):
+    """The product followed is not (or no longer) being worked on elsewhere: do it here."""
 
 
 def _failure(status: int) -> BaseException:
@@ -52,6 +71,8 @@ def _failure(status: int) -> BaseException:
         return Draining("the server is shutting down")
     if status == QUEUE_FULL:
         return QueueFull("the inference queue is full")
+    if status == MISS:
+        return Miss("nobody leads this product")
     return EngineGone("the model failed on this batch (see the server's log)")
 
 
@@ -86,13 +107,40 @@ class EngineClient:
         except BaseException:
             self._free.append(k)
             raise
-        self._out += REQUEST.pack(k, deadline, int(counted), key)
+        return self._send(RUN, k, deadline, int(counted), key), k
+
+    def follow(self, key: int, deadline: float) -> tuple[asyncio.Future, int]:
+        """(future of a BatchResult, slot): the output of the product with this key that another
+        front-end leads. The future raises Miss when nobody leads it (then do the work here)."""
+        if self.gone:
+            raise EngineGone("the inference process has stopped")
+        if not self._free:
+            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
+        k = self._free.pop()
+        self.arena.flags[k] = 0  # no inputs to write: only the cancel flag to clear
+        return self._send(FOLLOW, k, deadline, 1, key), k
+
+    def lead(self, key: int) -> None:
+        """This front-end is working on the product: others may follow it."""
+        if not self.gone:
+            self._write(REQUEST.pack(NO_SLOT, 0.0, 0, key, LEAD))
+
+    def drop(self, key: int) -> None:
+        """... and stopped before running it: its followers hear "miss"."""
+        if not self.gone:
+            self._write(REQUEST.pack(NO_SLOT, 0.0, 0, key, DROP))
+
+    def _send(self, kind: int, k: int, deadline: float, counted: int, key: int) -> asyncio.Future:
+        self._write(REQUEST.pack(k, deadline, counted, key, kind))
+        fut = self._loop.create_future()
+        self._pending[k] = fut
+        return fut
+
+    def _write(self, message: bytes) -> None:
+        self._out += message
         if not self._flushing:
             self._flushing = True
             self._loop.call_soon(self._flush)
-        fut = self._loop.create_future()
-        self._pending[k] = fut
-        return fut, k
 
     def _flush(self) -> None:
         """Write what this turn of the event loop submitted in one send: under load the engine's

@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.leads import Leads
 from attrx.service.engine.shm import Arena, Layout
 from attrx.service.procutil import die_with_parent, set_process_name
 
@@ -34,11 +35,17 @@ log = logging.getLogger("attrx.engine")
 
 # front-end -> engine: slot, deadline (time.monotonic, the same clock in every process), counted
 # (0 for a front-end's warm-up product, which stays out of the prediction metrics), the product's
-# key (0: none; equal keys in one batch, from any front-end, run once)
-REQUEST = struct.Struct("<IdIQ")
+# key (0: none; equal keys in one batch, from any front-end, run once), and what is asked:
+#   RUN     run the product in the slot
+#   FOLLOW  answer the slot with the output of the product another front-end leads (or MISS)
+#   LEAD    this front-end is working on the product (no slot, no answer)
+#   DROP    ... and has stopped before running it (no slot, no answer)
+REQUEST = struct.Struct("<IdIQI")
+RUN, FOLLOW, LEAD, DROP = range(4)
+NO_SLOT = 0xFFFFFFFF
 # engine -> front-end: slot, status, batch size, queue wait s, inference s
 REPLY = struct.Struct("<IIIff")
-OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED = range(6)
+OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED, MISS = range(7)
 
 
 def status_of(exc: BaseException | None) -> int:
@@ -72,6 +79,7 @@ class Engine:
     def __init__(self, settings, pipeline, metrics):
         self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
         self.links: dict[int, _Link] = {}
+        self.leads = Leads()
         m = metrics
         self.batcher = Batcher(
             pipeline.run_batch, max_batch_size=settings.max_batch_size,
@@ -95,12 +103,29 @@ class Engine:
             if not data:  # the front-end closed its end, or died
                 link.dead = True
                 link.sock.close()
+                self._miss(self.leads.end_link(link))
                 return
             pending += data
             whole = len(pending) - len(pending) % REQUEST.size
-            for slot, deadline, counted, key in REQUEST.iter_unpack(pending[:whole]):
-                self._submit(link, slot, deadline, counted, key)
+            for slot, deadline, counted, key, kind in REQUEST.iter_unpack(pending[:whole]):
+                self._request(link, kind, slot, deadline, counted, key)
             pending = pending[whole:]
+
+    def _request(self, link: _Link, kind: int, slot: int, deadline: float, counted: int, key: int) -> None:
+        if kind == RUN:
+            self._submit(link, slot, deadline, counted, key)
+        elif kind == FOLLOW:
+            if not self.leads.follow(key, link, slot):
+                link.send(REPLY.pack(slot, MISS, 0, 0.0, 0.0))
+        elif kind == LEAD:
+            self.leads.lead(key, link)
+        elif kind == DROP:
+            self._miss(self.leads.end(key, link))
+
+    @staticmethod
+    def _miss(followers) -> None:
+        for link, slot in followers:
+            link.send(REPLY.pack(slot, MISS, 0, 0.0, 0.0))
 
     def _submit(self, link: _Link, slot: int, deadline: float, counted: int = 1, key: int = 0) -> None:
         try:
@@ -109,10 +134,12 @@ class Engine:
                                       key=key or None)
         except (QueueFull, Draining) as e:
             link.send(REPLY.pack(slot, status_of(e), 0, 0.0, 0.0))
+            if key:
+                self._miss(self.leads.end(key, link))
             return
-        fut.add_done_callback(partial(self._settled, link, slot))
+        fut.add_done_callback(partial(self._settled, link, slot, key))
 
-    def _settled(self, link: _Link, slot: int, fut) -> None:
+    def _settled(self, link: _Link, slot: int, key: int, fut) -> None:
         """An item that ended without running (expired, skipped, refused at stop) or in a failed batch."""
         if fut.cancelled():
             status = CANCELLED
@@ -122,6 +149,8 @@ class Engine:
             if status == FAILED:
                 log.error("attrx engine: a batch failed: %r", exc)
         link.send(REPLY.pack(slot, status, 0, 0.0, 0.0))
+        if key:
+            self._miss(self.leads.end(key, link))  # its followers do the work themselves
 
     # -- results out --------------------------------------------------------------------------
     def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
@@ -135,10 +164,12 @@ class Engine:
                 job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
                 continue
             link, slot, _ = job.tag
-            if link.dead:
-                continue  # its front-end has gone: nobody reads the answer
-            link.arena.write_outputs(slot, outputs, row)
-            replies.setdefault(link, []).append(REPLY.pack(slot, OK, n, t0 - job.enqueued, dt))
+            followers = self.leads.end(job.key, link) if job.key else []  # other front-ends' requests for it
+            for to, to_slot in [(link, slot), *followers]:
+                if to.dead:
+                    continue  # its front-end has gone: nobody reads the answer
+                to.arena.write_outputs(to_slot, outputs, row)
+                replies.setdefault(to, []).append(REPLY.pack(to_slot, OK, n, t0 - job.enqueued, dt))
         for link, parts in replies.items():
             link.send(b"".join(parts))
 

@@ -38,6 +38,28 @@ def engine_key(key: bytes | None) -> int:
     return int.from_bytes(key[:8], "little") or 1
 
 
+class SharedKeys:
+    """The engine keys of the products being worked on, all front-ends together: a hint in shared
+    memory (direct-mapped by key, no lock). A request whose product is there follows that work
+    through the engine instead of decoding it again; a stale entry or a collision costs one
+    "miss" (the request then does the work itself), never a wrong answer."""
+
+    def __init__(self, table=None, size: int = 4096):
+        self.table = table if table is not None else [0] * size
+        self.n = len(self.table)
+
+    def seen(self, key: int) -> bool:
+        return key != 0 and self.table[key % self.n] == key
+
+    def add(self, key: int) -> None:
+        self.table[key % self.n] = key
+
+    def discard(self, key: int) -> None:
+        i = key % self.n
+        if self.table[i] == key:
+            self.table[i] = 0
+
+
 class Shared:
     """One product's work in flight and the requests waiting on it."""
 

@@ -17,10 +17,10 @@ from pydantic_core import to_json
 
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
-from attrx.service.engine.client import EngineGone, EngineLink
+from attrx.service.engine.client import EngineGone, EngineLink, Miss
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
-from attrx.service.http.dedup import InFlight, ResponseCache, Shared, engine_key, product_key
+from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
 from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
 from attrx.service.http.requests import Product, check_options, from_model, item_id, read_batch, read_one
 from attrx.service.http.schemas import (
@@ -50,6 +50,7 @@ class Service:
         self.state: State | None = None
         self.gate: Gate | None = None
         self.inflight = InFlight()
+        self.keys = SharedKeys(link.keys)
         self.cache: ResponseCache | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -141,23 +142,64 @@ class Service:
             raise
 
     async def _work(self, s: Shared, p: Product, deadline: float, ticket: Ticket | None):
-        """Decoding, then the engine: one product's work, shared by every request waiting on it.
-        The first request's ticket holds each stage, so admission bounds the work."""
+        """One product's work, shared by every request waiting on it: followed from another
+        front-end that is working on it (through the engine), else done here."""
+        key = engine_key(s.key)
+        if self.keys.seen(key):
+            followed = await self._follow(s, p, key, deadline, ticket)
+            if followed is not None:
+                return followed
+            if s.waiters == 0:
+                return None  # a miss, and nobody waits any more
+        if not key:
+            return await self._lead(s, p, 0, deadline, ticket)
+        self.keys.add(key)
+        self.state.engine.lead(key)
+        try:
+            return await self._lead(s, p, key, deadline, ticket)
+        finally:
+            self.keys.discard(key)
+
+    async def _follow(self, s: Shared, p: Product, key: int, deadline: float, ticket: Ticket | None):
+        """The output of another front-end's work on this product, or None (a miss: nobody leads it now)."""
         st = self.state
-        fut = s.decoding = st.pool.submit(_decode, st.pipeline, p.title, p.image)
+        job, slot = st.engine.follow(key, deadline)
+        s.cancel_queued = partial(st.engine.cancel, slot)
         if ticket is not None:
-            ticket.hold(fut)
-        inputs, situations = await asyncio.wrap_future(fut)
-        s.decoding = None
-        if s.waiters == 0:
-            return None  # everyone left while it decoded: never queued
-        now = time.monotonic()
-        if now >= self.drain.deadline:
-            raise retry_later(503, "draining", "the server is shutting down")
-        if now >= deadline:
-            raise ApiError(504, "timeout", f"the deadline of {self.settings.request_timeout_ms:.0f} ms passed "
-                                           "before queueing")
-        job, slot = st.engine.submit(inputs, deadline, key=engine_key(s.key))
+            ticket.hold(job)
+        try:
+            res = await asyncio.shield(job)
+        except Miss:
+            s.cancel_queued = None
+            return None
+        st.metrics.shared.inc()
+        return res, st.pipeline.situations(p.title, p.image)
+
+    async def _lead(self, s: Shared, p: Product, key: int, deadline: float, ticket: Ticket | None):
+        """Decoding, then the engine. The first request's ticket holds each stage, so admission
+        bounds the work. A lead that ends before it is queued tells the engine (its followers
+        then do the work themselves)."""
+        st = self.state
+        queued = False
+        try:
+            fut = s.decoding = st.pool.submit(_decode, st.pipeline, p.title, p.image)
+            if ticket is not None:
+                ticket.hold(fut)
+            inputs, situations = await asyncio.wrap_future(fut)
+            s.decoding = None
+            if s.waiters == 0:
+                return None  # everyone left while it decoded: never queued
+            now = time.monotonic()
+            if now >= self.drain.deadline:
+                raise retry_later(503, "draining", "the server is shutting down")
+            if now >= deadline:
+                raise ApiError(504, "timeout", f"the deadline of {self.settings.request_timeout_ms:.0f} ms passed "
+                                               "before queueing")
+            job, slot = st.engine.submit(inputs, deadline, key=key)
+            queued = True
+        finally:
+            if key and not queued:
+                st.engine.drop(key)
         s.cancel_queued = partial(st.engine.cancel, slot)
         if ticket is not None:
             ticket.hold(job)

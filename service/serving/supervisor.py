@@ -38,6 +38,7 @@ from multiprocessing.connection import wait
 log = logging.getLogger("attrx.serve")
 
 STARTUP_TIMEOUT_S = 600.0
+KEY_TABLE = 4096  # entries of the shared table of products in flight (a hint: a collision costs a "miss")
 
 
 @contextmanager
@@ -182,6 +183,7 @@ class Supervisor:
         _shm_warning(n * self.slots * self.layout.slot_bytes)
         # kept referenced here: a child opens them by name when it starts, after this returns
         self.admission, self.connections, self.warm = (shared_counter(self.ctx, n) for _ in range(3))
+        self.keys = self.ctx.RawArray("Q", KEY_TABLE)  # products being worked on, for deduplication
         self.fronts, self.arenas = [None] * n, [None] * n
         for i in range(n):
             self._start_front(i)
@@ -204,7 +206,7 @@ class Supervisor:
             send_handle(self.ctl, engine_sock.fileno(), self.engine.pid)
             link = EngineLink(front_sock, self.listens[i], arena.name, self.slots, self.layout, self.admission,
                               self.connections, self.warm, len(self.listens), i, self.engine_ready, self.info,
-                              restarted)
+                              restarted, self.keys)
             p = self.ctx.Process(target=frontend_main, name=f"attrx-front-{i}",
                                  args=(self.settings.model_dump(), link, self.log_level, self.access_log))
             p.start()

@@ -11,27 +11,17 @@ import re
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers import metric, scrape, wait_metric
-
-
-def _png(width: int, height: int, fill: int = 0x80) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    raw = (b"\0" + bytes([fill]) * (3 * width)) * height
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+from helpers import png as _png
 
 
 def _connect(server) -> socket.socket:

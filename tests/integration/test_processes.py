@@ -7,6 +7,7 @@ and checks that the server behaves as one: one admission limit, one metrics view
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import signal
 import time
 
@@ -218,3 +219,50 @@ def test_a_second_server_on_the_same_port_is_refused(start_server, bundle):
     r = subprocess.run([exe, "serve", "--bundle", str(bundle), "--port", str(s.port)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 3 and "Address already in use" in r.stderr
+
+
+# -- identical products ---------------------------------------------------------------------------
+def _same_product_at_once(s, n: int, image: bytes) -> list[httpx.Response]:
+    def one(_):  # a new connection each: the kernel spreads them over both front-ends
+        return httpx.post(s.url + "/v1/extract", data={"title": "Roadster Men Grey Tee"},
+                          files={"image": ("p.png", image, "image/png")}, timeout=30)
+
+    with cf.ThreadPoolExecutor(n) as ex:
+        return list(ex.map(one, range(n)))
+
+
+def test_identical_products_in_flight_are_decoded_and_run_once_across_front_ends(start_server):
+    from helpers import png
+
+    heavy = png(3000, 3000, fill=0x55)  # long to decode: the others arrive while the first decodes
+    s = start_server(workers=2)
+    rs = _same_product_at_once(s, 12, heavy)
+    assert [r.status_code for r in rs] == [200] * 12
+    assert len({json.dumps(r.json()["predictions"], sort_keys=True) for r in rs}) == 1  # one answer
+    text = httpx.get(s.url + "/metrics", timeout=5).text
+    ran = _metric(text, "attrx_items_total")
+    shared = _metric(text, "attrx_shared_requests_total")
+    # one product, leading in at most each front-end; every other request shared its work
+    assert ran <= 2 and shared >= 12 - ran, (ran, shared)
+
+    off = start_server(workers=2, no_dedup=True)
+    rs = _same_product_at_once(off, 12, heavy)
+    assert [r.status_code for r in rs] == [200] * 12
+    text = httpx.get(off.url + "/metrics", timeout=5).text
+    assert _metric(text, "attrx_shared_requests_total") == 0
+    assert _metric(text, "attrx_batch_size_sum") >= 12  # without dedup, every request ran
+
+
+def test_the_response_cache_answers_a_repeated_product_without_the_model(start_server):
+    s = start_server(workers=1, response_cache=8)
+    body = {"title": "Velora Women Red Dress", "top_k": 2}
+    first = httpx.post(s.url + "/v1/extract", json=body, timeout=10).json()
+    again = httpx.post(s.url + "/v1/extract", json=body, timeout=10).json()
+    other = httpx.post(s.url + "/v1/extract", json={**body, "top_k": 1}, timeout=10).json()  # other options
+    assert again["predictions"] == first["predictions"]
+    assert len(other["predictions"]["colour"]["top_k"]) == 1
+    text = httpx.get(s.url + "/metrics", timeout=5).text
+    assert _metric(text, "attrx_response_cache_total", '{result="hit"}') == 1
+    assert _metric(text, "attrx_response_cache_total", '{result="miss"}') == 2
+    assert _metric(text, "attrx_items_total") == 2
+    assert httpx.get(s.url + "/v1/model", timeout=5).json()["batching"]["response_cache"] == 8
