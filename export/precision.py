@@ -171,7 +171,10 @@ class _Calibration:
 
     def __init__(self, inputs: dict[str, np.ndarray], batch: int = 16):
         n = len(next(iter(inputs.values())))
-        self._feeds = iter([{k: v[i:i + batch] for k, v in inputs.items()} for i in range(0, n, batch)])
+        batch = min(batch, n)
+        # equal batches only: onnxruntime's histogram calibrators stack them, and a shorter last one
+        # fails there ("inhomogeneous shape"); the few items left over are not needed
+        self._feeds = iter([{k: v[i:i + batch] for k, v in inputs.items()} for i in range(0, n - batch + 1, batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)

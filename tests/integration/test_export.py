@@ -210,3 +210,28 @@ def test_served_variant_is_reported(variant_bundle, bundle):
     r = subprocess.run([sys.executable, "-m", "attrx", "serve", "--bundle", str(bundle), "--port", "0",
                         "--precision", "int8", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "the bundle has no int8 variant; it has fp32" in r.stdout + r.stderr
+
+
+def test_int8_is_calibrated_once_so_answers_do_not_depend_on_the_batch(checkpoint, tmp_path, monkeypatch):
+    """Static int8 (the export's) gives a product the same answer alone and in a batch of 32; dynamic
+    int8, one activation scale per batch, does not, and the gate's batch check refuses that."""
+    from attrx.export import precision
+    from attrx.export.build import eval_set, export_bundle
+    from attrx.training.checkpoint import load_checkpoint
+
+    monkeypatch.setitem(precision.GATES, "int8", {**precision.GATES["int8"], "min_agreement": 0.0,
+                                                  "max_accuracy_drop": 1.0})  # this tiny model's accuracy aside
+    result = export_bundle(checkpoint, tmp_path / "b", precisions=["int8"])
+    assert result.variants == ["fp32", "int8"], result.refused
+    rep = load_bundle(result.path).manifest.variants["int8"].parity
+    assert rep["quantisation"] == "static" and "train split" in rep["calibration"]
+    assert all(r["values_differ"] == 0 and r["max_batch_diff"] <= 1e-6 for r in rep["attributes"].values())
+
+    ck = load_checkpoint(checkpoint)
+    ev = eval_set(ck, None, "test")
+    precision.to_int8(result.path / "model.onnx", tmp_path / "dynamic.onnx", [])  # no calibration: dynamic
+    outputs = list(load_bundle(result.path).manifest.model.outputs)
+    moved = precision.batch_independence(precision.session(tmp_path / "dynamic.onnx"), ev, outputs)
+    assert max(r["max_batch_diff"] for r in moved.values()) > 1e-6
+    reasons = precision.gate("int8", {a: {"agreement": 1.0, "accuracy_drop": 0.0, **r} for a, r in moved.items()})
+    assert any("depend on the batch" in x for x in reasons)
