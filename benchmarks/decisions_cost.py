@@ -98,8 +98,8 @@ def http_cost(a, bundle: Path, products, work: Path) -> dict:
     reps: dict[str, list[float]] = {"full": [], "plain": []}
     for r in range(a.repeats):
         for name in (["full", "plain"] if r % 2 == 0 else ["plain", "full"]):
-            rows = serve_and_load(a, f"decisions-{name}", ["--decisions", name, "--max-batch-size", "32",
-                                                           "--max-queue-delay-ms", "5"], bodies, script)
+            rows = serve_and_load(a, f"decisions-{name}", ["--decisions", name, "--max-batch-size", "32"], bodies,
+                                  script, a.concurrency)
             reps[name].append(rows[1]["requests_per_s"])
     ratios = [f / p for f, p in zip(reps["full"], reps["plain"], strict=True)]
     return {"concurrency": a.concurrency_level, "requests_per_s": {k: _spread(v) for k, v in reps.items()},

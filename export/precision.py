@@ -135,15 +135,11 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str], calibration: EvalS
     (the 99.999th percentile of each activation's magnitude over them; MinMax lost 1-2 points of
     agreement more on the demo model). Without calibration items it falls back to dynamic quantisation, whose
     answers depend on the batch (the gate then refuses it)."""
+    import contextlib
     import logging
+    import sys
 
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # per-tensor weights: per-channel ones gave the heads' MatMuls zero points onnxruntime's CPU
     # kernel refuses ("b zero point is not valid")
@@ -156,14 +152,22 @@ def to_int8(src: Path, dst: Path, keep_fp32_nodes: list[str], calibration: EvalS
                              weight_type=QuantType.QInt8, per_channel=False, nodes_to_exclude=keep_fp32_nodes,
                              extra_options={"MatMulConstBOnly": True})
             return
-        quantize_static(str(clean), str(dst), _Calibration(calibration.inputs), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=keep_fp32_nodes, calibrate_method=CalibrationMethod.Percentile,
-                        extra_options={"MatMulConstBOnly": True})
+        # the histogram calibrators print their progress: onto stderr, off a benchmark's JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            _quantize_static(clean, dst, calibration, keep_fp32_nodes)
     finally:
         logging.disable(logging.NOTSET)
         clean.unlink(missing_ok=True)
+
+
+def _quantize_static(clean: Path, dst: Path, calibration: EvalSet, keep_fp32_nodes: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(clean), str(dst), _Calibration(calibration.inputs), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=keep_fp32_nodes, calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"MatMulConstBOnly": True})
 
 
 class _Calibration:
