@@ -353,6 +353,8 @@ def server_configs(a) -> dict[str, list[str]]:
         configs["litserve"] = []
     if a.compare_bundle:
         configs["compare"] = batching
+    if a.dedup_cost:
+        configs["batched-no-dedup"] = [*batching, "--no-dedup"]
     if not a.no_duplicates:
         configs.update({"dedup": batching, "no-dedup": [*batching, "--no-dedup"],
                         "cache": [*batching, "--response-cache", str(a.response_cache)]})
@@ -385,6 +387,8 @@ def main() -> None:
     ap.add_argument("--dup-concurrency", type=int, default=32, help="concurrency of the duplicate load")
     ap.add_argument("--response-cache", type=int, default=4096, help="entries, for the `cache` configuration")
     ap.add_argument("--no-duplicates", action="store_true", help="skip the dedup / no-dedup / cache configurations")
+    ap.add_argument("--dedup-cost", action="store_true",
+                    help="also `batched-no-dedup` on the ordinary load, where nothing repeats: what dedup costs")
     ap.add_argument("--products", type=int, default=256, help="distinct products the load cycles through")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every configuration")
     ap.add_argument("--litserve", action="store_true",
@@ -435,6 +439,10 @@ def main() -> None:
     if a.compare_bundle:
         result["compare"] = {"bundle": a.compare_bundle, "batched": summary["compare"],
                              "bundle_over_compare": ratio_by_rep(reps["batched"], reps["compare"], a.concurrency)}
+    if a.dedup_cost:
+        result["dedup_cost"] = {"batched_no_dedup": summary["batched-no-dedup"],
+                                "batched_over_no_dedup": ratio_by_rep(reps["batched"], reps["batched-no-dedup"],
+                                                                      a.concurrency)}
     if not a.no_duplicates:
         result["duplicates"] = {
             "load": f"every product twice in a row, concurrency {a.dup_concurrency}",
