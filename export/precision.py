@@ -167,7 +167,9 @@ def _quantize_static(clean: Path, dst: Path, calibration: EvalSet, keep_fp32_nod
                     op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=keep_fp32_nodes, calibrate_method=CalibrationMethod.Percentile,
-                    extra_options={"MatMulConstBOnly": True})
+                    # com.microsoft's QuantizeLinear/DequantizeLinear: onnxruntime 1.23, pyproject's floor, has
+                    # no kernel for the ONNX QuantizeLinear at this graph's opset 23
+                    extra_options={"MatMulConstBOnly": True, "UseQDQContribOps": True})
 
 
 class _Calibration:
