@@ -103,8 +103,11 @@ class Server:
 
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
-                return
+            try:  # a connection can also wait out a restarting front-end
+                if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
             time.sleep(0.05)
         raise TimeoutError(f"server not ready after {timeout}s: {self.output()}")
 

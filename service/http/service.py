@@ -110,12 +110,16 @@ class Service:
             self.state.metrics.rejections.labels(reason).inc()
 
     # -- one product --------------------------------------------------------------------------
-    async def run(self, p: Product, watch: Watch, ticket: Ticket | None) -> tuple[BatchResult, list[str]]:
+    async def run(self, p: Product, watch: Watch, ticket: Ticket | None,
+                  key: bytes | None = None) -> tuple[BatchResult, list[str]]:
         """The product's row of its batch's outputs, and its situation per attribute. A product
         already in flight here (same title and image bytes) is not decoded or run again: this
         request waits on that work."""
         watch.check("decoding")
-        key = product_key(p.title, p.image) if self.settings.dedup else None
+        if not self.settings.dedup:
+            key = None
+        elif key is None:
+            key = product_key(p.title, p.image)
         shared = self.inflight.join(key) if key is not None else None
         if shared is None:
             shared = self.inflight.start(key, lambda s: self._work(s, p, watch.deadline, ticket))
@@ -232,13 +236,14 @@ class Service:
     async def predictions(self, st: State, p: Product, key: str, watch: Watch, ticket: Ticket | None) -> dict:
         """One product's predictions: from the response cache when it is on and holds them."""
         cache = self.cache
-        ck = cache.key(product_key(p.title, p.image), (key, p.top_k)) if cache.on else None
+        pk = product_key(p.title, p.image) if cache.on or self.settings.dedup else None  # hashed once
+        ck = cache.key(pk, (key, p.top_k)) if cache.on else None
         if ck is not None:
             found = cache.get(ck)
             st.metrics.cache.labels("miss" if found is None else "hit").inc()
             if found is not None:
                 return found
-        res, situations = await self.run(p, watch, ticket)
+        res, situations = await self.run(p, watch, ticket, pk)
         preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
         if ck is not None:
             cache.put(ck, preds)

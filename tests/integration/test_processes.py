@@ -115,18 +115,6 @@ def test_a_dead_inference_process_stops_the_server_with_a_failure_status(start_s
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs.values())
 
 
-def _ready_within(s, seconds: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        try:
-            if httpx.get(s.url + "/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not ready again within {seconds} s")
-
-
 def test_a_killed_front_end_is_restarted_alone_while_the_others_serve(start_server):
     s = start_server(workers=2, log_level="info")
     before = _processes(s)
@@ -139,7 +127,7 @@ def test_a_killed_front_end_is_restarted_alone_while_the_others_serve(start_serv
         rs = list(ex.map(lambda i: httpx.post(s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=15),
                          range(16)))
     assert [r.status_code for r in rs] == [200] * 16
-    _ready_within(s, 10)
+    s.wait_ready(10)
     after = _processes(s)
     assert after["attrx-front-0"].pid != victim.pid
     assert after["attrx-front-1"].pid == before["attrx-front-1"].pid
@@ -159,7 +147,7 @@ def test_past_its_restart_limit_the_server_gives_up_with_a_failure_status(start_
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         if k == 0:
-            _ready_within(s, 10)
+            s.wait_ready(10)
     assert s.proc.wait(timeout=60) == 1
     assert "2 front-end failures within 60 s, past the limit of 1 restarts; stopping"  in s.output()
 
