@@ -23,6 +23,7 @@ from pathlib import Path
 from attrx.export import precision
 from attrx.export.onnx_export import example_inputs, export_onnx
 from attrx.export.parity import check_parity
+from attrx.export.reference import drift_reference
 from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.bundle import MANIFEST, PRECISIONS, SCHEMA_VERSION, load_bundle, sha256_file
 from attrx.service.contract.preprocess import INPUT_NAMES
@@ -180,6 +181,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
         if metrics:
             (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         load_bundle(tmp)  # never hand out a bundle the service would refuse
+        _add_drift_reference(tmp, manifest, ck, catalog)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -191,6 +193,20 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
     print(f"bundle written to {out}: {sizes}; {attention} attention, opset {opset}, fp32 parity max |diff| "
           f"{parity['max_abs_diff']:.2e} ({time.time() - t0:.1f}s)")
     return ExportResult(out, list(manifest["variants"]), refused)
+
+
+def _add_drift_reference(tmp: Path, manifest: dict, ck, catalog) -> None:
+    """The validation split's drift statistics, into the manifest (none without the catalog)."""
+    path = _catalog_path(ck, catalog)
+    if path is None:
+        print("export: training catalog not found; the bundle has no drift reference (serve with "
+              "--drift-reference, or re-baseline from traffic)", file=sys.stderr)
+        return
+    ref = drift_reference(tmp, path, ck.meta.get("split", {}))
+    if ref is not None:
+        manifest["drift_reference"] = ref
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        load_bundle(tmp)
 
 
 def _opset_of(path: Path) -> int:

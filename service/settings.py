@@ -77,6 +77,10 @@ class ServeSettings(BaseSettings):
                                        "the bundle carries them; plain: its per-class thresholds in every situation, "
                                        "no conflict check, no constraints (for comparisons only: the accepted flag "
                                        "then overstates precision where the title is silent)")
+    drift_window: int = Field(1000, ge=0, description="drift telemetry: compare the last this many products the model "
+                              "ran with the reference (0: off)")
+    drift_reference: str | None = Field(None, description="a drift reference file (JSON): used instead of the "
+                                        "bundle's when it exists, and written by POST /v1/drift/baseline")
     max_batch_items: int = Field(32, ge=1, description="most products in one /v1/extract/batch call")
     # connections
     header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "

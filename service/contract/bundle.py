@@ -30,8 +30,8 @@ from attrx.service.contract.situations import SITUATIONS
 
 # v3: thresholds and support per situation, label words, conflict checks, record constraints,
 # unimodal outputs
-SCHEMA_VERSION = 3
-SUPPORTED_SCHEMAS = (1, 2, 3)
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMAS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 
@@ -193,6 +193,9 @@ class Manifest(BaseModel):
     variants: dict[str, VariantSpec] = {}
     refused: dict[str, str] = {}  # variants export was asked for and refused, with the reason
     constraints: Constraints | None = None  # v3: the catalog's constraints between attributes
+    # v4: the validation split's drift statistics (attrx.service.contract.drift_stats, which checks them
+    # against the attributes where they are used); None: none recorded
+    drift_reference: dict | None = None
 
     @property
     def situation_calibrated(self) -> bool:

@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
+from attrx.service.engine.drift_feed import EngineDrift, batch_profiles
 from attrx.service.engine.leads import Leads
 from attrx.service.engine.shm import Arena, Layout
 from attrx.service.procutil import die_with_parent, set_process_name
@@ -76,8 +77,8 @@ class _Link:
 
 
 class Engine:
-    def __init__(self, settings, pipeline, metrics):
-        self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
+    def __init__(self, settings, pipeline, metrics, drift=None):
+        self.settings, self.pipeline, self.metrics, self.drift = settings, pipeline, metrics, drift
         self.links: dict[int, _Link] = {}
         self.leads = Leads()
         m = metrics
@@ -158,7 +159,10 @@ class Engine:
         n = len(jobs)
         counted = [row for row, job in enumerate(jobs) if job.tag is not None and job.tag[2]]
         if counted:  # warm-up products are not predictions
-            self.metrics.observe_batch(outputs if len(counted) == n else [o[counted] for o in outputs])
+            outs = outputs if len(counted) == n else [o[counted] for o in outputs]
+            self.metrics.observe_batch(outs)
+            if self.drift is not None:
+                self.drift.observe(outs, batch_profiles(jobs, counted))
         for row, job in enumerate(jobs):
             if job.tag is None:  # the engine's own warm-up
                 job.future.set_result(BatchResult(outputs, row, n, t0 - job.enqueued, dt))
@@ -219,19 +223,23 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
                           pipeline.backend.providers[0])
         item = pipeline.decode_request(*warmup_product())
         layout = _layout(pipeline, item)
+        drift = EngineDrift(settings, bundle.manifest) if settings.drift_window > 0 else None
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits
         ctl.send(("error", f"{type(e).__name__}: {e}"))
         return
     backend = pipeline.backend
     ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
-                                 "precision": backend.precision, "variant": backend.variant}))
-    engine = Engine(settings, pipeline, metrics)
+                                 "precision": backend.precision, "variant": backend.variant,
+                                 "drift": drift.info if drift is not None else None}))
+    engine = Engine(settings, pipeline, metrics, drift)
     engine.batcher.start()
     engine.warm_up(item)
     gc.collect()
     gc.freeze()
     ready.set()
     _serve_control(engine, ctl, layout)
+    if drift is not None:
+        drift.block.close()
 
 
 def _serve_control(engine: Engine, ctl, layout: Layout) -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from attrx.service.engine.client import EngineLink
@@ -76,6 +78,10 @@ def _error_handlers(app: FastAPI, svc: Service) -> None:
         return Response(status_code=499)
 
 
+class Baseline(BaseModel):
+    source: Literal["traffic", "bundle"] = "traffic"
+
+
 def _routes(app: FastAPI, svc: Service) -> None:
     json_schema, multipart_schema = request_schemas(calibrated_targets(svc.settings))
 
@@ -116,6 +122,20 @@ def _routes(app: FastAPI, svc: Service) -> None:
              summary="The served bundle: attributes, classes, thresholds, training metrics")
     async def model_info(st: State = Depends(model_handle)):
         return svc.model_info(st)
+
+    @app.get("/v1/drift", dependencies=auth, summary="The drift window compared with the reference")
+    async def drift(st: State = Depends(model_handle)):
+        """Per attribute and statistic the Jensen-Shannon distance of the last products served
+        from the reference, the accepted rate and the situation mix of both; the input statistics;
+        which thresholds are exceeded (once the window is full)."""
+        return svc.drift(st)
+
+    @app.post("/v1/drift/baseline", dependencies=auth, summary="Make recent traffic the drift reference")
+    async def drift_baseline(body: Baseline | None = None, st: State = Depends(model_handle)):
+        """`{"source": "traffic"}` (the default): the window's products become the reference, in every
+        process, and with `--drift-reference FILE` in that file too, so a restart keeps it.
+        `{"source": "bundle"}`: back to the bundle's reference."""
+        return svc.rebaseline(st, (body or Baseline()).source)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():

@@ -305,6 +305,25 @@ class Service:
                       "dedup": s.dedup, "response_cache": s.response_cache},
         )
 
+    def drift(self, st: State) -> dict:
+        if st.drift is None:
+            raise ApiError(404, "drift_off", "drift telemetry is off (attrx serve --drift-window 0)")
+        return st.drift.compare()
+
+    def rebaseline(self, st: State, source: str) -> dict:
+        if st.drift is None:
+            raise ApiError(404, "drift_off", "drift telemetry is off (attrx serve --drift-window 0)")
+        try:
+            done = st.drift.baseline(source)
+        except ValueError as e:
+            raise ApiError(409, "empty_window", str(e)) from None
+        except OSError as e:
+            raise ApiError(500, "not_written", f"drift reference {st.drift.reference_path}: {e.strerror or e}") \
+                from None
+        log.info("attrx: drift reference is now %s (%d products)%s", done["source"], done["items"],
+                 f", written to {done['file']}" if done["file"] else "")
+        return done
+
     def readyz(self) -> JSONResponse:
         try:
             st = self.ready_state()
@@ -321,13 +340,15 @@ class Service:
         if st is None:
             return Response("", media_type=CONTENT_TYPE_LATEST)
         st.metrics.in_flight.set(st.admission.in_flight)
+        if st.drift is not None:
+            st.metrics.set_drift(st.drift.compare())
         body, media_type = exposition(st.metrics.registry)
         return Response(body, media_type=media_type)
 
 
 def _decode(pipeline, title, image) -> tuple[dict, list[str]]:
     """In the decoding pool: the model inputs and the situations (raises InputError, ImageError)."""
-    return pipeline.decode_request(title, image), pipeline.situations(title, image)
+    return pipeline.prepare(title, image)
 
 
 def _attribute_info(a) -> dict:

@@ -16,6 +16,7 @@ from attrx.service.contract.bundle import Bundle, sha256_file
 from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
+from attrx.service.http.drift_report import FrontDrift
 from attrx.service.inference.pipeline import Pipeline, load_pipeline, warmup_product
 from attrx.service.settings import ServeSettings
 from attrx.service.telemetry.prometheus import Metrics
@@ -37,6 +38,7 @@ class State:
     drained: bool | None = None
     model_ref: dict = field(default_factory=dict)
     bundle_id: str = ""  # sha256 of the manifest, which lists every file's sha256
+    drift: FrontDrift | None = None  # None: drift telemetry is off (--drift-window 0)
 
 
 def lower_priority(nice: int) -> None:
@@ -59,7 +61,8 @@ def load_state(settings: ServeSettings, link: EngineLink) -> State:
                                     initializer=lower_priority, initargs=(settings.preprocess_nice,)),
                  Admission(settings.max_in_flight, shared=(link.admission, link.index)),
                  model_ref={"name": m.name, "version": m.version},
-                 bundle_id=sha256_file(bundle.path / "manifest.json"))
+                 bundle_id=sha256_file(bundle.path / "manifest.json"),
+                 drift=FrontDrift(m, link.info["drift"], settings.drift_reference) if link.info.get("drift") else None)
 
 
 async def warm_up(st: State, engine_ready) -> None:

@@ -55,6 +55,10 @@ class Pipeline:
         """Raises InputError or ImageError for a product the model cannot take."""
         return self.predictor.decode_request(title, image)
 
+    def prepare(self, title: str | None, image) -> tuple[dict[str, np.ndarray], list[str]]:
+        """decode_request and the product's situation per attribute, in one pass."""
+        return self.predictor.prepare(title, image)
+
     def batch(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return batch_inputs(items)
 

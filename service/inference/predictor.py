@@ -12,10 +12,9 @@ import numpy as np
 
 from attrx.service.contract.bundle import Bundle, output_names, precision_key
 from attrx.service.contract.decisions import REVIEW_REASONS, decide_one, rules_from_manifest, situation_index
+from attrx.service.contract.drift_stats import decode_product
 from attrx.service.contract.preprocess import (
     ImageError,
-    build_inputs,
-    load_image_array,
     load_tokenizer,
     normalise_title,
 )
@@ -66,7 +65,13 @@ class Predictor:
         return self.read_situations(title, image)
 
     def decode_request(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
-        """One product -> model inputs with batch size 1. Raises InputError or ImageError."""
+        """One product -> model inputs with batch size 1, and its drift profile under PROFILE_KEY
+        (which backends ignore). Raises InputError or ImageError."""
+        return self.prepare(title, image)[0]
+
+    def prepare(self, title: str | None, image: bytes | str | os.PathLike | None
+                ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """decode_request, and the product's situation per attribute."""
         title = normalise_title(title)
         if title is not None and len(title) > self.max_title_chars:
             raise InputError("title_too_long",
@@ -75,8 +80,7 @@ class Predictor:
             image = None
         if title is None and image is None:
             raise InputError("empty", "a product needs a title or an image (neither was given)")
-        arr = load_image_array(image, self.preprocess) if image is not None else None
-        return build_inputs(self.tokenizer, [title], [arr], self.preprocess)
+        return decode_product(self.tokenizer, self.preprocess, self.read_situations, title, image)
 
     def precision_key(self, min_precision: float | None) -> str:
         if min_precision is None:

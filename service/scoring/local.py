@@ -104,7 +104,7 @@ def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
 def _prepare(task: tuple[int, str, str | None, str | None]):
     line, pid, title, image = task
     try:
-        return line, pid, (_predictor.decode_request(title, image), _predictor.situations(title, image)), None
+        return line, pid, _predictor.prepare(title, image), None
     except (ImageError, InputError) as e:
         return line, pid, None, str(e)
 

@@ -26,7 +26,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNIT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 REJECTION_REASONS = ("overloaded", "queue_full", "timeout", "bad_image", "too_large", "empty", "title_too_long",
                      "unsupported_media_type", "bad_request", "bad_option", "unauthorized", "not_ready",
-                     "draining", "client_gone", "slow_client", "too_many_connections")
+                     "draining", "client_gone", "slow_client", "too_many_connections", "drift_off", "empty_window",
+                     "not_written")
 
 
 def multiprocess_dir() -> str | None:
@@ -86,6 +87,8 @@ class Metrics:
         self.image_weight = Histogram("attrx_image_modality_weight",
                                       "modality-attention weight of the image (0 = title only)",
                                       ["attribute"], buckets=UNIT_BUCKETS, registry=r)
+        if front:
+            self._drift_gauges(r)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for a in attributes:
@@ -93,6 +96,48 @@ class Metrics:
             self.image_weight.labels(a)
 
         self._per_attribute = {a: (self.confidence.labels(a), self.image_weight.labels(a)) for a in attributes}
+
+    def _drift_gauges(self, r) -> None:
+        # set by the front-end answering /metrics from the one window (attrx.service.http.drift_report): the latest wins
+        def gauge(name, doc, labels=()):
+            return Gauge(name, doc, list(labels), registry=r, multiprocess_mode="mostrecent")
+
+        self.drift_distance = gauge("attrx_drift_distance", "Jensen-Shannon distance (0-1) of the drift window's "
+                                    "distribution of a statistic of an attribute's predictions from the reference's",
+                                    ["attribute", "statistic"])
+        self.drift_input_distance = gauge("attrx_drift_input_distance", "Jensen-Shannon distance (0-1) of the "
+                                          "window's distribution of an input statistic from the reference's",
+                                          ["statistic"])
+        self.drift_accepted = gauge("attrx_drift_accepted_rate", "share of the window's (live) or the "
+                                    "reference's products whose value clears its threshold at the bundle's first "
+                                    "precision target", ["attribute", "window"])
+        self.drift_situation = gauge("attrx_drift_situation_share", "share of products in each situation, in the "
+                                     "window (live) and the reference", ["attribute", "situation", "window"])
+        self.drift_items = gauge("attrx_drift_window_items", "products in the drift window (it compares once full)")
+        self.drift_window_size = gauge("attrx_drift_window_size", "the drift window's size in products")
+        self.drift_reference = gauge("attrx_drift_reference_items", "products the drift reference counted, by "
+                                     "source (bundle, file, traffic)", ["source"])
+
+    def set_drift(self, cmp: dict) -> None:
+        """The drift gauges from a comparison (attrx.service.contract.drift_stats.Statistics.compare); NaN
+        where it has no figure (no reference, or the window not yet full)."""
+        nan = float("nan")
+        full = cmp["full"]
+        for a, e in cmp["attributes"].items():
+            for stat, d in e["distance"].items():
+                self.drift_distance.labels(a, stat).set(d if d is not None and full else nan)
+            for which, rate in (("live", e["accepted_rate"]), ("reference", e["reference_accepted_rate"])):
+                self.drift_accepted.labels(a, which).set(nan if rate is None else rate)
+            for which, shares in (("live", e["situations"]), ("reference", e["reference_situations"])):
+                for sit, v in (shares or {}).items():
+                    self.drift_situation.labels(a, sit, which).set(v)
+        for stat, d in cmp["inputs"].items():
+            self.drift_input_distance.labels(stat).set(d if d is not None and full else nan)
+        self.drift_items.set(cmp["items"])
+        self.drift_window_size.set(cmp["window"])
+        for source in ("bundle", "file", "traffic"):
+            self.drift_reference.labels(source).set(cmp["reference"]["items"] if cmp["reference"]["source"] == source
+                                                    else 0)
 
     def set_model(self, manifest, variant: str, backend: str, provider: str) -> None:
         """Set by the inference process, the one that knows which variant runs, and on what."""
