@@ -24,7 +24,7 @@ def cmd_score(a) -> None:
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
                     overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers, precision=a.precision,
                     max_image_pixels=a.max_image_pixels, progress=not a.quiet, conflicts=a.conflicts,
-                    review_queue=a.review_queue)
+                    review_queue=a.review_queue, drift_reference=a.drift_reference)
     if summary["interrupted"]:
         # the work done is saved and its workers are gone; leave without the pool's exit-time
         # cleanup, which can block on results still in its pipes
@@ -44,7 +44,7 @@ def _score_on_ray(a) -> None:
                   fmt=a.ray_format, resume=a.resume, overwrite=a.overwrite, min_precision=a.min_precision,
                   providers=a.providers,
                   precision=a.precision, max_image_pixels=a.max_image_pixels, local_cpus=a.ray_local_cpus,
-                  progress=not a.quiet, review_queue=a.review_queue)
+                  progress=not a.quiet, review_queue=a.review_queue, drift_reference=a.drift_reference)
     except RayNotInstalled as e:
         raise SystemExit(f"attrx score: {e}") from None
 
@@ -69,6 +69,9 @@ def _score_parser(sub) -> None:
     c.add_argument("--review-queue", metavar="FILE",
                    help="also write every product with an attribute not accepted to FILE (JSONL, one product per "
                         "line: its values, confidence, situation, candidates and a priority; docs/review-queue.md)")
+    c.add_argument("--drift-reference", metavar="FILE",
+                   help="compare the catalog with this drift reference (JSON, e.g. from GET /v1/drift's window "
+                        "re-baselined, or an earlier run's meta) instead of the bundle's; docs/drift.md")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     r = c.add_argument_group("Ray Data (pip install 'attrx[ray]'; OUT is then a folder)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

@@ -21,9 +21,12 @@ and the situation mix beside the reference's.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -227,3 +230,39 @@ def exceeded(comparison: dict, thresholds: dict[str, float] | None = None) -> li
             for s, d in e["distance"].items() if d is not None and d > th[s]]
     hits += [f"{s} {d:.3f} > {th[s]:g}" for s, d in comparison["inputs"].items() if d is not None and d > th[s]]
     return hits
+
+
+# -- reference files ---------------------------------------------------------------------------------
+def load_reference_file(path: str | os.PathLike) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ReferenceError(f"drift reference {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ReferenceError(f"drift reference {path}: not JSON ({e})") from None
+
+
+def save_reference_file(path: str | os.PathLike, ref: dict) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(ref, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def starting_reference(manifest, stats: Statistics, path: str | os.PathLike | None
+                       ) -> tuple[np.ndarray | None, int, str]:
+    """(counts, products, source): the reference file when it exists, else the bundle's, else none.
+    ReferenceError, naming the file, when it does not fit the bundle."""
+    if path and Path(path).is_file():
+        ref = load_reference_file(path)
+        try:
+            return stats.check_reference(ref), int(ref["items"]), "file"
+        except ReferenceError as e:
+            raise ReferenceError(f"drift reference {path}: {e}") from None
+    if manifest.drift_reference is not None:
+        return stats.check_reference(manifest.drift_reference), int(manifest.drift_reference["items"]), "bundle"
+    return None, 0, "none"

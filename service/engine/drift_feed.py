@@ -4,34 +4,17 @@ the one sliding window (attrx.service.telemetry.drift_window); the reference sta
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
-from attrx.service.telemetry.drift_window import DriftBlock, Window, load_reference_file
-
-
-def initial_reference(settings, manifest, stats: Statistics) -> tuple[np.ndarray | None, int, str]:
-    """(counts, products, source): the reference file when it exists, else the bundle's, else none.
-    A file that does not fit the bundle stops the server with the reason (ValueError)."""
-    path = settings.drift_reference
-    if path and Path(path).is_file():
-        ref = load_reference_file(path)
-        try:
-            return stats.check_reference(ref), int(ref["items"]), "file"
-        except ValueError as e:
-            raise ValueError(f"drift reference {path}: {e}") from None
-    if manifest.drift_reference is not None:
-        return stats.check_reference(manifest.drift_reference), int(manifest.drift_reference["items"]), "bundle"
-    return None, 0, "none"
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, starting_reference
+from attrx.service.telemetry.drift_window import DriftBlock, Window
 
 
 class EngineDrift:
     def __init__(self, settings, manifest):
         self.stats = Statistics(manifest)
         self.block = DriftBlock(self.stats.total)
-        self.block.set_reference(*initial_reference(settings, manifest, self.stats))
+        self.block.set_reference(*starting_reference(manifest, self.stats, settings.drift_reference))
         self.window = Window(settings.drift_window, len(self.stats.stats), self.block)
 
     @property

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from attrx.service.contract.drift_stats import THRESHOLDS, Statistics, exceeded
-from attrx.service.telemetry.drift_window import DriftBlock, save_reference_file
+from attrx.service.contract.drift_stats import THRESHOLDS, Statistics, exceeded, save_reference_file
+from attrx.service.telemetry.drift_window import DriftBlock
 
 
 class FrontDrift:

@@ -25,11 +25,13 @@ from tqdm import tqdm
 
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
+from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
-from attrx.service.scoring.outputs import bundle_sha256, open_output
+from attrx.service.scoring.catalog_drift import CatalogDrift
+from attrx.service.scoring.outputs import bundle_sha256, meta_path, open_output
 from attrx.service.scoring.review_queue import CANDIDATES, queue_row
 
 
@@ -162,24 +164,32 @@ def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, in
     return summary
 
 
+def _meta(bundle, key: str, precision: str, providers: str, columns: list[str], catalog) -> dict:
+    return {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
+            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
+            "providers": providers, "columns": columns, "catalog": str(catalog)}
+
+
 def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
           workers: int | None = None, resume: bool = False, overwrite: bool = False,
           min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
           max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None,
-          review_queue: str | Path | None = None) -> dict:
+          review_queue: str | Path | None = None, drift_reference: str | Path | None = None) -> dict:
     """Score a catalog into `out` (rows that cannot be scored go to `<out>.errors.jsonl`); with
     `conflicts`, every attribute whose title and image disagree is also written there as JSONL; with
-    `review_queue`, every product with an attribute not accepted (attrx.service.scoring.review_queue)."""
+    `review_queue`, every product with an attribute not accepted (attrx.service.scoring.review_queue).
+    The catalog's drift from the bundle's reference (or `drift_reference`) goes into the meta file
+    (attrx.service.scoring.catalog_drift)."""
     out = Path(out)
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
     key = predictor.precision_key(min_precision)
     columns = output_columns(predictor.attributes)
-    meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
-            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
-            "providers": providers, "columns": columns,
-            "catalog": str(catalog)}
+    meta = _meta(bundle, key, precision, providers, columns, catalog)
     cat = read_catalog(catalog)
+    drift = CatalogDrift(bundle.manifest, drift_reference)
+    if resume:
+        drift.resume_from(meta_path(out))  # before open_output writes this run's meta
     writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)
     todo = [p for p in cat.products if p.id not in skip]
     errors_path = out.with_name(out.name + ".errors.jsonl")
@@ -202,7 +212,9 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
 
     def flush(batch: list) -> None:
-        outputs = backend.run(batch_inputs([x for _, (x, _) in batch]))
+        feeds = batch_inputs([x for _, (x, _) in batch])
+        outputs = backend.run(feeds)
+        drift.add(outputs, feeds[PROFILE_KEY])
         preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits, top_k=side.top_k))
                  for i, (pid, (_, sits)) in enumerate(batch)]
         writer.write([flatten(pid, p) for pid, p in preds])
@@ -234,4 +246,6 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
         writer.close()
         errors_f.close()
         side.close()
-    return _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())
+    summary = _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())
+    summary["drift_exceeded"] = drift.finish(meta_path(out))["exceeded"]
+    return summary

@@ -32,9 +32,11 @@ import numpy as np
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
 from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
+from attrx.service.scoring.catalog_drift import CatalogDrift, save_part, sum_parts
 from attrx.service.scoring.local import flatten, output_columns
 from attrx.service.scoring.outputs import (
     RESUME_CHECKS,
@@ -47,6 +49,7 @@ from attrx.service.scoring.review_queue import CANDIDATES, queue_row
 
 META = "_attrx_meta.json"
 ERRORS = "_errors"
+DRIFT_PARTS = "_drift"  # the actors' partial drift counts, added up into the meta file at the end
 FORMATS = {"parquet": ".parquet", "jsonl": ".json"}  # Ray's write_json writes JSON Lines as *.json
 CHECKED = (*RESUME_CHECKS, "format")
 
@@ -141,13 +144,14 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     pred = _predictor(bundle_dir, max_image_pixels)
     items, errors, sits = [], [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
-        sits.append(situation_index(pred.situations(title, image)))
         try:
-            items.append(pred.decode_request(title, image))
+            item, situations = pred.prepare(title, image)
             errors.append("")
         except (ImageError, InputError) as e:
-            items.append(None)
+            item, situations = None, pred.situations(title, image)
             errors.append(str(e) or type(e).__name__)
+        items.append(item)
+        sits.append(situation_index(situations))
     if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
         blank = pred.decode_request("-", None)
         items = [blank if x is None else x for x in items]
@@ -162,11 +166,13 @@ class Infer:
     to its own errors file and returns the scored rows as `attrx score` writes them."""
 
     def __init__(self, bundle_dir: str, errors_dir: str, *, key: str, providers: str, precision: str,
-                 threads: int, queue_dir: str | None = None):
+                 threads: int, queue_dir: str | None = None, drift_dir: str | None = None):
         from attrx.service.inference.runtime import load_backend
 
         bundle = load_bundle(bundle_dir, verify_hashes=False)
         self.predictor = Predictor(bundle)
+        self.stats = Statistics(bundle.manifest)
+        self.drift_counts, self.drift_items = np.zeros(self.stats.total, np.int64), 0
         self.backend = load_backend(bundle, providers=providers, threads=threads, precision=precision)
         self.key = key
         self.schema = parquet_schema(output_columns(self.predictor.attributes))
@@ -174,6 +180,8 @@ class Infer:
         self.errors_path = Path(errors_dir) / part
         # the review queue: each actor appends its lines to a part of its own; the driver joins them
         self.queue_path = Path(queue_dir) / part if queue_dir else None
+        # drift: this actor's partial counts, rewritten after each batch; the driver adds them up
+        self.drift_path = Path(drift_dir) / part.replace(".jsonl", ".npy") if drift_dir else None
         self.top_k = CANDIDATES + 1 if queue_dir else 1
 
     def _write_queue(self, batch: dict, ok: np.ndarray, responses: list[dict]) -> None:
@@ -187,6 +195,12 @@ class Infer:
             f.write("".join(json.dumps(RowError(int(batch["line"][i]), str(batch["id"][i]),
                                                 str(batch["error"][i])).to_json()) + "\n" for i in bad))
 
+    def _count_drift(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
+        if self.drift_path is not None:
+            self.drift_counts += self.stats.count(self.stats.bins(outputs, profiles))
+            self.drift_items += len(profiles)
+            save_part(self.drift_path, self.drift_counts, self.drift_items)
+
     def __call__(self, batch: dict):
         import pyarrow as pa
 
@@ -197,6 +211,7 @@ class Infer:
         if ok.any():
             outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
             ids, sits = batch["id"][ok], batch["situation"][ok]
+            self._count_drift(outputs, batch[PROFILE_KEY][ok])
             responses = [self.predictor.encode_response(outputs, i, key=self.key, top_k=self.top_k,
                                                         situations=[SITUATIONS[k] for k in sits[i]])
                          for i in range(len(ids))]
@@ -244,7 +259,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
               fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
               min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
               max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True,
-              review_queue: str | Path | None = None) -> dict:
+              review_queue: str | Path | None = None, drift_reference: str | Path | None = None) -> dict:
     """Score a catalog on Ray Data; see the module docstring. With `review_queue`, the products with an
     attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
     Returns the run's summary."""
@@ -260,7 +275,11 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
             "providers": providers, "columns": output_columns(predictor.attributes), "format": fmt,
             "catalog": str(catalog), "engine": "ray"}
     cat = read_catalog(catalog)
+    drift = CatalogDrift(bundle.manifest, drift_reference)
+    if resume:
+        drift.resume_from(out / META)  # before this run's meta replaces it
     skip = prepare_output(out, meta, resume=resume, overwrite=overwrite)
+    drift_dir = _empty_folder(out / DRIFT_PARTS)
     with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     todo = [p for p in cat.products if p.id not in skip]
@@ -272,23 +291,28 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
             _check_cpus(ray, concurrency, num_cpus)
             _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
                  num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
-                 max_image_pixels=max_image_pixels, queue_dir=queue_dir)
+                 max_image_pixels=max_image_pixels, queue_dir=queue_dir, drift_dir=drift_dir)
     finally:
         if started:
             ray.shutdown()
     if queue_dir is not None:
         join_queue(queue_dir, Path(review_queue), append=resume)
-    return _summary(out, skip, time.perf_counter() - t0, t_read)
+    drift.add_counts(*sum_parts(drift_dir, drift.stats.total))
+    shutil.rmtree(drift_dir, ignore_errors=True)
+    summary = _summary(out, skip, time.perf_counter() - t0, t_read)
+    summary["drift_exceeded"] = drift.finish(out / META)["exceeded"]
+    return summary
+
+
+def _empty_folder(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def _queue_parts(out: Path, review_queue) -> Path | None:
     """The folder the actors write their queue parts to (emptied first), or None without a queue."""
-    if review_queue is None:
-        return None
-    parts = out / ".review-queue"
-    shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True)
-    return parts
+    return None if review_queue is None else _empty_folder(out / ".review-queue")
 
 
 def join_queue(parts: Path, queue: Path, *, append: bool) -> None:
@@ -307,7 +331,7 @@ def decode_memory(image_size: int, batch_size: int) -> int:
 
 def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
          block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None,
-         queue_dir: Path | None = None) -> None:
+         queue_dir: Path | None = None, drift_dir: Path | None = None) -> None:
     blocks = [rows.slice(s, block_rows) for s in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     # Decoding stays in tasks of its own, spread over every free CPU, apart from the actors' sessions.
@@ -321,7 +345,8 @@ def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, con
                         fn_constructor_args=(str(bundle.path), str(out / ERRORS)),
                         fn_constructor_kwargs={"key": key, "providers": providers, "precision": precision,
                                                "threads": max(1, int(num_cpus)),
-                                               "queue_dir": str(queue_dir) if queue_dir else None})
+                                               "queue_dir": str(queue_dir) if queue_dir else None,
+                                               "drift_dir": str(drift_dir) if drift_dir else None})
     if fmt == "parquet":
         ds.write_parquet(str(out))
     else:

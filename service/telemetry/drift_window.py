@@ -16,11 +16,8 @@ Writes are guarded by a sequence number (odd while writing), so a reader never s
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from multiprocessing import shared_memory
-from pathlib import Path
 
 import numpy as np
 
@@ -120,23 +117,3 @@ class Window:
         self.pos = (self.pos + n) % self.size
         self.filled = min(self.size, self.filled + n)
         self.block.add_window(delta, self.filled)
-
-
-def load_reference_file(path: str | os.PathLike) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as e:
-        raise ValueError(f"drift reference {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"drift reference {path}: not JSON ({e})") from None
-
-
-def save_reference_file(path: str | os.PathLike, ref: dict) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(ref, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,0 +1,89 @@
+"""Drift for a scored catalog: the same statistics as the server's window
+(attrx.service.contract.drift_stats), counted over every product `attrx score` scored, compared
+with the reference and written into `<out>.meta.json` under "drift"; a short warning on stderr
+names the distances over their thresholds.
+
+The counts are kept with the comparison, so `--resume` adds the new rows to them: what the meta
+file says covers every row of the output. A run killed with -9 never wrote its counts; the resumed
+run's comparison then covers the rows it scored itself (`items` says how many).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from attrx.service.contract.drift_stats import (
+    DEFAULT_WINDOW,
+    THRESHOLDS,
+    ReferenceError,
+    Statistics,
+    exceeded,
+    starting_reference,
+)
+
+
+class CatalogDrift:
+    def __init__(self, manifest, reference_file: str | os.PathLike | None = None):
+        self.stats = Statistics(manifest)
+        self.ref, self.ref_items, self.source = starting_reference(manifest, self.stats, reference_file)
+        self.counts = np.zeros(self.stats.total, np.int64)
+        self.items = 0
+
+    def add(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
+        self.add_counts(self.stats.count(self.stats.bins(outputs, profiles)), len(profiles))
+
+    def add_counts(self, counts: np.ndarray, items: int) -> None:
+        self.counts += counts
+        self.items += int(items)
+
+    def resume_from(self, meta_file: Path) -> None:
+        """The counts an earlier run of this output recorded (none when it was killed before)."""
+        try:
+            old = json.loads(meta_file.read_text(encoding="utf-8")).get("drift") or {}
+            self.add_counts(self.stats.check_reference(old["counts"]), old["counts"]["items"])
+        except (OSError, ValueError, KeyError, TypeError, ReferenceError):
+            pass
+
+    def comparison(self) -> dict:
+        out = self.stats.compare(self.counts, self.items, self.ref)
+        judged = self.items >= DEFAULT_WINDOW
+        out.update(reference={"source": self.source, "items": self.ref_items}, thresholds=THRESHOLDS,
+                   judged=judged, exceeded=exceeded(out) if judged else [],
+                   counts=self.stats.reference(self.counts, self.items, "scored catalog"))
+        return out
+
+    def finish(self, meta_file: Path) -> dict:
+        """Into the meta file (atomically), and the warning; returns the comparison."""
+        cmp = self.comparison()
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta["drift"] = cmp
+        tmp = meta_file.with_name(meta_file.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, meta_file)
+        if cmp["exceeded"]:
+            print(f"attrx score: WARNING: the catalog drifted from the model's reference ({self.source}): "
+                  + "; ".join(cmp["exceeded"][:6]) + (" ..." if len(cmp["exceeded"]) > 6 else "")
+                  + f". Review a sample before trusting 'accepted' (docs/drift.md); details in {meta_file}",
+                  file=sys.stderr, flush=True)
+        return cmp
+
+
+def sum_parts(folder: Path, total: int) -> tuple[np.ndarray, int]:
+    """The Ray actors' partial counts (one .npy per actor: counts, then the number of products)."""
+    counts, items = np.zeros(total, np.int64), 0
+    for part in sorted(folder.glob("part-*.npy")):
+        arr = np.load(part)
+        counts += arr[:-1]
+        items += int(arr[-1])
+    return counts, items
+
+
+def save_part(path: Path, counts: np.ndarray, items: int) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, np.append(counts, items))
+    os.replace(tmp, path)
