@@ -81,6 +81,9 @@ class ServeSettings(BaseSettings):
                               "ran with the reference (0: off)")
     drift_reference: str | None = Field(None, description="a drift reference file (JSON): used instead of the "
                                         "bundle's when it exists, and written by POST /v1/drift/baseline")
+    drift_thresholds: str | None = Field(None, description="drift alert thresholds (JSON: statistic or "
+                                         "attribute.statistic -> Jensen-Shannon distance), e.g. fitted on your own "
+                                         "products by benchmarks/drift.py; default: attrx's, per statistic")
     max_batch_items: int = Field(32, ge=1, description="most products in one /v1/extract/batch call")
     # connections
     header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "

@@ -24,7 +24,8 @@ def cmd_score(a) -> None:
     summary = score(a.catalog, a.bundle, a.out, batch_size=a.batch_size, workers=a.workers, resume=a.resume,
                     overwrite=a.overwrite, min_precision=a.min_precision, providers=a.providers, precision=a.precision,
                     max_image_pixels=a.max_image_pixels, progress=not a.quiet, conflicts=a.conflicts,
-                    review_queue=a.review_queue, drift_reference=a.drift_reference)
+                    review_queue=a.review_queue, drift_reference=a.drift_reference,
+                    drift_thresholds=a.drift_thresholds, drift_min_products=a.drift_min_products)
     if summary["interrupted"]:
         # the work done is saved and its workers are gone; leave without the pool's exit-time
         # cleanup, which can block on results still in its pipes
@@ -44,7 +45,8 @@ def _score_on_ray(a) -> None:
                   fmt=a.ray_format, resume=a.resume, overwrite=a.overwrite, min_precision=a.min_precision,
                   providers=a.providers,
                   precision=a.precision, max_image_pixels=a.max_image_pixels, local_cpus=a.ray_local_cpus,
-                  progress=not a.quiet, review_queue=a.review_queue, drift_reference=a.drift_reference)
+                  progress=not a.quiet, review_queue=a.review_queue, drift_reference=a.drift_reference,
+                  drift_thresholds=a.drift_thresholds, drift_min_products=a.drift_min_products)
     except RayNotInstalled as e:
         raise SystemExit(f"attrx score: {e}") from None
 
@@ -72,6 +74,11 @@ def _score_parser(sub) -> None:
     c.add_argument("--drift-reference", metavar="FILE",
                    help="compare the catalog with this drift reference (JSON, e.g. from GET /v1/drift's window "
                         "re-baselined, or an earlier run's meta) instead of the bundle's; docs/drift.md")
+    c.add_argument("--drift-thresholds", metavar="FILE",
+                   help="the drift warning's thresholds (JSON, as attrx serve --drift-thresholds; docs/drift.md)")
+    c.add_argument("--drift-min-products", type=int, default=1000, metavar="N",
+                   help="warn about drift only for catalogs of at least N products (default 1000: the thresholds "
+                        "were chosen for the server's window of 1000; smaller samples are noisier)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     r = c.add_argument_group("Ray Data (pip install 'attrx[ray]'; OUT is then a folder)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

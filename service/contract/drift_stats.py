@@ -223,12 +223,39 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return round(math.sqrt(max(div, 0.0)), 6)
 
 
-def exceeded(comparison: dict, thresholds: dict[str, float] | None = None) -> list[str]:
-    """'attribute statistic distance > threshold' for each distance over its threshold."""
-    th = thresholds or THRESHOLDS
-    hits = [f"{a} {s} {d:.3f} > {th[s]:g}" for a, e in comparison["attributes"].items()
-            for s, d in e["distance"].items() if d is not None and d > th[s]]
-    hits += [f"{s} {d:.3f} > {th[s]:g}" for s, d in comparison["inputs"].items() if d is not None and d > th[s]]
+def thresholds_for(stats: Sequence[Stat], overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """Per statistic, keyed "attribute.statistic" (or the input statistic's name): the override for
+    that key, else for the statistic's kind ("value", "title_length", ...), else THRESHOLDS."""
+    o = overrides or {}
+    out = {}
+    for s in stats:
+        key = f"{s.attribute}.{s.name}" if s.attribute else s.name
+        out[key] = float(o.get(key, o.get(s.name, THRESHOLDS[s.name])))
+    return out
+
+
+def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """A thresholds file: JSON {"value": 0.5, "masterCategory.value": 0.25, ...} (benchmarks/drift.py
+    writes one fitted on a stream of your own products)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReferenceError(f"drift thresholds {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in data.values()):
+        raise ReferenceError(f"drift thresholds {path}: must map statistics to numbers in (0, 1]")
+    unknown = [k for k in data if k.rsplit(".", 1)[-1] not in THRESHOLDS]
+    if unknown:
+        raise ReferenceError(f"drift thresholds {path}: unknown statistics {unknown[:5]}; the statistics are "
+                             f"{', '.join(THRESHOLDS)} (optionally as attribute.statistic)")
+    return {k: float(v) for k, v in data.items()}
+
+
+def exceeded(comparison: dict, thresholds: dict[str, float]) -> list[str]:
+    """'attribute.statistic distance > threshold' for each distance over its threshold (thresholds_for)."""
+    hits = [f"{a}.{s} {d:.3f} > {thresholds[f'{a}.{s}']:g}" for a, e in comparison["attributes"].items()
+            for s, d in e["distance"].items() if d is not None and d > thresholds[f"{a}.{s}"]]
+    hits += [f"{s} {d:.3f} > {thresholds[s]:g}" for s, d in comparison["inputs"].items()
+             if d is not None and d > thresholds[s]]
     return hits
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, starting_reference
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, load_thresholds, starting_reference
 from attrx.service.telemetry.drift_window import DriftBlock, Window
 
 
 class EngineDrift:
     def __init__(self, settings, manifest):
         self.stats = Statistics(manifest)
+        if settings.drift_thresholds:  # the front-ends read it: a bad file stops the server at startup
+            load_thresholds(settings.drift_thresholds)
         self.block = DriftBlock(self.stats.total)
         self.block.set_reference(*starting_reference(manifest, self.stats, settings.drift_reference))
         self.window = Window(settings.drift_window, len(self.stats.stats), self.block)

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from attrx.service.contract.drift_stats import THRESHOLDS, Statistics, exceeded, save_reference_file
+from attrx.service.contract.drift_stats import (
+    Statistics,
+    exceeded,
+    load_thresholds,
+    save_reference_file,
+    thresholds_for,
+)
 from attrx.service.telemetry.drift_window import DriftBlock
 
 
 class FrontDrift:
-    def __init__(self, manifest, info: dict, reference_path: str | None):
+    def __init__(self, manifest, info: dict, reference_path: str | None, thresholds_path: str | None = None):
         self.stats = Statistics(manifest)
+        self.thresholds = thresholds_for(self.stats.stats, load_thresholds(thresholds_path) if thresholds_path else None)
         if self.stats.total != info["total"]:
             raise RuntimeError("the inference process counts other drift statistics than this front-end")
         self.block = DriftBlock(info["total"], name=info["block"])
@@ -24,7 +31,7 @@ class FrontDrift:
         ref, ref_items, source = self.block.read_reference()
         out = self.stats.compare(counts, items, ref)
         out.update(window=self.window, reference={"source": source, "items": ref_items},
-                   thresholds=THRESHOLDS, exceeded=exceeded(out) if items >= self.window else [],
+                   thresholds=self.thresholds, exceeded=exceeded(out, self.thresholds) if items >= self.window else [],
                    full=items >= self.window)
         return out
 

@@ -19,20 +19,24 @@ import numpy as np
 
 from attrx.service.contract.drift_stats import (
     DEFAULT_WINDOW,
-    THRESHOLDS,
     ReferenceError,
     Statistics,
     exceeded,
+    load_thresholds,
     starting_reference,
+    thresholds_for,
 )
 
 
 class CatalogDrift:
-    def __init__(self, manifest, reference_file: str | os.PathLike | None = None):
+    def __init__(self, manifest, reference_file: str | os.PathLike | None = None,
+                 thresholds_file: str | os.PathLike | None = None, min_products: int = DEFAULT_WINDOW):
         self.stats = Statistics(manifest)
+        self.thresholds = thresholds_for(self.stats.stats, load_thresholds(thresholds_file) if thresholds_file else None)
         self.ref, self.ref_items, self.source = starting_reference(manifest, self.stats, reference_file)
         self.counts = np.zeros(self.stats.total, np.int64)
         self.items = 0
+        self.min_products = min_products  # the thresholds were chosen for windows of DEFAULT_WINDOW products
 
     def add(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
         self.add_counts(self.stats.count(self.stats.bins(outputs, profiles)), len(profiles))
@@ -51,9 +55,9 @@ class CatalogDrift:
 
     def comparison(self) -> dict:
         out = self.stats.compare(self.counts, self.items, self.ref)
-        judged = self.items >= DEFAULT_WINDOW
-        out.update(reference={"source": self.source, "items": self.ref_items}, thresholds=THRESHOLDS,
-                   judged=judged, exceeded=exceeded(out) if judged else [],
+        judged = self.items >= self.min_products
+        out.update(reference={"source": self.source, "items": self.ref_items}, thresholds=self.thresholds,
+                   judged=judged, exceeded=exceeded(out, self.thresholds) if judged else [],
                    counts=self.stats.reference(self.counts, self.items, "scored catalog"))
         return out
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
-from attrx.service.contract.drift_stats import PROFILE_KEY
+from attrx.service.contract.drift_stats import DEFAULT_WINDOW, PROFILE_KEY
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
 from attrx.service.inference.runtime import load_backend
@@ -174,7 +174,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
           workers: int | None = None, resume: bool = False, overwrite: bool = False,
           min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
           max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None,
-          review_queue: str | Path | None = None, drift_reference: str | Path | None = None) -> dict:
+          review_queue: str | Path | None = None, drift_reference: str | Path | None = None,
+          drift_thresholds: str | Path | None = None, drift_min_products: int = DEFAULT_WINDOW) -> dict:
     """Score a catalog into `out` (rows that cannot be scored go to `<out>.errors.jsonl`); with
     `conflicts`, every attribute whose title and image disagree is also written there as JSONL; with
     `review_queue`, every product with an attribute not accepted (attrx.service.scoring.review_queue).
@@ -187,7 +188,7 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     columns = output_columns(predictor.attributes)
     meta = _meta(bundle, key, precision, providers, columns, catalog)
     cat = read_catalog(catalog)
-    drift = CatalogDrift(bundle.manifest, drift_reference)
+    drift = CatalogDrift(bundle.manifest, drift_reference, drift_thresholds, drift_min_products)
     if resume:
         drift.resume_from(meta_path(out))  # before open_output writes this run's meta
     writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)

@@ -32,7 +32,7 @@ import numpy as np
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
+from attrx.service.contract.drift_stats import DEFAULT_WINDOW, PROFILE_KEY, Statistics
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
 from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
@@ -259,7 +259,8 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
               fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
               min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
               max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True,
-              review_queue: str | Path | None = None, drift_reference: str | Path | None = None) -> dict:
+              review_queue: str | Path | None = None, drift_reference: str | Path | None = None,
+              drift_thresholds: str | Path | None = None, drift_min_products: int = DEFAULT_WINDOW) -> dict:
     """Score a catalog on Ray Data; see the module docstring. With `review_queue`, the products with an
     attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
     Returns the run's summary."""
@@ -275,7 +276,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
             "providers": providers, "columns": output_columns(predictor.attributes), "format": fmt,
             "catalog": str(catalog), "engine": "ray"}
     cat = read_catalog(catalog)
-    drift = CatalogDrift(bundle.manifest, drift_reference)
+    drift = CatalogDrift(bundle.manifest, drift_reference, drift_thresholds, drift_min_products)
     if resume:
         drift.resume_from(out / META)  # before this run's meta replaces it
     skip = prepare_output(out, meta, resume=resume, overwrite=overwrite)

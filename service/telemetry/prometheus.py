@@ -113,6 +113,11 @@ class Metrics:
                                     "precision target", ["attribute", "window"])
         self.drift_situation = gauge("attrx_drift_situation_share", "share of products in each situation, in the "
                                      "window (live) and the reference", ["attribute", "situation", "window"])
+        self.drift_threshold = gauge("attrx_drift_threshold", "the alert threshold of attrx_drift_distance "
+                                     "(attrx serve --drift-thresholds; default attrx's per statistic)",
+                                     ["attribute", "statistic"])
+        self.drift_input_threshold = gauge("attrx_drift_input_threshold", "the alert threshold of "
+                                           "attrx_drift_input_distance", ["statistic"])
         self.drift_items = gauge("attrx_drift_window_items", "products in the drift window (it compares once full)")
         self.drift_window_size = gauge("attrx_drift_window_size", "the drift window's size in products")
         self.drift_reference = gauge("attrx_drift_reference_items", "products the drift reference counted, by "
@@ -123,9 +128,11 @@ class Metrics:
         where it has no figure (no reference, or the window not yet full)."""
         nan = float("nan")
         full = cmp["full"]
+        th = cmp["thresholds"]
         for a, e in cmp["attributes"].items():
             for stat, d in e["distance"].items():
                 self.drift_distance.labels(a, stat).set(d if d is not None and full else nan)
+                self.drift_threshold.labels(a, stat).set(th[f"{a}.{stat}"])
             for which, rate in (("live", e["accepted_rate"]), ("reference", e["reference_accepted_rate"])):
                 self.drift_accepted.labels(a, which).set(nan if rate is None else rate)
             for which, shares in (("live", e["situations"]), ("reference", e["reference_situations"])):
@@ -133,6 +140,7 @@ class Metrics:
                     self.drift_situation.labels(a, sit, which).set(v)
         for stat, d in cmp["inputs"].items():
             self.drift_input_distance.labels(stat).set(d if d is not None and full else nan)
+            self.drift_input_threshold.labels(stat).set(th[stat])
         self.drift_items.set(cmp["items"])
         self.drift_window_size.set(cmp["window"])
         for source in ("bundle", "file", "traffic"):

@@ -65,6 +65,12 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
     queue = {q["id"]: q for q in map(json.loads, ray_q.read_text().splitlines())}
     assert queue == {q["id"]: q for q in map(json.loads, ref_q.read_text().splitlines())} and queue
     assert len(ray_q.read_text().splitlines()) == len(queue) and not (out / ".review-queue").exists()
+    # drift: the actors' partial counts add up to local scoring's, and so does the comparison
+    local = json.loads(Path(str(ref) + ".meta.json").read_text())["drift"]
+    ray = json.loads((out / "_attrx_meta.json").read_text())["drift"]
+    assert ray["items"] == local["items"] == 40 and not (out / "_drift").exists()
+    assert ray["counts"]["counts"] == local["counts"]["counts"]
+    assert ray["attributes"] == local["attributes"] and ray["inputs"] == local["inputs"]
 
 
 def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):
