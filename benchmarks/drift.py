@@ -140,6 +140,16 @@ class Replay:
     def drift(self) -> dict:
         return self.client.get("/v1/drift").json()
 
+    def settled(self) -> dict:
+        """/v1/drift once the engine has folded everything sent (its window stops changing)."""
+        last = self.drift()
+        while True:
+            time.sleep(0.3)
+            now = self.drift()
+            if now["items"] == last["items"] and now == last:
+                return now
+            last = now
+
 
 def keyed(cmp: dict) -> dict[str, float]:
     """Every distance, keyed as thresholds are: "attribute.statistic", or the input statistic."""
@@ -248,7 +258,7 @@ def batch_job_agreement(bundle: Path, products: list, window: int, out: Path) ->
     try:
         rep = Replay(f"http://127.0.0.1:{port}")
         stream(rep, plain(products), lambda n, cmp: False)
-        live = rep.drift()
+        live = rep.settled()
     finally:
         stop_group(proc)
     pairs = [(job["attributes"][a]["distance"][s], e["distance"][s]) for a, e in live["attributes"].items()
@@ -270,6 +280,7 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=5000)
     ap.add_argument("--master-category", help="one_master_category's category (default: the most common)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", type=Path, help="also draw requests-to-alert against the fraction (PNG)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -307,7 +318,39 @@ def main() -> None:
               "targets": {k: targets(runs, alarms, k) for k in sets}, "batch_job_vs_server": agreement,
               "seconds": round(time.time() - t0, 1)}
     (a.out / "drift.json").write_text(json.dumps(result, indent=2))
+    if a.figure:
+        plot(runs, a.max_requests, a.figure)
     print(json.dumps(result, indent=2))
+
+
+def plot(runs: list[dict], limit: int, path: Path) -> None:
+    """Requests until the alert condition holds against the mixture fraction, per shift (both
+    threshold sets); a shift not detected within the limit is drawn at the top, hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, name, title in zip(axes, ("kind", "fitted"), ("attrx's thresholds (per statistic)",
+                                                          "thresholds fitted per attribute on stream A"), strict=True):
+        for shift in dict.fromkeys(r["shift"] for r in runs):
+            rs = [r for r in runs if r["shift"] == shift]
+            xs = [r["fraction"] for r in rs]
+            ys = [r[name]["requests"] if r[name]["requests"] is not None else limit for r in rs]
+            line, = ax.plot(xs, ys, marker="o", label=shift)
+            missed = [(x, limit) for x, r in zip(xs, rs, strict=True) if r[name]["requests"] is None]
+            if missed:
+                ax.scatter([x for x, _ in missed], [y for _, y in missed], s=90, facecolors="white", edgecolors=line.get_color(), zorder=3)
+        ax.axhline(2000, color="grey", ls=":", lw=1)
+        ax.axhline(5000, color="grey", ls="--", lw=1)
+        ax.set(title=title, xlabel="share of the stream shifted", xticks=[0.1, 0.2, 0.3, 1.0])
+        ax.set_yscale("log")
+    axes[0].set_ylabel("requests until the alert condition holds")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def targets(runs: list[dict], alarms: dict, name: str) -> dict:

@@ -232,6 +232,8 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
                                  "precision": backend.precision, "variant": backend.variant,
                                  "drift": drift.info if drift is not None else None}))
     engine = Engine(settings, pipeline, metrics, drift)
+    if drift is not None:
+        drift.start()
     engine.batcher.start()
     engine.warm_up(item)
     gc.collect()
@@ -239,7 +241,7 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
     ready.set()
     _serve_control(engine, ctl, layout)
     if drift is not None:
-        drift.block.close()
+        drift.close()
 
 
 def _serve_control(engine: Engine, ctl, layout: Layout) -> None:

@@ -195,3 +195,36 @@ def test_decisions_cost_benchmark_runs_both_sides(checkpoint, demo_catalog):
     assert out["model"]["unimodal_over_none"]["n"] == 2 and out["model"]["unimodal_over_none"]["median"] > 0
     assert set(out["encode_response"]["us_per_product"]) == {"full", "plain"}
     assert out["http"]["full_over_plain"]["n"] == 2 and out["http"]["requests_per_s"]["full"]["median"] > 0
+
+
+def test_drift_cost_benchmark_times_the_window_on_and_off(bundle, demo_catalog):
+    """One short run: per batch size, on against off, alternating, with its spread."""
+    import json
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/drift_cost.py"), "--bundle", str(bundle),
+                        "--catalog", str(demo_catalog), "--batches", "1,4", "--repetitions", "2",
+                        "--seconds", "0.05"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [x["batch"] for x in out["per_batch"]] == [1, 4] and out["reference"] == "bundle"
+    for row in out["per_batch"]:
+        assert set(row["overhead"]) == {"median", "min", "max"} and row["batch_ms_off"]["median"] > 0
+    assert 0 < out["front_end"]["profile_share_of_decode"] < 1 and out["front_end"]["compare_per_scrape_ms"] > 0
+
+
+def test_drift_targets_are_checked_from_the_figures():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import drift
+
+    def run(shift, frac, n):
+        return {"shift": shift, "fraction": frac, "kind": {"requests": n}}
+
+    runs = [run("tiny", 0.1, None), run("tiny", 0.3, 400), run("tiny", 1.0, 50),
+            run("mix", 0.3, None), run("mix", 1.0, 2500)]
+    t = drift.targets(runs, {"kind": {"false_alarms": 0}}, "kind")
+    assert t == {"full_within_2000": False, "mix30_within_5000": False,
+                 "smallest_fraction_detected": {"tiny": 0.3, "mix": 1.0}, "false_alarms": 0}
+    cmp = {"items": 10, "window": 10, "attributes": {"colour": {"distance": {"value": 0.5, "situation": None}}},
+           "inputs": {"image_size": 0.2}}
+    assert drift.over(cmp, {"colour.value": 0.4, "image_size": 0.3}) == ["colour.value"]
+    assert drift.over({**cmp, "items": 9}, {"colour.value": 0.4, "image_size": 0.3}) == []

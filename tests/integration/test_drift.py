@@ -10,6 +10,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,16 @@ def _send(server, products) -> None:
                                       if p.image else {})} for p in products[i:i + 32]]
         r = httpx.post(server.url + "/v1/extract/batch", json=body, timeout=60)
         assert r.status_code == 200 and not [x for x in r.json()["results"] if "error" in x], r.text[:500]
+
+
+def _drift(server, items: int, headers: dict | None = None) -> dict:
+    """GET /v1/drift once the window holds `items` products (the engine folds batches in every 0.1 s)."""
+    end = time.monotonic() + 20
+    while True:
+        d = httpx.get(server.url + "/v1/drift", headers=headers, timeout=10).json()
+        if d["items"] >= items or time.monotonic() > end:
+            return d
+        time.sleep(0.05)
 
 
 def _distances(cmp: dict) -> dict[str, float | None]:
@@ -57,7 +68,7 @@ def test_the_servers_window_and_the_batch_job_agree_on_the_same_products(bundle,
     products = _products(demo_catalog)
     server = start_server(drift_window=len(products), workers=2)
     _send(server, products)
-    live = httpx.get(server.url + "/v1/drift", timeout=10).json()
+    live = _drift(server, len(products))
     assert live["items"] == len(products) and live["full"] and live["reference"]["source"] == "bundle"
     out = tmp_path / "scored.jsonl"
     r = subprocess.run([EXE, "score", str(demo_catalog), "--bundle", str(bundle), "--out", str(out), "--quiet"],
@@ -86,7 +97,7 @@ def test_the_servers_window_and_the_batch_job_agree_on_the_same_products(bundle,
 def test_the_window_is_not_judged_until_full(start_server, demo_catalog):
     server = start_server(drift_window=500)
     _send(server, _products(demo_catalog)[:10])
-    d = httpx.get(server.url + "/v1/drift", timeout=10).json()
+    d = _drift(server, 10)
     assert d["items"] == 10 and not d["full"] and d["exceeded"] == []
     text = httpx.get(server.url + "/metrics", timeout=10).text
     value = re.search(r'^attrx_drift_distance\{attribute="colour",statistic="value"\} (\S+)$', text, re.M)
@@ -104,6 +115,7 @@ def test_rebaselining_from_traffic_reaches_every_process_and_survives_a_restart(
         body = [{"title": t} for t in titles[i:i + 10]]
         assert httpx.post(server.url + "/v1/extract/batch", json=body, headers=auth, timeout=60).status_code == 200
     assert httpx.post(server.url + "/v1/drift/baseline", timeout=10).status_code == 401
+    assert _drift(server, 20, auth)["items"] == 20
     r = httpx.post(server.url + "/v1/drift/baseline", headers=auth, timeout=10)
     assert r.status_code == 200 and r.json() == {"source": "traffic", "items": 20, "file": str(ref)}
     assert json.loads(ref.read_text())["items"] == 20

@@ -137,3 +137,10 @@ def test_statistics_lay_out_every_bin_once():
     assert [s.name for s in stats if s.attribute == "colour"] == ["value", "confidence", "image_weight",
                                                                   "situation", "accepted"]
     assert [s.name for s in stats if s.attribute is None] == ["title_length", "image_size", "image_contrast"]
+
+
+def test_the_default_window_is_the_one_the_thresholds_were_chosen_for():
+    from attrx.service.contract.drift_stats import DEFAULT_WINDOW
+    from attrx.service.settings import ServeSettings
+
+    assert ServeSettings.model_fields["drift_window"].default == DEFAULT_WINDOW == 1000
