@@ -19,7 +19,7 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review clean
+.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench-families  benchmarks/families.py: CMA-CLIP variants vs MoMo on the demo catalog (~10 min)"
 	@echo "make bench-quality   benchmarks/quality.py: the real-products study -> docs/RESULTS.md (~95 min)"
 	@echo "make bench-review    benchmarks/review.py: the simulated reviewer, queue orders vs a no-new-labels control, 3 seeds (~40 min)"
+	@echo "make bench-drift     benchmarks/drift.py (shifted streams through a server: requests to alert, false alarms; trains its model the first time, ~8 min) and drift_cost.py"
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
 	@echo "make lint         ruff + lint-imports (the import rules)"
@@ -135,6 +136,11 @@ bench-quality: $(STAMP)
 bench-review: $(STAMP)
 	mkdir -p build
 	$(PY) benchmarks/review.py --catalog $(QUALITY_CATALOG) > build/review.json 2> build/review.log; cat build/review.json
+
+# drift telemetry: replayed real products (model trained once into build/drift), then its cost per batch
+bench-drift: demo-bundle
+	$(PY) benchmarks/drift.py --catalog $(QUALITY_CATALOG) --out build/drift --figure docs/figures/drift-detection.png > build/drift.json
+	$(PY) benchmarks/drift_cost.py --bundle $(DEMO_BUNDLE) --catalog $(DEMO_DIR)/data/catalog.csv; cat build/drift.json
 
 # what situations, conflicts and constraints cost in serving (the CMA-CLIP checkpoint of bench-quality)
 bench-decisions: $(STAMP)

@@ -8,6 +8,8 @@ In one process, the inference process's work per batch: the model run and the pr
 batch, and folded into the window and its shared-memory block at the server's cadence, inline here
 so that its cost counts), for batches of 1, 8 and 32 real products. Each repetition times
 both, alternating which goes first; the overhead is on/off - 1 per repetition (median, min, max).
+The same run also times drift's own calls inline ("drift_share_of_on"): what they took of the "on"
+time, a figure the machine's load moves far less than the ratio of two timings.
 Also reported: the profile's share of decoding a product (front-end side, per request) and what
 one comparison costs the front-end answering /metrics (per scrape).
 
@@ -47,24 +49,31 @@ def batch_overhead(pipeline, metrics, drift, items: list[dict], reps: int, secon
         metrics.observe_batch(pipeline.run_batch(items))
 
     last = [time.perf_counter()]
+    spent = [0.0]  # time inside drift's calls, measured inline: the share of "on" they took
 
     def on():  # the fold runs inline at the server's cadence, so its cost is in the figure
         outputs = pipeline.run_batch(items)
         metrics.observe_batch(outputs)
+        t0 = time.perf_counter()
         drift.observe(outputs, np.concatenate([it[PROFILE_KEY] for it in items]))
-        if time.perf_counter() - last[0] >= drift.interval:
+        if t0 - last[0] >= drift.interval:
             drift.fold()
             last[0] = time.perf_counter()
+        spent[0] += time.perf_counter() - t0
 
     n = max(3, int(seconds / max(_timed(off, 3), 1e-4)))
-    ratios, t_off = [], []
+    ratios, t_off, shares = [], [], []
     for r in range(reps):
         pair = {}
         for name, fn in ((("on", on), ("off", off)) if r % 2 else (("off", off), ("on", on))):
+            spent[0] = 0.0
             pair[name] = _timed(fn, n)
+            if name == "on":
+                shares.append(spent[0] / (pair["on"] * n))
         ratios.append(pair["on"] / pair["off"] - 1)
         t_off.append(pair["off"] * 1e3)
-    return {"batch": len(items), "iterations": n, "overhead": spread(ratios), "batch_ms_off": spread(t_off)}
+    return {"batch": len(items), "iterations": n, "overhead": spread(ratios), "drift_share_of_on": spread(shares),
+            "batch_ms_off": spread(t_off)}
 
 
 def front_costs(pipeline, manifest, drift, products: list, reps: int) -> dict:
@@ -90,8 +99,8 @@ def main() -> None:
     ap.add_argument("--bundle", default=str(ROOT / "build/demo-bundle"))
     ap.add_argument("--catalog", default=str(ROOT / "build/demo/data/catalog.csv"))
     ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--repetitions", type=int, default=7)
-    ap.add_argument("--seconds", type=float, default=1.5, help="per timing")
+    ap.add_argument("--repetitions", type=int, default=101, help="on/off pairs, alternating which goes first")
+    ap.add_argument("--seconds", type=float, default=0.1, help="per timing (short: the machine's load drifts)")
     ap.add_argument("--precision", default="auto")
     a = ap.parse_args()
 

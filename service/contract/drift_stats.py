@@ -94,7 +94,7 @@ def profile(situations: Sequence[int], title: str | None, image_size: tuple[int,
     (-1: missing). `title` is the normalised one; `image` the preprocessed array [3, S, S]."""
     contrast = -1.0
     if image is not None:
-        contrast = float(image[:, ::4, ::4].std(axis=(1, 2)).mean())
+        contrast = float(image[:, ::8, ::8].reshape(len(image), -1).std(axis=1).mean())  # a sample of pixels
     row = [*situations, len(title) if title else -1, min(image_size) if image_size else -1, contrast]
     return np.asarray([row], dtype=np.float32)
 
