@@ -5,6 +5,7 @@ process, attrx.service.engine.drift_feed) with the reference, computed when aske
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 from attrx.service.contract.drift_stats import (
     Statistics,
@@ -44,8 +45,6 @@ class FrontDrift:
             counts = self.stats.check_reference(ref) if ref is not None else None
             self.block.set_reference(counts, int(ref["items"]) if ref else 0, "bundle" if ref else "none")
             if self.reference_path:
-                from pathlib import Path
-
                 Path(self.reference_path).unlink(missing_ok=True)
             return {"source": "bundle" if ref else "none", "items": int(ref["items"]) if ref else 0, "file": None}
         counts, items = self.block.read_window()

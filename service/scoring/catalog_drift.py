@@ -38,6 +38,16 @@ class CatalogDrift:
         self.items = 0
         self.min_products = min_products  # the thresholds were chosen for windows of DEFAULT_WINDOW products
 
+    @classmethod
+    def start(cls, manifest, meta_file: Path, resume: bool, reference_file=None, thresholds_file=None,
+              min_products: int = DEFAULT_WINDOW) -> CatalogDrift:
+        """For a run writing `meta_file`: with resume, the counts it recorded so far (read before the
+        run's own meta replaces the file)."""
+        drift = cls(manifest, reference_file, thresholds_file, min_products)
+        if resume:
+            drift.resume_from(meta_file)
+        return drift
+
     def add(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
         self.add_counts(self.stats.count(self.stats.bins(outputs, profiles)), len(profiles))
 

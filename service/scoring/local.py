@@ -188,9 +188,8 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     columns = output_columns(predictor.attributes)
     meta = _meta(bundle, key, precision, providers, columns, catalog)
     cat = read_catalog(catalog)
-    drift = CatalogDrift(bundle.manifest, drift_reference, drift_thresholds, drift_min_products)
-    if resume:
-        drift.resume_from(meta_path(out))  # before open_output writes this run's meta
+    drift = CatalogDrift.start(bundle.manifest, meta_path(out), resume, drift_reference, drift_thresholds,
+                               drift_min_products)
     writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)
     todo = [p for p in cat.products if p.id not in skip]
     errors_path = out.with_name(out.name + ".errors.jsonl")

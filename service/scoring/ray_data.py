@@ -276,9 +276,8 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
             "providers": providers, "columns": output_columns(predictor.attributes), "format": fmt,
             "catalog": str(catalog), "engine": "ray"}
     cat = read_catalog(catalog)
-    drift = CatalogDrift(bundle.manifest, drift_reference, drift_thresholds, drift_min_products)
-    if resume:
-        drift.resume_from(out / META)  # before this run's meta replaces it
+    drift = CatalogDrift.start(bundle.manifest, out / META, resume, drift_reference, drift_thresholds,
+                               drift_min_products)
     skip = prepare_output(out, meta, resume=resume, overwrite=overwrite)
     drift_dir = _empty_folder(out / DRIFT_PARTS)
     with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
