@@ -355,6 +355,8 @@ def server_configs(a) -> dict[str, list[str]]:
         configs["compare"] = batching
     if a.dedup_cost:
         configs["batched-no-dedup"] = [*batching, "--no-dedup"]
+    if a.drift_cost:
+        configs["batched-no-drift"] = [*batching, "--drift-window", "0"]
     if not a.no_duplicates:
         configs.update({"dedup": batching, "no-dedup": [*batching, "--no-dedup"],
                         "cache": [*batching, "--response-cache", str(a.response_cache)]})
@@ -387,6 +389,8 @@ def main() -> None:
     ap.add_argument("--dup-concurrency", type=int, default=32, help="concurrency of the duplicate load")
     ap.add_argument("--response-cache", type=int, default=4096, help="entries, for the `cache` configuration")
     ap.add_argument("--no-duplicates", action="store_true", help="skip the dedup / no-dedup / cache configurations")
+    ap.add_argument("--drift-cost", action="store_true",
+                    help="also `batched-no-drift` (--drift-window 0): what drift telemetry costs over HTTP")
     ap.add_argument("--dedup-cost", action="store_true",
                     help="also `batched-no-dedup` on the ordinary load, where nothing repeats: what dedup costs")
     ap.add_argument("--products", type=int, default=256, help="distinct products the load cycles through")
@@ -442,6 +446,10 @@ def main() -> None:
     if a.dedup_cost:
         result["dedup_cost"] = {"batched_no_dedup": summary["batched-no-dedup"],
                                 "batched_over_no_dedup": ratio_by_rep(reps["batched"], reps["batched-no-dedup"],
+                                                                      a.concurrency)}
+    if a.drift_cost:
+        result["drift_cost"] = {"batched_no_drift": summary["batched-no-drift"],
+                                "batched_over_no_drift": ratio_by_rep(reps["batched"], reps["batched-no-drift"],
                                                                       a.concurrency)}
     if not a.no_duplicates:
         result["duplicates"] = {

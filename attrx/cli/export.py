@@ -47,10 +47,23 @@ def cmd_validate_bundle(a) -> None:
     except BundleError as e:
         raise SystemExit(f"attrx: invalid bundle: {e}") from None
     m = b.manifest
+    drift = _check_drift_reference(m)
     refused = f"; refused: {', '.join(m.refused)}" if m.refused else ""
     print(f"bundle {a.bundle} is valid: {m.name} {m.version} ({m.model.family}, schema v{m.schema_version}, "
           f"{m.model.attention} attention), attributes {', '.join(x.name for x in m.attributes)}; "
-          f"variants {', '.join(m.variants)}{refused}")
+          f"variants {', '.join(m.variants)}{refused}; drift reference: {drift}")
+
+
+def _check_drift_reference(m) -> str:
+    from attrx.service.contract.drift_stats import ReferenceError, Statistics
+
+    if m.drift_reference is None:
+        return "none (serve with --drift-reference, or re-baseline from traffic)"
+    try:
+        Statistics(m).check_reference(m.drift_reference)
+    except ReferenceError as e:
+        raise SystemExit(f"attrx: invalid bundle: drift_reference: {e}") from None
+    return f"{m.drift_reference['items']} products ({m.drift_reference.get('source', '?')})"
 
 
 def _export_parser(sub) -> None:

@@ -61,6 +61,20 @@ def test_the_bundle_carries_its_validation_splits_statistics(bundle, checkpoint,
     assert ref["items"] == len(val) > 0 and "validation split" in ref["source"]
     counts = Statistics(m).check_reference(ref)
     assert counts.sum() == ref["items"] * len(ref["statistics"])  # one bin per product and statistic
+    r = subprocess.run([EXE, "validate-bundle", str(bundle)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"drift reference: {ref['items']} products" in r.stdout, r.stdout + r.stderr
+
+
+def test_validate_bundle_names_a_drift_reference_that_does_not_fit(bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle, bad)
+    raw = json.loads((bad / "manifest.json").read_text())
+    raw["drift_reference"]["counts"] = raw["drift_reference"]["counts"][:-1]
+    (bad / "manifest.json").write_text(json.dumps(raw))
+    r = subprocess.run([EXE, "validate-bundle", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "drift_reference: the reference's counts must be" in r.stderr, r.stderr
 
 
 def test_the_servers_window_and_the_batch_job_agree_on_the_same_products(bundle, demo_catalog, start_server,
