@@ -52,7 +52,7 @@ WEIGHT_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # compares with; `attrx serve --drift-thresholds FILE` replaces any of them, per statistic or per
 # attribute and statistic.
 DEFAULT_WINDOW = 1000
-THRESHOLDS = {"value": 0.53, "confidence": 0.18, "image_weight": 0.33, "situation": 0.25, "accepted": 0.18,
+THRESHOLDS = {"value": 0.52, "confidence": 0.18, "image_weight": 0.32, "situation": 0.25, "accepted": 0.18,
               "title_length": 0.33, "image_size": 0.15, "image_contrast": 0.15}
 
 
