@@ -4,6 +4,7 @@ thresholds and profiles (no bundle, no server)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -73,7 +74,8 @@ def test_a_reader_in_another_process_sees_whole_batches_only():
         win = Window(100, 2, block)
         p.start()
         rng = np.random.default_rng(1)
-        while reads.value < 5:
+        end = time.monotonic() + 60  # the reader has started reading (a bound, not a wait that could hang)
+        while reads.value < 5 and time.monotonic() < end:
             win.add(rng.integers(0, total, size=(10, 2)))
         for _ in range(400):
             win.add(rng.integers(0, total, size=(int(rng.integers(1, 40)), 2)))
