@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from attrx.service.contract.drift_stats import keyed_distances  # noqa: E402
 from benchmarks.overload import start_server  # noqa: E402
 from benchmarks.serve import log, stop_group  # noqa: E402
 
@@ -151,17 +152,10 @@ class Replay:
             last = now
 
 
-def keyed(cmp: dict) -> dict[str, float]:
-    """Every distance, keyed as thresholds are: "attribute.statistic", or the input statistic."""
-    out = {f"{a}.{s}": d for a, e in cmp["attributes"].items() for s, d in e["distance"].items() if d is not None}
-    out.update({s: d for s, d in cmp["inputs"].items() if d is not None})
-    return out
-
-
 def over(cmp: dict, thresholds: dict[str, float]) -> list[str]:
     if cmp["items"] < cmp["window"]:
         return []
-    return [k for k, d in keyed(cmp).items() if d > thresholds[k]]
+    return [k for k, d in keyed_distances(cmp).items() if d > thresholds[k]]
 
 
 def stream(rep: Replay, items: list, on_check) -> None:
@@ -187,7 +181,7 @@ def choose_thresholds(rep: Replay, a: list, margin: float, floor: float) -> tupl
 
     def check(n, cmp):
         if cmp["items"] >= cmp["window"]:
-            for k, d in keyed(cmp).items():
+            for k, d in keyed_distances(cmp).items():
                 seen[k] = max(seen.get(k, 0.0), d)
 
     stream(rep, plain(a), check)

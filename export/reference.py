@@ -28,7 +28,7 @@ def drift_reference(bundle_dir: Path, catalog: Path, split: dict, *, batch: int 
     bundle = load_bundle(bundle_dir, verify_hashes=False)
     m = bundle.manifest
     tok = load_tokenizer(bundle.tokenizer_path, m.preprocess.max_text_len)
-    reader = SituationReader({a.name: a.label_words or a.classes for a in m.attributes})
+    reader = SituationReader.of_attributes(m.attributes)
     products = [p for p in read_catalog(catalog).products if split_of(p.id, **split) == "val"][:REFERENCE_LIMIT]
     stats = Statistics(m)
     sess = precision.session(bundle.path / "model.onnx")

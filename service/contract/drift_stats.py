@@ -41,7 +41,6 @@ INPUT_EDGES = {
     "image_size": (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256),
     "image_contrast": (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
 }
-INPUT_STATISTICS = tuple(INPUT_EDGES)
 CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 WEIGHT_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -125,7 +124,6 @@ class Statistics:
         from attrx.service.contract.bundle import output_names, precision_key
         from attrx.service.contract.decisions import rules_from_manifest
 
-        self.attributes = [a.name for a in manifest.attributes]
         self.manifest_reference = manifest.drift_reference
         self.stats = statistics_of([(a.name, len(a.classes)) for a in manifest.attributes])
         self.total = sum(s.bins for s in self.stats)
@@ -135,7 +133,6 @@ class Statistics:
         self.columns = {c for pair in self._cols for c in pair}  # the outputs bins() reads
         rules, _ = rules_from_manifest(manifest, constraints=False, conflicts=False)
         key = precision_key(manifest.precision_targets[0])
-        self.key = key
         self._thresholds = [r.thresholds[key] for r in rules]
         self._other = [r.other for r in rules]
         self._offsets = np.asarray([s.offset for s in self.stats], dtype=np.int64)
@@ -254,13 +251,18 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
+def keyed_distances(comparison: dict) -> dict[str, float]:
+    """A comparison's distances keyed as thresholds are ("attribute.statistic", or the input
+    statistic's name), those it has a figure for."""
+    out = {f"{a}.{s}": d for a, e in comparison["attributes"].items() for s, d in e["distance"].items()
+           if d is not None}
+    out.update({s: d for s, d in comparison["inputs"].items() if d is not None})
+    return out
+
+
 def exceeded(comparison: dict, thresholds: dict[str, float]) -> list[str]:
     """'attribute.statistic distance > threshold' for each distance over its threshold (thresholds_for)."""
-    hits = [f"{a}.{s} {d:.3f} > {thresholds[f'{a}.{s}']:g}" for a, e in comparison["attributes"].items()
-            for s, d in e["distance"].items() if d is not None and d > thresholds[f"{a}.{s}"]]
-    hits += [f"{s} {d:.3f} > {thresholds[s]:g}" for s, d in comparison["inputs"].items()
-             if d is not None and d > thresholds[s]]
-    return hits
+    return [f"{k} {d:.3f} > {thresholds[k]:g}" for k, d in keyed_distances(comparison).items() if d > thresholds[k]]
 
 
 # -- reference files ---------------------------------------------------------------------------------
@@ -273,12 +275,13 @@ def load_reference_file(path: str | os.PathLike) -> dict:
         raise ReferenceError(f"drift reference {path}: not JSON ({e})") from None
 
 
-def save_reference_file(path: str | os.PathLike, ref: dict) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
+def write_json_atomically(path: str | os.PathLike, data: dict, indent: int | None = None) -> None:
+    """A crash leaves the old file or the new one, never half of one (a reference, a meta file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(ref, f)
+        json.dump(data, f, indent=indent)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

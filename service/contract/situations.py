@@ -87,6 +87,11 @@ class SituationReader:
             firsts = [_WORD.findall(w.lower())[:1] for w in ws if w and w.strip()]
             self.first_words.append(None if any(not f for f in firsts) else {f[0] for f in firsts})
 
+    @classmethod
+    def of_attributes(cls, attributes) -> SituationReader:
+        """From a bundle's attribute specs: each attribute's label words, else its class names."""
+        return cls({a.name: a.label_words or a.classes for a in attributes})
+
     def __call__(self, title: str | None, image) -> list[str]:
         """From a request's title and image (None or empty bytes: no image)."""
         return self.read(title, image is not None and not (isinstance(image, bytes) and not image))

@@ -14,7 +14,13 @@ from collections import deque
 
 import numpy as np
 
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, load_thresholds, starting_reference
+from attrx.service.contract.drift_stats import (
+    PROFILE_KEY,
+    Statistics,
+    load_thresholds,
+    starting_reference,
+    thresholds_for,
+)
 from attrx.service.telemetry.drift_window import DriftBlock, Window
 
 INTERVAL_S = 0.1
@@ -23,8 +29,9 @@ INTERVAL_S = 0.1
 class EngineDrift:
     def __init__(self, settings, manifest, interval: float = INTERVAL_S):
         self.stats = Statistics(manifest)
-        if settings.drift_thresholds:  # the front-ends read it: a bad file stops the server at startup
-            load_thresholds(settings.drift_thresholds)
+        # read here once (a bad file stops the server at startup) and handed to the front-ends
+        self.thresholds = thresholds_for(self.stats.stats, load_thresholds(settings.drift_thresholds)
+                                         if settings.drift_thresholds else None)
         self.block = DriftBlock(self.stats.total)
         self.block.set_reference(*starting_reference(manifest, self.stats, settings.drift_reference))
         self.window = Window(settings.drift_window, len(self.stats.stats), self.block)
@@ -35,7 +42,8 @@ class EngineDrift:
 
     @property
     def info(self) -> dict:
-        return {"block": self.block.name, "total": self.stats.total, "window": self.window.size}
+        return {"block": self.block.name, "total": self.stats.total, "window": self.window.size,
+                "thresholds": self.thresholds}
 
     def observe(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
         """A batch's products (their outputs and profiles): kept until the next fold."""

@@ -10,17 +10,15 @@ from pathlib import Path
 from attrx.service.contract.drift_stats import (
     Statistics,
     exceeded,
-    load_thresholds,
-    save_reference_file,
-    thresholds_for,
+    write_json_atomically,
 )
 from attrx.service.telemetry.drift_window import DriftBlock
 
 
 class FrontDrift:
-    def __init__(self, manifest, info: dict, reference_path: str | None, thresholds_path: str | None = None):
+    def __init__(self, manifest, info: dict, reference_path: str | None):
         self.stats = Statistics(manifest)
-        self.thresholds = thresholds_for(self.stats.stats, load_thresholds(thresholds_path) if thresholds_path else None)
+        self.thresholds = info["thresholds"]  # resolved once, by the inference process
         if self.stats.total != info["total"]:
             raise RuntimeError("the inference process counts other drift statistics than this front-end")
         self.block = DriftBlock(info["total"], name=info["block"])
@@ -52,7 +50,7 @@ class FrontDrift:
             raise ValueError("the window is empty: nothing has been served since the server started")
         ref = self.stats.reference(counts, items, f"traffic {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
         if self.reference_path:
-            save_reference_file(self.reference_path, ref)
+            write_json_atomically(self.reference_path, ref)
         self.block.set_reference(counts, items, "traffic")
         return {"source": "traffic", "items": items, "file": self.reference_path}
 

@@ -62,7 +62,7 @@ def load_state(settings: ServeSettings, link: EngineLink) -> State:
                  Admission(settings.max_in_flight, shared=(link.admission, link.index)),
                  model_ref={"name": m.name, "version": m.version},
                  bundle_id=sha256_file(bundle.path / "manifest.json"),
-                 drift=FrontDrift(m, link.info["drift"], settings.drift_reference, settings.drift_thresholds)
+                 drift=FrontDrift(m, link.info["drift"], settings.drift_reference)
                  if link.info.get("drift") else None)
 
 

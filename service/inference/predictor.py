@@ -55,7 +55,7 @@ class Predictor:
             raise ValueError(f"decisions must be one of {DECISIONS}, got {decisions!r}")
         full = decisions == "full"
         self.rules, self.decoder = rules_from_manifest(self.manifest, situations=full, conflicts=full, constraints=full)
-        self.read_situations = SituationReader({a.name: a.label_words or a.classes for a in self.manifest.attributes})
+        self.read_situations = SituationReader.of_attributes(self.manifest.attributes)
         where = {n: i for i, n in enumerate(self.manifest.model.outputs)}
         uni = self.manifest.model.unimodal
         self._cols = [[where[n] for n in output_names(a, uni)] for a in self.attributes]

@@ -25,6 +25,7 @@ from attrx.service.contract.drift_stats import (
     load_thresholds,
     starting_reference,
     thresholds_for,
+    write_json_atomically,
 )
 
 
@@ -76,9 +77,7 @@ class CatalogDrift:
         cmp = self.comparison()
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         meta["drift"] = cmp
-        tmp = meta_file.with_name(meta_file.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, meta_file)
+        write_json_atomically(meta_file, meta, indent=2)
         if cmp["exceeded"]:
             print(f"attrx score: WARNING: the catalog drifted from the model's reference ({self.source}): "
                   + "; ".join(cmp["exceeded"][:6]) + (" ..." if len(cmp["exceeded"]) > 6 else "")
