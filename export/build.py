@@ -25,7 +25,14 @@ from attrx.export.onnx_export import example_inputs, export_onnx
 from attrx.export.parity import check_parity
 from attrx.export.reference import drift_reference
 from attrx.service.catalog.reader import read_catalog
-from attrx.service.contract.bundle import MANIFEST, PRECISIONS, SCHEMA_VERSION, load_bundle, sha256_file
+from attrx.service.contract.bundle import (
+    MANIFEST,
+    PRECISIONS,
+    SCHEMA_VERSION,
+    load_bundle,
+    output_names,
+    sha256_file,
+)
 from attrx.service.contract.preprocess import INPUT_NAMES
 from attrx.training.calibration import attribute_specs
 from attrx.training.checkpoint import CALIBRATION, METRICS, TOKENIZER, load_checkpoint
@@ -109,6 +116,9 @@ def _precision_variants(tmp: Path, precisions: list[str], outputs: list[str], ev
     if wanted and ev is None:
         return {}, {p: "no real catalog items to check it on: the training catalog is not where the "
                        "checkpoint recorded it (pass --catalog)" for p in wanted}
+    # the gates read each attribute's probabilities and weights by position: give them exactly those
+    # (with the title-only and image-only outputs in between, attribute j's were not at 2j and 2j+1)
+    outputs = [n for a in ev.attributes for n in output_names(a)] if wanted else outputs
     ref = precision.run_session(precision.session(tmp / "model.onnx"), ev.inputs, outputs) if wanted else None
     for prec in wanted:
         print(f"export: converting to {prec} and checking it on {len(ev)} catalog items", file=sys.stderr)

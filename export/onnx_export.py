@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from attrx.export.attention3d import fold_attention_3d
-from attrx.service.contract.bundle import output_names
+from attrx.service.contract.bundle import CONCEPT_OUTPUTS, output_names
 from attrx.service.contract.preprocess import INPUT_NAMES
 from attrx.training.models.factory import export_module
 
@@ -108,6 +108,8 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
     before = set_tower_attention(model, "sdpa" if attention == "fused" else "eager")
     wrapper = export_module(model, unimodal).eval()
     outputs = [n for a in attributes for n in output_names(a, unimodal)]
+    if hasattr(model, "concept_scores"):
+        outputs += list(CONCEPT_OUTPUTS)
     example = example_inputs(model, 2, max_len, image_size)
     args = tuple(torch.from_numpy(v) for v in example.values())
     try:

@@ -61,13 +61,14 @@ class TrainForward(torch.nn.Module):
 def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float,
           item_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The fused heads' loss, plus the unimodal auxiliary heads' (each on the items that have
-    that modality) weighted by aux_weight; item_weights weigh the batch's items (None: equally)."""
-    fused, aux_t, aux_i = outputs
+    that modality) weighted by aux_weight; item_weights weigh the batch's items (None: equally).
+    A model may return further loss terms after the three (SIMLA's concept head), added as they are."""
+    fused, aux_t, aux_i, *extra = outputs
     loss = _ce([lg for lg, _ in fused], labels, item_weights=item_weights)
     if aux_t and aux_weight > 0:
         loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0, item_weights)
                                     + _ce(aux_i, labels, batch["image_present"] > 0, item_weights))
-    return loss
+    return loss + sum(extra) if extra else loss
 
 
 def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> None:

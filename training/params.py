@@ -15,7 +15,7 @@ class TrainConfig(BaseModel):
     attributes: list[str] = Field(min_length=1)
     out: str
     config: str = "tiny"
-    family: str | None = Field(None, pattern="^(cma-clip|momo)$")
+    family: str | None = Field(None, pattern="^(cma-clip|momo|simla)$")
     init_from: str | None = None
     tokenizer: str | None = None
     vocab_size: int | None = None

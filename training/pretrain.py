@@ -1,4 +1,5 @@
-"""`attrx pretrain --family momo`: MoMo's three pre-training stages on a catalog, without labels.
+"""`attrx pretrain`: self-supervised pre-training on a catalog, without labels. `--family simla`
+runs SIMLA's tasks (training/pretrain_simla.py); `--family momo`, the default, MoMo's three stages:
 
 stage 1  masked image modelling (MIM): 75% of the patches are removed before the encoder (MAE);
          a light decoder reconstructs them; MSE on per-patch normalised pixels.
@@ -13,7 +14,7 @@ stage 3  MLM on titles and, on title+image pairs, cross-modal masking (75% of bo
 Each stage has its own decoders (discarded afterwards) and starts from the previous stage's
 encoder. Every loss is logged per step (pretrain_log.jsonl) and plotted (pretrain_losses.png).
 The output folder holds the encoder (model.safetensors), config.json and tokenizer.json, and is
-what `attrx train --family momo --init-from DIR` fine-tunes.
+what `attrx train --family momo|simla --init-from DIR` fine-tunes.
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     catalog: str
     out: str
-    family: str = Field("momo", pattern="^momo$")
-    config: str = "momo-tiny"
+    family: str = Field("momo", pattern="^(momo|simla)$")
+    config: str | None = Field(None, description="default: momo-tiny or simla-tiny")
     split: str | None = Field(None, pattern="^(train|val|test)$", description="use only this id-hash split")
     val_frac: float = 0.1
     test_frac: float = 0.1
     stage1_steps: int = Field(100, ge=0)
     stage2_steps: int = Field(100, ge=0)
     stage3_steps: int = Field(100, ge=0)
+    steps: int = Field(300, ge=0, description="SIMLA: steps of its one stage")
+    xmm_ratio: float = Field(0.5, gt=0, lt=1)
+    lock_image: bool = False
     batch_size: int = Field(32, ge=2)
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -102,9 +106,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    mcfg = load_config(cfg.config)
-    if mcfg.family != "momo":
-        raise ValueError(f"--config {cfg.config} is not a MoMo config")
+    name = cfg.config or f"{cfg.family}-tiny"
+    mcfg = load_config(name)
+    if mcfg.family != cfg.family:
+        raise ValueError(f"--config {name} is a {mcfg.family} config but --family is {cfg.family}")
     mcfg, special, pre, data = _prepare(cfg, mcfg, out)
     model = create_pretrainer(mcfg, pre.max_text_len, special)
     model.cfg_mim, model.cfg_mlm, model.cfg_cmm = cfg.mim_ratio, cfg.mlm_ratio, cfg.cmm_ratio
@@ -113,11 +118,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
     history: dict[int, dict[str, list[float]]] = {}
     model.train()
     with open(out / "pretrain_log.jsonl", "w") as log:
-        for stage in (1, 2, 3):
+        if cfg.family == "simla":
+            from attrx.training.pretrain_simla import prepare_simla, run_simla
+
+            prepare_simla(model, cfg)
+            history[1] = run_simla(model, data.arrays, draws["pairs"], gen, cfg, log)
+        for stage in (1, 2, 3) if cfg.family == "momo" else ():
             steps = getattr(cfg, f"stage{stage}_steps")
             if steps:
                 history[stage] = _run_stage(stage, steps, model, data, draws, gen, cfg, log)
-    _plot(history, out / "pretrain_losses.png")
+    _plot(history, out / "pretrain_losses.png", "SIMLA" if cfg.family == "simla" else "MoMo")
     _save(out, model, mcfg, special, pre, cfg, t_start)
     return out
 
@@ -133,8 +143,12 @@ def _prepare(cfg: PretrainConfig, mcfg, out: Path):
     tok_raw = tokenizer.train_wordpiece(titles, cfg.vocab_size or mcfg.vocab_size)
     tokenizer.save(tok_raw, out / TOKENIZER)
     special = tokenizer.special_ids(tok_raw)
-    mcfg = mcfg.model_copy(update={"vocab_size": tok_raw.get_vocab_size(),
-                                   "modality_specific_layernorm": cfg.modality_specific_layernorm})
+    update = {"vocab_size": tok_raw.get_vocab_size()}
+    if cfg.family == "momo":
+        update["modality_specific_layernorm"] = cfg.modality_specific_layernorm
+    else:
+        special["mask_token_id"] = tok_raw.token_to_id("[MASK]")
+    mcfg = mcfg.model_copy(update=update)
     pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
     tok = load_tokenizer(out / TOKENIZER, pre.max_text_len)
     data, errors = encode_catalog(cat, tok, pre, {}, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
@@ -206,17 +220,20 @@ def _run_stage(stage: int, steps: int, model, data: _Data, draws: dict, gen, cfg
 
 
 def _save(out: Path, model, mcfg, special: dict, pre: PreprocessConfig, cfg: PretrainConfig, t_start: float) -> None:
-    state = {f"encoder.{k}": v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
+    # MoMo's classifier holds the encoder as `encoder`; SIMLA's pre-trainer holds the classifier
+    prefix = "encoder." if cfg.family == "momo" else ""
+    state = {f"{prefix}{k}": v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
+    spec = {k: v for k, v in special.items() if k != "mask_token_id"}
     (out / CONFIG).write_text(json.dumps({
-        "family": "momo", "kind": "pretrained-encoder", "model": mcfg.model_dump(), "token_spec": {
-            "vocab_size": mcfg.vocab_size, **special}, "preprocess": pre.model_dump(),
+        "family": cfg.family, "kind": "pretrained-encoder", "model": mcfg.model_dump(), "token_spec": {
+            "vocab_size": mcfg.vocab_size, **spec}, "preprocess": pre.model_dump(),
         "pretraining": cfg.model_dump(), "seconds": round(time.time() - t_start, 1)}, indent=2))
     print(f"pre-trained encoder written to {out} ({time.time() - t_start:.0f}s); fine-tune with "
-          f"attrx train --family momo --init-from {out} ...")
+          f"attrx train --family {cfg.family} --init-from {out} ...")
 
 
-def _plot(history: dict[int, dict[str, list[float]]], path: Path) -> None:
+def _plot(history: dict[int, dict[str, list[float]]], path: Path, family: str = "MoMo") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,7 +253,7 @@ def _plot(history: dict[int, dict[str, list[float]]], path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
-    fig.suptitle("MoMo pre-training losses (moving average)")
+    fig.suptitle(f"{family} pre-training losses (moving average)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

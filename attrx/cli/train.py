@@ -28,11 +28,14 @@ def _train_parser(sub) -> None:
     t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
     t.add_argument("--attributes", required=True, type=csv_list, help="attribute columns, e.g. colour,pattern")
     t.add_argument("--out", required=True, help="checkpoint folder")
-    t.add_argument("--family", choices=["cma-clip", "momo"],
-                   help="model family (default: the config's; --family momo defaults to --config momo-tiny)")
+    t.add_argument("--family", choices=["cma-clip", "momo", "simla"],
+                   help="model family (default: the config's; --family momo or simla defaults to --config "
+                        "momo-tiny or simla-tiny)")
     t.add_argument("--config", default="tiny",
-                   help="tiny, base, cma-clip-b32, momo-tiny, momo-base, or a JSON file (default tiny)")
-    t.add_argument("--init-from", help="local Hugging Face CLIP folder for the text and image towers")
+                   help="tiny, small, base, cma-clip-b32, small-effnet, momo-tiny, momo-base, simla-tiny, "
+                        "simla-small, simla-effnet, or a JSON file (default tiny)")
+    t.add_argument("--init-from", help="CMA-CLIP: a local Hugging Face CLIP folder for the text and image towers; "
+                                       "MoMo and SIMLA: a folder written by attrx pretrain")
     t.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the titles")
     t.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size when training a tokenizer")
     for stage, (ep, lr) in {"warmup": (2, 1e-3), "e2e": (10, 5e-4), "tune": (2, 5e-4)}.items():
@@ -110,19 +113,25 @@ def _data_options(t) -> None:
 
 
 def _pretrain_parser(sub) -> None:
-    r = sub.add_parser("pretrain", help="MoMo's three-stage self-supervised pre-training (no labels needed)")
-    r.add_argument("--family", default="momo", choices=["momo"])
+    r = sub.add_parser("pretrain", help="self-supervised pre-training without labels: MoMo's three stages or "
+                                        "SIMLA's tasks")
+    r.add_argument("--family", default="momo", choices=["momo", "simla"])
     r.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id, title, image (labels unused)")
     r.add_argument("--out", required=True, help="folder for the pre-trained encoder")
-    r.add_argument("--config", help="momo-tiny (default), momo-base or a JSON file")
+    r.add_argument("--config", help="momo-tiny (default for momo), momo-base, simla-tiny (default for simla), "
+                                    "simla-small, simla-effnet or a JSON file")
     r.add_argument("--split", choices=["train", "val", "test"],
                    help="use only this id-hash split (e.g. train, to keep evaluation products unseen)")
     for st, what in ((1, "MIM"), (2, "MIM + MLM"), (3, "MLM + cross-modal masking + contrastive + matching")):
-        r.add_argument(f"--stage{st}-steps", type=int, help=f"steps of stage {st}: {what} (default 100; 0 skips)")
+        r.add_argument(f"--stage{st}-steps", type=int, help=f"MoMo: steps of stage {st}: {what} (default 100; 0 skips)")
+    r.add_argument("--steps", type=int, help="SIMLA: steps of its one stage, every task each step (default 300)")
     r.add_argument("--batch-size", type=int, help="default 32")
     r.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    r.add_argument("--mim-ratio", type=float, help="masked share of patches (default 0.75)")
+    r.add_argument("--mim-ratio", type=float, help="MoMo: masked share of patches (default 0.75)")
+    r.add_argument("--xmm-ratio", type=float, help="SIMLA: blanked share of patches in cross-modality reconstruction "
+                                                   "(default 0.5)")
     r.add_argument("--mlm-ratio", type=float, help="masked share of title tokens (default 0.15)")
+    r.add_argument("--lock-image", action="store_true", help="SIMLA: keep a pretrained CNN image tower as it is")
     r.add_argument("--cmm-ratio", type=float, help="masked share of both in cross-modal masking (default 0.75)")
     r.add_argument("--modality-specific-layernorm", action="store_true", help="per-modality LayerNorms (MS-CLIP)")
     r.add_argument("--seed", type=int)

@@ -45,6 +45,12 @@ def output_names(attribute: str, unimodal: bool = False) -> tuple[str, ...]:
     return (*names, f"{attribute}.text_probs", f"{attribute}.image_probs") if unimodal else names
 
 
+# optional, after the attributes' outputs (SIMLA's concept head): per title token [B, L], how strongly
+# the image alone says the token is there (0 for special tokens and padding), and the token ids
+# (0 at padding) that say which token each score belongs to
+CONCEPT_OUTPUTS = ("concepts.token_scores", "concepts.token_ids")
+
+
 def precision_key(target: float) -> str:
     return f"{target:.2f}"
 
@@ -130,6 +136,11 @@ class ModelSpec(BaseModel):
     opset: int = Field(ge=17)
     attention: str = Field("unfused", pattern="^(fused|unfused)$")
     unimodal: bool = False  # v3: title-only and image-only outputs beside the fused ones
+
+    @property
+    def concepts(self) -> bool:
+        """The graph says which title words the image itself supports (CONCEPT_OUTPUTS)."""
+        return CONCEPT_OUTPUTS[0] in self.outputs
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -246,8 +257,9 @@ class Manifest(BaseModel):
         if list(self.model.inputs) != list(INPUT_NAMES):
             raise ValueError(f"model.inputs {self.model.inputs} differ from the preprocessing contract {list(INPUT_NAMES)}")
         want = [n for a in names for n in output_names(a, self.model.unimodal)]
-        if list(self.model.outputs) != want:
-            raise ValueError(f"model.outputs {self.model.outputs} do not match the attributes (expected {want})")
+        if list(self.model.outputs) not in (want, [*want, *CONCEPT_OUTPUTS]):
+            raise ValueError(f"model.outputs {self.model.outputs} do not match the attributes (expected {want}, "
+                             f"optionally followed by {list(CONCEPT_OUTPUTS)})")
         return self
 
     def attribute(self, name: str) -> AttributeSpec:

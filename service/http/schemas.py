@@ -60,11 +60,25 @@ class ModelRef(BaseModel):
     version: str
 
 
+class WordEvidence(BaseModel):
+    word: str
+    score: float = Field(description="how strongly the image alone says the word is there (0-1)")
+
+
+class Evidence(BaseModel):
+    image_backs: list[WordEvidence] = Field(description="the title's words, most supported by the image first")
+
+
+EVIDENCE_DOC = ("bundles with a concept head (SIMLA) only, and only with a title and an image: which title "
+                "words the image itself supports, from the image alone")
+
+
 class ExtractResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     model: ModelRef
     min_precision: str
     predictions: dict[str, AttributePrediction]
+    evidence: Evidence | None = Field(None, description=EVIDENCE_DOC)
     latency_ms: float = Field(description="server-side time for this request")
 
 
@@ -82,6 +96,7 @@ class BatchItemResult(BaseModel):
     id: str | None = None
     min_precision: str | None = None
     predictions: dict[str, AttributePrediction] | None = None
+    evidence: Evidence | None = Field(None, description=EVIDENCE_DOC)
     error: ErrorBody | None = None
 
 

@@ -227,14 +227,18 @@ class Service:
             p = await read_one(request)
             check_options(p)
             key = self.precision_key(st, p.min_precision)
-            preds = await self.predictions(st, p, key, watch, request.scope.get("attrx.ticket"))
+            preds, evidence = await self.predictions(st, p, key, watch, request.scope.get("attrx.ticket"))
         finally:
             watch.close()
-        return _json({"model": st.model_ref, "min_precision": key, "predictions": preds,
-                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        body = {"model": st.model_ref, "min_precision": key, "predictions": preds}
+        if evidence is not None:
+            body["evidence"] = evidence
+        return _json({**body, "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
-    async def predictions(self, st: State, p: Product, key: str, watch: Watch, ticket: Ticket | None) -> dict:
-        """One product's predictions: from the response cache when it is on and holds them."""
+    async def predictions(self, st: State, p: Product, key: str, watch: Watch,
+                          ticket: Ticket | None) -> tuple[dict, dict | None]:
+        """One product's predictions, and the image's evidence for its title words when the bundle
+        has a concept head (else None): from the response cache when it is on and holds them."""
         cache = self.cache
         pk = product_key(p.title, p.image) if cache.on or self.settings.dedup else None  # hashed once
         ck = cache.key(pk, (key, p.top_k)) if cache.on else None
@@ -245,9 +249,10 @@ class Service:
                 return found
         res, situations = await self.run(p, watch, ticket, pk)
         preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
+        found = (preds, st.pipeline.predictor.evidence(res.outputs, res.row))
         if ck is not None:
-            cache.put(ck, preds)
-        return preds
+            cache.put(ck, found)
+        return found
 
     # -- a batch of products ------------------------------------------------------------------
     async def _batch_item(self, st: State, i: int, raw, watch: Watch, ticket: Ticket) -> dict:
@@ -255,7 +260,7 @@ class Service:
         try:
             p = from_model(ExtractRequest.model_validate(raw))
             key = self.precision_key(st, p.min_precision)
-            preds = await self.predictions(st, p, key, watch, ticket)
+            preds, evidence = await self.predictions(st, p, key, watch, ticket)
         except ApiError as e:
             if not e.counted:
                 self.reject(e.reason)
@@ -265,7 +270,8 @@ class Service:
             return {"index": i, "id": pid, "error": {"reason": "bad_request", "message": explain(e)}}
         except ClientGone:
             return {"index": i, "gone": True}
-        return {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
+        item = {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
+        return item if evidence is None else {**item, "evidence": evidence}
 
     async def extract_batch(self, request: Request) -> JSONResponse:
         t0 = time.monotonic()

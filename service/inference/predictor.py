@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from attrx.service.contract.bundle import Bundle, output_names, precision_key
+from attrx.service.contract.bundle import CONCEPT_OUTPUTS, Bundle, output_names, precision_key
 from attrx.service.contract.decisions import REVIEW_REASONS, decide_one, rules_from_manifest, situation_index
 from attrx.service.contract.drift_stats import decode_product
 from attrx.service.contract.preprocess import (
@@ -59,6 +59,7 @@ class Predictor:
         where = {n: i for i, n in enumerate(self.manifest.model.outputs)}
         uni = self.manifest.model.unimodal
         self._cols = [[where[n] for n in output_names(a, uni)] for a in self.attributes]
+        self._concepts = [where[n] for n in CONCEPT_OUTPUTS] if self.manifest.model.concepts else None
 
     def situations(self, title: str | None, image) -> list[str]:
         """Per attribute, the product's situation (see attrx.service.contract.situations)."""
@@ -118,6 +119,30 @@ class Predictor:
                     "title_says": rule.classes[int(outputs[cols[j][2]][i].argmax())],
                     "image_says": rule.classes[int(outputs[cols[j][3]][i].argmax())]}
         return result
+
+    def evidence(self, outputs: Sequence[np.ndarray], i: int) -> dict | None:
+        """Row i's title words with how strongly the image alone supports each (a word split into
+        pieces scores their mean), most supported first; None without a concept head or an image."""
+        if self._concepts is None:
+            return None
+        scores, ids = (outputs[c][i] for c in self._concepts)
+        if not scores.any():
+            return None  # no image (or no title word): nothing for the image to back
+        words: list[list] = []
+        for tid, sc in zip(ids.tolist(), scores.tolist(), strict=True):
+            if sc <= 0.0:
+                continue  # padding and special tokens score exactly 0
+            tok = self.tokenizer.id_to_token(int(tid)) or ""
+            if tok.startswith("##") and words:
+                words[-1][0] += tok[2:]
+                words[-1][1].append(sc)
+            else:
+                words.append([tok, [sc]])
+        best: dict[str, float] = {}
+        for w, sc in words:
+            best[w] = max(best.get(w, 0.0), sum(sc) / len(sc))
+        ranked = sorted(best.items(), key=lambda kv: kv[1], reverse=True)
+        return {"image_backs": [{"word": w, "score": round(s, 4)} for w, s in ranked]}
 
 
 __all__ = ["ImageError", "InputError", "Predictor", "batch_inputs"]

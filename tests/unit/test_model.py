@@ -59,7 +59,9 @@ def test_a_missing_modality_cannot_influence_the_prediction(family, kw):
 def test_configs_load_and_unknown_config_is_named():
     assert load_config("base").fusion.num_layers == 12
     assert load_config("momo-tiny").family == "momo"
-    with pytest.raises(FileNotFoundError, match="built-in configs: base, cma-clip-b32, momo-base, momo-tiny, small, small-effnet, tiny"):
+    assert load_config("simla-tiny").family == "simla"
+    with pytest.raises(FileNotFoundError, match="built-in configs: base, cma-clip-b32, momo-base, momo-tiny, "
+                                                "simla-effnet, simla-small, simla-tiny, small, small-effnet, tiny"):
         load_config("huge")
 
 

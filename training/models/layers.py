@@ -120,11 +120,13 @@ def make_head(fusion: str, width: int, hidden: int, n_classes: int, dropout: flo
 def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, text_present, image_present,
                   **extra):
     """(fused outputs [(logits, weights)], title-only logits, image-only logits) per task. A model
-    with unimodal heads (CMA-CLIP's auxiliary heads) answers in one pass; any other family gets
+    with unimodal heads (CMA-CLIP's auxiliary heads, SIMLA's heads on its text pass and its image
+    [CLS]) answers in one pass; any other family gets
     two more passes, one that sees only the title and one that sees only the image. `extra`
     (`vision_features`) goes to every pass."""
-    if getattr(model, "aux_text", None) is not None:
-        return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
+    if getattr(model, "aux_text", None) is not None or getattr(model, "unimodal_in_one_pass", False):
+        return model.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present,
+                                   **extra)[:3]
     if "vision_features" not in extra and getattr(getattr(model, "vision", None), "outputs_reusable", False):
         extra = {**extra, "vision_features": model.vision(pixel_values).last_hidden_state}  # once, not per pass
     fused = model(input_ids, attention_mask, pixel_values, text_present, image_present, **extra)
@@ -136,7 +138,8 @@ def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, tex
 
 class ExportWrapper(nn.Module):
     """Flattens a model's outputs (any family: same forward) for ONNX: per task, probabilities then
-    modality weights, and with `unimodal` the title-only and image-only probabilities."""
+    modality weights, and with `unimodal` the title-only and image-only probabilities; then, for a
+    model with a concept head, the per-token concept scores and the token ids they belong to."""
 
     def __init__(self, model: nn.Module, unimodal: bool = False):
         super().__init__()
@@ -146,9 +149,20 @@ class ExportWrapper(nn.Module):
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         args = (input_ids, attention_mask, pixel_values, text_present, image_present)
         if not self.unimodal:
-            return tuple(o for logits, w in self.model(*args) for o in (torch.softmax(logits, dim=-1), w))
-        fused, text, image = with_unimodal(self.model, *args)
-        outs = []
-        for (logits, w), t, i in zip(fused, text, image, strict=True):
-            outs += [torch.softmax(logits, dim=-1), w, torch.softmax(t, dim=-1), torch.softmax(i, dim=-1)]
+            outs = [o for logits, w in self.model(*args) for o in (torch.softmax(logits, dim=-1), w)]
+        else:
+            fused, text, image = with_unimodal(self.model, *args)
+            outs = []
+            for (logits, w), t, i in zip(fused, text, image, strict=True):
+                outs += [torch.softmax(logits, dim=-1), w, torch.softmax(t, dim=-1), torch.softmax(i, dim=-1)]
+        if hasattr(self.model, "concept_scores"):
+            outs += [self.model.concept_scores(input_ids, attention_mask, pixel_values, image_present),
+                     input_ids * attention_mask]
         return tuple(outs)
+
+
+def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, N, p*p*3], in the patch order of the encoder's patch embedding."""
+    b, c, h, w = pixels.shape
+    x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)

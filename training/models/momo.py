@@ -213,10 +213,3 @@ class MAEDecoder(nn.Module):
         for blk in self.blocks:
             x = blk(x, ones)
         return self.out(self.ln(x))
-
-
-def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, N, p*p*3], in the patch order of the encoder's patch embedding."""
-    b, c, h, w = pixels.shape
-    x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
