@@ -76,10 +76,14 @@ MODELS = {
     # the pretrained image tower (issue 22), locked: its outputs computed once per product
     "image-only effnet": ["--inputs", "image", "--config", "small-effnet", "--lock-image"],
     "cma-clip effnet": ["--config", "small-effnet", "--lock-image", "--modality-dropout", "{md}"],
+    # SIMLA (issue 26): its image side as the small config's, from scratch or after `attrx pretrain`
+    "simla": ["--family", "simla", "--config", "simla-small", "--modality-dropout", "{md}"],
+    "simla (pre-trained)": ["--family", "simla", "--config", "simla-small", "--init-from", "{simla_pretrained}",
+                            "--modality-dropout", "{md}"],
 }
 DEFAULT_MODELS = ("text-only,image-only,cma-clip,cma-clip --silence-title 0,cma-clip --aux-loss-weight 0,"
                   "cma-clip --modality-weights paper,image-only effnet,cma-clip effnet")
-MULTIMODAL = [m for m in MODELS if m.startswith(("cma-clip", "momo"))]
+MULTIMODAL = [m for m in MODELS if m.startswith(("cma-clip", "momo", "simla"))]
 
 
 def log(msg: str) -> None:
@@ -169,7 +173,8 @@ def _run_model(name: str, a, out: Path, catalog: Path, budget: list[str], pre_di
         results = _evaluate_conditions(name, ck, catalog)
         done.write_text(json.dumps({"results": results, "seconds": d["seconds"]}))
         return results, d["seconds"]
-    flags = [f.replace("{pretrained}", str(pre_dir)).replace("{md}", str(a.modality_dropout)) for f in MODELS[name]]
+    flags = [f.replace("{pretrained}", str(pre_dir)).replace("{md}", str(a.modality_dropout))
+             .replace("{simla_pretrained}", str(out / "simla-pretrained")) for f in MODELS[name]]
     if not name.startswith("momo"):
         flags += ([] if "--config" in flags else ["--config", a.config]) + a.train_flags.split()
     log(f"{name}: training")
@@ -214,6 +219,12 @@ def main() -> None:
         timings["momo pre-training"] = {"seconds": round(attrx(
             "pretrain", "--catalog", str(catalog), "--out", str(pre_dir), "--split", "train",
             "--stage1-steps", n, "--stage2-steps", n, "--stage3-steps", n, "--quiet"), 1)}
+    if "simla (pre-trained)" in a.only.split(",") and not (a.reuse and (out / "simla-pretrained" / "config.json").is_file()):
+        n = str(3 * a.pretrain_steps)  # as many steps as MoMo's three stages together
+        log(f"SIMLA pre-training on the training split ({n} steps)...")
+        timings["simla pre-training"] = {"seconds": round(attrx(
+            "pretrain", "--family", "simla", "--config", "simla-small", "--catalog", str(catalog),
+            "--out", str(out / "simla-pretrained"), "--split", "train", "--steps", n, "--quiet"), 1)}
     log("colour-histogram + logistic-regression baseline...")
     from colour_baseline import run as colour_baseline
 

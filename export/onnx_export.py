@@ -60,9 +60,8 @@ def set_tower_attention(model, implementation: str | list[str]) -> list[str]:
     """Pick the CLIP towers' attention code: "sdpa" (one fused call per layer) or "eager"
     (MatMul/Softmax), or restore a list this returned. The fusion blocks always call
     scaled_dot_product_attention. Returns the previous settings."""
-    if model.family != "cma-clip":
-        return []
-    cfgs = [m.config for tower in (model.text, model.vision) for m in tower.modules()
+    towers = [t for t in (getattr(model, "text", None), getattr(model, "vision", None)) if isinstance(t, torch.nn.Module)]
+    cfgs = [m.config for tower in towers for m in tower.modules()
             if hasattr(getattr(m, "config", None), "_attn_implementation")]
     before = [c._attn_implementation for c in cfgs]
     for i, c in enumerate(cfgs):
@@ -73,19 +72,44 @@ def set_tower_attention(model, implementation: str | list[str]) -> list[str]:
 class _CountAttention(TorchFunctionMode):
     def __init__(self):
         super().__init__()
-        self.calls = 0
+        self.kinds: Counter = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
-            self.calls += 1
+            q, k = (args[i] if len(args) > i else (kwargs or {})[n] for i, n in ((0, "query"), (1, "key")))
+            self.kinds[attention_kind(q.shape[-2], k.shape[-2])] += 1
         return func(*args, **(kwargs or {}))
 
 
-def attention_calls(model, inputs: dict[str, np.ndarray], unimodal: bool = False) -> int:
-    """How many attention computations one forward pass makes (each should be one fused node)."""
+def attention_kind(queries: int | None, keys: int | None) -> str:
+    """"self" when the queries and the keys are one sequence (same length), else "cross"."""
+    return "self" if queries == keys else "cross"
+
+
+def attention_calls(model, inputs: dict[str, np.ndarray], unimodal: bool = False) -> Counter:
+    """How many attention computations of each kind ("self", "cross") one forward pass makes (each
+    should be one fused node)."""
     with _CountAttention() as mode, torch.no_grad():
         export_module(model, unimodal).eval()(*(torch.from_numpy(v) for v in inputs.values()))
-    return mode.calls
+    return mode.kinds
+
+
+def attention_nodes(path: Path) -> Counter:
+    """The graph's fused Attention nodes by kind: "cross" where the query and key sequences differ
+    in length (3D inputs [B, S, H*D] after export/attention3d.py, or 4D [B, H, S, D])."""
+    import onnx
+
+    from attrx.export.attention3d import _shapes
+
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = _shapes(model)
+
+    def seq(name: str) -> int | None:
+        s = shapes.get(name) or []
+        return s[1] if len(s) == 3 else s[2] if len(s) == 4 else None
+
+    return Counter(attention_kind(seq(n.input[0]), seq(n.input[1]))
+                   for n in model.graph.node if n.op_type == "Attention")
 
 
 def op_counts(path: Path) -> Counter:
@@ -108,7 +132,7 @@ def export_onnx(model, attributes: list[str], path: Path, *, max_len: int, image
     before = set_tower_attention(model, "sdpa" if attention == "fused" else "eager")
     wrapper = export_module(model, unimodal).eval()
     outputs = [n for a in attributes for n in output_names(a, unimodal)]
-    if hasattr(model, "concept_scores"):
+    if hasattr(model, "forward_export"):  # SIMLA: the concept head's outputs after the attributes'
         outputs += list(CONCEPT_OUTPUTS)
     example = example_inputs(model, 2, max_len, image_size)
     args = tuple(torch.from_numpy(v) for v in example.values())
@@ -156,14 +180,16 @@ def unfused_attention(path: Path) -> list[str]:
 
 
 def _check_fused(model, example: dict[str, np.ndarray], path: Path, unimodal: bool = False) -> None:
-    """Every attention of the exported graph is one Attention node. (The graph may have fewer
-    Attention nodes than the model makes attention calls: the exporter drops blocks whose output
-    nothing reads, e.g. the fusion blocks of a --no-mwa model with evidence modality weights.)"""
-    calls, fused, left = (attention_calls(model, example, unimodal), op_counts(path)["Attention"],
-                          unfused_attention(path))
-    if left or (calls and not fused):
-        raise ExportError(f"{len(left)} attention(s) left as MatMul/Softmax ({', '.join(left[:5])}) and {fused} "
-                          f"fused, for {calls} attention calls; check the towers' attn_implementation")
+    """Every attention of the exported graph is one Attention node, self-attention and
+    cross-attention (SIMLA) counted apart: each kind the model computes is in the graph, fused, and
+    no attention is left as MatMul/Softmax. (The graph may have fewer Attention nodes than the model
+    makes attention calls: the exporter drops blocks whose output nothing reads, e.g. the fusion
+    blocks of a --no-mwa model with evidence modality weights.)"""
+    calls, fused, left = attention_calls(model, example, unimodal), attention_nodes(path), unfused_attention(path)
+    missing = [k for k in calls if calls[k] and not fused[k]]
+    if left or missing:
+        raise ExportError(f"{len(left)} attention(s) left as MatMul/Softmax ({', '.join(left[:5])}); fused "
+                          f"{dict(fused)} for attention calls {dict(calls)}; check the towers' attn_implementation")
 
 
 def _export_dynamo(wrapper, args, path: Path, outputs: list[str], opset: int) -> None:

@@ -33,6 +33,7 @@ from attrx.training.calibration import (
     decision_rules,
 )
 from attrx.training.checkpoint import CALIBRATION, METRICS, load_checkpoint
+from attrx.training.concept_report import concept_report
 from attrx.training.constraint_learning import learn_constraints, read_constraints, write_constraints
 from attrx.training.data import IGNORE, encode_catalog_on_disk, split_of
 from attrx.training.device import default_threads
@@ -237,6 +238,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
                          "for a catalog the model was not trained on, use --split all")
     calib = _calibration(ck, data, va, train_products, custom, out, targets, min_support, confidence)
     outs = predict_outputs(ck.model, data, ev)
+    concepts = concept_report(ck.model, ck.tokenizer, data, ev, ck.attributes, ck.classes, out)
     (out / ".images.f32").unlink(missing_ok=True)  # the pixels are no longer needed
     prods = [data.products[i] for i in ev]
     where = _situations(ck, prods, calib)
@@ -260,6 +262,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         "situation_calibrated": "situations" in calib, "decisions": decisions,
         "records": _records(ck, data.labels[ev], answers, train_products) if train_products else None,
         "attributes": results,
+        **({"concepts": concepts} if concepts else {}),
     }
     (out / METRICS).write_text(json.dumps(result, indent=2))
     _print_table(result)

@@ -77,5 +77,19 @@ def write_report(result: dict, image_weights: dict[str, np.ndarray], out: Path, 
               "is unreachable is never accepted and counts with recall 0.", "",
               "![accuracy](accuracy.png)", "", "![image weights](image_weights.png)", ""]
     lines += [f"![{a}](pr_{a}.png)" for a in attrs]
+    lines += _concept_lines(result.get("concepts"), pr_dir, out)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return out / "summary.md"
+
+
+def _concept_lines(con: dict | None, pr_dir: Path, out: Path) -> list[str]:
+    """The concept head's section (SIMLA): which colour words the image itself backs."""
+    if not con:
+        return []
+    name = f"concepts_{con['attribute']}.png"
+    if (pr_dir / name).is_file() and (pr_dir / name).resolve() != (out / name).resolve():
+        shutil.copyfile(pr_dir / name, out / name)
+    return ["", "## What the image itself backs (the concept head)", "",
+            f"From the image alone, the concept head ranks the true {con['attribute']} first among all "
+            f"{con['words']} colour words of the catalog for {_fmt(con['rank1'])} of {con['products']} products "
+            f"with an image and a labelled colour ({con['coverage']:.0%} of the products).", "", f"![concepts]({name})"]

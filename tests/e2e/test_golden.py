@@ -26,7 +26,7 @@ def _options(family: str):
     from attrx.training.params import TrainConfig
 
     return TrainConfig(catalog="-", attributes=["a", "b"], out="-", family=family,
-                       config="momo-tiny" if family == "momo" else "tiny")
+                       config=f"{family}-tiny" if family in ("momo", "simla") else "tiny")
 
 
 def _batch(pre, gen: torch.Generator, n: int = 6) -> dict[str, torch.Tensor]:
@@ -65,7 +65,7 @@ def _run(family: str) -> dict[str, list[float]]:
             for j, (lg, w) in enumerate(outs) for kind in ("probs", "weights")}
 
 
-@pytest.mark.parametrize("family", ["cma-clip", "momo"])
+@pytest.mark.parametrize("family", ["cma-clip", "momo", "simla"])
 def test_golden_output(family):
     got = _run(family)
     if os.environ.get("ATTRX_WRITE_GOLDEN"):

@@ -138,8 +138,9 @@ def with_unimodal(model: nn.Module, input_ids, attention_mask, pixel_values, tex
 
 class ExportWrapper(nn.Module):
     """Flattens a model's outputs (any family: same forward) for ONNX: per task, probabilities then
-    modality weights, and with `unimodal` the title-only and image-only probabilities; then, for a
-    model with a concept head, the per-token concept scores and the token ids they belong to."""
+    modality weights, and with `unimodal` the title-only and image-only probabilities; then the
+    outputs a model's `forward_export` adds (SIMLA: the per-token concept scores
+    and the token ids they belong to, attrx.service.contract.bundle.CONCEPT_OUTPUTS)."""
 
     def __init__(self, model: nn.Module, unimodal: bool = False):
         super().__init__()
@@ -148,21 +149,23 @@ class ExportWrapper(nn.Module):
 
     def forward(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         args = (input_ids, attention_mask, pixel_values, text_present, image_present)
-        if not self.unimodal:
-            outs = [o for logits, w in self.model(*args) for o in (torch.softmax(logits, dim=-1), w)]
-        else:
+        extra: list[torch.Tensor] = []
+        if hasattr(self.model, "forward_export"):  # one pass for everything, and outputs of its own
+            fused, text, image, extra = self.model.forward_export(*args)
+        elif self.unimodal:
             fused, text, image = with_unimodal(self.model, *args)
-            outs = []
-            for (logits, w), t, i in zip(fused, text, image, strict=True):
-                outs += [torch.softmax(logits, dim=-1), w, torch.softmax(t, dim=-1), torch.softmax(i, dim=-1)]
-        if hasattr(self.model, "concept_scores"):
-            outs += [self.model.concept_scores(input_ids, attention_mask, pixel_values, image_present),
-                     input_ids * attention_mask]
-        return tuple(outs)
+        else:
+            fused, text, image = self.model(*args), None, None
+        outs = []
+        for j, (logits, w) in enumerate(fused):
+            outs += [torch.softmax(logits, dim=-1), w]
+            if self.unimodal:
+                outs += [torch.softmax(text[j], dim=-1), torch.softmax(image[j], dim=-1)]
+        return tuple([*outs, *extra])
 
 
 def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, N, p*p*3], in the patch order of the encoder's patch embedding."""
+    """[B, 3, H, W] -> [B, N, p*p*3], in the patch order of a stride-p patch embedding."""
     b, c, h, w = pixels.shape
     x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
     return x.reshape(b, (h // p) * (w // p), p * p * c)

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrx.training.models.layers import patchify
 from attrx.training.models.momo import (
     IMAGE,
     TEXT,
     MAEDecoder,
     MoMoConfig,
     SharedEncoder,
-    patchify,
     visible_tokens,
 )
 

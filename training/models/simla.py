@@ -268,6 +268,24 @@ class SimlaClassifier(nn.Module):
         return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present,
                                   vision_features)[0]
 
+    def _heads(self, t_cls, m_cls, i_cls, tp, ip):
+        """(fused outputs, title-only logits, image-only logits) per task."""
+        learned = self.cfg.use_mwa
+        fused = [h(m_cls, i_cls, tp, ip, learned, (t_cls, i_cls)) for h in self.heads]
+        one, zero = torch.ones_like(tp), torch.zeros_like(tp)
+        text = [h(t_cls, i_cls, one, zero, learned)[0] for h in self.heads]
+        image = [h(t_cls, i_cls, zero, one, learned)[0] for h in self.heads]
+        return fused, text, image
+
+    def forward_export(self, input_ids, attention_mask, pixel_values, text_present, image_present):
+        """What the exported graph computes, in one pass: fused outputs, title-only and image-only
+        logits, and [concept scores per title token, the token ids] (CONCEPT_OUTPUTS)."""
+        tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
+        t, m, v, _, _ = self.passes(input_ids, attention_mask, pixel_values, tp, ip)
+        fused, text, image = self._heads(t[:, 0], m[:, 0], v[:, 0], tp, ip)
+        scores = self._token_scores(self.concept(v[:, 0]), input_ids, attention_mask, ip)
+        return fused, text, image, [scores, input_ids * attention_mask]
+
     def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present,
                       vision_features=None):
         """(fused outputs, title-only logits, image-only logits[, concept loss while training])."""
@@ -275,12 +293,8 @@ class SimlaClassifier(nn.Module):
         want_concepts = self.training and self.cfg.concept_loss_weight > 0 and self.cfg.inputs == "both"
         t, m, v, keep, row0 = self.passes(input_ids, attention_mask, pixel_values, tp, ip, vision_features,
                                           cls_attn=want_concepts)
-        t_cls, m_cls, i_cls = t[:, 0], m[:, 0], v[:, 0]
-        learned = self.cfg.use_mwa
-        fused = [h(m_cls, i_cls, tp, ip, learned, (t_cls, i_cls)) for h in self.heads]
-        one, zero = torch.ones_like(tp), torch.zeros_like(tp)
-        text = [h(t_cls, i_cls, one, zero, learned)[0] for h in self.heads]
-        image = [h(t_cls, i_cls, zero, one, learned)[0] for h in self.heads]
+        i_cls = v[:, 0]
+        fused, text, image = self._heads(t[:, 0], m[:, 0], i_cls, tp, ip)
         if not want_concepts:
             return fused, text, image
         both = (tp > 0) & (ip > 0)
@@ -296,9 +310,12 @@ class SimlaClassifier(nn.Module):
     def concept_scores(self, input_ids, attention_mask, pixel_values, image_present) -> torch.Tensor:
         """Per title token, how strongly the image alone says it is there (sigmoid, [B, L]); 0 for
         special tokens and padding, and without an image."""
-        p = torch.sigmoid(self.concept_logits(pixel_values)).gather(1, input_ids)
+        return self._token_scores(self.concept_logits(pixel_values), input_ids, attention_mask, image_present.float())
+
+    def _token_scores(self, logits, input_ids, attention_mask, ip) -> torch.Tensor:
+        p = torch.sigmoid(logits).gather(1, input_ids)
         words = attention_mask.bool() & ~special_tokens(input_ids, self.token_spec)
-        return p * words.to(p.dtype) * image_present.float()[:, None]
+        return p * words.to(p.dtype) * ip[:, None]
 
 
 def special_tokens(input_ids: torch.Tensor, spec: dict) -> torch.Tensor:
