@@ -2,9 +2,12 @@
 
     python benchmarks/families.py --catalog build/demo/data/catalog.csv --out build/families
 
-Trains, evaluates and exports: CMA-CLIP, CMA-CLIP --no-mwa, --no-swa, --fusion tirg, MoMo without
-pre-training, and MoMo pre-trained (attrx pretrain on the training split) then fine-tuned. Every
-model gets the same `attrx train` epochs, learning rates, batch size and modality dropout.
+Trains, evaluates and exports: CMA-CLIP, CMA-CLIP --no-mwa, --no-swa, --fusion tirg, MoMo and
+SIMLA without pre-training, and MoMo and SIMLA pre-trained (attrx pretrain on the training split,
+as many steps each: MoMo's three stages of --pretrain-steps, SIMLA's one stage of three times that)
+then fine-tuned. Every model gets the same `attrx train` epochs, learning rates, batch size and
+modality dropout. SIMLA's rows add the concept head's colour rank-1 (from the image alone, the
+true colour first among all the catalog's colour words).
 Prints JSON (parameters, training time, per-attribute accuracy and recall@0.90, onnxruntime
 items/s at batch 32); --markdown also prints the table in docs/measured-results.md. Takes ~10 minutes on 2 cores:
 run it in the background with its output in a file.
@@ -32,6 +35,8 @@ MODELS = {
     "cma-clip --fusion tirg": ["--fusion", "tirg"],
     "momo (no pre-training)": ["--family", "momo"],
     "momo (pre-trained)": ["--family", "momo", "--init-from", "{pretrained}"],
+    "simla (no pre-training)": ["--family", "simla"],
+    "simla (pre-trained)": ["--family", "simla", "--init-from", "{simla_pretrained}"],
 }
 
 
@@ -82,17 +87,13 @@ def main() -> None:
 
     pre_dir = out / "momo-pretrained"
     models = {k: v for k, v in MODELS.items() if not a.only or k in a.only.split(",")}
-    pre_seconds = None
-    if any("{pretrained}" in " ".join(v) for v in models.values()):
-        log(f"pre-training MoMo ({a.pretrain_steps} steps per stage, training split only)...")
-        n = str(a.pretrain_steps)
-        pre_seconds = attrx("pretrain", "--catalog", a.catalog, "--out", str(pre_dir), "--split", "train",
-                            "--stage1-steps", n, "--stage2-steps", n, "--stage3-steps", n, "--quiet")
+    pre_seconds = _pretrain(a, models, pre_dir, out / "simla-pretrained")
     rows = []
     for name, flags in models.items():
         slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("--", "")
         ck, bundle = out / slug, out / f"{slug}-bundle"
-        flags = [f.replace("{pretrained}", str(pre_dir)) for f in flags]
+        flags = [f.replace("{pretrained}", str(pre_dir)).replace("{simla_pretrained}", str(out / "simla-pretrained"))
+                 for f in flags]
         log(f"{name}: training...")
         secs = attrx("train", "--catalog", a.catalog, "--attributes", ATTRS, "--out", str(ck), *flags, *BUDGET)
         attrx("eval", "--checkpoint", str(ck), "--catalog", a.catalog, "--quiet")
@@ -102,13 +103,16 @@ def main() -> None:
         m = json.loads((ck / "metrics.json").read_text())["attributes"]
         row = {
             "model": name, "params_m": round(params / 1e6, 3), "train_seconds": round(secs, 1),
-            "pretrain_seconds": round(pre_seconds, 1) if "pre-trained" in name and pre_seconds else None,
+            "pretrain_seconds": pre_seconds.get(name.split()[0]) if "pre-trained" in name else None,
             "onnxruntime_items_per_s_b32": round(ort_items_per_s(bundle, a.catalog), 1),
             "attributes": {k: {"accuracy": round(v["accuracy"], 4),
                                "recall_at_p90": v["recall_at_precision"]["0.90"]["macro_recall"],
                                "accuracy_title_lacks_label": round(v["accuracy_title_lacks_label"], 4),
                                "mean_image_weight": round(v["mean_image_weight"], 3)} for k, v in m.items()},
         }
+        concepts = json.loads((ck / "metrics.json").read_text()).get("concepts")
+        if concepts:
+            row["concept_colour_rank1"] = round(concepts["rank1"], 4)
         rows.append(row)
         accs = " ".join(f"{k}={v['accuracy']:.3f}" for k, v in row["attributes"].items())
         log(f"{name}: {row['params_m']}M params, {secs:.0f}s, {accs}, {row['onnxruntime_items_per_s_b32']:.0f} items/s")
@@ -117,8 +121,8 @@ def main() -> None:
     if a.markdown:
         attrs = ATTRS.split(",")
         print("\n| model | params | train s | " + " | ".join(f"{x} acc / R@P.90" for x in attrs)
-              + " | colour acc, title lacks colour | ORT items/s |")
-        print("|---" * (5 + len(attrs)) + "|")
+              + " | colour acc, title lacks colour | ORT items/s | concept colour rank-1 |")
+        print("|---" * (6 + len(attrs)) + "|")
         for r in rows:
             t = f"{r['train_seconds']:.0f}" + (f" (+{r['pretrain_seconds']:.0f} pre-training)" if r["pretrain_seconds"] else "")
             cells = []
@@ -127,7 +131,24 @@ def main() -> None:
                 rap = v["recall_at_p90"]
                 cells.append(f"{v['accuracy']:.3f} / {rap if isinstance(rap, str) else f'{rap:.3f}'}")
             print(f"| {r['model']} | {r['params_m']:.2f}M | {t} | " + " | ".join(cells)
-                  + f" | {r['attributes']['colour']['accuracy_title_lacks_label']:.3f} | {r['onnxruntime_items_per_s_b32']:.0f} |")
+                  + f" | {r['attributes']['colour']['accuracy_title_lacks_label']:.3f} | {r['onnxruntime_items_per_s_b32']:.0f} | "
+                  + (f"{r['concept_colour_rank1']:.3f} |" if "concept_colour_rank1" in r else "- |"))
+
+
+def _pretrain(a, models: dict, momo_dir: Path, simla_dir: Path) -> dict[str, float]:
+    """Pre-train each family a row asks for, on the training split: {family: seconds}."""
+    wanted = " ".join(" ".join(v) for v in models.values())
+    n, seconds = a.pretrain_steps, {}
+    if "{pretrained}" in wanted:
+        log(f"pre-training MoMo ({n} steps per stage, training split only)...")
+        seconds["momo"] = round(attrx("pretrain", "--catalog", a.catalog, "--out", str(momo_dir), "--split", "train",
+                                      "--stage1-steps", str(n), "--stage2-steps", str(n), "--stage3-steps", str(n),
+                                      "--quiet"), 1)
+    if "{simla_pretrained}" in wanted:
+        log(f"pre-training SIMLA ({3 * n} steps, training split only)...")
+        seconds["simla"] = round(attrx("pretrain", "--family", "simla", "--catalog", a.catalog, "--out", str(simla_dir),
+                                       "--split", "train", "--steps", str(3 * n), "--quiet"), 1)
+    return seconds
 
 
 def _numel(shape) -> int:

@@ -62,13 +62,14 @@ def _loss(outputs, batch: dict[str, torch.Tensor], labels: torch.Tensor, aux_wei
           item_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The fused heads' loss, plus the unimodal auxiliary heads' (each on the items that have
     that modality) weighted by aux_weight; item_weights weigh the batch's items (None: equally).
-    A model may return further loss terms after the three (SIMLA's concept head), added as they are."""
-    fused, aux_t, aux_i, *extra = outputs
+    A model may return a fourth element (SIMLA): {"loss": a loss term added as it is}."""
+    fused, aux_t, aux_i, *more = outputs
+    extra = more[0] if more else {}
     loss = _ce([lg for lg, _ in fused], labels, item_weights=item_weights)
     if aux_t and aux_weight > 0:
         loss = loss + aux_weight * (_ce(aux_t, labels, batch["text_present"] > 0, item_weights)
                                     + _ce(aux_i, labels, batch["image_present"] > 0, item_weights))
-    return loss + sum(extra) if extra else loss
+    return loss + extra["loss"] if "loss" in extra else loss
 
 
 def _modality_dropout(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> None:

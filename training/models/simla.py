@@ -10,14 +10,17 @@ modules in both uses; only the cross-attention's are extra. With image patches a
 cross-modality reconstruction task), the same layers read the title instead.
 
 For attribute extraction (the same per-task heads as CMA-CLIP and MoMo):
-- T: the text pass's [CLS] (the title on its own);
+- T: the text pass (the title on its own);
 - I: the image encoder's [CLS] (the image on its own);
-- M: the multimodal pass's [CLS] (the title tokens having read the image patches).
-Each task's modality-wise attention reads its weight from T against I (how far the title's own
-evidence carries the attribute against the image's own), and mixes M (the title side, informed by the
-image) with I. With the image missing the cross-attention adds nothing, so M is exactly T and the
-weight is exactly (1, 0); with the title missing the weight is exactly (0, 1) and I answers alone.
-The title-only and image-only predictions are the same heads on T and on I, in the same pass.
+- M: the multimodal pass (the title tokens having read the image patches).
+T and M are the mean of the pass's states over the title's tokens (`readout`, default "mean"; "cls"
+reads the [CLS] state, as ALBEF's heads do: from scratch it learned far slower on fashion-products).
+Each task's modality-wise attention reads its weight from M against I (the fused reading decides
+whom to trust) and mixes the title's own evidence T with the image's own I, as CMA-CLIP's evidence
+weights do, so the weight is the share of the title's evidence in what the head sees. With the image
+missing the cross-attention adds nothing, so M is exactly T and the weight is exactly (1, 0); with
+the title missing the weight is exactly (0, 1) and I answers alone. The title-only and image-only
+predictions are the same heads on T and on I, in the same pass.
 
 The concept head (a linear classifier on I over the vocabulary) says which title tokens the image
 itself shows. It is trained on pseudo-labels: the top-k tokens of row 0 ([CLS]) of the last layer's
@@ -64,6 +67,10 @@ class SimlaConfig(BaseModel):
     # the concept head: top-k attended title tokens are its pseudo-labels; its loss weight while
     # fine-tuning (0: it is trained by `attrx pretrain` only)
     concept_top_k: int = Field(4, ge=1)
+    # what the heads read of the text and multimodal passes: "mean" (of the title's token states,
+    # as MoMo reads its text part) or "cls" (the [CLS] state, as ALBEF's heads). [CLS] still serves
+    # pre-training's alignment tasks and the concept labels either way
+    readout: str = Field("mean", pattern="^(mean|cls)$")
     concept_loss_weight: float = Field(0.2, ge=0.0)
     head: HeadConfig = HeadConfig()
     preprocess: dict = {}
@@ -268,39 +275,52 @@ class SimlaClassifier(nn.Module):
         return self.forward_train(input_ids, attention_mask, pixel_values, text_present, image_present,
                                   vision_features)[0]
 
-    def _heads(self, t_cls, m_cls, i_cls, tp, ip):
-        """(fused outputs, title-only logits, image-only logits) per task."""
+    def read(self, states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """A pass's feature for the heads: its [CLS] state, or the mean over the kept positions."""
+        if self.cfg.readout == "cls":
+            return states[:, 0]
+        w = keep.to(states.dtype)[..., None]
+        return (states * w).sum(1) / w.sum(1)  # keep always holds [CLS]: never empty
+
+    def _heads(self, t_feat, m_feat, i_feat, tp, ip):
+        """(fused outputs, title-only logits, image-only logits) per task. Each task's weight is
+        read from the multimodal pass against the image (M against I) and mixes the title's own
+        evidence with the image's (T and I), as CMA-CLIP's evidence weights do: the weight is the
+        share of the title's own evidence in what the head sees. (Mixing M instead, the title side
+        having read the image, left colour at the image-only model's accuracy on fashion-products:
+        the image's colour reached M first and the gate settled on the image.)"""
         learned = self.cfg.use_mwa
-        fused = [h(m_cls, i_cls, tp, ip, learned, (t_cls, i_cls)) for h in self.heads]
+        fused = [h(t_feat, i_feat, tp, ip, learned, (m_feat, i_feat)) for h in self.heads]
         one, zero = torch.ones_like(tp), torch.zeros_like(tp)
-        text = [h(t_cls, i_cls, one, zero, learned)[0] for h in self.heads]
-        image = [h(t_cls, i_cls, zero, one, learned)[0] for h in self.heads]
+        text = [h(t_feat, i_feat, one, zero, learned)[0] for h in self.heads]
+        image = [h(t_feat, i_feat, zero, one, learned)[0] for h in self.heads]
         return fused, text, image
 
     def forward_export(self, input_ids, attention_mask, pixel_values, text_present, image_present):
         """What the exported graph computes, in one pass: fused outputs, title-only and image-only
         logits, and [concept scores per title token, the token ids] (CONCEPT_OUTPUTS)."""
         tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
-        t, m, v, _, _ = self.passes(input_ids, attention_mask, pixel_values, tp, ip)
-        fused, text, image = self._heads(t[:, 0], m[:, 0], v[:, 0], tp, ip)
+        t, m, v, keep, _ = self.passes(input_ids, attention_mask, pixel_values, tp, ip)
+        fused, text, image = self._heads(self.read(t, keep), self.read(m, keep), v[:, 0], tp, ip)
         scores = self._token_scores(self.concept(v[:, 0]), input_ids, attention_mask, ip)
         return fused, text, image, [scores, input_ids * attention_mask]
 
     def forward_train(self, input_ids, attention_mask, pixel_values, text_present, image_present,
                       vision_features=None):
-        """(fused outputs, title-only logits, image-only logits[, concept loss while training])."""
+        """(fused outputs, title-only logits, image-only logits), and while training with the
+        concept head a fourth element {"loss": its weighted loss}."""
         tp, ip = apply_inputs(self.cfg.inputs, text_present.float(), image_present.float())
         want_concepts = self.training and self.cfg.concept_loss_weight > 0 and self.cfg.inputs == "both"
         t, m, v, keep, row0 = self.passes(input_ids, attention_mask, pixel_values, tp, ip, vision_features,
                                           cls_attn=want_concepts)
         i_cls = v[:, 0]
-        fused, text, image = self._heads(t[:, 0], m[:, 0], i_cls, tp, ip)
+        fused, text, image = self._heads(self.read(t, keep), self.read(m, keep), i_cls, tp, ip)
         if not want_concepts:
             return fused, text, image
         both = (tp > 0) & (ip > 0)
         labels = concept_labels(input_ids, keep, row0.detach(), self.cfg.concept_top_k, self.token_spec)
-        loss = concept_loss(self.concept(i_cls), labels, both)
-        return fused, text, image, self.cfg.concept_loss_weight * loss
+        return fused, text, image, {"loss": self.cfg.concept_loss_weight * concept_loss(self.concept(i_cls), labels,
+                                                                                         both)}
 
     # -- the concept head ------------------------------------------------------------------------
     def concept_logits(self, pixel_values, vision_features=None) -> torch.Tensor:
