@@ -106,6 +106,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_family_flags(cfg)
     name = cfg.config or f"{cfg.family}-tiny"
     mcfg = load_config(name)
     if mcfg.family != cfg.family:
@@ -130,6 +131,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
     _plot(history, out / "pretrain_losses.png", "SIMLA" if cfg.family == "simla" else "MoMo")
     _save(out, model, mcfg, special, pre, cfg, t_start)
     return out
+
+
+def _check_family_flags(cfg: PretrainConfig) -> None:
+    """A flag of the other family is an error, not silently ignored."""
+    other = {"momo": [("--lock-image", cfg.lock_image), ("--steps", "steps" in cfg.model_fields_set),
+                      ("--xmm-ratio", "xmm_ratio" in cfg.model_fields_set)],
+             "simla": [("--modality-specific-layernorm", cfg.modality_specific_layernorm),
+                       *((f"--stage{k}-steps", f"stage{k}_steps" in cfg.model_fields_set) for k in (1, 2, 3)),
+                       *((f"--{r}-ratio", f"{r}_ratio" in cfg.model_fields_set) for r in ("mim", "cmm"))]}
+    bad = [flag for flag, given in other[cfg.family] if given]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} do{'es' if len(bad) == 1 else ''} not apply to --family {cfg.family}")
 
 
 def _prepare(cfg: PretrainConfig, mcfg, out: Path):

@@ -146,6 +146,11 @@ def test_simla_refuses_flags_of_other_families(demo_catalog, tmp_path):
         with pytest.raises(SystemExit, match=f"{flag} does not apply to SIMLA"):
             main(["train", "--family", "simla", "--catalog", str(demo_catalog), "--attributes", "colour",
                   "--out", str(tmp_path), flag, "--quiet"])
+    with pytest.raises(SystemExit, match="--stage1-steps does not apply to --family simla"):
+        main(["pretrain", "--family", "simla", "--catalog", str(demo_catalog), "--out", str(tmp_path),
+              "--stage1-steps", "3"])
+    with pytest.raises(SystemExit, match="--lock-image, --steps do not apply to --family momo"):
+        main(["pretrain", "--catalog", str(demo_catalog), "--out", str(tmp_path), "--steps", "3", "--lock-image"])
     with pytest.raises(SystemExit, match="is a simla config but --family is momo"):
         main(["train", "--family", "momo", "--config", "simla-tiny", "--catalog", str(demo_catalog),
               "--attributes", "colour", "--out", str(tmp_path), "--quiet"])
