@@ -39,6 +39,7 @@ from attrx.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
 from attrx.training.data import encode_catalog, split_of
 from attrx.training.models.factory import create_pretrainer, load_config
 from attrx.training.optim import param_groups
+from attrx.training.schedule import pretraining_schedule
 
 
 class PretrainConfig(BaseModel):
@@ -215,7 +216,7 @@ def _run_stage(stage: int, steps: int, model, data: _Data, draws: dict, gen, cfg
         params.append(model.logit_scale)
     # open_clip's rule, as in attrx train: no decay on biases, norms, embeddings, logit scale
     opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    sched = pretraining_schedule(opt, cfg.lr, steps)
     hist: dict[str, list[float]] = {}
     bar = tqdm(range(steps), desc=f"pretrain stage {stage}", unit="step", disable=None if cfg.progress else True)
     for step in bar:

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from attrx.training.optim import param_groups
+from attrx.training.schedule import pretraining_schedule
 
 
 def prepare_simla(model, cfg) -> None:
@@ -31,7 +32,7 @@ def run_simla(model, arrays: dict[str, torch.Tensor], pairs, gen, cfg, log) -> d
     """cfg.steps steps on batches drawn from `pairs` (an iterator of row indices)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.steps), pct_start=0.1)
+    sched = pretraining_schedule(opt, cfg.lr, cfg.steps)
     ids, mask, px = (arrays[k] for k in ("input_ids", "attention_mask", "pixel_values"))
     hist: dict[str, list[float]] = {}
     bar = tqdm(range(cfg.steps), desc="pretrain simla", unit="step", disable=None if cfg.progress else True)

@@ -21,3 +21,12 @@ def warmup_cosine(steps: int):
 
 def scheduler(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
+
+
+def pretraining_schedule(opt: torch.optim.Optimizer, lr: float, steps: int):
+    """attrx pretrain's schedule: one cycle (10% warm-up) from 20 steps on; below that, where
+    OneCycleLR's warm-up would be under one step (it divides by zero), warm-up and cosine."""
+    if steps >= 20:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    return scheduler(opt, max(1, steps))
+

@@ -170,3 +170,13 @@ def test_the_pretrained_image_towers_plug_in(tmp_path):
     ex = example_inputs(model, 4, 24, cfg.image_size, seed=1)
     report = check_parity(model, tmp_path / "m.onnx", {"random": ex, "no_image": _missing(ex, "image")}, names)
     assert all(r["max_abs_diff"] <= 1e-4 for r in report.values()), report
+
+
+def test_a_pretraining_of_a_few_steps_runs(demo_catalog, tmp_path):
+    """Below 20 steps the one-cycle warm-up would be under one step (OneCycleLR divides by zero)."""
+    main(["pretrain", "--family", "simla", "--catalog", str(demo_catalog), "--out", str(tmp_path / "s"),
+          "--steps", "5", "--batch-size", "8", "--quiet", "--threads", "2"])
+    main(["pretrain", "--catalog", str(demo_catalog), "--out", str(tmp_path / "m"), "--stage1-steps", "2",
+          "--stage2-steps", "2", "--stage3-steps", "2", "--batch-size", "8", "--quiet", "--threads", "2"])
+    assert len((tmp_path / "s" / "pretrain_log.jsonl").read_text().splitlines()) == 5
+    assert len((tmp_path / "m" / "pretrain_log.jsonl").read_text().splitlines()) == 6
