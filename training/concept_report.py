@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrx.training.predict import _batches
+from attrx.training.predict import model_batches
 
 
 def colour_attribute(attributes: list[str]) -> str | None:
@@ -40,7 +40,7 @@ def colour_words(classes: list[str], tokenizer) -> tuple[list[int], list[list[in
 @torch.no_grad()
 def concept_logits(model, data, idx: np.ndarray, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    parts = [model.concept_logits(b["pixel_values"]).float().cpu().numpy() for b in _batches(model, data, idx,
+    parts = [model.concept_logits(b["pixel_values"]).float().cpu().numpy() for b in model_batches(model, data, idx,
                                                                                              batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, model.cfg.vocab_size), np.float32)
 

@@ -11,7 +11,7 @@ from attrx.training.data import Encoded
 from attrx.training.models.layers import with_unimodal
 
 
-def _batches(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int, features=None,
+def model_batches(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_size: int, features=None,
              source: np.ndarray | None = None):
     """The model's inputs for idx in batches, on its device; with `features`, the stored tower
     outputs of the catalog products source[idx] (idx itself when source is None)."""
@@ -31,7 +31,7 @@ def predict_probs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batch_
     locked tower's stored outputs stand in for running it: validation during training)."""
     model.eval()
     probs, weights = None, None
-    for batch in _batches(model, data, idx, batch_size, features):
+    for batch in model_batches(model, data, idx, batch_size, features):
         outs = model(**batch)
         if probs is None:
             probs, weights = [[] for _ in outs], [[] for _ in outs]
@@ -52,7 +52,7 @@ def predict_outputs(model: torch.nn.Module, data: Encoded, idx: np.ndarray, batc
     the stored outputs of the catalog product source[idx[i]] instead of running the tower."""
     model.eval()
     out: dict[str, list] = {}
-    for batch in _batches(model, data, idx, batch_size, features, source):
+    for batch in model_batches(model, data, idx, batch_size, features, source):
         fused, text, image = with_unimodal(model, **batch)
         parts = {"probs": [lg for lg, _ in fused], "weights": [w for _, w in fused], "text": text, "image": image}
         for name, ts in parts.items():

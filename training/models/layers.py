@@ -16,14 +16,15 @@ class HeadConfig(BaseModel):
     dropout: float = 0.1
 
 
-def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """keep: [B, S] bool, True where a key may be attended to -> an additive mask [B, 1, S, S].
+def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype, n_queries: int | None = None) -> torch.Tensor:
+    """keep: [B, S] bool, True where a key may be attended to -> an additive mask [B, 1, Q, S], with
+    Q = S (self-attention) unless n_queries says otherwise (cross-attention from another sequence).
 
     Additive rather than boolean: it exports without the NaN guards of the bool form. Expanded over
     the query axis (a view, no copy): onnxruntime's fused `Attention` kernel (opset 23) refuses a
     mask broadcast from [B, 1, 1, S]."""
     s = keep.shape[1]
-    return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, s, s)
+    return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, n_queries or s, s)
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

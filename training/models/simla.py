@@ -41,6 +41,7 @@ from attrx.training.models.layers import (
     Block,
     HeadConfig,
     apply_inputs,
+    key_padding_bias,
     make_head,
     split_heads,
 )
@@ -92,11 +93,6 @@ class SimlaConfig(BaseModel):
         return int(self.preprocess.get("image_size") or self.vision.image_size)
 
 
-def cross_bias(keep: torch.Tensor, n_queries: int, dtype: torch.dtype) -> torch.Tensor:
-    """Key padding as an additive mask [B, 1, Q, K] for queries of another sequence."""
-    return ((1.0 - keep.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :].expand(-1, 1, n_queries, -1)
-
-
 class CrossAttention(nn.Module):
     """Eq. 1: queries from one sequence, keys and values from the other (pre-norm, residual)."""
 
@@ -114,7 +110,7 @@ class CrossAttention(nn.Module):
         h, dh = self.heads, d // self.heads
         q = self.q(self.ln(x)).view(b, s, h, dh).transpose(1, 2)
         k, v = (t.view(b, ctx.shape[1], h, dh).transpose(1, 2) for t in self.kv(ctx).split(d, dim=-1))
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=cross_bias(ctx_keep, s, x.dtype))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(ctx_keep, x.dtype, s))
         # gate [B]: 0 where the other modality is missing, so the layer adds exactly nothing
         return x + gate[:, None, None] * self.drop(self.proj(attn.transpose(1, 2).reshape(b, s, d)))
 
@@ -326,11 +322,6 @@ class SimlaClassifier(nn.Module):
     def concept_logits(self, pixel_values, vision_features=None) -> torch.Tensor:
         """From the image alone: a logit per vocabulary token [B, V]."""
         return self.concept(self.image(pixel_values, vision_features)[:, 0])
-
-    def concept_scores(self, input_ids, attention_mask, pixel_values, image_present) -> torch.Tensor:
-        """Per title token, how strongly the image alone says it is there (sigmoid, [B, L]); 0 for
-        special tokens and padding, and without an image."""
-        return self._token_scores(self.concept_logits(pixel_values), input_ids, attention_mask, image_present.float())
 
     def _token_scores(self, logits, input_ids, attention_mask, ip) -> torch.Tensor:
         p = torch.sigmoid(logits).gather(1, input_ids)
