@@ -5,8 +5,8 @@ VENV        ?= .venv
 # An exact pin: a looser spec pulls the newest CUDA build of torch (several GB).
 TORCH_SPEC  ?= torch==2.13.0
 # tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path; ray: `attrx score --ray`;
-# vision: pretrained image backbones' weights (the tests load the real ones)
-EXTRAS      ?= train,dev,tensorrt,ray,vision
+# vision: pretrained image backbones' weights (the tests load the real ones); docs: the documentation site (mkdocs)
+EXTRAS      ?= train,dev,tensorrt,ray,vision,docs
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
 
@@ -19,7 +19,7 @@ DEMO_SEED   ?= 0
 DEMO_PRECISION ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean
+.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean docs docs-serve image image-demo image-test
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -40,6 +40,10 @@ help:
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
 	@echo "make lint         ruff + lint-imports (the import rules)"
+	@echo "make docs         the documentation site (MkDocs, --strict) -> build/site; make docs-serve previews it on :8001"
+	@echo "make image        the serving image (Dockerfile target serve) with podman, or docker where it runs"
+	@echo "make image-demo   the demo image: the bundle of make demo-bundle built in (target serve-demo)"
+	@echo "make image-test   build the image, serve a bundle from it, one request, non-root, stop within the drain timeout"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -85,7 +89,7 @@ gpu-check:
 
 # ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check attrx service training export tests benchmarks
+	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks
 	$(VENV)/bin/lint-imports --no-cache
 
 # order-only on the install: an existing demo bundle is reused after a reinstall
@@ -145,3 +149,11 @@ bench-drift: demo-bundle
 # what situations, conflicts and constraints cost in serving (the CMA-CLIP checkpoint of bench-quality)
 bench-decisions: $(STAMP)
 	$(PY) benchmarks/decisions_cost.py --checkpoint build/quality/cma_clip --catalog $(QUALITY_CATALOG)
+
+# the documentation site: docs/ + mkdocs.yml; the reference pages are generated (docs/hooks/reference.py)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+	@echo "open build/site/index.html"
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001

@@ -7,7 +7,7 @@ import sys
 
 def cmd_score(a) -> None:
     ray_flags = [f for f, v in (("--ray-concurrency", a.ray_concurrency != 1), ("--ray-num-cpus", a.ray_num_cpus != 1),
-                                ("--ray-format", a.ray_format != "parquet"), ("--ray-local-cpus", a.ray_local_cpus),
+                                ("--ray-format", a.ray_format is not None), ("--ray-local-cpus", a.ray_local_cpus),
                                 ("--ray-block-rows", a.ray_block_rows != 256)) if v]
     if a.ray is not None and a.conflicts:
         raise SystemExit("attrx score: --conflicts is written by local scoring; with --ray, read the "
@@ -86,7 +86,8 @@ def _score_parser(sub) -> None:
     r.add_argument("--ray-concurrency", type=int, default=1, metavar="N", help="inference actors (default 1)")
     r.add_argument("--ray-num-cpus", type=float, default=1, metavar="CPUS",
                    help="CPUs per inference actor, also its onnxruntime threads (default 1)")
-    r.add_argument("--ray-format", choices=["parquet", "jsonl"], default="parquet", help="OUT's files (default parquet)")
+    r.add_argument("--ray-format", choices=["parquet", "jsonl"],
+                   help="OUT's files (default: from OUT's name, x.jsonl or x.parquet; Parquet without a suffix)")
     r.add_argument("--ray-local-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
     r.add_argument("--ray-block-rows", type=int, default=256, metavar="N",
                    help="catalog rows per Ray block, also per output file at most (default 256)")

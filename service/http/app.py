@@ -38,6 +38,7 @@ from attrx.service.http.schemas import (
 from attrx.service.http.service import Service
 from attrx.service.http.state import State
 from attrx.service.settings import ServeSettings
+from attrx.version import __version__
 
 log = logging.getLogger("uvicorn.error")
 
@@ -180,13 +181,15 @@ def _telemetry_off() -> dict:
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
 
 
-def create_app(settings: ServeSettings, link: EngineLink) -> FastAPI:
-    """The front-end app of one process, serving through the inference process behind `link`."""
+def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
+    """The front-end app of one process, serving through the inference process behind `link` (None: an
+    app that is only read, for its OpenAPI document; `openapi_document`)."""
     svc = Service(settings, link)
     app = AttrxApp(
         title="attrx",
-        description="Product attribute extraction from a title and an image (CMA-CLIP multi-task model).",
-        version="0.1.0", lifespan=svc.lifespan, docs_url=None, redoc_url=None,
+        description="Product attribute extraction from a title and an image: per attribute the value, its "
+                    "confidence, the modality weights and whether it is accepted in the product's situation.",
+        version=__version__, lifespan=svc.lifespan, docs_url=None, redoc_url=None,
         responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 503, 504)},
         # FastAPI's own OpenTelemetry asks the global providers on every request whether it is on;
         # attrx reports through Prometheus, so it is off outright
@@ -200,3 +203,9 @@ def create_app(settings: ServeSettings, link: EngineLink) -> FastAPI:
     _routes(app, svc)
     _docs(app)
     return app
+
+
+def openapi_document() -> dict:
+    """The HTTP API's OpenAPI document, as `/openapi.json` serves it, without a bundle or an inference
+    process: the documentation site's API reference is generated from it."""
+    return create_app(ServeSettings(), None).openapi()

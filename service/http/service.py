@@ -44,13 +44,13 @@ def _json(payload: dict) -> Response:
 class Service:
     """The routes' work, on the state the lifespan loads."""
 
-    def __init__(self, settings: ServeSettings, link: EngineLink):
+    def __init__(self, settings: ServeSettings, link: EngineLink | None):
         self.settings, self.link = settings, link
         self.drain = Drain()
         self.state: State | None = None
         self.gate: Gate | None = None
         self.inflight = InFlight()
-        self.keys = SharedKeys(link.keys)
+        self.keys = SharedKeys(link.keys if link is not None else None)  # None: an app only read for its schema
         self.cache: ResponseCache | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------

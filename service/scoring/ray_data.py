@@ -106,6 +106,22 @@ def error_rows(out: Path) -> list[dict]:
     return list(seen.values())
 
 
+def output_format(out: str | Path, fmt: str | None) -> str:
+    """The format of OUT's files: `fmt` if given, else from OUT's name (x.jsonl: JSON Lines; x.parquet or a
+    name without a suffix: Parquet). A name that says another format than `fmt`, or one Ray does not write
+    (x.csv), is refused rather than written as a folder whose name misleads."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
+    suffix = Path(out).suffix.lower()
+    named = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", "": None}.get(suffix, "other")
+    if named == "other":
+        raise ValueError(f"{out}: --ray writes a folder of Parquet or JSON Lines files; name it x.parquet, "
+                         f"x.jsonl or without a suffix (not {suffix!r})")
+    if fmt is not None and named is not None and named != fmt:
+        raise ValueError(f"{out}: the name says {named} but --ray-format is {fmt}: rename OUT or drop --ray-format")
+    return fmt or named or "parquet"
+
+
 def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> set[str]:
     """Check OUT against this run; returns the ids already scored (resume) or empties it."""
     if out.exists() and not out.is_dir():
@@ -256,7 +272,7 @@ def _check_cpus(ray, concurrency: int, num_cpus: float) -> None:
 
 def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, address: str | None = None,
               batch_size: int = 32, concurrency: int = 1, num_cpus: float = 1, block_rows: int = 256,
-              fmt: str = "parquet", resume: bool = False, overwrite: bool = False,
+              fmt: str | None = None, resume: bool = False, overwrite: bool = False,
               min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
               max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True,
               review_queue: str | Path | None = None, drift_reference: str | Path | None = None,
@@ -264,8 +280,7 @@ def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, a
     """Score a catalog on Ray Data; see the module docstring. With `review_queue`, the products with an
     attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
     Returns the run's summary."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
+    fmt = output_format(out, fmt)
     ray = _import_ray()
     out, t0 = Path(out), time.perf_counter()
     bundle = load_bundle(bundle_dir)

@@ -47,9 +47,13 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
     r = _score(str(messy_catalog), "--bundle", str(bundle), "--out", str(ref), "--batch-size", "32",
                "--review-queue", str(ref_q))
     assert r.returncode == 0, r.stderr[-2000:]
-    out = tmp_path / "ray-out"
-    r = _ray(messy_catalog, bundle, out, "--ray-format", fmt, "--review-queue", str(ray_q))
+    # parquet: said by the flag, into a folder without a suffix; jsonl: said by OUT's name alone
+    out, flags = (tmp_path / "ray-out", ["--ray-format", fmt]) if fmt == "parquet" else (tmp_path / "ray.jsonl", [])
+    r = _ray(messy_catalog, bundle, out, *flags, "--review-queue", str(ray_q))
     assert r.returncode == 0, r.stderr[-3000:]
+    from attrx.service.scoring.ray_data import FORMATS, data_files
+
+    assert {f.suffix for f in data_files(out)} == {FORMATS[fmt]}
     assert "scored 40, failed 3" in r.stdout, r.stdout
     expected = [json.loads(x) for x in ref.read_text().splitlines()]
     got = _rows(out)
@@ -151,3 +155,17 @@ def test_the_base_install_does_not_need_ray():
     for path in (root / "service").rglob("*.py"):  # imported lazily, only by the --ray path
         text = path.read_text()
         assert "\nimport ray" not in text and "\nfrom ray" not in text, path
+
+
+def test_out_name_and_format_must_agree(messy_catalog, bundle, tmp_path):
+    """`--out x.jsonl` writes JSON Lines (not Parquet under a .jsonl name); a name that says another
+    format than --ray-format, or one Ray cannot write, is refused before anything runs."""
+    from attrx.service.scoring.ray_data import output_format
+
+    assert output_format("x.jsonl", None) == "jsonl" and output_format("x.parquet", None) == "parquet"
+    assert output_format("x", None) == "parquet" and output_format("x", "jsonl") == "jsonl"
+    for out, flags, said in [("x.jsonl", ["--ray-format", "parquet"], "the name says jsonl but --ray-format is parquet"),
+                             ("x.csv", [], "name it x.parquet, x.jsonl or without a suffix")]:
+        r = _ray(messy_catalog, bundle, tmp_path / out, *flags)
+        assert r.returncode != 0 and said in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / out).exists()

@@ -115,3 +115,26 @@ def test_lowest_constraints_pin_every_declared_minimum():
     want.pop("torch")
     assert sorted(out) == sorted(f"{k}=={v}" for k, v in want.items())
     assert "onnxruntime==1.23" in out and not [x for x in out if x.startswith("torch")]
+
+
+def test_licence_is_an_spdx_expression_and_the_build_backend_reads_it():
+    """PEP 639: `project.license` is an SPDX expression (the table form is deprecated, an error from
+    2027); a proprietary licence is a LicenseRef-, and setuptools reads the string form from 77 on."""
+    import re
+
+    assert PYPROJECT["project"]["license"] == "LicenseRef-Proprietary"
+    (backend,) = [r for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools")]
+    low = re.fullmatch(r"setuptools>=(\d+)(?:\.\d+)*", backend)
+    assert low and int(low.group(1)) >= 77, backend
+
+
+def test_attrx_version_prints_the_installed_version(capsys):
+    import pytest
+
+    from attrx.cli import main
+    from attrx.version import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"attrx {__version__}"
+    assert __version__ == PYPROJECT["project"]["version"]
