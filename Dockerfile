@@ -1,63 +1,65 @@
-# syntax=docker/dockerfile:1
-# attrx serving image: the base install only (no torch, no training code needed at run time),
-# a non-root user, and a healthcheck on /readyz.
+# attrx serving image: the base install only (no torch, no training at build or run time), in a
+# virtual environment, run by a non-root user, with a healthcheck on /readyz.
 #
-#   docker build --target serve -t attrx .                      # bundle mounted at /models/bundle
-#   docker run -p 8000:8000 -v $PWD/build/demo-bundle:/models/bundle:ro attrx
-#   docker build --target serve-demo -t attrx-demo .            # demo bundle built into the image
+#   make image          target serve: a bundle mounted at /models/bundle (podman, or docker where it runs)
+#   make image-demo     target serve-demo: the bundle of `make demo-bundle` built in
+#   make image-test     builds the image, serves a bundle from it, one request, checks the user, stops it
+#
+# By hand:
+#   podman build --format docker --network host --target serve -t attrx:serve .
+#   podman run -p 8000:8000 -v $PWD/build/demo-bundle:/models/bundle:ro attrx:serve
 #   docker build --build-arg VARIANT=gpu --target serve -t attrx-gpu .   # onnxruntime-gpu + TensorRT lean runtime
 #   docker run --gpus all -e ATTRX_PROVIDERS=cuda -p 8000:8000 -v ...:/models/bundle:ro attrx-gpu
 #
-# The GPU variant is CUDA 13 throughout, from wheels, on the slim base: onnxruntime-gpu (>= 1.27, built
-# for CUDA 13) with its `cuda` and `cudnn` extras (the CUDA 13 runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9
-# as nvidia-* wheels, which attrx preloads: onnxruntime.preload_dlls), tensorrt-lean-cu13 and
+# BASE: any Debian-like image with python3 (>= 3.10) and its venv module: python:3.11-slim by default;
+# where no registry is reachable, a local Debian base (deploy/container/image.py builds one with
+# mmdebstrap). pip reaches PyPI through the build's network; a CA bundle that pip needs (a proxy's) is
+# passed as the build secret `pip-cert` (--secret id=pip-cert,src=FILE) and never stays in the image.
+#
+# The GPU variant is CUDA 13 throughout, from wheels: onnxruntime-gpu (>= 1.27, built for CUDA 13) with
+# its `cuda` and `cudnn` extras (attrx preloads them: onnxruntime.preload_dlls), tensorrt-lean-cu13 and
 # cuda-bindings 13. The host needs an NVIDIA driver for CUDA 13 (>= 580) and the container toolkit. A
 # provider that does not load stops `attrx serve` with the reason (ATTRX_ALLOW_PROVIDER_FALLBACK=1
-# serves on the CPU instead, and /v1/model says so).
-#
-# No Docker engine runs on the development machines: this file is kept minimal and reviewed, not built in CI.
+# serves on the CPU instead, and /v1/model says so). The GPU variant is not built in CI (no GPU there).
 
-ARG PYTHON_VERSION=3.11
+ARG BASE=python:3.11-slim
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE} AS runtime
 ARG VARIANT=cpu
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/attrx PATH=/opt/attrx/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY attrx attrx
 COPY service service
 COPY training training
 COPY export export
-# GPU variant: onnxruntime-gpu replaces onnxruntime (the two must never be installed together), and
-# the TensorRT lean runtime runs a bundle's model.plan (--backend tensorrt)
-# (installing .[gpu] brings the CPU onnxruntime too, through the base requirements: it is removed,
-# and onnxruntime-gpu reinstalled over the files the two share)
-RUN pip install . \
+# GPU variant: onnxruntime-gpu replaces onnxruntime (the two must never be installed together; installing
+# .[gpu] brings the CPU one too, through the base requirements: it is removed, and onnxruntime-gpu
+# reinstalled over the files the two share)
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+ && python3 -m venv /opt/attrx \
+ && pip install --no-compile . \
  && if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]" && pip uninstall -y onnxruntime \
       && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.27" \
       && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"; fi \
- && useradd --system --uid 10001 --home-dir /app attrx \
+ && rm -rf /app/* \
+ && useradd --uid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin attrx \
  && mkdir -p /var/cache/attrx && chown attrx /var/cache/attrx
-# TensorRT engine and timing caches: writable by the non-root user (mount a volume to keep them)
+# the TensorRT execution provider's engine and timing caches: writable by the non-root user (mount a
+# volume there to keep them across restarts)
 ENV ATTRX_HOST=0.0.0.0 ATTRX_PORT=8000 ATTRX_BUNDLE=/models/bundle ATTRX_CACHE_DIR=/var/cache/attrx
 EXPOSE 8000
+# SIGTERM starts attrx's drain (ATTRX_DRAIN_TIMEOUT_S, default 10 s): give `docker stop -t` more than that
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"
+  CMD python -c "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('ATTRX_PORT', '8000'), timeout=2).status == 200 else 1)"
 
-# Builds the demo bundle with torch; only its output is kept.
-FROM runtime AS demo-builder
-ARG TORCH_SPEC=torch==2.13.0
-RUN pip install "$TORCH_SPEC" && pip install ".[train]"
-RUN attrx demo-data --out /tmp/demo/data --n 3000 --seed 0 --quiet \
- && attrx train --catalog /tmp/demo/data/catalog.csv --attributes category,colour,pattern,gender --config tiny \
-      --out /tmp/demo/checkpoint --warmup-epochs 2 --e2e-epochs 40 --e2e-lr 1e-3 --tune-epochs 2 \
-      --modality-dropout 0.4 --quiet \
- && attrx eval --checkpoint /tmp/demo/checkpoint --catalog /tmp/demo/data/catalog.csv --quiet \
- && (attrx export --checkpoint /tmp/demo/checkpoint --out /models/demo --name attrx-demo \
-       --precision fp32,fp16,int8 || [ $? -eq 2 ])
-
+# the demo: the bundle that `make demo-bundle` builds (DEMO_BUNDLE, a folder inside the build context)
 FROM runtime AS serve-demo
-COPY --from=demo-builder --chown=attrx /models/demo /models/bundle
+ARG DEMO_BUNDLE=build/demo-bundle
+COPY --chown=attrx ${DEMO_BUNDLE} /models/bundle
 USER attrx
 CMD ["attrx", "serve"]
 

@@ -89,7 +89,7 @@ gpu-check:
 
 # ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks
+	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks deploy/container
 	$(VENV)/bin/lint-imports --no-cache
 
 # order-only on the install: an existing demo bundle is reused after a reinstall
@@ -157,3 +157,17 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# The serving image (Dockerfile), with podman or a docker engine: deploy/container/image.py picks the
+# runtime and its flags, and the base (python:3.11-slim, else a local Debian made by mmdebstrap)
+IMAGE_TAG ?= localhost/attrx:serve
+image: $(STAMP)
+	$(PY) deploy/container/image.py build --target serve --tag $(IMAGE_TAG)
+
+# the demo image: the bundle `make demo-bundle` builds, built in
+image-demo: demo-bundle
+	$(PY) deploy/container/image.py build --target serve-demo --tag localhost/attrx:demo --demo-bundle $(DEMO_BUNDLE)
+
+# builds both targets and serves from each (tests/e2e/test_image.py); here a missing runtime fails, not skips
+image-test: $(STAMP)
+	ATTRX_IMAGE_TEST_REQUIRED=1 $(PY) -m pytest -q tests/e2e/test_image.py

@@ -12,6 +12,7 @@ items (export/precision.py); a refused one is named, with the reason, in the man
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -163,6 +164,14 @@ def check_precisions(precisions: list[str]) -> list[str]:
     return ["fp32", *[p for p in PRECISIONS[1:] if p in precisions]]
 
 
+def _readable_as_a_folder(path: Path) -> None:
+    """mkdtemp makes the folder 0700: give it the mode a plain mkdir would (0777 less the umask), so
+    another user can read the bundle: a container's non-root server with the folder mounted, say."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None = None, version: str = "0.1.0",
                   precisions: list[str] = ("fp32",), attention: str = "fused", opset: int | None = None,
                   tolerance: float = 1e-4, catalog: str | Path | None = None, unimodal: bool = True) -> ExportResult:
@@ -192,6 +201,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
             (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         load_bundle(tmp)  # never hand out a bundle the service would refuse
         _add_drift_reference(tmp, manifest, ck, catalog)
+        _readable_as_a_folder(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

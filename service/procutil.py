@@ -18,8 +18,20 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    parent = _parent_pid()
+    orphan = os.getppid() != parent if parent is not None else os.getppid() == 1
+    if orphan:  # the parent died before prctl took effect (this process was re-parented)
         os._exit(0)
+
+
+def _parent_pid() -> int | None:
+    """The pid of the multiprocessing parent that started this process (None: not started so). The
+    test is not "is the parent pid 1": in a container the parent (`attrx serve`) is pid 1 itself,
+    and every child would take itself for an orphan and leave."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None else None
 
 
 def set_process_name(name: str) -> None:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     except BackendError as e:  # a runtime that cannot run here (provider, GPU, TensorRT version): say why
         raise SystemExit(f"attrx {args.command}: {e}") from None
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
         from pydantic import ValidationError
 
         if isinstance(e, ValidationError):

@@ -66,7 +66,7 @@ def test_compose_mounts_files_that_exist():
     paths = re.findall(r"\./(deploy/[^:\s]+):", compose)
     assert paths and all((ROOT / p).exists() for p in paths), paths
     docker = (ROOT / "Dockerfile").read_text()
-    runtime_stage = docker.split("AS demo-builder")[0]
+    runtime_stage = docker.split("AS serve-demo")[0]
     installs = [ln for ln in runtime_stage.splitlines() if "pip install" in ln]
     assert installs and not any("torch" in ln or "[train" in ln for ln in installs)  # serving image: no torch
     assert "USER attrx" in docker and "/readyz" in docker
