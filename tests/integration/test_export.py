@@ -235,3 +235,17 @@ def test_int8_is_calibrated_once_so_answers_do_not_depend_on_the_batch(checkpoin
     assert max(r["max_batch_diff"] for r in moved.values()) > 1e-6
     reasons = precision.gate("int8", {a: {"agreement": 1.0, "accuracy_drop": 0.0, **r} for a, r in moved.items()})
     assert any("depend on the batch" in x for x in reasons)
+
+
+def test_a_bundle_is_readable_by_other_users(bundle):
+    """A bundle is written in a temporary folder (mkdtemp: mode 0700) and renamed into place; it must
+    end with a plain folder's mode, or a server running as another user (the container's non-root
+    `attrx`, a service account) cannot read the bundle it was given."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask
+    for f in bundle.iterdir():
+        assert f.stat().st_mode & stat.S_IROTH or umask & 0o004, f

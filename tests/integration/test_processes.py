@@ -254,3 +254,41 @@ def test_the_response_cache_answers_a_repeated_product_without_the_model(start_s
     assert _metric(text, "attrx_response_cache_total", '{result="miss"}') == 2
     assert _metric(text, "attrx_items_total") == 2
     assert httpx.get(s.url + "/v1/model", timeout=5).json()["batching"]["response_cache"] == 8
+
+
+PID1_SCRIPT = """
+import multiprocessing as mp, os
+from attrx.service.procutil import die_with_parent
+
+def child(q):
+    die_with_parent()
+    q.put(os.getppid())
+
+if __name__ == "__main__":
+    assert os.getpid() == 1, os.getpid()
+    q = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=child, args=(q,))
+    p.start()
+    p.join(60)
+    print("child", p.exitcode, q.get(timeout=5) if not q.empty() else "gone")
+"""
+
+
+def test_children_of_a_pid_1_parent_do_not_take_themselves_for_orphans(tmp_path):
+    """In a container `attrx serve` is pid 1: its engine and front-ends have parent pid 1 while the
+    parent lives, and must not leave as if re-parented (they did, and the image never served). Run
+    here in a new pid namespace, where the script is pid 1."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare is not installed")
+    script = tmp_path / "pid1.py"
+    script.write_text(PID1_SCRIPT)
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "Operation not permitted" in r.stderr:
+        pytest.skip("no permission for a new pid namespace here (unshare needs root or user namespaces)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "child 0 1", r.stdout  # it ran on, and its parent was pid 1
