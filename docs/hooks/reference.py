@@ -59,6 +59,8 @@ def _type(schema: dict) -> str:
     if "const" in schema:
         return f"`{json.dumps(schema['const'])}`"
     kind = schema.get("type", "any")
+    if schema.get("format") == "binary" or schema.get("contentMediaType") == "application/octet-stream":
+        return "file"
     if kind == "array":
         return f"list of {_type(schema.get('items', {}))}"
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):

@@ -84,7 +84,8 @@ class Baseline(BaseModel):
 
 
 def _routes(app: FastAPI, svc: Service) -> None:
-    json_schema, multipart_schema = request_schemas(calibrated_targets(svc.settings))
+    # a server lists its bundle's calibrated targets; the document read without one (link None) says (0, 1]
+    json_schema, multipart_schema = request_schemas(calibrated_targets(svc.settings) if svc.link is not None else None)
 
     async def require_key(request: Request) -> None:
         key = svc.settings.api_key
@@ -206,6 +207,7 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
 
 
 def openapi_document() -> dict:
-    """The HTTP API's OpenAPI document, as `/openapi.json` serves it, without a bundle or an inference
-    process: the documentation site's API reference is generated from it."""
+    """The HTTP API's OpenAPI document, as `/openapi.json` serves it but without a bundle or an inference
+    process (so `min_precision` is any number in (0, 1] rather than a bundle's calibrated targets): the
+    documentation site's API reference is generated from it."""
     return create_app(ServeSettings(), None).openapi()

@@ -167,6 +167,10 @@ def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
     js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
                                          "description": js["properties"]["min_precision"].get("description", "")}
     multipart = {"type": "object", "properties": {
-        "title": {"type": "string"}, "image": {"type": "string", "format": "binary"}, "min_precision": mp,
-        "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}}
+        "title": {"type": "string", "description": "product title (may be left out if an image is sent)"},
+        "image": {"type": "string", "format": "binary",
+                  "description": "the image file: JPEG, PNG, WebP, ... (may be left out if a title is sent)"},
+        "min_precision": {**mp, "description": js["properties"]["min_precision"]["description"]},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50,
+                  "description": "how many candidates to list per attribute (default 1)"}}}
     return js, multipart
