@@ -12,6 +12,7 @@ calling `train` or `pretrain` from those tiers fails at once with where the test
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,27 @@ def trained_bundle(trained_checkpoint, tmp_path_factory) -> Path:
     return export_bundle(trained_checkpoint, tmp_path_factory.mktemp("trained-bundle") / "tiny-bundle",
                          name="tiny-test").path
 
+
+
+# -- a real browser: headless Chromium from Debian's packages, driven by Selenium -------------------
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives the browser")
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+                    ".ci/run installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,720", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()

@@ -193,3 +193,21 @@ def png(width: int, height: int, fill: int = 0x80) -> bytes:
     raw = (b"\0" + bytes([fill]) * (3 * width)) * height
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def shot(driver, name: str, tmp_path: Path) -> None:
+    """A browser screenshot into the test's folder, and into ATTRX_SCREENSHOTS when set (docs/images)."""
+    driver.save_screenshot(str(tmp_path / name))
+    if os.environ.get("ATTRX_SCREENSHOTS"):
+        Path(os.environ["ATTRX_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(os.environ["ATTRX_SCREENSHOTS"]) / name))
+
+
+def build_site(out: Path) -> Path:
+    """The documentation site, built as `make docs` builds it (--strict), into `out`."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return out

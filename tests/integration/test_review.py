@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ATTRS, wait_listening
+from helpers import ATTRS, shot, wait_listening
 
 from attrx.cli import main
 
@@ -251,37 +251,7 @@ def test_answers_export_as_a_catalog(start_review, tmp_path):
     assert json.loads(json.dumps(rows))  # plain strings: a file a catalog system reads
 
 
-# -- the page in a real browser: headless Chromium from Debian's packages, driven by Selenium ------
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives the browser")
-    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
-                    ".ci/run installs them)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,720", f"--user-data-dir={tmp_path / 'chromium'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
-
-
-def _shot(driver, name: str, tmp_path: Path) -> None:
-    """Screenshots go to the test's folder, and to ATTRX_SCREENSHOTS when set (docs/images for the README)."""
-    driver.save_screenshot(str(tmp_path / name))
-    if os.environ.get("ATTRX_SCREENSHOTS"):
-        Path(os.environ["ATTRX_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(os.environ["ATTRX_SCREENSHOTS"]) / name))
-
-
+# -- the page in a real browser: headless Chromium (the `browser` fixture, conftest.py) -------------
 def test_the_page_takes_keyboard_decisions_in_chromium(start_review, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -293,7 +263,7 @@ def test_the_page_takes_keyboard_decisions_in_chromium(start_review, browser, tm
     browser.find_element(By.ID, "key").send_keys(KEYS["bob"] + "\n")
     wait.until(lambda d: d.find_element(By.ID, "product").is_displayed() and d.find_elements(By.CSS_SELECTOR, ".attr"))
     assert "reviewer: bob" in browser.find_element(By.ID, "who").text
-    _shot(browser, "review-page.png", tmp_path)
+    shot(browser, "review-page.png", tmp_path)
     first = browser.find_element(By.ID, "meta").text.split(" ")[1]
     attrs = [e.get_attribute("data-attr") for e in browser.find_elements(By.CSS_SELECTOR, ".attr")]
     body = browser.find_element(By.TAG_NAME, "body")
@@ -306,7 +276,7 @@ def test_the_page_takes_keyboard_decisions_in_chromium(start_review, browser, tm
         body.send_keys(key)
         wait.until(lambda d, a=a: d.find_element(By.CSS_SELECTOR, f'.attr[data-attr="{a}"] .chosen').text)
         time.sleep(0.2)  # the allowed values of the others follow this answer
-    _shot(browser, "review-answered.png", tmp_path)
+    shot(browser, "review-answered.png", tmp_path)
     body.send_keys("\n")  # every attribute answered: Enter saves, and the next product comes
     wait.until(lambda d: d.find_element(By.ID, "meta").text.split(" ")[1] != first)
     wait.until(lambda d: "saved 1 products" in d.find_element(By.ID, "status").text)
@@ -321,7 +291,7 @@ def test_the_page_takes_keyboard_decisions_in_chromium(start_review, browser, tm
     body.send_keys("/")
     browser.switch_to.active_element.send_keys(allowed[-1] + "\n")
     wait.until(lambda d: allowed[-1] in d.find_element(By.CSS_SELECTOR, f'.attr[data-attr="{a}"] .chosen').text)
-    _shot(browser, "review-typed.png", tmp_path)
+    shot(browser, "review-typed.png", tmp_path)
     browser.find_element(By.TAG_NAME, "body").send_keys("s")
     wait.until(lambda d: d.find_element(By.ID, "meta").text.split(" ")[1] not in (first, second))
     assert second not in {d["id"] for d in r.call("GET", "/api/decisions").json()["decisions"]}
