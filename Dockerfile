@@ -40,7 +40,7 @@ COPY export export
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
  && python3 -m venv /opt/attrx \
- && pip install --no-compile . \
+ && pip install . \
  && if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]" && pip uninstall -y onnxruntime \
       && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.27" \
       && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"; fi \

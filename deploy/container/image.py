@@ -77,12 +77,12 @@ def limits(rt: list[str]) -> list[str]:
 
 
 def base_image(rt: list[str], wanted: str | None) -> str:
-    """`wanted`, or python:3.11-slim, if present or pullable; else the local Debian base (built once)."""
-    for image in [wanted] if wanted else [DEFAULT_BASE]:
-        if _ok([*rt, "image", "inspect", image]) or _ok([*rt, "pull", "-q", image], timeout=300):
-            return image
-        if wanted:
-            raise NoRuntime(f"base image {wanted} is neither present nor pullable")
+    """`wanted`, or python:3.11-slim, if present or pullable; else the local Debian base (made once)."""
+    image = wanted or DEFAULT_BASE
+    if _ok([*rt, "image", "inspect", image]) or _ok([*rt, "pull", "-q", image], timeout=300):
+        return image
+    if wanted:
+        raise NoRuntime(f"base image {wanted} is neither present nor pullable")
     if _ok([*rt, "image", "inspect", LOCAL_BASE]):
         return LOCAL_BASE
     if not shutil.which("mmdebstrap"):

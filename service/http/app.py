@@ -209,5 +209,6 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
 def openapi_document() -> dict:
     """The HTTP API's OpenAPI document, as `/openapi.json` serves it but without a bundle or an inference
     process (so `min_precision` is any number in (0, 1] rather than a bundle's calibrated targets): the
-    documentation site's API reference is generated from it."""
-    return create_app(ServeSettings(), None).openapi()
+    documentation site's API reference is generated from it. The settings are the defaults, not this
+    shell's ATTRX_ variables (model_construct reads no environment), so the document is the same anywhere."""
+    return create_app(ServeSettings.model_construct(), None).openapi()
