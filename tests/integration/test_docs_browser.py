@@ -52,10 +52,14 @@ def test_the_search_finds_a_flag_on_its_page(browser, site_url):
     browser.find_element(By.CSS_SELECTOR, "label.md-search__icon, .md-search__input").click()
     box = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.md-search__input"))
     box.send_keys("drift-min-products")
-    hits = WebDriverWait(browser, 20).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a") or None)
-    targets = {h.get_attribute("href").split("#")[0].split("?")[0].rsplit("/", 1)[-1] for h in hits}
-    assert {"scoring-and-scale.html", "cli.html"} & targets, targets
+
+    def pages_found(d):  # read in one script call: the results re-render while the index loads
+        hrefs = d.execute_script("return [...document.querySelectorAll('.md-search-result__item a')]"
+                                 ".map(a => a.href)")
+        found = {h.split("#")[0].split("?")[0].rsplit("/", 1)[-1] for h in hrefs}
+        return found if {"scoring-and-scale.html", "cli.html"} & found else None
+
+    assert WebDriverWait(browser, 20).until(pages_found, "the search never listed the page with the flag")
 
 
 def test_the_api_reference_renders_every_route(browser, site_url, tmp_path):
