@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import slug  # noqa: E402  (the checkpoint folders quality.py writes)
 
 CONDITIONS = {"a": "titles as they are", "b": "colour words removed", "c": "image missing", "d": "title missing",
               "e": "every attribute's label words removed"}
@@ -27,7 +31,7 @@ def mean_accuracy(res: dict, model: str, cond: str = "a") -> float | None:
 
 
 def concepts(out: Path, model: str) -> dict | None:
-    path = out / model.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "_") / "metrics.json"
+    path = out / slug(model) / "metrics.json"
     return json.loads(path.read_text()).get("concepts") if path.is_file() else None
 
 

@@ -39,6 +39,10 @@ class NoRuntime(RuntimeError):
     """No container runtime works on this machine."""
 
 
+class CheckFailed(AssertionError):
+    """The image built but does not serve as it should."""
+
+
 def _ok(cmd: list[str], timeout: float = 60) -> bool:
     try:
         return subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0
@@ -158,10 +162,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"image: {e}") from None
 
 
-class CheckFailed(AssertionError):
-    """The image built but does not serve as it should."""
-
-
 def free_port() -> int:
     import socket
 
@@ -215,7 +215,7 @@ def _exec(rt: list[str], name: str, *cmd: str) -> str:
 
 # the TensorRT cache folder the server would use, found as the server finds it (its settings, then
 # ATTRX_CACHE_DIR), and written as the server's user
-PROBE = ("import os; from attrx.service.settings import ServeSettings as S; "
+PROBE = ("from attrx.service.settings import ServeSettings as S; "
          "from attrx.service.inference.runtime.onnxruntime_backend import cache_root; "
          "d = cache_root(S().trt_cache_dir); p = d / 'probe'; p.write_text('x'); p.unlink(); print(d)")
 
@@ -233,6 +233,11 @@ def _stop(rt: list[str], name: str, drain_s: float) -> tuple[float, int]:
     subprocess.run([*rt, "stop", "-t", str(int(drain_s) + 30), name], check=True, capture_output=True)
     took = time.monotonic() - t0
     return took, int(_state(rt, name, "ExitCode"))
+
+
+def _logs(rt: list[str], name: str) -> str:
+    r = subprocess.run([*rt, "logs", name], capture_output=True, text=True)
+    return r.stdout + r.stderr
 
 
 def _state(rt: list[str], name: str, field: str) -> str:
@@ -255,11 +260,9 @@ def check(tag: str, bundle: str | Path | None, image: str | Path, title: str, dr
         report["ready_s"] = round(wait_ready(url, 180, lambda: _state(rt, name, "Running") == "true"), 2)
         report.update(_probe(rt, name, url, title, image))
         report["stop_s"], report["exit_code"] = _stop(rt, name, drain_s)
-        logs = subprocess.run([*rt, "logs", name], capture_output=True, text=True)
-        report["log_tail"] = (logs.stdout + logs.stderr).strip().splitlines()[-5:]
+        report["log_tail"] = _logs(rt, name).strip().splitlines()[-5:]
     except (OSError, CheckFailed, subprocess.CalledProcessError) as e:
-        logs = subprocess.run([*rt, "logs", name], capture_output=True, text=True)
-        raise CheckFailed(f"{e}\n--- container log ---\n{(logs.stdout + logs.stderr)[-4000:]}") from e
+        raise CheckFailed(f"{e}\n--- container log ---\n{_logs(rt, name)[-4000:]}") from e
     finally:
         subprocess.run([*rt, "rm", "-f", name], capture_output=True)
     _verify(report)

@@ -18,13 +18,11 @@ GENERATED = "Generated from the code when the site is built: it cannot drift fro
 
 
 def on_files(files, config):
-    pages = {"reference/cli.md": cli_markdown(), "reference/http.md": None,
-             "reference/configuration.md": settings_markdown()}
     from attrx.service.http.app import openapi_document
 
     spec = openapi_document()
-    pages["reference/http.md"] = api_markdown(spec)
-    pages["reference/openapi.json"] = json.dumps(spec, indent=2)
+    pages = {"reference/cli.md": cli_markdown(), "reference/http.md": api_markdown(spec),
+             "reference/openapi.json": json.dumps(spec, indent=2), "reference/configuration.md": settings_markdown()}
     for uri, text in pages.items():
         files.append(File.generated(config, uri, content=text))
     return files

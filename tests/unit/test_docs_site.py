@@ -44,8 +44,6 @@ def _attrx_calls(tokens: list[str]) -> list[list[str]]:
     for i, tok in enumerate(tokens):
         if tok != "attrx" and not tok.endswith("/attrx"):
             continue
-        if i >= 1 and tokens[i - 1] == "-m" and not tok.endswith("/attrx") and i < 2:
-            continue
         rest = tokens[i + 1:]
         if rest[:1] == [")"]:  # $(which attrx) train ...
             rest = rest[1:]
