@@ -42,14 +42,14 @@ def _spread(xs: list[float]) -> dict:
 def model_cost(bundles: dict[str, Path], products, repeats: int, runs: int = 20) -> dict:
     """Batch-32 inference time, with unimodal outputs over without, alternating per round."""
     from attrx.service.contract.bundle import load_bundle
-    from attrx.service.inference.predictor import Predictor, batch_inputs
+    from attrx.service.inference.predictor import Predictor
     from attrx.service.inference.runtime import load_backend
 
     sides = {}
     for name, path in bundles.items():
         b = load_bundle(path)
         pred = Predictor(b)
-        feeds = batch_inputs([pred.decode_request(p.title, p.image.read_bytes()) for p in products[:32]])
+        feeds = pred.batch([pred.decode_request(p.title, p.image.read_bytes()).inputs for p in products[:32]])
         sides[name] = (load_backend(b, precision="fp32"), feeds)
         sides[name][0].run(feeds)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in sides}
@@ -67,14 +67,16 @@ def model_cost(bundles: dict[str, Path], products, repeats: int, runs: int = 20)
 def encode_cost(bundle: Path, products, repeats: int) -> dict:
     """encode_response per product (the event loop's share), decisions full vs plain."""
     from attrx.service.contract.bundle import load_bundle
-    from attrx.service.inference.predictor import Predictor, batch_inputs
+    from attrx.service.inference.predictor import Predictor
     from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(bundle)
     preds = {k: Predictor(b, decisions=k) for k in ("full", "plain")}
+    preds["full"].backend = load_backend(b)
     items = [(p.title, p.image.read_bytes()) for p in products[:32]]
-    outputs = load_backend(b).run(batch_inputs([preds["full"].decode_request(*it) for it in items]))
-    sits = [preds["full"].situations(*it) for it in items]
+    decoded = [preds["full"].decode_request(*it) for it in items]
+    outputs = preds["full"].run_batch([d.inputs for d in decoded])
+    sits = [d.situations for d in decoded]
     times: dict[str, list[float]] = {k: [] for k in preds}
     for r in range(repeats):
         for name in (["full", "plain"] if r % 2 == 0 else ["plain", "full"]):

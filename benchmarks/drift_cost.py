@@ -42,17 +42,17 @@ def spread(xs: list[float]) -> dict:
     return {"median": round(statistics.median(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
 
 
-def batch_overhead(pipeline, metrics, drift, items: list[dict], reps: int, seconds: float) -> dict:
+def batch_overhead(predictor, metrics, drift, items: list[dict], reps: int, seconds: float) -> dict:
     from attrx.service.contract.drift_stats import PROFILE_KEY
 
     def off():
-        metrics.observe_batch(pipeline.run_batch(items))
+        metrics.observe_batch(predictor.run_batch(items))
 
     last = [time.perf_counter()]
     spent = [0.0]  # time inside drift's calls, measured inline: the share of "on" they took
 
     def on():  # the fold runs inline at the server's cadence, so its cost is in the figure
-        outputs = pipeline.run_batch(items)
+        outputs = predictor.run_batch(items)
         metrics.observe_batch(outputs)
         t0 = time.perf_counter()
         drift.observe(outputs, np.concatenate([it[PROFILE_KEY] for it in items]))
@@ -76,14 +76,14 @@ def batch_overhead(pipeline, metrics, drift, items: list[dict], reps: int, secon
             "batch_ms_off": spread(t_off)}
 
 
-def front_costs(pipeline, manifest, drift, products: list, reps: int) -> dict:
+def front_costs(predictor, manifest, drift, products: list, reps: int) -> dict:
     from attrx.service.contract.drift_stats import profile
     from attrx.service.http.drift_report import FrontDrift
     from attrx.service.telemetry.prometheus import Metrics
 
     titles = [(p.title, p.image.read_bytes() if p.image else None) for p in products[:64]]
-    arr = pipeline.prepare(*titles[0])[0]["pixel_values"][0]
-    t_prepare = statistics.median(_timed(lambda: [pipeline.prepare(t, im) for t, im in titles], 1)
+    arr = predictor.decode_request(*titles[0]).inputs["pixel_values"][0]
+    t_prepare = statistics.median(_timed(lambda: [predictor.decode_request(t, im) for t, im in titles], 1)
                                   for _ in range(reps)) / len(titles)
     t_profile = statistics.median(_timed(lambda: profile([0] * 7, "a title of some length", (60, 80), arr), 200)
                                   for _ in range(reps))
@@ -106,23 +106,23 @@ def main() -> None:
 
     from attrx.service.catalog.reader import read_catalog
     from attrx.service.engine.drift_feed import EngineDrift
-    from attrx.service.inference.pipeline import load_pipeline
+    from attrx.service.inference.predictor import load_predictor
     from attrx.service.settings import ServeSettings
     from attrx.service.telemetry.prometheus import Metrics
 
     settings = ServeSettings(bundle=a.bundle, precision=a.precision, workers=1)
-    bundle, pipeline = load_pipeline(settings)
-    manifest = bundle.manifest
+    predictor = load_predictor(settings)
+    manifest = predictor.bundle.manifest
     metrics = Metrics([x.name for x in manifest.attributes], front=False)
     drift = EngineDrift(settings, manifest)
     products = read_catalog(a.catalog).products[:64]
-    items = [pipeline.prepare(p.title, p.image.read_bytes() if p.image else None)[0] for p in products]
+    items = [predictor.decode_request(p.title, p.image.read_bytes() if p.image else None).inputs for p in products]
     try:
-        result = {"bundle": a.bundle, "variant": pipeline.backend.variant, "window": settings.drift_window,
+        result = {"bundle": a.bundle, "variant": predictor.backend.variant, "window": settings.drift_window,
                   "reference": drift.block.read_reference()[2],
-                  "per_batch": [batch_overhead(pipeline, metrics, drift, items[:b], a.repetitions, a.seconds)
+                  "per_batch": [batch_overhead(predictor, metrics, drift, items[:b], a.repetitions, a.seconds)
                                 for b in map(int, a.batches.split(","))],
-                  "front_end": front_costs(pipeline, manifest, drift, products, a.repetitions)}
+                  "front_end": front_costs(predictor, manifest, drift, products, a.repetitions)}
     finally:
         drift.close()
     print(json.dumps(result, indent=2))

@@ -56,17 +56,17 @@ def attrx(*args: str) -> float:
 def ort_items_per_s(bundle_dir: Path, catalog: str, seconds: float = 3.0) -> float:
     from attrx.service.catalog.reader import read_catalog
     from attrx.service.contract.bundle import load_bundle
-    from attrx.service.inference.predictor import Predictor, batch_inputs
+    from attrx.service.inference.predictor import Predictor
     from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(bundle_dir)
-    pred, backend = Predictor(b), load_backend(b)
+    pred = Predictor(b, backend=load_backend(b))
     prods = [p for p in read_catalog(catalog).products if p.title and p.image][:32]
-    feeds = batch_inputs([pred.decode_request(p.title, p.image) for p in prods])
-    backend.run(feeds)
+    feeds = pred.batch([pred.decode_request(p.title, p.image).inputs for p in prods])
+    pred.predict(feeds)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        backend.run(feeds)
+        pred.predict(feeds)
         n += len(prods)
     return n / (time.perf_counter() - t0)
 

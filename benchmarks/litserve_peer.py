@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import litserve as ls  # noqa: E402
 
 from attrx.service.contract.bundle import load_bundle  # noqa: E402
-from attrx.service.inference.predictor import Predictor, batch_inputs  # noqa: E402
+from attrx.service.inference.predictor import Predictor  # noqa: E402
 from attrx.service.inference.runtime import load_backend  # noqa: E402
 
 SITUATIONS = "_situations"
@@ -34,8 +34,7 @@ class AttrxAPI(ls.LitAPI):
 
     def setup(self, device):
         bundle = load_bundle(self.bundle_dir)
-        self.predictor = Predictor(bundle)
-        self.backend = load_backend(bundle, providers="cpu", threads=self.threads)
+        self.predictor = Predictor(bundle, backend=load_backend(bundle, providers="cpu", threads=self.threads))
         self.key = self.predictor.precision_key(None)
 
     def decode_request(self, request):
@@ -43,15 +42,15 @@ class AttrxAPI(ls.LitAPI):
         through the batch as a string array beside the inputs)."""
         data = request.get("image_base64")
         title, image = request.get("title"), base64.b64decode(data) if data else None
-        inputs = self.predictor.decode_request(title, image)
-        return {**inputs, SITUATIONS: np.array([self.predictor.situations(title, image)])}
+        inputs, situations = self.predictor.decode_request(title, image)
+        return {**inputs, SITUATIONS: np.array([situations])}
 
     def batch(self, inputs):
-        return batch_inputs(inputs)
+        return self.predictor.batch(inputs)
 
     def predict(self, x):
         situations = x.pop(SITUATIONS)
-        return self.backend.run(x), situations
+        return self.predictor.predict(x), situations
 
     def unbatch(self, output):
         outputs, situations = output

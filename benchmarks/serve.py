@@ -105,27 +105,27 @@ def cpu_seconds(pid: int) -> float:
 def in_process(bundle_dir: str, products, batch: int, seconds: float) -> dict:
     """Preprocess + inference at `batch`, sequentially in this process: no HTTP, no queue."""
     from attrx.service.contract.bundle import load_bundle
-    from attrx.service.inference.predictor import Predictor, batch_inputs
+    from attrx.service.inference.predictor import Predictor
     from attrx.service.inference.runtime import load_backend
 
     b = load_bundle(bundle_dir)
-    pred, backend = Predictor(b), load_backend(b)
+    pred = Predictor(b, backend=load_backend(b))
     items = [(p.title, p.image.read_bytes() if p.image else None) for p in products]
-    backend.run(batch_inputs([pred.decode_request(*items[0])] * batch))  # warm-up
+    pred.run_batch([pred.decode_request(*items[0]).inputs] * batch)  # warm-up
     n, k, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         chunk = [items[(k + i) % len(items)] for i in range(batch)]
         k += batch
-        backend.run(batch_inputs([pred.decode_request(t, im) for t, im in chunk]))
+        pred.run_batch([pred.decode_request(t, im).inputs for t, im in chunk])
         n += batch
     rate = n / (time.perf_counter() - t0)
-    feeds = batch_inputs([pred.decode_request(*items[i % len(items)]) for i in range(batch)])
+    feeds = pred.batch([pred.decode_request(*items[i % len(items)]).inputs for i in range(batch)])
     runs = []
     for _ in range(30):
         t = time.perf_counter()
-        backend.run(feeds)
+        pred.predict(feeds)
         runs.append(time.perf_counter() - t)
-    return {"batch": batch, "precision": backend.precision, "items_per_s": round(rate, 1),
+    return {"batch": batch, "precision": pred.backend.precision, "items_per_s": round(rate, 1),
             "median_batch_inference_ms": round(statistics.median(runs) * 1000, 3)}
 
 

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from attrx.export import precision
 from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.bundle import load_bundle
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, decode_product
+from attrx.service.contract.decode import decode_product
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
 from attrx.service.contract.preprocess import ImageError, load_tokenizer, normalise_title
 from attrx.service.contract.situations import SituationReader
 
@@ -23,7 +24,7 @@ REFERENCE_LIMIT = 20000  # products: beyond this the counts hardly move
 def drift_reference(bundle_dir: Path, catalog: Path, split: dict, *, batch: int = 64, progress: bool = True
                     ) -> dict | None:
     """The reference from the catalog's validation split (None when it has no decodable product)."""
-    from attrx.training.data import split_of
+    from attrx.training.data.encode import split_of
 
     bundle = load_bundle(bundle_dir, verify_hashes=False)
     m = bundle.manifest
@@ -38,7 +39,7 @@ def drift_reference(bundle_dir: Path, catalog: Path, split: dict, *, batch: int 
         if title is None and p.image is None:
             continue
         try:
-            items.append(decode_product(tok, m.preprocess, reader, title, p.image)[0])
+            items.append(decode_product(tok, m.preprocess, reader, title, p.image).inputs)
         except ImageError:
             continue
         if len(items) == batch:

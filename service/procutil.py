@@ -7,6 +7,20 @@ import signal
 import sys
 
 
+def close_shared_memory(shm, owner: bool) -> None:
+    """Unmap a SharedMemory block, and remove its name when this process made it. A view still alive
+    somewhere keeps the mapping until the process ends; a name already removed is no error."""
+    try:
+        shm.close()
+    except BufferError:
+        pass
+    if owner:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent goes away, so no child (a scoring
     worker, a server process) outlives an interrupted or killed parent."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attrx.service.contract.bundle import precision_key
 from attrx.service.contract.constraints import RecordDecoder
 from attrx.service.contract.situations import SITUATIONS
 
@@ -153,8 +154,6 @@ def rules_from_manifest(manifest, *, situations: bool = True, conflicts: bool = 
                         constraints: bool = True) -> tuple[list[AttributeRules], RecordDecoder | None]:
     """The decision rules a bundle carries. Turning a part off (the benchmarks' comparison) falls back
     to the bundle's per-class thresholds for every situation, no conflict check, no constraints."""
-    from attrx.service.contract.bundle import precision_key
-
     keys = [precision_key(t) for t in manifest.precision_targets]
     rules = []
     for a in manifest.attributes:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attrx.service.contract.bundle import output_names, precision_key
+from attrx.service.contract.decisions import rules_from_manifest
 from attrx.service.contract.situations import SITUATIONS
 
 REFERENCE_VERSION = 1
@@ -98,21 +100,6 @@ def profile(situations: Sequence[int], title: str | None, image_size: tuple[int,
     return np.asarray([row], dtype=np.float32)
 
 
-def decode_product(tokenizer, pre, reader, title: str | None, image) -> tuple[dict[str, np.ndarray], list[str]]:
-    """One product (its title normalised, it checked to have a title or an image) -> the model's
-    inputs with batch size 1, its profile under PROFILE_KEY, and its situation per attribute. The
-    one decoding path of serving, scoring and the reference export records."""
-    from attrx.service.contract.decisions import situation_index
-    from attrx.service.contract.preprocess import build_inputs, image_to_array, open_image
-
-    img = open_image(image, pre) if image is not None else None
-    arr = image_to_array(img, pre) if img is not None else None
-    inputs = build_inputs(tokenizer, [title], [arr], pre)
-    situations = reader.read(title, img is not None)
-    inputs[PROFILE_KEY] = profile(situation_index(situations), title, img.size if img is not None else None, arr)
-    return inputs, situations
-
-
 def _input_bin(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return np.where(values < 0, 0, 1 + np.searchsorted(np.asarray(edges, np.float32), values, side="right"))
 
@@ -121,9 +108,6 @@ class Statistics:
     """The statistics of one bundle: products -> bins -> counts -> a comparison with a reference."""
 
     def __init__(self, manifest):
-        from attrx.service.contract.bundle import output_names, precision_key
-        from attrx.service.contract.decisions import rules_from_manifest
-
         self.manifest_reference = manifest.drift_reference
         self.stats = statistics_of([(a.name, len(a.classes)) for a in manifest.attributes])
         self.total = sum(s.bins for s in self.stats)

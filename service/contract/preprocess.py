@@ -57,6 +57,9 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+# an image as a product carries it: its bytes, or a path to its file
+ImageSource = bytes | str | os.PathLike
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -64,7 +67,7 @@ _RESAMPLE = {
 }
 
 
-def open_image(source: bytes | str | os.PathLike, cfg: PreprocessConfig) -> Image.Image:
+def open_image(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
     """Decode an image (bytes or a path) into an RGB Pillow image.
 
     The declared size and aspect ratio are checked before any pixel is decoded (decompression and

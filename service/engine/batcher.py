@@ -15,7 +15,7 @@
 - The queue is bounded: `submit` on a full queue raises QueueFull at once (the caller answers 429).
 - Every item has a deadline: one that expires while queued is failed with DeadlineExceeded and
   never run. A cancelled item (client gone) is skipped.
-- `run_batch` gets the items' inputs as a list (batching them is its job: `Pipeline.run_batch`).
+- `run_batch` gets the items' inputs as a list (batching them is its job: `Predictor.run_batch`).
 - An item can carry a `cancelled()` check (its client, in another process, has gone) and a `tag`;
   with `on_complete` the caller answers a finished batch's items itself instead of their futures.
 - Inference runs in dedicated worker threads, so an asyncio event loop stays responsive; callers

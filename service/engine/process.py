@@ -30,6 +30,7 @@ from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded,
 from attrx.service.engine.drift_feed import EngineDrift, batch_profiles
 from attrx.service.engine.leads import Leads
 from attrx.service.engine.shm import Arena, Layout
+from attrx.service.inference.predictor import Predictor, load_predictor, warmup_product
 from attrx.service.procutil import die_with_parent, set_process_name
 
 log = logging.getLogger("attrx.engine")
@@ -77,15 +78,15 @@ class _Link:
 
 
 class Engine:
-    def __init__(self, settings, pipeline, metrics, drift=None):
-        self.settings, self.pipeline, self.metrics, self.drift = settings, pipeline, metrics, drift
+    def __init__(self, settings, predictor: Predictor, metrics, drift=None):
+        self.settings, self.predictor, self.metrics, self.drift = settings, predictor, metrics, drift
         self.links: dict[int, _Link] = {}
         self.leads = Leads()
         m = metrics
         self.batcher = Batcher(
-            pipeline.run_batch, max_batch_size=settings.max_batch_size,
+            predictor.run_batch, max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms, max_queue_size=settings.max_queue_size,
-            workers=settings.inference_workers, policy=settings.batching,
+            workers=settings.inference_threads, policy=settings.batching,
             on_batch=lambda n, dt: (m.batch_size.observe(n), m.inference_seconds.observe(dt),
                                     m.queue_depth.set(self.batcher.depth)),
             on_dequeue=m.queue_seconds.observe,
@@ -198,15 +199,14 @@ class Engine:
                 f.result()
 
 
-def _layout(pipeline, item: dict[str, np.ndarray]) -> Layout:
-    return Layout.of(item, pipeline.run_batch([item, item]))
+def _layout(predictor: Predictor, item: dict[str, np.ndarray]) -> Layout:
+    return Layout.of(item, predictor.run_batch([item, item]))
 
 
 def engine_main(settings_data: dict, ctl, ready) -> None:
     """The inference process's entry point (spawned by `attrx.service.serving.supervisor`)."""
     import gc
 
-    from attrx.service.inference.pipeline import load_pipeline, warmup_product
     from attrx.service.settings import ServeSettings
     from attrx.service.telemetry.prometheus import Metrics
 
@@ -217,21 +217,20 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     settings = ServeSettings(**settings_data)
     try:
-        bundle, pipeline = load_pipeline(settings)
+        predictor = load_predictor(settings)
+        bundle, backend = predictor.bundle, predictor.backend
         metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
-        metrics.set_model(bundle.manifest, pipeline.backend.variant, pipeline.backend.name,
-                          pipeline.backend.providers[0])
-        item = pipeline.decode_request(*warmup_product())
-        layout = _layout(pipeline, item)
+        metrics.set_model(bundle.manifest, backend.variant, backend.name, backend.providers[0])
+        item = predictor.decode_request(*warmup_product()).inputs
+        layout = _layout(predictor, item)
         drift = EngineDrift(settings, bundle.manifest) if settings.drift_window > 0 else None
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits
         ctl.send(("error", f"{type(e).__name__}: {e}"))
         return
-    backend = pipeline.backend
     ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
                                  "precision": backend.precision, "variant": backend.variant,
                                  "drift": drift.info if drift is not None else None}))
-    engine = Engine(settings, pipeline, metrics, drift)
+    engine = Engine(settings, predictor, metrics, drift)
     if drift is not None:
         drift.start()
     engine.batcher.start()

@@ -2,7 +2,7 @@
 gets its outputs back without pickling or copying through a pipe.
 
 An arena belongs to one front-end. It holds `n` slots; a slot holds one item's model inputs (as
-`Pipeline.decode_request` makes them, batch size 1), one row of each model output, and a cancel flag the
+`Predictor.decode_request` makes them, batch size 1), one row of each model output, and a cancel flag the
 front-end raises when the item's client has gone or its deadline passed. Only the small
 "slot k is ready" / "slot k is done" messages travel through a socket (`attrx.service.engine.process`).
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import numpy as np
+
+from attrx.service.procutil import close_shared_memory
 
 ALIGN = 64
 
@@ -112,12 +114,4 @@ class Arena:
     def close(self) -> None:
         self._inputs = self._outputs = []
         self.flags = None
-        try:
-            self.shm.close()
-        except BufferError:  # a view still alive somewhere: the mapping goes with the process
-            pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_shared_memory(self.shm, self.owner)

@@ -177,7 +177,7 @@ class Service:
             s.cancel_queued = None
             return None
         st.metrics.shared.inc()
-        return res, st.pipeline.situations(p.title, p.image)
+        return res, st.predictor.situations(p.title, p.image)
 
     async def _lead(self, s: Shared, p: Product, key: int, deadline: float, ticket: Ticket | None):
         """Decoding, then the engine. The first request's ticket holds each stage, so admission
@@ -186,7 +186,7 @@ class Service:
         st = self.state
         queued = False
         try:
-            fut = s.decoding = st.pool.submit(_decode, st.pipeline, p.title, p.image)
+            fut = s.decoding = st.pool.submit(st.predictor.decode_request, p.title, p.image)
             if ticket is not None:
                 ticket.hold(fut)
             inputs, situations = await asyncio.wrap_future(fut)
@@ -215,7 +215,7 @@ class Service:
 
     def precision_key(self, st: State, min_precision: float | None) -> str:
         try:
-            return st.pipeline.predictor.precision_key(min_precision)
+            return st.predictor.precision_key(min_precision)
         except InputError as e:
             raise input_error(e) from None
 
@@ -248,8 +248,8 @@ class Service:
             if found is not None:
                 return found
         res, situations = await self.run(p, watch, ticket, pk)
-        preds = st.pipeline.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
-        found = (preds, st.pipeline.predictor.evidence(res.outputs, res.row))
+        preds = st.predictor.encode_response(res.outputs, res.row, key=key, situations=situations, top_k=p.top_k)
+        found = (preds, st.predictor.evidence(res.outputs, res.row))
         if ck is not None:
             cache.put(ck, found)
         return found
@@ -278,7 +278,7 @@ class Service:
         st = self.ready_state(admitted="attrx.ticket" in request.scope)
         watch = self.watch(request, t0)
         try:
-            body = await read_batch(request, self.settings.max_batch_items)
+            body = await read_batch(request, self.settings.max_request_items)
             ticket = st.admission.try_acquire(len(body))
             if ticket is None:
                 raise retry_later(429, "overloaded", f"{len(body)} products do not fit under the server's limit "
@@ -350,11 +350,6 @@ class Service:
             st.metrics.set_drift(st.drift.compare())
         body, media_type = exposition(st.metrics.registry)
         return Response(body, media_type=media_type)
-
-
-def _decode(pipeline, title, image) -> tuple[dict, list[str]]:
-    """In the decoding pool: the model inputs and the situations (raises InputError, ImageError)."""
-    return pipeline.prepare(title, image)
 
 
 def _attribute_info(a) -> dict:

@@ -1,4 +1,4 @@
-"""A front-end's loaded state: the bundle, its pipeline (decoding and encoding only), the metrics,
+"""A front-end's loaded state: the bundle, its Predictor (decoding and encoding only: no backend), the metrics,
 the engine client and the decoding pool; warm-up."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
 from attrx.service.http.drift_report import FrontDrift
-from attrx.service.inference.pipeline import Pipeline, load_pipeline, warmup_product
+from attrx.service.inference.predictor import Predictor, load_predictor, warmup_product
 from attrx.service.settings import ServeSettings
 from attrx.service.telemetry.prometheus import Metrics
 
@@ -28,7 +28,7 @@ log = logging.getLogger("uvicorn.error")
 class State:
     settings: ServeSettings
     bundle: Bundle
-    pipeline: Pipeline
+    predictor: Predictor
     metrics: Metrics
     engine: EngineClient
     link: EngineLink
@@ -52,12 +52,13 @@ def lower_priority(nice: int) -> None:
 
 
 def load_state(settings: ServeSettings, link: EngineLink) -> State:
-    bundle, pipeline = load_pipeline(settings, with_backend=False)
+    predictor = load_predictor(settings, with_backend=False)
+    bundle = predictor.bundle
     m = bundle.manifest
     metrics = Metrics([a.name for a in m.attributes])
     engine = EngineClient(link.sock, Arena(link.layout, link.slots, name=link.arena))
-    return State(settings, bundle, pipeline, metrics, engine, link,
-                 ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="attrx-pre",
+    return State(settings, bundle, predictor, metrics, engine, link,
+                 ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="attrx-pre",
                                     initializer=lower_priority, initargs=(settings.preprocess_nice,)),
                  Admission(settings.max_in_flight, shared=(link.admission, link.index)),
                  model_ref={"name": m.name, "version": m.version},
@@ -72,7 +73,7 @@ async def warm_up(st: State, engine_ready) -> None:
     s = st.settings
     loop = asyncio.get_running_loop()
     try:
-        item = await loop.run_in_executor(st.pool, st.pipeline.decode_request, *warmup_product())
+        item, _ = await loop.run_in_executor(st.pool, st.predictor.decode_request, *warmup_product())
         while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
             if st.engine.gone:
                 raise EngineGone("the inference process stopped while warming up")

@@ -1,24 +1,33 @@
-"""From raw product to answer: decode one request into model inputs, batch items, encode a model output row.
+"""The one inference path: the five named steps of serving a product, as LitServe's LitAPI names them.
 
-Shared by the HTTP service and `attrx score`, so both give the same answer for the same product.
+  decode_request   raw title + image -> model inputs of one item, situations  (front-end: a thread pool)
+  batch            items -> one batch                                          (the batcher's thread)
+  predict          one backend call per batch                                  (the batcher's thread)
+  unbatch          a batch's outputs -> the row of each item                   (the batcher's thread:
+                   the engine writes each item's row to its shared-memory slot; `attrx score` indexes
+                   the batch's outputs by row, as encode_response takes them)
+  encode_response  one item's row -> the JSON answer's predictions             (the event loop)
+
+`attrx serve` splits them over processes: front-ends (`attrx.service.http`) hold a Predictor without a
+backend and decode requests and encode responses; the inference process (`attrx.service.engine`) holds
+one with its backend and batches, predicts and unbatches. `attrx score` (local and Ray) and the
+benchmarks call the same Predictor, so every path gives the same answer for the same product.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
-from attrx.service.contract.bundle import CONCEPT_OUTPUTS, Bundle, output_names, precision_key
+from attrx.service.contract.bundle import CONCEPT_OUTPUTS, Bundle, load_bundle, output_names, precision_key
 from attrx.service.contract.decisions import REVIEW_REASONS, decide_one, rules_from_manifest, situation_index
-from attrx.service.contract.drift_stats import decode_product
-from attrx.service.contract.preprocess import (
-    ImageError,
-    load_tokenizer,
-    normalise_title,
-)
+from attrx.service.contract.decode import Decoded, decode_product
+from attrx.service.contract.preprocess import ImageError, ImageSource, load_tokenizer, normalise_title
 from attrx.service.contract.situations import SituationReader
+from attrx.service.inference.runtime import Backend, load_backend
 
 DECISIONS = ("full", "plain")
 
@@ -36,12 +45,34 @@ def batch_inputs(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return {k: np.concatenate([it[k] for it in items]) for k in items[0]}
 
 
-class Predictor:
-    """The bundle's preprocessing and postprocessing around any runtime backend."""
+def warmup_product() -> tuple[str, bytes]:
+    """A title and a small PNG that exercise the whole preprocessing path."""
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(buf, format="PNG")
+    return "warm-up product", buf.getvalue()
 
-    def __init__(self, bundle: Bundle, *, max_title_chars: int = 2000, max_image_pixels: int | None = None,
-                 max_image_aspect: float | None = None, decisions: str = "full"):
-        self.bundle = bundle
+
+def load_predictor(settings, *, with_backend: bool = True) -> Predictor:
+    """The bundle's Predictor under the serving settings' limits. Without the backend (a front-end
+    process, which only decodes and encodes) the model file is neither hashed nor loaded."""
+    bundle = load_bundle(settings.bundle, verify_hashes=with_backend)
+    backend = load_backend(bundle, settings.backend, providers=settings.providers, threads=settings.intra_op_threads,
+                           precision=settings.variant, max_batch_size=settings.max_batch_size,
+                           trt_cache_dir=settings.trt_cache_dir,
+                           allow_fallback=settings.allow_provider_fallback) if with_backend else None
+    return Predictor(bundle, backend=backend, max_title_chars=settings.max_title_chars,
+                     max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect,
+                     decisions=settings.decisions)
+
+
+class Predictor:
+    """The bundle's preprocessing and postprocessing around a runtime backend (None where the
+    process only decodes and encodes: batch and predict then refuse)."""
+
+    def __init__(self, bundle: Bundle, *, backend: Backend | None = None, max_title_chars: int = 2000,
+                 max_image_pixels: int | None = None, max_image_aspect: float | None = None,
+                 decisions: str = "full"):
+        self.bundle, self.backend = bundle, backend
         self.manifest = bundle.manifest
         pre = self.manifest.preprocess
         limits = {"max_image_pixels": max_image_pixels, "max_image_aspect": max_image_aspect}
@@ -65,14 +96,9 @@ class Predictor:
         """Per attribute, the product's situation (see attrx.service.contract.situations)."""
         return self.read_situations(title, image)
 
-    def decode_request(self, title: str | None, image: bytes | str | os.PathLike | None) -> dict[str, np.ndarray]:
-        """One product -> model inputs with batch size 1, and its drift profile under PROFILE_KEY
-        (which backends ignore). Raises InputError or ImageError."""
-        return self.prepare(title, image)[0]
-
-    def prepare(self, title: str | None, image: bytes | str | os.PathLike | None
-                ) -> tuple[dict[str, np.ndarray], list[str]]:
-        """decode_request, and the product's situation per attribute."""
+    def decode_request(self, title: str | None, image: ImageSource | None) -> Decoded:
+        """One product -> model inputs with batch size 1 (its drift profile under PROFILE_KEY, which
+        backends ignore) and its situation per attribute. Raises InputError or ImageError."""
         title = normalise_title(title)
         if title is not None and len(title) > self.max_title_chars:
             raise InputError("title_too_long",
@@ -82,6 +108,18 @@ class Predictor:
         if title is None and image is None:
             raise InputError("empty", "a product needs a title or an image (neither was given)")
         return decode_product(self.tokenizer, self.preprocess, self.read_situations, title, image)
+
+    def batch(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return batch_inputs(items)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.backend is None:
+            raise RuntimeError("this Predictor decodes and encodes only (it was loaded without a backend)")
+        return self.backend.run(inputs)
+
+    def run_batch(self, items: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """batch + predict: what the batcher's thread does with the items it took."""
+        return self.predict(self.batch(items))
 
     def precision_key(self, min_precision: float | None) -> str:
         if min_precision is None:
@@ -145,4 +183,4 @@ class Predictor:
         return {"image_backs": [{"word": w, "score": round(s, 4)} for w, s in ranked]}
 
 
-__all__ = ["ImageError", "InputError", "Predictor", "batch_inputs"]
+__all__ = ["Decoded", "ImageError", "InputError", "Predictor", "batch_inputs", "load_predictor", "warmup_product"]

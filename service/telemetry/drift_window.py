@@ -21,6 +21,8 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from attrx.service.procutil import close_shared_memory
+
 HEADER = 8  # int64: window seq, window items, reference seq, reference items, reference source, spare...
 SOURCES = ("none", "bundle", "file", "traffic")
 
@@ -84,15 +86,7 @@ class DriftBlock:
 
     def close(self) -> None:
         self.header = self.window = self.ref = None
-        try:
-            self.shm.close()
-        except BufferError:
-            pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_shared_memory(self.shm, self.owner)
 
 
 class Window:

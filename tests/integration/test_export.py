@@ -19,7 +19,7 @@ def _layers(ck) -> int:
 
 def test_fused_export_has_one_attention_node_per_attention(checkpoint, tmp_path):
     from attrx.export.onnx_export import export_onnx, op_counts, unfused_attention
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     pre = ck.preprocess
@@ -46,7 +46,7 @@ def test_fused_export_has_one_attention_node_per_attention(checkpoint, tmp_path)
 def test_fused_parity_with_missing_modalities(checkpoint, tmp_path):
     from attrx.export.onnx_export import example_inputs, export_onnx
     from attrx.export.parity import check_parity
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     pre = ck.preprocess
@@ -104,7 +104,7 @@ def test_variants_run_and_auto_picks_per_provider(variant_bundle, checkpoint):
     assert choose_variant(b.manifest, "auto", "cpu") == "int8"
     assert choose_variant(b.manifest, "auto", "cuda") == "fp16"
     assert choose_variant(b.manifest, "fp32", "cpu") == "fp32"
-    feeds = Predictor(b).decode_request("Roadster Men Blue Striped Tee", None)
+    feeds = Predictor(b).decode_request("Roadster Men Blue Striped Tee", None).inputs
     ref = load_backend(b, precision="fp32").run(feeds)
     for prec in ("int8", "fp16"):
         backend = load_backend(b, precision=prec)
@@ -217,7 +217,7 @@ def test_int8_is_calibrated_once_so_answers_do_not_depend_on_the_batch(checkpoin
     int8, one activation scale per batch, does not, and the gate's batch check refuses that."""
     from attrx.export import precision
     from attrx.export.build import eval_set, export_bundle
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     monkeypatch.setitem(precision.GATES, "int8", {**precision.GATES["int8"], "min_agreement": 0.0,
                                                   "max_accuracy_drop": 1.0})  # this tiny model's accuracy aside

@@ -42,7 +42,7 @@ def test_gpu_provider_matches_cpu(bundle, provider, name):
     _gpu_provider_or_skip(name)
     b = load_bundle(bundle)
     pred = Predictor(b)
-    feeds = pred.decode_request("Roadster Men Blue Striped Tee", None)
+    feeds = pred.decode_request("Roadster Men Blue Striped Tee", None).inputs
     cpu = load_backend(b, providers="cpu").run(feeds)
     gpu = load_backend(b, providers=provider)
     assert gpu.providers[0] == name

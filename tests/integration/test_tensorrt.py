@@ -161,7 +161,7 @@ def test_engine_build_and_run_matches_onnxruntime(bundle, tmp_path):  # pragma: 
     bb = load_bundle(b)
     assert bb.manifest.variants["tensorrt"].build["profile_batch"] == [1, 8, 8]
     pred = Predictor(bb)
-    items = [pred.decode_request(f"Roadster Men Blue Striped Tee {i}", None) for i in range(20)]  # 20 > 8: chunked
+    items = [pred.decode_request(f"Roadster Men Blue Striped Tee {i}", None).inputs for i in range(20)]  # 20 > 8: chunked
     feeds = {k: np.concatenate([x[k] for x in items]) for k in items[0]}
     ref = load_backend(bb, precision="fp32").run(feeds)
     got = load_backend(bb, "tensorrt").run(feeds)
