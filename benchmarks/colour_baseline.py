@@ -39,7 +39,7 @@ def run(catalog: str | Path, attributes: list[str]) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.data import split_of
+    from attrx.training.data.encode import split_of
 
     t0 = time.time()
     products = [p for p in read_catalog(catalog, tuple(attributes)).products if p.image is not None]

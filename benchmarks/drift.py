@@ -73,7 +73,7 @@ def ensure_bundle(catalog: Path, out: Path) -> tuple[Path, dict]:
 
 def held_back(catalog: Path, split: dict) -> list:
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.data import split_of
+    from attrx.training.data.encode import split_of
 
     prods = [p for p in read_catalog(catalog, ATTRS.split(",")).products if split_of(p.id, **split) == "test"]
     return sorted(prods, key=lambda p: (len(p.id), p.id))  # numeric ids in numeric order

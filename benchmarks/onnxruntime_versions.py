@@ -60,7 +60,7 @@ def prepare(work: Path, checkpoint: str | None, catalog: str | None) -> None:
 
     from attrx.export.build import eval_set
     from attrx.export.onnx_export import export_onnx
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     if checkpoint is None:
         checkpoint = str(train_tiny(work))
@@ -75,7 +75,7 @@ def prepare(work: Path, checkpoint: str | None, catalog: str | None) -> None:
 
 
 def train_tiny(work: Path) -> Path:
-    from attrx.training.demo import write_demo_catalog
+    from attrx.training.data.demo import write_demo_catalog
     from attrx.training.train import TrainConfig, train
 
     catalog = write_demo_catalog(work / "demo", n=600, seed=3, progress=False)

@@ -266,7 +266,7 @@ def cross_check(out: Path, catalog: Path) -> dict:
     import httpx
 
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.data import split_of
+    from attrx.training.data.encode import split_of
 
     ck, bundle = out / "cma_clip", out / "cma_clip-bundle"
     attrx("export", "--checkpoint", str(ck), "--out", str(bundle), "--name", "fashion-cma-clip")

@@ -132,7 +132,7 @@ def train_rows(w: World, model, labels: np.ndarray, rows: np.ndarray, weights: n
 
     import torch
 
-    from attrx.training.augment import TitleSilencer
+    from attrx.training.data.augment import TitleSilencer
     from attrx.training.distributed import Dist
     from attrx.training.loop import Run, fit
 
@@ -153,7 +153,7 @@ def calibrate(w: World, model, constraints) -> dict:
     import contextlib
     import io
 
-    from attrx.training.calibration import calibrate_checkpoint
+    from attrx.training.evaluation.calibration import calibrate_checkpoint
 
     with contextlib.redirect_stdout(io.StringIO()):
         return calibrate_checkpoint(None, model, w.run.data, w.run.va, w.run.classes, w.run.tok, w.run.label_words,
@@ -163,8 +163,8 @@ def calibrate(w: World, model, constraints) -> dict:
 def decisions(w: World, model, calib: dict, rows: np.ndarray):
     """As `attrx score` decides: (accepted [N, A], confidence [N, A], value [N, A]) at P>=0.90."""
     from attrx.service.contract.decisions import decide
-    from attrx.training.calibration import decision_rules
-    from attrx.training.predict import predict_outputs
+    from attrx.training.evaluation.calibration import decision_rules
+    from attrx.training.evaluation.predict import predict_outputs
 
     outs = predict_outputs(model, w.run.data, rows, features=w.features)
     rules, decoder = decision_rules(calib, w.run.classes)
@@ -174,7 +174,7 @@ def decisions(w: World, model, calib: dict, rows: np.ndarray):
 
 def test_figures(w: World, model, calib: dict) -> dict:
     """Coverage at the P>=0.90 thresholds, its realised precision and accuracy, per attribute and averaged."""
-    from attrx.training.data import IGNORE
+    from attrx.training.data.encode import IGNORE
 
     acc, _, val = decisions(w, model, calib, w.test)
     y = w.run.data.labels[w.test]
@@ -193,7 +193,7 @@ def test_figures(w: World, model, calib: dict) -> dict:
 
 
 def _pooled(acc, val, y) -> float | None:
-    from attrx.training.data import IGNORE
+    from attrx.training.data.encode import IGNORE
 
     took = acc & (y != IGNORE)
     return float((val[took] == y[took]).mean()) if took.any() else None
@@ -215,7 +215,7 @@ def choose(order: str, pool: np.ndarray, acc: np.ndarray, conf: np.ndarray, n: i
 
 def review(w: World, labels: np.ndarray, truth: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> int:
     """The simulated reviewer answers the attributes not accepted of `rows` (in place); labels spent."""
-    from attrx.training.data import IGNORE
+    from attrx.training.data.encode import IGNORE
 
     answer = ~acc & (truth[rows] != IGNORE)
     for r, ok in zip(rows, answer, strict=True):
@@ -259,8 +259,8 @@ def run_order(w: World, a, order: str, seed: int, start: dict, labelled: np.ndar
 def run_seed(w: World, a, seed: int) -> dict:
     import copy
 
-    from attrx.training.constraint_learning import learn_constraints
-    from attrx.training.data import IGNORE
+    from attrx.training.data.encode import IGNORE
+    from attrx.training.evaluation.constraint_learning import learn_constraints
 
     rng = np.random.default_rng(seed)
     perm = rng.permutation(w.run.tr)

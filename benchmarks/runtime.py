@@ -130,7 +130,7 @@ def main() -> None:
 
     from attrx.export.precision import session
     from attrx.service.contract.bundle import load_bundle
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(a.threads)
     bundle, ck = load_bundle(a.bundle), load_checkpoint(a.checkpoint)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tqdm import tqdm
+
 from attrx.export import precision
 from attrx.export.onnx_export import example_inputs, export_onnx
 from attrx.export.parity import check_parity
@@ -35,9 +37,9 @@ from attrx.service.contract.bundle import (
     sha256_file,
 )
 from attrx.service.contract.preprocess import INPUT_NAMES
-from attrx.training.calibration import attribute_specs
-from attrx.training.checkpoint import CALIBRATION, METRICS, TOKENIZER, load_checkpoint
-from attrx.training.data import encode_catalog, split_of
+from attrx.training.data.encode import encode_catalog, split_of
+from attrx.training.evaluation.calibration import attribute_specs
+from attrx.training.models.checkpoint import CALIBRATION, METRICS, TOKENIZER, load_checkpoint
 
 
 @dataclass
@@ -174,8 +176,10 @@ def _readable_as_a_folder(path: Path) -> None:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None = None, version: str = "0.1.0",
                   precisions: list[str] = ("fp32",), attention: str = "fused", opset: int | None = None,
-                  tolerance: float = 1e-4, catalog: str | Path | None = None, unimodal: bool = True) -> ExportResult:
+                  tolerance: float = 1e-4, catalog: str | Path | None = None, unimodal: bool = True,
+                  progress: bool = True) -> ExportResult:
     t0 = time.time()
+    bar = tqdm(total=5, desc="export", unit="step", disable=None if progress else True, leave=False)
     precisions = check_precisions(list(precisions))
     ck = load_checkpoint(checkpoint)
     calib, metrics = _read_calibration(ck)
@@ -184,12 +188,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pre = ck.preprocess
+        _step(bar, "ONNX graph")
         outputs = export_onnx(ck.model, ck.attributes, tmp / "model.onnx", max_len=pre.max_text_len,
                               image_size=pre.image_size, attention=attention, opset=opset, unimodal=unimodal)
         opset = _opset_of(tmp / "model.onnx")
+        _step(bar, "fp32 parity")
         ev = eval_set(ck, catalog)
         parity = _fp32_parity(ck, tmp / "model.onnx", outputs, ev, tolerance)
         calibration = eval_set(ck, catalog, "train", precision.CALIBRATION_ITEMS) if "int8" in precisions else None
+        _step(bar, "precision variants")
         variants, refused = _precision_variants(tmp, precisions, outputs, ev, calibration)
         shutil.copyfile(ck.path / TOKENIZER, tmp / TOKENIZER)
         files = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
@@ -200,14 +207,18 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
         if metrics:
             (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         load_bundle(tmp)  # never hand out a bundle the service would refuse
-        _add_drift_reference(tmp, manifest, ck, catalog)
+        _step(bar, "drift reference")
+        _add_drift_reference(tmp, manifest, ck, catalog, progress)
         _readable_as_a_folder(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        _step(bar, "written")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     sizes = ", ".join(f"{k} {(out / v['file']).stat().st_size / 1e6:.1f} MB"
                       for k, v in manifest["variants"].items())
     print(f"bundle written to {out}: {sizes}; {attention} attention, opset {opset}, fp32 parity max |diff| "
@@ -215,14 +226,22 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
     return ExportResult(out, list(manifest["variants"]), refused)
 
 
-def _add_drift_reference(tmp: Path, manifest: dict, ck, catalog) -> None:
+def _step(bar, name: str) -> None:
+    """The export's step bar: the step now running (each step before it is done)."""
+    if getattr(bar, "attrx_started", False):
+        bar.update(1)
+    bar.attrx_started = True
+    bar.set_postfix_str(name)
+
+
+def _add_drift_reference(tmp: Path, manifest: dict, ck, catalog, progress: bool = True) -> None:
     """The validation split's drift statistics, into the manifest (none without the catalog)."""
     path = _catalog_path(ck, catalog)
     if path is None:
         print("export: training catalog not found; the bundle has no drift reference (serve with "
               "--drift-reference, or re-baseline from traffic)", file=sys.stderr)
         return
-    ref = drift_reference(tmp, path, ck.meta.get("split", {}))
+    ref = drift_reference(tmp, path, ck.meta.get("split", {}), progress=progress)
     if ref is not None:
         manifest["drift_reference"] = ref
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -75,7 +75,7 @@ def _no_training_outside_e2e(request, monkeypatch):
 # -- data ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory) -> Path:
-    from attrx.training.demo import write_demo_catalog
+    from attrx.training.data.demo import write_demo_catalog
 
     return write_demo_catalog(tmp_path_factory.mktemp("demo"), n=240, seed=7, progress=False)
 
@@ -143,7 +143,7 @@ def server(bundle):
 @pytest.fixture(scope="session")
 @trains
 def trained_checkpoint(demo_catalog, tmp_path_factory) -> Path:
-    from attrx.training.evaluate import evaluate
+    from attrx.training.evaluation.evaluate import evaluate
     from attrx.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained") / "tiny"

@@ -48,9 +48,9 @@ def untrained_checkpoint(catalog: Path, out: Path, *, family: str = "cma-clip", 
     import torch
 
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training import tokenizer
-    from attrx.training.checkpoint import TOKENIZER, save_checkpoint
-    from attrx.training.data import label_maps, split_of
+    from attrx.training.data import tokenizer
+    from attrx.training.data.encode import label_maps, split_of
+    from attrx.training.models.checkpoint import TOKENIZER, save_checkpoint
     from attrx.training.models.factory import create_model, resolve_config
     from attrx.training.params import TrainConfig
 

@@ -5,7 +5,6 @@ per op), so a checkpoint is the same whatever trained it."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -104,8 +103,3 @@ def resolve(device: str = "auto", precision: str = "fp32") -> Compute:
     dev = torch.device(device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     return Compute(dev, precision, scaler)
-
-
-def default_threads() -> int:
-    """The cores this process may use (its CPU affinity), at least 1."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

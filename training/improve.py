@@ -26,11 +26,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from attrx.service.catalog.reader import Catalog, Product, read_catalog, write_errors
-from attrx.training.checkpoint import TOKENIZER, load_checkpoint, save_checkpoint
-from attrx.training.constraint_learning import CONSTRAINTS, read_constraints
-from attrx.training.data import encode_catalog_on_disk, split_of
-from attrx.training.device import default_threads
+from attrx.training.data.encode import encode_catalog_on_disk, split_of
+from attrx.training.data.loader import default_threads
 from attrx.training.device import resolve as resolve_compute
+from attrx.training.evaluation.constraint_learning import CONSTRAINTS, read_constraints
+from attrx.training.models.checkpoint import TOKENIZER, load_checkpoint, save_checkpoint
 from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, data_workers
 
@@ -102,7 +102,7 @@ def prepare_improvement(cfg: ImproveConfig, ck, tcfg: TrainConfig, out: Path) ->
 
 
 def improve(cfg: ImproveConfig) -> Path:
-    from attrx.training.augment import TitleSilencer
+    from attrx.training.data.augment import TitleSilencer
     from attrx.training.distributed import Dist
     from attrx.training.loop import Run, fit
     from attrx.training.train import locked_features
@@ -143,7 +143,7 @@ def improve(cfg: ImproveConfig) -> Path:
 
 def _save(out: Path, ck, run: Prepared, tcfg: TrainConfig, cfg: ImproveConfig, where: str, counts: dict,
           t0: float, features) -> None:
-    from attrx.training.calibration import calibrate_checkpoint
+    from attrx.training.evaluation.calibration import calibrate_checkpoint
 
     meta = {k: v for k, v in ck.meta.items() if k not in MODEL_KEYS}
     meta.update(training=tcfg.model_dump(), best=where, train_seconds=round(time.time() - t0, 1),
@@ -160,7 +160,7 @@ def _save(out: Path, ck, run: Prepared, tcfg: TrainConfig, cfg: ImproveConfig, w
 
 def compare_before_after(before: Path, after: Path, catalog: str, progress: bool) -> dict:
     """`attrx eval` of both checkpoints on the same test split, side by side (improvement.json)."""
-    from attrx.training.evaluate import evaluate
+    from attrx.training.evaluation.evaluate import evaluate
 
     res = {"before": evaluate(before, catalog, out=after / "eval-before", progress=progress),
            "after": evaluate(after, catalog, progress=progress)}

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attrx.training.augment import TitleSilencer, augment_images
-from attrx.training.data import IGNORE, Encoded
+from attrx.training.data.augment import TitleSilencer, augment_images
+from attrx.training.data.encode import IGNORE, Encoded
+from attrx.training.data.loader import batches
 from attrx.training.device import Compute
 from attrx.training.distributed import Dist
-from attrx.training.loader import batches
+from attrx.training.evaluation.predict import predict_probs
 from attrx.training.optim import adamw, trainable_params
 from attrx.training.params import STAGES, TrainConfig
-from attrx.training.predict import predict_probs
 from attrx.training.prepare import Prepared, data_workers
 from attrx.training.schedule import scheduler
 
@@ -129,7 +129,7 @@ class Run:
     silencer: TitleSilencer | None  # runs in the loader's workers, a generator per batch
     log: object
     epochs_done: int = 0
-    features: object = None  # a locked CNN tower's cached outputs (training/features.py), or None
+    features: object = None  # a locked CNN tower's cached outputs (training/data/features.py), or None
     item_weights: np.ndarray | None = None  # per catalog row, its loss weight (attrx improve: trusted labels)
 
     def weights_for(self, idx, device) -> torch.Tensor | None:

@@ -12,11 +12,11 @@ import torch
 
 from attrx.service.catalog.reader import read_catalog, write_errors
 from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
-from attrx.training import tokenizer
-from attrx.training.checkpoint import TOKENIZER
-from attrx.training.data import Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
-from attrx.training.device import default_threads
+from attrx.training.data import tokenizer
+from attrx.training.data.encode import Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
+from attrx.training.data.loader import default_threads
 from attrx.training.distributed import Dist
+from attrx.training.models.checkpoint import TOKENIZER
 from attrx.training.models.factory import create_model, resolve_config
 from attrx.training.params import TrainConfig
 

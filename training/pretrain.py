@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from attrx.service.catalog.reader import read_catalog, write_errors
 from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
-from attrx.training import tokenizer
-from attrx.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
-from attrx.training.data import encode_catalog, split_of
+from attrx.training.data import tokenizer
+from attrx.training.data.encode import encode_catalog, split_of
+from attrx.training.models.checkpoint import CONFIG, TOKENIZER, WEIGHTS
 from attrx.training.models.factory import create_pretrainer, load_config
 from attrx.training.optim import param_groups
 from attrx.training.schedule import pretraining_schedule

@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrx.training.augment import TitleSilencer
-from attrx.training.calibration import calibrate_checkpoint
-from attrx.training.checkpoint import save_checkpoint
-from attrx.training.constraint_learning import checkpoint_constraints
-from attrx.training.device import Compute, default_threads
+from attrx.training.data.augment import TitleSilencer
+from attrx.training.data.loader import default_threads
+from attrx.training.device import Compute
 from attrx.training.device import resolve as resolve_compute
 from attrx.training.distributed import Dist
 from attrx.training.distributed import setup as setup_distributed
+from attrx.training.evaluation.calibration import calibrate_checkpoint
+from attrx.training.evaluation.constraint_learning import checkpoint_constraints
 from attrx.training.loop import Best, Run, fit
+from attrx.training.models.checkpoint import save_checkpoint
 from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, prepare
 
@@ -77,7 +78,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
 def locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dist, out: Path):
     """A locked CNN tower's outputs for the training and validation rows, computed once (rank 0;
     the others read its file), or None when the tower trains or is not a CNN."""
-    from attrx.training import features
+    from attrx.training.data import features
 
     if not features.cachable(run.model, cfg.lock_image):
         return None

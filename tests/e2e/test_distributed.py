@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from attrx.training.demo import write_demo_catalog
+    from attrx.training.data.demo import write_demo_catalog
 
     root = tmp_path_factory.mktemp("ddp")
     catalog = write_demo_catalog(root / "data", n=1500, seed=3, progress=False)

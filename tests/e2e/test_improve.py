@@ -14,8 +14,8 @@ import shutil
 
 from attrx.cli import main
 from attrx.service.review.store import Answer, DecisionStore
-from attrx.training.checkpoint import load_checkpoint
-from attrx.training.data import split_of
+from attrx.training.data.encode import split_of
+from attrx.training.models.checkpoint import load_checkpoint
 
 ATTRS = ["category", "colour", "pattern", "gender"]
 

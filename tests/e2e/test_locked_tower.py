@@ -13,7 +13,7 @@ FAST = ["--config", "small-effnet", "--lock-image", "--warmup-epochs", "0", "--e
 
 
 def test_a_locked_tower_is_computed_once_and_read_warm_after(demo_catalog, tmp_path, capsys):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
     from attrx.training.models.efficientnet_lite import pretrained
 
     cache = tmp_path / "cache"

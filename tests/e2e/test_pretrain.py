@@ -109,7 +109,7 @@ def test_the_encoder_receives_only_visible_tokens():
 
 
 def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, demo_catalog, tmp_path):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = tmp_path / "ck"
     main(["train", "--family", "momo", "--init-from", str(pretrained), "--catalog", str(demo_catalog),
@@ -134,7 +134,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("flags, family", VARIANTS, ids=[" ".join(f) for f, _ in VARIANTS])
 def test_variant_flags_train_and_export(flags, family, demo_catalog, tmp_path):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "bundle"
     main(["train", *flags, "--catalog", str(demo_catalog), "--attributes", "colour,gender", "--out", str(ck),

@@ -51,7 +51,7 @@ def test_every_pretraining_loss_is_finite_and_falls(simla_pretrained):
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights(simla_pretrained, demo_catalog, tmp_path):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = tmp_path / "ck"
     main(["train", "--family", "simla", "--init-from", str(simla_pretrained), "--catalog", str(demo_catalog),
@@ -76,7 +76,7 @@ def test_export_fuses_self_and_cross_attention_with_parity_for_each_modality_mis
     from attrx.export.build import export_bundle
     from attrx.export.onnx_export import attention_calls, attention_nodes, example_inputs
     from attrx.export.parity import check_parity
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     out = tmp_path / "bundle"
     export_bundle(simla_checkpoint, out, name="simla-test", precisions=["fp32", "fp16"])

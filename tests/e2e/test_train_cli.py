@@ -39,7 +39,7 @@ def test_cli_ablation_flags_and_bad_rows(messy_catalog, tmp_path):
     import onnxruntime as ort
 
     from attrx.export.onnx_export import example_inputs
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(out)
     feeds = example_inputs(ck.model, 16, ck.preprocess.max_text_len, ck.preprocess.image_size)
@@ -60,7 +60,7 @@ def _tiny_clip_folder(demo_catalog, folder, projection_dim: int = 16):
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from attrx.training import tokenizer
+    from attrx.training.data import tokenizer
 
     tok = tokenizer.train_wordpiece([ln.split(",")[1] for ln in demo_catalog.read_text().splitlines()[1:]], 300)
     ids = tokenizer.special_ids(tok)
@@ -110,7 +110,7 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
     the warm-up stage leaves them exactly as loaded."""
     import torch
 
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     src = tmp_path / "clip"
     clip = _tiny_clip_folder(demo_catalog, src)
@@ -144,7 +144,7 @@ def test_train_device_and_precision(demo_catalog, tmp_path, capsys):
     by name. (CUDA runs are tested where torch sees a GPU.)"""
     import torch
 
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     out = tmp_path / "ck"
     main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
@@ -167,7 +167,7 @@ def test_train_on_cuda(demo_catalog, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to torch (this machine has no GPU; the CPU build of torch is installed)")
-    from attrx.training.checkpoint import load_checkpoint  # pragma: no cover - GPU machines only
+    from attrx.training.models.checkpoint import load_checkpoint  # pragma: no cover - GPU machines only
 
     for prec in ("fp16", "bf16"):
         out = tmp_path / prec

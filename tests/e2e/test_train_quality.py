@@ -18,7 +18,7 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
     import onnxruntime as ort
 
     from attrx.export.onnx_export import example_inputs
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "b"
     main(["train", "--inputs", inputs, "--catalog", str(demo_catalog), "--attributes", "colour,gender",

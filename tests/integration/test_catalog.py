@@ -83,8 +83,8 @@ def test_unknown_attribute_and_format_are_clear_errors(tmp_path):
 
 
 def test_unreadable_image_row_is_skipped_and_reported(tmp_path, checkpoint):
-    from attrx.training.checkpoint import load_checkpoint
-    from attrx.training.data import encode_catalog
+    from attrx.training.data.encode import encode_catalog
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
@@ -96,7 +96,7 @@ def test_unreadable_image_row_is_skipped_and_reported(tmp_path, checkpoint):
     assert [(e.line, e.id) for e in errors] == [(3, "2"), (4, "3")]
     assert "broken.jpg" in errors[0].reason and "cannot be read" in errors[1].reason
     # the disk store (and its cache, cold then warm) reports the same rows
-    from attrx.training.data import encode_catalog_on_disk
+    from attrx.training.data.encode import encode_catalog_on_disk
 
     for expect_warm in (False, True):
         disk, errs, warm = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, {"colour": ["blue", "red"]},

@@ -52,7 +52,7 @@ def _distances(cmp: dict) -> dict[str, float | None]:
 def test_the_bundle_carries_its_validation_splits_statistics(bundle, checkpoint, demo_catalog):
     from attrx.service.contract.bundle import load_bundle
     from attrx.service.contract.drift_stats import Statistics
-    from attrx.training.data import split_of
+    from attrx.training.data.encode import split_of
 
     m = load_bundle(bundle).manifest
     ref = m.drift_reference

@@ -19,7 +19,7 @@ def test_strip_words_is_whole_word_case_insensitive_longest_first():
 def test_split_all_and_split_test_count_the_same_classes(checkpoint, demo_catalog):
     """recall@precision counts the classes with enough validation support (the thresholds'
     support) under --split all as under --split test, not every class that has enough rows."""
-    from attrx.training.evaluate import evaluate
+    from attrx.training.evaluation.evaluate import evaluate
 
     calib = json.loads((checkpoint / "calibration.json").read_text())
     classes = json.loads((checkpoint / "config.json").read_text())["attributes"]
@@ -67,7 +67,7 @@ def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
         assert m["attributes"]["colour"]["n_title_lacks_label"] == m["attributes"]["colour"]["n_test"]
     else:
         assert m["attributes"]["colour"]["mean_image_weight"] is None  # no product has both any more
-        from attrx.training.data import split_of
+        from attrx.training.data.encode import split_of
 
         other = "image" if flag == "--drop-title" else "title"  # rows without it have nothing left
         expected = sum(1 for r in csv.DictReader(open(demo_catalog))
@@ -80,8 +80,8 @@ def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
 
 def test_rare_classes_fold_into_other(checkpoint):
     from attrx.service.catalog.reader import Catalog, Product
-    from attrx.training.checkpoint import load_checkpoint
-    from attrx.training.data import OTHER, encode_catalog, label_maps
+    from attrx.training.data.encode import OTHER, encode_catalog, label_maps
+    from attrx.training.models.checkpoint import load_checkpoint
 
     prods = [Product(f"p{i}", f"title {i}", None, {"colour": c}, i + 2)
              for i, c in enumerate(["red"] * 12 + ["blue"] * 10 + ["teal"] * 3 + ["ochre"])]

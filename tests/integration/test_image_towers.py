@@ -16,7 +16,7 @@ def effnet_checkpoint(demo_catalog, tmp_path_factory):
 
 
 def test_the_tower_starts_from_imagenet_weights_and_the_checkpoint_keeps_them(effnet_checkpoint):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
     from attrx.training.models.efficientnet_lite import pretrained
     from attrx.training.models.towers import CnnTower
 
@@ -30,7 +30,7 @@ def test_the_tower_starts_from_imagenet_weights_and_the_checkpoint_keeps_them(ef
 
 
 def test_a_locked_tower_stays_in_eval_mode_and_keeps_its_statistics(effnet_checkpoint):
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
     from attrx.training.optim import trainable_params
 
     model = load_checkpoint(effnet_checkpoint).model
@@ -48,7 +48,7 @@ def test_a_locked_tower_stays_in_eval_mode_and_keeps_its_statistics(effnet_check
 def test_the_whole_tower_exports_at_parity(effnet_checkpoint, tmp_path):
     from attrx.export.onnx_export import example_inputs, export_onnx, op_counts
     from attrx.export.parity import check_parity
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(effnet_checkpoint)
     pre = ck.preprocess
@@ -93,7 +93,7 @@ def test_cached_tower_outputs_give_the_forward_of_the_tower(effnet_checkpoint):
     """Training on a locked tower's stored outputs (float16 on disk) computes what running the
     tower would, up to that rounding."""
     from attrx.export.onnx_export import example_inputs
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(effnet_checkpoint)
     model = ck.model.eval()
@@ -112,8 +112,8 @@ def test_calibration_on_stored_tower_outputs_matches_running_the_tower(demo_cata
     image (the tower is not run again on ~4 copies of the split); its rows match running it."""
     import numpy as np
 
-    from attrx.training import features
-    from attrx.training.calibration_set import calibration_set
+    from attrx.training.data import features
+    from attrx.training.evaluation.calibration_set import calibration_set
     from attrx.training.params import TrainConfig
     from attrx.training.prepare import prepare
 
@@ -145,7 +145,7 @@ def test_unimodal_passes_run_a_cnn_tower_once_and_answer_as_three_passes(effnet_
     """A model without unimodal heads answers title-only and image-only with two more passes; a CNN
     tower's output does not depend on which modality is present, so it runs once for all three."""
     from attrx.export.onnx_export import example_inputs
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
     from attrx.training.models.layers import with_unimodal
 
     model = load_checkpoint(effnet_checkpoint).model.eval()

@@ -29,7 +29,7 @@ def test_onnx_bundle_serves_service_preprocessed_inputs_like_torch(bundle, check
     import torch
 
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
     from attrx.training.models.layers import with_unimodal
 
     b = load_bundle(bundle)
@@ -105,7 +105,7 @@ def test_parity_check_fails_loudly_on_a_mismatch(checkpoint, bundle):
 
     from attrx.export.onnx_export import example_inputs
     from attrx.export.parity import ParityError, check_parity
-    from attrx.training.checkpoint import load_checkpoint
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     with torch.no_grad():

@@ -112,7 +112,7 @@ def test_missing_file_is_bad_image(tmp_path):
 
 
 def test_tokenizer_pads_truncates_and_marks_presence(tmp_path):
-    from attrx.training import tokenizer
+    from attrx.training.data import tokenizer
 
     tok = tokenizer.train_wordpiece(["Roadster Men Blue Striped T-Shirt", "Velora Women Dress"] * 20, vocab_size=200)
     tokenizer.save(tok, tmp_path / "tok.json")
@@ -132,8 +132,8 @@ def test_tokenizer_pads_truncates_and_marks_presence(tmp_path):
 def test_training_arrays_equal_service_arrays(checkpoint, demo_catalog):
     """The contract: what training feeds the model is exactly what the service computes."""
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.checkpoint import load_checkpoint
-    from attrx.training.data import encode_catalog
+    from attrx.training.data.encode import encode_catalog
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     cat = read_catalog(demo_catalog, ck.attributes)
@@ -152,7 +152,7 @@ def test_training_arrays_equal_service_arrays(checkpoint, demo_catalog):
     import tempfile
     from pathlib import Path
 
-    from attrx.training.data import encode_catalog_on_disk
+    from attrx.training.data.encode import encode_catalog_on_disk
 
     with tempfile.TemporaryDirectory() as tmp:
         disk, errors, warm = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=False,

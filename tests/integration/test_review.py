@@ -35,8 +35,8 @@ def constrained_bundle(checkpoint, demo_catalog, tmp_path_factory) -> Path:
     are allowed together (a catalog's constraint group, as a taxonomy file gives one)."""
     from attrx.export.build import export_bundle
     from attrx.service.contract.constraints import ConstraintGroup, Constraints
-    from attrx.training.checkpoint import CALIBRATION, load_checkpoint
-    from attrx.training.constraint_learning import write_constraints
+    from attrx.training.evaluation.constraint_learning import write_constraints
+    from attrx.training.models.checkpoint import CALIBRATION, load_checkpoint
 
     ck_dir = tmp_path_factory.mktemp("ck-constrained") / "ck"
     shutil.copytree(checkpoint, ck_dir)

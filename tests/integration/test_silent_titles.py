@@ -8,7 +8,7 @@ import torch
 
 from attrx.service.contract.preprocess import load_tokenizer
 from attrx.service.contract.situations import label_pattern, names_label, strip_pattern
-from attrx.training.augment import TitleSilencer, augment_images
+from attrx.training.data.augment import TitleSilencer, augment_images
 from attrx.training.models.cma_clip import CMAClip
 from attrx.training.models.factory import load_config
 
@@ -96,7 +96,7 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_modality_vectors():
 
 
 def test_min_support_and_clopper_pearson_guard_thresholds():
-    from attrx.training.metrics import calibrate, precision_lower_bound
+    from attrx.training.evaluation.metrics import calibrate, precision_lower_bound
 
     rng = np.random.default_rng(0)
     n = 400
@@ -113,7 +113,7 @@ def test_min_support_and_clopper_pearson_guard_thresholds():
 
 
 def test_accepted_precision_counts_what_the_thresholds_let_through():
-    from attrx.training.metrics import accepted_precision
+    from attrx.training.evaluation.metrics import accepted_precision
 
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     y = np.array([0, 1, 0, 1, 0])
@@ -127,9 +127,9 @@ def test_titles_are_silenced_in_the_loader_workers_the_same_at_any_worker_count(
     from its own generator (epoch, batch number), so 0, 1 or 2 workers give the same batches, and
     another epoch gives other ones."""
     from attrx.service.catalog.reader import read_catalog
-    from attrx.training.checkpoint import load_checkpoint
-    from attrx.training.data import encode_catalog
-    from attrx.training.loader import batches
+    from attrx.training.data.encode import encode_catalog
+    from attrx.training.data.loader import batches
+    from attrx.training.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     data, _ = encode_catalog(read_catalog(demo_catalog, tuple(ck.classes)), ck.tokenizer, ck.preprocess, ck.classes,

@@ -5,9 +5,9 @@ import pytest
 
 from attrx.service.catalog.reader import Product
 from attrx.service.contract.situations import SITUATIONS
-from attrx.training.calibration import calibrate_situations
-from attrx.training.calibration_set import CalibrationSet
-from attrx.training.constraint_learning import learn_constraints, read_taxonomy, with_taxonomies
+from attrx.training.evaluation.calibration import calibrate_situations
+from attrx.training.evaluation.calibration_set import CalibrationSet
+from attrx.training.evaluation.constraint_learning import learn_constraints, read_taxonomy, with_taxonomies
 
 NAMED, SILENT = SITUATIONS.index("named+image"), SITUATIONS.index("silent+image")
 

@@ -1,7 +1,7 @@
 import csv
 import re
 
-from attrx.training.demo import COLOURS, PATTERN_WORDS, TITLE_PROBABILITIES, write_demo_catalog
+from attrx.training.data.demo import COLOURS, PATTERN_WORDS, TITLE_PROBABILITIES, write_demo_catalog
 
 
 def _rows(path):

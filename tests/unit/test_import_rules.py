@@ -43,13 +43,13 @@ def copy_as_installed(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("module, line, contract", [
-    ("service/settings.py", "from attrx.training import metrics", "service never imports training, export or torch"),
+    ("service/settings.py", "from attrx.training.evaluation import metrics", "service never imports training, export or torch"),
     ("service/inference/predictor.py", "import service.catalog", "The bare names service, training and export"),
-    ("training/data.py", "from attrx.service.http import errors", "training and export import only service's"),
+    ("training/data/encode.py", "from attrx.service.http import errors", "training and export import only service's"),
     ("service/engine/batcher.py", "from attrx.service.http import errors", "Inside service"),
     ("service/scoring/local.py", "from attrx.service.inference.runtime import onnxruntime_backend",
      "Only the runtime factory names the concrete backends"),
-    ("training/evaluate.py", "from attrx.training.models import momo", "Only the model factory names the model families"),
+    ("training/evaluation/evaluate.py", "from attrx.training.models import momo", "Only the model factory names the model families"),
     ("service/contract/bundle.py", "import attrx.cli", "nothing imports it"),
 ])
 def test_a_forbidden_import_breaks_its_contract(copy_as_installed, module, line, contract):

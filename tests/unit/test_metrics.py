@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from attrx.training import metrics
+from attrx.training.evaluation import metrics
 
 
 def brute_force(scores, positive, target):

@@ -170,3 +170,17 @@ def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
     b, c, h, w = pixels.shape
     x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
     return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def contrastive_loss_and_negatives(sim: torch.Tensor, gen: torch.Generator | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image-text contrastive loss of a [titles, images] similarity matrix (the true pairs on its
+    diagonal), and hard negatives for matching: for each title an image (and for each image a title)
+    drawn in proportion to its similarity, never the true partner. Returns (itc, neg_img, neg_txt)."""
+    target = torch.arange(sim.shape[0])
+    itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+    with torch.no_grad():
+        w = F.softmax(sim.detach().float(), dim=1).fill_diagonal_(0) + 1e-9
+        neg_img = torch.multinomial(w, 1, generator=gen)[:, 0]
+        neg_txt = torch.multinomial(w.T.contiguous(), 1, generator=gen)[:, 0]
+    return itc, neg_img, neg_txt

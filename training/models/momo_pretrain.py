@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrx.training.models.layers import patchify
+from attrx.training.models.layers import contrastive_loss_and_negatives, patchify
 from attrx.training.models.momo import (
     IMAGE,
     TEXT,
@@ -123,14 +123,7 @@ class Pretrainer(nn.Module):
         zt = F.normalize(self.itc_proj_t(self.unimodal_cls(ids, mask)), dim=-1)
         zi = F.normalize(self.itc_proj_i(self.unimodal_cls(pixels=pixels)), dim=-1)
         sim = self.logit_scale.exp().clamp(max=100) * zt @ zi.T
-        target = torch.arange(b)
-        itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
-        # hard negatives: for each title an image (and for each image a title) drawn in proportion
-        # to its contrastive similarity, never the true partner
-        with torch.no_grad():
-            w = F.softmax(sim.detach().float(), dim=1).fill_diagonal_(0) + 1e-9
-            neg_img = torch.multinomial(w, 1, generator=gen)[:, 0]
-            neg_txt = torch.multinomial(w.T.contiguous(), 1, generator=gen)[:, 0]
+        itc, neg_img, neg_txt = contrastive_loss_and_negatives(sim, gen)
         cls = self.joint_cls(torch.cat([ids, ids, ids[neg_txt]]), torch.cat([mask, mask, mask[neg_txt]]),
                              torch.cat([pixels, pixels[neg_img], pixels]))
         labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrx.training.models.layers import patchify
+from attrx.training.models.layers import contrastive_loss_and_negatives, patchify
 from attrx.training.models.simla import (
     SimlaClassifier,
     SimlaConfig,
@@ -79,12 +79,7 @@ class SimlaPretrainer(nn.Module):
         zt = F.normalize(self.itc_proj_t(t_cls), dim=-1)
         zi = F.normalize(self.itc_proj_i(v[:, 0]), dim=-1)
         sim = self.logit_scale.exp().clamp(max=100) * zt @ zi.T
-        target = torch.arange(b)
-        itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
-        with torch.no_grad():  # hard negatives, never the true partner
-            w = F.softmax(sim.detach().float(), dim=1).fill_diagonal_(0) + 1e-9
-            neg_img = torch.multinomial(w, 1, generator=gen)[:, 0]
-            neg_txt = torch.multinomial(w.T.contiguous(), 1, generator=gen)[:, 0]
+        itc, neg_img, neg_txt = contrastive_loss_and_negatives(sim, gen)
         enc = self.encoder
         x = enc.text.embed(torch.cat([ids, ids, ids[neg_txt]]))
         kk = torch.cat([keep, keep, keep[neg_txt]])
