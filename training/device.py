@@ -1,5 +1,5 @@
 """Where and at what precision `attrx train` computes: --device auto|cpu|cuda and
---precision fp32|bf16|fp16 (autocast; a GradScaler for fp16). Weights stay fp32 (autocast casts
+--amp fp32|bf16|fp16 (autocast; a GradScaler for fp16). Weights stay fp32 (autocast casts
 per op), so a checkpoint is the same whatever trained it."""
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def resolve(device: str = "auto", precision: str = "fp32") -> Compute:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"--device {device}: use auto, cpu or cuda")
     if precision not in ("fp32", *DTYPES):
-        raise ValueError(f"--precision {precision}: use fp32, bf16 or fp16")
+        raise ValueError(f"--amp {precision}: use fp32, bf16 or fp16")
     if precision == "fp16" and device == "cpu":
-        raise ValueError("--precision fp16 needs --device cuda (its loss scaling is for GPUs); on the CPU use bf16")
+        raise ValueError("--amp fp16 needs --device cuda (its loss scaling is for GPUs); on the CPU use bf16")
     dev = torch.device(device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     return Compute(dev, precision, scaler)

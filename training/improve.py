@@ -72,7 +72,8 @@ def merge(catalog: Catalog, corrections: Catalog, split: dict) -> tuple[list[Pro
 
 def _train_config(cfg: ImproveConfig, meta: dict) -> TrainConfig:
     known = TrainConfig.model_fields
-    base = {k: v for k, v in meta["training"].items() if k in known}
+    base = {("amp" if k == "precision" else k): v for k, v in meta["training"].items()}
+    base = {k: v for k, v in base.items() if k in known}
     return TrainConfig.model_validate({**base, "catalog": cfg.catalog, "out": cfg.out, "warmup_epochs": 0,
                                        "e2e_epochs": cfg.epochs, "e2e_lr": cfg.lr, "tune_epochs": 0,
                                        "seed": cfg.seed, "threads": cfg.threads, "progress": cfg.progress})
@@ -116,7 +117,7 @@ def improve(cfg: ImproveConfig) -> Path:
     tcfg = _train_config(cfg, ck.meta)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or default_threads())
-    compute = resolve_compute(tcfg.device, tcfg.precision)
+    compute = resolve_compute(tcfg.device, tcfg.amp)
     run, weights, counts = prepare_improvement(cfg, ck, tcfg, out)
     print(f"improve: {counts['reviewed_used']} reviewed products train at weight {cfg.trusted_weight:g} beside "
           f"{counts['train'] - counts['reviewed_rows']} catalog training products; "

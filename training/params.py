@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STAGES = ("warmup", "e2e", "tune")
 
@@ -15,7 +15,9 @@ class TrainConfig(BaseModel):
     attributes: list[str] = Field(min_length=1)
     out: str
     config: str = "tiny"
-    family: str | None = Field(None, pattern="^(cma-clip|momo|simla)$")
+    # a family of attrx.training.models.registry (checked when the model is built, so that this module
+    # and the CLI's help need no torch); default: the config's
+    family: str | None = None
     init_from: str | None = None
     tokenizer: str | None = None
     vocab_size: int | None = None
@@ -56,5 +58,43 @@ class TrainConfig(BaseModel):
     image_cache: str | None = None
     workers: int | None = Field(None, ge=0, description="DataLoader and decoding worker processes (default cores - 1)")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
-    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
+    amp: str = Field("fp32", pattern="^(fp32|bf16|fp16)$", description="autocast precision (--amp)")
+    progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        """A checkpoint written before autocast was spelled `amp` recorded it as `precision`."""
+        if isinstance(data, dict) and "precision" in data and "amp" not in data:
+            data = {("amp" if k == "precision" else k): v for k, v in data.items()}
+        return data
+
+
+class PretrainConfig(BaseModel):
+    """Every knob of `attrx pretrain`; written to the pre-training folder's config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: str
+    out: str
+    family: str = Field("momo", description="a family that pre-trains (models/registry.py): momo or simla")
+    config: str | None = Field(None, description="default: momo-tiny or simla-tiny")
+    split: str | None = Field(None, pattern="^(train|val|test)$", description="use only this id-hash split")
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    stage1_steps: int = Field(100, ge=0)
+    stage2_steps: int = Field(100, ge=0)
+    stage3_steps: int = Field(100, ge=0)
+    steps: int = Field(300, ge=0, description="SIMLA: steps of its one stage")
+    xmm_ratio: float = Field(0.5, gt=0, lt=1)
+    lock_image: bool = False
+    batch_size: int = Field(32, ge=2)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    mim_ratio: float = Field(0.75, gt=0, lt=1)
+    mlm_ratio: float = Field(0.15, gt=0, lt=1)
+    cmm_ratio: float = Field(0.75, gt=0, lt=1)
+    vocab_size: int | None = None
+    modality_specific_layernorm: bool = False
+    seed: int = 0
+    threads: int | None = None
     progress: bool = True

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -37,37 +36,12 @@ from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
 from attrx.training.data import tokenizer
 from attrx.training.data.encode import encode_catalog, split_of
 from attrx.training.models.checkpoint import CONFIG, TOKENIZER, WEIGHTS
-from attrx.training.models.factory import create_pretrainer, load_config
+from attrx.training.models.factory import create_pretrainer, family, list_families, resolve_config
+from attrx.training.models.family import Family
 from attrx.training.optim import param_groups
+from attrx.training.params import PretrainConfig
+from attrx.training.pretrain_simla import prepare_simla, run_simla
 from attrx.training.schedule import pretraining_schedule
-
-
-class PretrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    catalog: str
-    out: str
-    family: str = Field("momo", pattern="^(momo|simla)$")
-    config: str | None = Field(None, description="default: momo-tiny or simla-tiny")
-    split: str | None = Field(None, pattern="^(train|val|test)$", description="use only this id-hash split")
-    val_frac: float = 0.1
-    test_frac: float = 0.1
-    stage1_steps: int = Field(100, ge=0)
-    stage2_steps: int = Field(100, ge=0)
-    stage3_steps: int = Field(100, ge=0)
-    steps: int = Field(300, ge=0, description="SIMLA: steps of its one stage")
-    xmm_ratio: float = Field(0.5, gt=0, lt=1)
-    lock_image: bool = False
-    batch_size: int = Field(32, ge=2)
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    mim_ratio: float = Field(0.75, gt=0, lt=1)
-    mlm_ratio: float = Field(0.15, gt=0, lt=1)
-    cmm_ratio: float = Field(0.75, gt=0, lt=1)
-    vocab_size: int | None = None
-    modality_specific_layernorm: bool = False
-    seed: int = 0
-    threads: int | None = None
-    progress: bool = True
 
 
 def cmga_step(opt: torch.optim.Optimizer, losses: list[Callable[[], torch.Tensor]]) -> list[float]:
@@ -107,46 +81,60 @@ def pretrain(cfg: PretrainConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_family_flags(cfg)
-    name = cfg.config or f"{cfg.family}-tiny"
-    mcfg = load_config(name)
-    if mcfg.family != cfg.family:
-        raise ValueError(f"--config {name} is a {mcfg.family} config but --family is {cfg.family}")
-    mcfg, special, pre, data = _prepare(cfg, mcfg, out)
+    fam = _check_family_flags(cfg)
+    mcfg = resolve_config(cfg.config or fam.default_config, cfg.family)
+    mcfg, special, pre, data = _prepare(cfg, fam, mcfg, out)
     model = create_pretrainer(mcfg, pre.max_text_len, special)
     model.cfg_mim, model.cfg_mlm, model.cfg_cmm = cfg.mim_ratio, cfg.mlm_ratio, cfg.cmm_ratio
     rng = np.random.default_rng(cfg.seed)
     draws = {k: _batches(getattr(data, k), cfg.batch_size, rng) for k in ("images", "titles", "pairs")}
-    history: dict[int, dict[str, list[float]]] = {}
     model.train()
     with open(out / "pretrain_log.jsonl", "w") as log:
-        if cfg.family == "simla":
-            from attrx.training.pretrain_simla import prepare_simla, run_simla
-
-            prepare_simla(model, cfg)
-            history[1] = run_simla(model, data.arrays, draws["pairs"], gen, cfg, log)
-        for stage in (1, 2, 3) if cfg.family == "momo" else ():
-            steps = getattr(cfg, f"stage{stage}_steps")
-            if steps:
-                history[stage] = _run_stage(stage, steps, model, data, draws, gen, cfg, log)
-    _plot(history, out / "pretrain_losses.png", "SIMLA" if cfg.family == "simla" else "MoMo")
-    _save(out, model, mcfg, special, pre, cfg, t_start)
+        history = RUNNERS[cfg.family](model, data, draws, gen, cfg, log)
+    _plot(history, out / "pretrain_losses.png", fam.title)
+    _save(out, fam, model, mcfg, special, pre, cfg, t_start)
     return out
 
 
-def _check_family_flags(cfg: PretrainConfig) -> None:
-    """A flag of the other family is an error, not silently ignored."""
-    other = {"momo": [("--lock-image", cfg.lock_image), ("--steps", "steps" in cfg.model_fields_set),
-                      ("--xmm-ratio", "xmm_ratio" in cfg.model_fields_set)],
-             "simla": [("--modality-specific-layernorm", cfg.modality_specific_layernorm),
-                       *((f"--stage{k}-steps", f"stage{k}_steps" in cfg.model_fields_set) for k in (1, 2, 3)),
-                       *((f"--{r}-ratio", f"{r}_ratio" in cfg.model_fields_set) for r in ("mim", "cmm"))]}
-    bad = [flag for flag, given in other[cfg.family] if given]
+def _run_momo(model, data: _Data, draws: dict, gen, cfg: PretrainConfig, log) -> dict[int, dict[str, list[float]]]:
+    """MoMo's three stages, each skipped at 0 steps."""
+    history: dict[int, dict[str, list[float]]] = {}
+    for stage in (1, 2, 3):
+        steps = getattr(cfg, f"stage{stage}_steps")
+        if steps:
+            history[stage] = _run_stage(stage, steps, model, data, draws, gen, cfg, log)
+    return history
+
+
+def _run_simla(model, data: _Data, draws: dict, gen, cfg: PretrainConfig, log) -> dict[int, dict[str, list[float]]]:
+    prepare_simla(model, cfg)
+    return {1: run_simla(model, data.arrays, draws["pairs"], gen, cfg, log)}
+
+
+# the pre-training loop of each family that pre-trains (its model parts are in the registry; its loop
+# uses this harness's optimiser and schedule, which models/ may not import)
+RUNNERS = {"momo": _run_momo, "simla": _run_simla}
+
+
+def _check_family_flags(cfg: PretrainConfig) -> Family:
+    """The family, if it pre-trains; a flag of another family is an error, not silently ignored."""
+    fam = family(cfg.family)
+    if fam.pretrainer is None or cfg.family not in RUNNERS:
+        raise ValueError(f"--family {cfg.family} has no pre-training; families that pre-train: {', '.join(RUNNERS)}")
+    others = [f for other in list_families() if other != cfg.family for f in family(other).pretrain_fields
+              if f not in fam.pretrain_fields]
+
+    def given(name: str) -> bool:
+        value = getattr(cfg, name)
+        return value if isinstance(value, bool) else name in cfg.model_fields_set
+
+    bad = [f"--{f.replace('_', '-')}" for f in dict.fromkeys(others) if given(f)]
     if bad:
         raise ValueError(f"{', '.join(bad)} do{'es' if len(bad) == 1 else ''} not apply to --family {cfg.family}")
+    return fam
 
 
-def _prepare(cfg: PretrainConfig, mcfg, out: Path):
+def _prepare(cfg: PretrainConfig, fam: Family, mcfg, out: Path):
     """A tokenizer trained on the titles, the config fitted to it, and the encoded catalog."""
     cat = read_catalog(cfg.catalog)
     if cfg.split:
@@ -158,9 +146,9 @@ def _prepare(cfg: PretrainConfig, mcfg, out: Path):
     tokenizer.save(tok_raw, out / TOKENIZER)
     special = tokenizer.special_ids(tok_raw)
     update = {"vocab_size": tok_raw.get_vocab_size()}
-    if cfg.family == "momo":
+    if "modality_specific_layernorm" in fam.pretrain_fields:
         update["modality_specific_layernorm"] = cfg.modality_specific_layernorm
-    else:
+    if fam.mask_token:
         special["mask_token_id"] = tok_raw.token_to_id("[MASK]")
     mcfg = mcfg.model_copy(update=update)
     pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
@@ -233,10 +221,11 @@ def _run_stage(stage: int, steps: int, model, data: _Data, draws: dict, gen, cfg
     return hist
 
 
-def _save(out: Path, model, mcfg, special: dict, pre: PreprocessConfig, cfg: PretrainConfig, t_start: float) -> None:
-    # MoMo's classifier holds the encoder as `encoder`; SIMLA's pre-trainer holds the classifier
-    prefix = "encoder." if cfg.family == "momo" else ""
-    state = {f"{prefix}{k}": v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
+def _save(out: Path, fam: Family, model, mcfg, special: dict, pre: PreprocessConfig, cfg: PretrainConfig,
+          t_start: float) -> None:
+    # where the encoder sits in the classifier (MoMo's holds it as `encoder`; SIMLA's pre-trainer
+    # holds the classifier itself)
+    state = {f"{fam.encoder_prefix}{k}": v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
     spec = {k: v for k, v in special.items() if k != "mask_token_id"}
     (out / CONFIG).write_text(json.dumps({
@@ -247,7 +236,7 @@ def _save(out: Path, model, mcfg, special: dict, pre: PreprocessConfig, cfg: Pre
           f"attrx train --family {cfg.family} --init-from {out} ...")
 
 
-def _plot(history: dict[int, dict[str, list[float]]], path: Path, family: str = "MoMo") -> None:
+def _plot(history: dict[int, dict[str, list[float]]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +256,7 @@ def _plot(history: dict[int, dict[str, list[float]]], path: Path, family: str = 
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{family} pre-training losses (moving average)")
+    fig.suptitle(f"{title} pre-training losses (moving average)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

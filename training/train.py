@@ -31,6 +31,7 @@ from attrx.training.evaluation.calibration import calibrate_checkpoint
 from attrx.training.evaluation.constraint_learning import checkpoint_constraints
 from attrx.training.loop import Best, Run, fit
 from attrx.training.models.checkpoint import save_checkpoint
+from attrx.training.models.factory import resolve_config
 from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, prepare
 
@@ -39,7 +40,8 @@ __all__ = ["TrainConfig", "train"]
 
 def train(cfg: TrainConfig) -> Path:
     """Train in this process, or as one rank of a torchrun group (rank 0 writes everything)."""
-    compute = resolve_compute(cfg.device, cfg.precision)
+    resolve_config(cfg.config, cfg.family)  # an unknown family or config fails here, before any work
+    compute = resolve_compute(cfg.device, cfg.amp)
     dist = setup_distributed(compute.device)
     try:
         quiet = contextlib.nullcontext() if dist.main else contextlib.redirect_stdout(io.StringIO())

@@ -11,14 +11,14 @@ from attrx.cli import main
 from attrx.service.contract.bundle import load_bundle
 from attrx.training.models.factory import load_config
 from attrx.training.models.momo import IMAGE
-from attrx.training.models.momo_pretrain import Pretrainer
+from attrx.training.models.momo_pretrain import MoMoPretrainer
 from attrx.training.pretrain import cmga_step
 
 
 @pytest.fixture(scope="session")
 def pretrained(demo_catalog, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "momo"
-    main(["pretrain", "--catalog", str(demo_catalog), "--out", str(out), "--stage1-steps", "40",
+    main(["pretrain", str(demo_catalog), "--out", str(out), "--stage1-steps", "40",
           "--stage2-steps", "40", "--stage3-steps", "40", "--batch-size", "16", "--quiet", "--threads", "2"])
     return out
 
@@ -42,10 +42,10 @@ def test_every_stage_logs_finite_losses_that_fall(pretrained):
     assert all(k.startswith("encoder.") for k in load_file(str(pretrained / "model.safetensors")))  # decoders dropped
 
 
-def _pretrainer(**kw) -> Pretrainer:
+def _pretrainer(**kw) -> MoMoPretrainer:
     torch.manual_seed(0)
     cfg = load_config("momo-tiny").model_copy(update={"vocab_size": 100, **kw})
-    m = Pretrainer(cfg, 24, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
+    m = MoMoPretrainer(cfg, 24, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
     m.cfg_mim, m.cfg_mlm, m.cfg_cmm = 0.75, 0.15, 0.75
     return m
 
@@ -112,7 +112,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, demo_catalog
     from attrx.training.models.checkpoint import load_checkpoint
 
     ck = tmp_path / "ck"
-    main(["train", "--family", "momo", "--init-from", str(pretrained), "--catalog", str(demo_catalog),
+    main(["train", "--family", "momo", "--init-from", str(pretrained), str(demo_catalog),
           "--attributes", "colour,pattern", "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "0",
           "--tune-epochs", "0", "--quiet", "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
     enc = load_file(str(pretrained / "model.safetensors"))
@@ -137,10 +137,10 @@ def test_variant_flags_train_and_export(flags, family, demo_catalog, tmp_path):
     from attrx.training.models.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "bundle"
-    main(["train", *flags, "--catalog", str(demo_catalog), "--attributes", "colour,gender", "--out", str(ck),
+    main(["train", *flags, str(demo_catalog), "--attributes", "colour,gender", "--out", str(ck),
           "--warmup-epochs", "1", "--e2e-epochs", "1", "--tune-epochs", "0", "--quiet", "--threads", "2",
           "--val-frac", "0.2", "--test-frac", "0.2"])
-    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
+    main(["eval", "--checkpoint", str(ck), str(demo_catalog), "--quiet", "--min-positives", "1"])
     main(["export", "--checkpoint", str(ck), "--out", str(out)])
     b = load_bundle(out)
     assert b.manifest.model.family == family and b.manifest.parity["max_abs_diff"] <= 1e-4

@@ -28,13 +28,13 @@ def messy_catalog(demo_catalog, tmp_path) -> Path:
 
 def test_cli_ablation_flags_and_bad_rows(messy_catalog, tmp_path):
     out = tmp_path / "ck"
-    main(["train", "--catalog", str(messy_catalog), "--attributes", ATTRS, "--out", str(out), "--no-mwa", *FAST])
+    main(["train", str(messy_catalog), "--attributes", ATTRS, "--out", str(out), "--no-mwa", *FAST])
     errors = [json.loads(x) for x in (out / "catalog_errors.jsonl").read_text().splitlines()]
     assert [(e["line"], e["id"]) for e in errors] == [(102, None), (103, "bad-2"), (104, "bad-3")]
     assert errors[0]["reason"] == "no id" and "neither" in errors[1]["reason"] and "corrupt.jpg" in errors[2]["reason"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["use_mwa"] is False and cfg["counts"]["skipped"] == 3
-    main(["eval", "--checkpoint", str(out), "--catalog", str(messy_catalog), "--quiet", "--min-positives", "1"])
+    main(["eval", "--checkpoint", str(out), str(messy_catalog), "--quiet", "--min-positives", "1"])
     main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "b")])
     import onnxruntime as ort
 
@@ -50,7 +50,7 @@ def test_cli_ablation_flags_and_bad_rows(messy_catalog, tmp_path):
 
 
 def test_cli_no_swa_trains(demo_catalog, tmp_path):
-    main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "ck"),
+    main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "ck"),
           "--no-swa", *FAST])
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["model"]["use_swa"] is False
 
@@ -116,7 +116,7 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
     clip = _tiny_clip_folder(demo_catalog, src)
 
     out = tmp_path / "ck"
-    main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
+    main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(out),
           "--init-from", str(src), *FAST])
     ck = load_checkpoint(out)
     assert ck.preprocess.image_size == 48 and ck.preprocess.image_mean == (0.5, 0.5, 0.5)
@@ -129,7 +129,7 @@ def test_init_from_local_clip_folder_freezes_towers_in_warmup(demo_catalog, tmp_
     import httpx
     from helpers import Server
 
-    main(["eval", "--checkpoint", str(out), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
+    main(["eval", "--checkpoint", str(out), str(demo_catalog), "--quiet", "--min-positives", "1"])
     main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "bundle")])
     server = Server(tmp_path / "bundle")
     try:
@@ -147,18 +147,18 @@ def test_train_device_and_precision(demo_catalog, tmp_path, capsys):
     from attrx.training.models.checkpoint import load_checkpoint
 
     out = tmp_path / "ck"
-    main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
-          "--device", "cpu", "--precision", "bf16", *FAST])
+    main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(out),
+          "--device", "cpu", "--amp", "bf16", *FAST])
     assert "training on cpu at bf16" in capsys.readouterr().out
     ck = load_checkpoint(out)
     assert all(p.dtype == torch.float32 for p in ck.model.parameters())
-    assert json.loads((out / "config.json").read_text())["training"]["precision"] == "bf16"
-    with pytest.raises(SystemExit, match="--precision fp16 needs --device cuda"):
-        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "x"),
-              "--device", "cpu", "--precision", "fp16", *FAST])
+    assert json.loads((out / "config.json").read_text())["training"]["amp"] == "bf16"
+    with pytest.raises(SystemExit, match="--amp fp16 needs --device cuda"):
+        main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "x"),
+              "--device", "cpu", "--amp", "fp16", *FAST])
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
-            main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "y"),
+            main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(tmp_path / "y"),
                   "--device", "cuda", *FAST])
 
 
@@ -171,6 +171,6 @@ def test_train_on_cuda(demo_catalog, tmp_path):
 
     for prec in ("fp16", "bf16"):
         out = tmp_path / prec
-        main(["train", "--catalog", str(demo_catalog), "--attributes", "colour", "--out", str(out),
-              "--device", "cuda", "--precision", prec, *FAST])
+        main(["train", str(demo_catalog), "--attributes", "colour", "--out", str(out),
+              "--device", "cuda", "--amp", prec, *FAST])
         assert next(load_checkpoint(out).model.parameters()).device.type == "cpu"

