@@ -16,10 +16,10 @@ DEMO_DIR    ?= build/demo
 DEMO_BUNDLE ?= build/demo-bundle
 DEMO_N      ?= 3000
 DEMO_SEED   ?= 0
-DEMO_PRECISION ?= fp32,fp16,int8
+DEMO_VARIANTS ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean docs docs-serve image image-demo image-test
+.PHONY: FORCE help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean docs docs-serve image image-demo image-test
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -39,7 +39,7 @@ help:
 	@echo "make bench-drift     benchmarks/drift.py (shifted streams through a server: requests to alert, false alarms; trains its model the first time, ~8 min) and drift_cost.py"
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
-	@echo "make lint         ruff + lint-imports (the import rules)"
+	@echo "make lint         ruff, lint-imports (the import rules), mypy (service/contract, http, engine), vulture (dead code)"
 	@echo "make docs         the documentation site (MkDocs, --strict) -> build/site; make docs-serve previews it on :8001"
 	@echo "make image        the serving image (Dockerfile target serve) with podman, or docker where it runs"
 	@echo "make image-demo   the demo image: the bundle of make demo-bundle built in (target serve-demo)"
@@ -48,11 +48,22 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# The development install is editable in setuptools' strict mode: a tree of links to the sources
+# (build/__editable__.*), which type checkers, editors and other tools follow as they follow any installed
+# package. It links the files present at install time, so the list of modules is part of the stamp: adding,
+# moving or removing a module reinstalls (a few seconds). MODULES lists them; the file changes only when they do.
+MODULES_LIST := $(VENV)/.attrx-modules
+MODULES := $(sort $(shell find attrx service training export -name '*.py' -o -name '*.json' -o -name '*.html' -o -name py.typed 2>/dev/null))
+$(MODULES_LIST): FORCE | $(PY)
+	@echo "$(MODULES)" | cmp -s - $@ || echo "$(MODULES)" > $@
+
+$(STAMP): pyproject.toml $(MODULES_LIST) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" --config-settings editable_mode=strict
 	@touch $(STAMP)
+
+FORCE:
 
 venv install: $(STAMP)
 
@@ -87,21 +98,25 @@ GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --out build/gpu-check
 
-# ruff, and the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
+# ruff, the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml), the
+# type check (mypy through the strict editable install) and the dead-code check (vulture, .ci/dead_code.py)
+TYPED := attrx.service.contract attrx.service.http attrx.service.engine
 lint: $(STAMP)
-	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks deploy/container
+	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks deploy/container .ci
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy $(addprefix -p ,$(TYPED))
+	$(PY) .ci/dead_code.py
 
 # order-only on the install: an existing demo bundle is reused after a reinstall
 $(DEMO_BUNDLE)/manifest.json: | $(STAMP)
 	$(VENV)/bin/attrx demo-data --out $(DEMO_DIR)/data --n $(DEMO_N) --seed $(DEMO_SEED)
-	$(VENV)/bin/attrx train --catalog $(DEMO_DIR)/data/catalog.csv --attributes category,colour,pattern,gender \
+	$(VENV)/bin/attrx train $(DEMO_DIR)/data/catalog.csv --attributes category,colour,pattern,gender \
 		--config tiny --out $(DEMO_DIR)/checkpoint $(DEMO_TRAIN_FLAGS)
-	$(VENV)/bin/attrx eval --checkpoint $(DEMO_DIR)/checkpoint --catalog $(DEMO_DIR)/data/catalog.csv
-	@# exit status 2: written without a variant that missed its accuracy gate (named above)
+	$(VENV)/bin/attrx eval $(DEMO_DIR)/data/catalog.csv --checkpoint $(DEMO_DIR)/checkpoint
+	@# exit status 3: written without a variant that missed its accuracy gate (named above)
 	$(VENV)/bin/attrx export --checkpoint $(DEMO_DIR)/checkpoint --out $(DEMO_BUNDLE) --name attrx-demo \
-		--precision $(DEMO_PRECISION) || [ $$? -eq 2 ]
-	$(VENV)/bin/attrx validate-bundle $(DEMO_BUNDLE)
+		--variants $(DEMO_VARIANTS) || [ $$? -eq 3 ]
+	$(VENV)/bin/attrx validate-bundle --bundle $(DEMO_BUNDLE)
 
 demo-bundle: $(STAMP) $(DEMO_BUNDLE)/manifest.json
 
@@ -111,8 +126,9 @@ serve: demo-bundle
 bench: demo-bundle
 	$(PY) benchmarks/runtime.py --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_DIR)/checkpoint
 
+# build/ holds the editable install's links too: the stamp goes with it, so the next target reinstalls
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache $(STAMP)
 
 # the LitServe peer comes with the bench extra
 bench-serve: demo-bundle

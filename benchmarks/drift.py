@@ -64,7 +64,7 @@ def ensure_bundle(catalog: Path, out: Path) -> tuple[Path, dict]:
     ck, bundle = out / "checkpoint", out / "bundle"
     if not (ck / "calibration.json").is_file():
         log(f"training {ck} (~8 min)...")
-        subprocess.run([exe, "train", "--catalog", str(catalog), "--attributes", ATTRS, "--out", str(ck),
+        subprocess.run([exe, "train", str(catalog), "--attributes", ATTRS, "--out", str(ck),
                         *TRAIN_FLAGS], check=True)
     if not (bundle / "manifest.json").is_file():
         subprocess.run([exe, "export", "--checkpoint", str(ck), "--out", str(bundle)], check=True)

@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--repetitions", type=int, default=101, help="on/off pairs, alternating which goes first")
     ap.add_argument("--seconds", type=float, default=0.1, help="per timing (short: the machine's load drifts)")
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--variant", default="auto")
     a = ap.parse_args()
 
     from attrx.service.catalog.reader import read_catalog
@@ -110,7 +110,7 @@ def main() -> None:
     from attrx.service.settings import ServeSettings
     from attrx.service.telemetry.prometheus import Metrics
 
-    settings = ServeSettings(bundle=a.bundle, precision=a.precision, workers=1)
+    settings = ServeSettings(bundle=a.bundle, variant=a.variant, workers=1)
     predictor = load_predictor(settings)
     manifest = predictor.bundle.manifest
     metrics = Metrics([x.name for x in manifest.attributes], front=False)

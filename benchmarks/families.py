@@ -95,8 +95,8 @@ def main() -> None:
         flags = [f.replace("{pretrained}", str(pre_dir)).replace("{simla_pretrained}", str(out / "simla-pretrained"))
                  for f in flags]
         log(f"{name}: training...")
-        secs = attrx("train", "--catalog", a.catalog, "--attributes", ATTRS, "--out", str(ck), *flags, *BUDGET)
-        attrx("eval", "--checkpoint", str(ck), "--catalog", a.catalog, "--quiet")
+        secs = attrx("train", a.catalog, "--attributes", ATTRS, "--out", str(ck), *flags, *BUDGET)
+        attrx("eval", "--checkpoint", str(ck), a.catalog, "--quiet")
         attrx("export", "--checkpoint", str(ck), "--out", str(bundle), "--name", slug)
         with safe_open(str(ck / "model.safetensors"), "pt") as f:
             params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
@@ -141,12 +141,12 @@ def _pretrain(a, models: dict, momo_dir: Path, simla_dir: Path) -> dict[str, flo
     n, seconds = a.pretrain_steps, {}
     if "{pretrained}" in wanted:
         log(f"pre-training MoMo ({n} steps per stage, training split only)...")
-        seconds["momo"] = round(attrx("pretrain", "--catalog", a.catalog, "--out", str(momo_dir), "--split", "train",
+        seconds["momo"] = round(attrx("pretrain", a.catalog, "--out", str(momo_dir), "--split", "train",
                                       "--stage1-steps", str(n), "--stage2-steps", str(n), "--stage3-steps", str(n),
                                       "--quiet"), 1)
     if "{simla_pretrained}" in wanted:
         log(f"pre-training SIMLA ({3 * n} steps, training split only)...")
-        seconds["simla"] = round(attrx("pretrain", "--family", "simla", "--catalog", a.catalog, "--out", str(simla_dir),
+        seconds["simla"] = round(attrx("pretrain", "--family", "simla", a.catalog, "--out", str(simla_dir),
                                        "--split", "train", "--steps", str(3 * n), "--quiet"), 1)
     return seconds
 

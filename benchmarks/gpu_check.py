@@ -8,7 +8,7 @@ Each step says what it skipped and why. Steps (about 5 minutes on one H100/H200)
 1. environment: torch, CUDA, the GPU, onnxruntime and its providers, TensorRT's lean runtime;
 2. `attrx train --device cuda` at bf16 and at fp16 (GradScaler) on a small demo catalog;
 3. the same under `torchrun --nproc-per-node 1` (nccl);
-4. `attrx export --precision fp32,fp16` of the bf16 checkpoint: is fp16 accepted;
+4. `attrx export --variants fp32,fp16` of the bf16 checkpoint: is fp16 accepted;
 5. benchmarks/training.py --device cuda: model alone vs the training loop, GPU utilisation;
 6. onnxruntime-gpu serving (`attrx serve --providers cuda`) where its CUDA provider is listed.
 
@@ -92,13 +92,13 @@ def train_steps(out: Path, env: dict, cat: Path) -> dict:
     py = [sys.executable, "-m", "attrx"]
     steps = {}
     for prec in ("bf16", "fp16"):
-        steps[f"train_{prec}"] = run([*py, "train", "--catalog", str(cat), "--attributes", ATTRS, "--device", "cuda",
-                                      "--precision", prec, "--out", str(out / f"ck-{prec}"), *FAST], env)
+        steps[f"train_{prec}"] = run([*py, "train", str(cat), "--attributes", ATTRS, "--device", "cuda",
+                                      "--amp", prec, "--out", str(out / f"ck-{prec}"), *FAST], env)
         steps[f"train_{prec}"].update(_accuracy(out / f"ck-{prec}"))
         log(f"train {prec}: {steps[f'train_{prec}']}")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "attrx"]
-    steps["torchrun_nccl"] = run([*torchrun, "train", "--catalog", str(cat), "--attributes", ATTRS, "--device", "cuda",
-                                  "--precision", "bf16", "--out", str(out / "ck-ddp"), *FAST], env)
+    steps["torchrun_nccl"] = run([*torchrun, "train", str(cat), "--attributes", ATTRS, "--device", "cuda",
+                                  "--amp", "bf16", "--out", str(out / "ck-ddp"), *FAST], env)
     steps["torchrun_nccl"].update(_accuracy(out / "ck-ddp"))
     log(f"torchrun: {steps['torchrun_nccl']}")
     return steps
@@ -116,12 +116,12 @@ def export_step(out: Path, env: dict, cat: Path) -> dict:
     ck = out / "ck-bf16"
     if not (ck / "model.safetensors").is_file():
         return {"skipped": "no bf16 checkpoint (its training step failed)"}
-    res = run([sys.executable, "-m", "attrx", "eval", "--checkpoint", str(ck), "--catalog", str(cat), "--quiet"], env)
+    res = run([sys.executable, "-m", "attrx", "eval", "--checkpoint", str(ck), str(cat), "--quiet"], env)
     if not res["ok"]:
         return {"eval": res}
     bundle = out / "bundle"
-    res = run([sys.executable, "-m", "attrx", "export", "--checkpoint", str(ck), "--catalog", str(cat),
-               "--out", str(bundle), "--precision", "fp32,fp16"], env)
+    res = run([sys.executable, "-m", "attrx", "export", "--checkpoint", str(ck), str(cat),
+               "--out", str(bundle), "--variants", "fp32,fp16"], env)
     manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
     res["variants"] = sorted(manifest.get("variants", {}))
     res["refused"] = manifest.get("refused", {})

@@ -4,7 +4,7 @@ against `attrx train`'s loop, with the GPU's utilisation sampled while the loop 
 - model alone: random valid inputs already on the GPU, the training forward (fused + auxiliary
   heads) and loss, backward and AdamW at bf16, eager; warm-up steps, then timed steps between
   synchronisations. No data loading: the rate a loop could at best reach.
-- the loop: `attrx train --device cuda --precision bf16` on a demo catalog (streaming, the default
+- the loop: `attrx train --device cuda --amp bf16` on a demo catalog (streaming, the default
   workers); products/s of its epochs after the first (from the train log: training items over the
   epoch's seconds, validation included) and of the training steps alone.
 - utilisation: NVML's GPU utilisation (torch.cuda.utilization), else nvidia-smi's, every 0.5 s
@@ -113,8 +113,8 @@ def model_alone(config: str, batch: int, steps: int = 30, warmup: int = 5, devic
 
 
 def loop(config: str, batch: int, catalog: Path, out: Path, epochs: int, read) -> dict:
-    cmd = [sys.executable, "-m", "attrx", "train", "--catalog", str(catalog), "--attributes", "category,colour,pattern,gender",
-           "--config", config, "--device", "cuda", "--precision", "bf16", "--batch-size", str(batch),
+    cmd = [sys.executable, "-m", "attrx", "train", str(catalog), "--attributes", "category,colour,pattern,gender",
+           "--config", config, "--device", "cuda", "--amp", "bf16", "--batch-size", str(batch),
            "--warmup-epochs", "0", "--e2e-epochs", str(epochs), "--tune-epochs", "0", "--quiet", "--out", str(out)]
     log_file = out / "train_log.jsonl"
     shutil.rmtree(out, ignore_errors=True)

@@ -55,7 +55,7 @@ def subset(catalog: Path, n: int, out: Path) -> Path:
 
 def train(cat: Path, out: Path, flags: list[str], epochs: str) -> dict:
     warm, e2e, tune = epochs.split(",")
-    cmd = [*ATTRX, "train", "--catalog", str(cat), "--attributes", ATTRS, "--out", str(out), "--config",
+    cmd = [*ATTRX, "train", str(cat), "--attributes", ATTRS, "--out", str(out), "--config",
            "small-effnet", "--inputs", "image", "--warmup-epochs", warm, "--e2e-epochs", e2e, "--tune-epochs", tune,
            "--batch-size", "64", "--threads", "2", "--quiet", *flags]
     shutil.rmtree(out, ignore_errors=True)

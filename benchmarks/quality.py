@@ -133,7 +133,7 @@ def _evaluate_plain(ck: Path, catalog: Path) -> dict:
     out = {}
     for cond, (_, cflags) in CONDITIONS.items():
         ev_out = ck / "eval" / f"plain-{cond}"
-        attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--out", str(ev_out), *cflags,
+        attrx("eval", "--checkpoint", str(ck), str(catalog), "--out", str(ev_out), *cflags,
               "--decisions", "plain", "--quiet")
         out[cond] = json.loads((ev_out / "metrics.json").read_text())
     return out
@@ -148,14 +148,14 @@ def _evaluate_conditions(name: str, ck: Path, catalog: Path) -> dict:
             continue
         ev_out = ck / "eval" / f"condition-{cond}"
         if cond == "a":
-            attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--quiet")
+            attrx("eval", "--checkpoint", str(ck), str(catalog), "--quiet")
             src = ck / "metrics.json"
             ev_out.mkdir(parents=True, exist_ok=True)
             for f in [*ck.glob("pr_*.png"), *ck.glob("situations_*.png"), ck / "image_weights.npz",
                       ck / "title_lacks_label.npz"]:
                 shutil.copyfile(f, ev_out / f.name)
         else:
-            attrx("eval", "--checkpoint", str(ck), "--catalog", str(catalog), "--out", str(ev_out), *cflags, "--quiet")
+            attrx("eval", "--checkpoint", str(ck), str(catalog), "--out", str(ev_out), *cflags, "--quiet")
             src = ev_out / "metrics.json"
         results[cond] = json.loads(src.read_text())
     return results
@@ -178,7 +178,7 @@ def _run_model(name: str, a, out: Path, catalog: Path, budget: list[str], pre_di
     if not name.startswith("momo"):
         flags += ([] if "--config" in flags else ["--config", a.config]) + a.train_flags.split()
     log(f"{name}: training")
-    secs = attrx("train", "--catalog", str(catalog), "--attributes", ",".join(ATTRS), "--out", str(ck),
+    secs = attrx("train", str(catalog), "--attributes", ",".join(ATTRS), "--out", str(ck),
                  *flags, *budget)
     log(f"{name}: trained in {secs:.0f}s; evaluating 4 conditions")
     results = _evaluate_conditions(name, ck, catalog)
@@ -217,13 +217,13 @@ def main() -> None:
         n = str(a.pretrain_steps)
         log(f"MoMo pre-training on the training split ({n} steps per stage)...")
         timings["momo pre-training"] = {"seconds": round(attrx(
-            "pretrain", "--catalog", str(catalog), "--out", str(pre_dir), "--split", "train",
+            "pretrain", str(catalog), "--out", str(pre_dir), "--split", "train",
             "--stage1-steps", n, "--stage2-steps", n, "--stage3-steps", n, "--quiet"), 1)}
     if "simla (pre-trained)" in a.only.split(",") and not (a.reuse and (out / "simla-pretrained" / "config.json").is_file()):
         n = str(3 * a.pretrain_steps)  # as many steps as MoMo's three stages together
         log(f"SIMLA pre-training on the training split ({n} steps)...")
         timings["simla pre-training"] = {"seconds": round(attrx(
-            "pretrain", "--family", "simla", "--config", "simla-small", "--catalog", str(catalog),
+            "pretrain", "--family", "simla", "--config", "simla-small", str(catalog),
             "--out", str(out / "simla-pretrained"), "--split", "train", "--steps", n, "--quiet"), 1)}
     log("colour-histogram + logistic-regression baseline...")
     from colour_baseline import run as colour_baseline

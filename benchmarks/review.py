@@ -13,7 +13,7 @@ On the fashion-products catalog's id-hash split (the one `attrx train` uses):
   the labelled part plus every reviewed product, reviewed labels weighted --trusted-weight), and
   recalibrated on the validation split (never on reviewed products).
 
-Orders: `priority` (the queue's own: expected wrong values corrected, service/scoring/review_queue.py),
+Orders: `priority` (the queue's own: expected wrong values corrected, service/scoring/queue_writer.py),
 `lowest-confidence`, `random` (among the queued products), and `control`: the same fine-tuning steps
 with no new labels (labelled products drawn again, at the same weight, in place of reviewed ones), so
 the labels' gain is separated from more training's. Every figure is on the untouched test split:
@@ -201,7 +201,7 @@ def _pooled(acc, val, y) -> float | None:
 
 def choose(order: str, pool: np.ndarray, acc: np.ndarray, conf: np.ndarray, n: int, rng) -> np.ndarray:
     """The positions (into pool) of the n queued products an order puts first."""
-    from attrx.service.scoring.review_queue import lowest_confidence, priorities
+    from attrx.service.scoring.queue_writer import lowest_confidence, priorities
 
     queued = np.flatnonzero(~acc.all(1))
     if order == "priority":

@@ -50,7 +50,7 @@ def copies_of(catalog: Path, copies: int, out: Path, limit: int | None = None) -
 def run(name: str, catalog: Path, bundle: str, work: Path, precision: str) -> dict:
     out = work / (name + (".jsonl" if name == "score" else ""))
     cmd = [EXE, "score", str(catalog), "--bundle", bundle, "--out", str(out), "--overwrite", "--quiet",
-           "--precision", precision]
+           "--variant", precision]
     if name.startswith("ray"):
         actors = 2 if name == "ray-2" else 1
         cmd += ["--ray", "--ray-concurrency", str(actors), "--ray-num-cpus", str(1 / actors)]
@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--catalog", default=str(ROOT / "build/demo/data/catalog.csv"))
     p.add_argument("--copies", type=int, default=2, help="copies of the catalog to score (default 2)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", default="auto", help="the variant both paths run (default auto)")
+    p.add_argument("--variant", dest="precision", default="auto", help="the variant both paths run (default auto)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="attrx-scale-") as tmp:
         runs, n = measure(args, Path(tmp))

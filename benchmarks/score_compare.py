@@ -26,7 +26,7 @@ def score_once(catalog: Path, bundle: Path, precision: str, out_dir: Path) -> fl
     out = out_dir / f"{bundle.name}-{time.monotonic_ns()}.jsonl"
     t0 = time.perf_counter()
     subprocess.run([*ATTRX, "score", str(catalog), "--bundle", str(bundle), "--out", str(out), "--quiet",
-                    "--precision", precision], check=True, stdout=subprocess.DEVNULL)
+                    "--variant", precision], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     n = sum(1 for _ in open(out, encoding="utf-8"))
     return n / wall
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--bundles", required=True, help="name=path,name=path (the first is the reference)")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--variant", dest="precision", default="fp32")
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args(argv)
     bundles = dict(x.split("=", 1) for x in a.bundles.split(","))

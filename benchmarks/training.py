@@ -72,7 +72,7 @@ def run_train(cmd: list[str], out: Path) -> dict:
 
 def data_paths(root: Path, reps: int) -> dict:
     cat = catalog(root, 3000)
-    base = [str(BIN / "attrx"), "train", "--catalog", str(cat), "--attributes", "category,colour,pattern,gender",
+    base = [str(BIN / "attrx"), "train", str(cat), "--attributes", "category,colour,pattern,gender",
             *TRAIN, "--warmup-epochs", "1", "--e2e-epochs", "3", "--tune-epochs", "0"]
     cache = root / "image-cache"
     configs = {"in_memory": [*base, "--in-memory"], "streaming": base, "warm_cache": [*base, "--image-cache", str(cache)]}
@@ -97,7 +97,7 @@ def memory(root: Path, sizes: list[int]) -> dict:
     out = {}
     for n in sizes:
         cat = catalog(root, n)
-        base = [str(BIN / "attrx"), "train", "--catalog", str(cat), "--attributes", "colour,gender", *TRAIN,
+        base = [str(BIN / "attrx"), "train", str(cat), "--attributes", "colour,gender", *TRAIN,
                 "--warmup-epochs", "1", "--e2e-epochs", "0", "--tune-epochs", "0"]
         for name, extra in (("streaming", []), ("in_memory", ["--in-memory"])):
             r = run_train([*base, *extra], root / f"rss-{name}-{n}")
@@ -110,7 +110,7 @@ def memory(root: Path, sizes: list[int]) -> dict:
 
 def ddp(root: Path) -> dict:
     cat = catalog(root, 1500, seed=3)
-    common = ["train", "--catalog", str(cat), "--attributes", "colour,gender", "--config", "tiny",
+    common = ["train", str(cat), "--attributes", "colour,gender", "--config", "tiny",
               "--warmup-epochs", "1", "--e2e-epochs", "12", "--tune-epochs", "0", "--e2e-lr", "2e-3",
               "--batch-size", "32", "--quiet", "--threads", "1"]
     one = run_train([str(BIN / "attrx"), *common], root / "ddp-1")
@@ -125,7 +125,7 @@ def ddp(root: Path) -> dict:
 def baseline(root: Path, reps: int, other: Path) -> dict:
     """The streaming training run with this checkout's attrx and with another install's, alternating."""
     cat = catalog(root, 3000)
-    args = ["train", "--catalog", str(cat), "--attributes", "category,colour,pattern,gender", *TRAIN,
+    args = ["train", str(cat), "--attributes", "category,colour,pattern,gender", *TRAIN,
             "--warmup-epochs", "1", "--e2e-epochs", "3", "--tune-epochs", "0"]
     bins = {"this": BIN, "baseline": other}
     runs = {k: [] for k in bins}

@@ -24,9 +24,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from attrx.export import precision
+from attrx.export.drift_reference import drift_reference
 from attrx.export.onnx_export import example_inputs, export_onnx
 from attrx.export.parity import check_parity
-from attrx.export.reference import drift_reference
 from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.bundle import (
     MANIFEST,

@@ -13,7 +13,7 @@ from attrx.service.procutil import available_cores
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATTRX_", extra="ignore")
 
-    bundle: str = Field("build/demo-bundle", description="model bundle folder")
+    bundle: str = Field(description="model bundle folder")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(default_factory=lambda: available_cores(), ge=1,
@@ -39,10 +39,10 @@ class ServeSettings(BaseSettings):
     response_cache: int = Field(0, ge=0, description="answer repeated products from an LRU cache of this many "
                                 "responses per front-end process, keyed on the bundle's sha256, the product and "
                                 "the options (0: off)")
-    inference_workers: int = Field(1, ge=1, description="threads running model batches")
+    inference_threads: int = Field(1, ge=1, description="threads running model batches")
     # half the cores each for preprocessing and the model: on 2 cores this beat onnxruntime's
     # all-cores default by ~19% in requests/s (benchmarks/serve.py), less thread contention
-    preprocess_workers: int = Field(default_factory=lambda: _half_cores(), ge=1,
+    preprocess_threads: int = Field(default_factory=lambda: _half_cores(), ge=1,
                                     description="threads decoding images and tokenising titles (default: cores/2)")
     # a trade-off, measured on 2 cores (alternating repetitions): at 10, 429 p99 under 4x overload
     # fell from 14-65 ms to 13-19 ms, but closed-loop p99 rose (c=64: 145 ms against 100 ms at 0)
@@ -52,9 +52,9 @@ class ServeSettings(BaseSettings):
     intra_op_threads: int = Field(default_factory=lambda: _half_cores(), ge=0,
                                   description="onnxruntime threads per batch (default: cores/2; 0: onnxruntime's own)")
     providers: str = Field("cpu", description="onnxruntime execution providers: cpu, cuda, tensorrt or auto")
-    precision: str = Field("auto", pattern="^(auto|fp32|fp16|int8)$",
-                           description="which of the bundle's variants runs: fp32, fp16, int8, or auto (the best "
-                                       "one meant for the providers: int8 on cpu, fp16 on cuda/tensorrt, else fp32)")
+    variant: str = Field("auto", pattern="^(auto|fp32|fp16|int8)$",
+                         description="which of the bundle's variants runs: fp32, fp16, int8, or auto (the best "
+                                     "one meant for the providers: int8 on cpu, fp16 on cuda/tensorrt, else fp32)")
     backend: str = Field("onnxruntime", pattern="^(onnxruntime|tensorrt)$",
                          description="onnxruntime (the ONNX variants), or tensorrt (the bundle's model.plan from "
                                      "`attrx build-engine`, on the TensorRT lean runtime; needs attrx[tensorrt] "
@@ -84,7 +84,7 @@ class ServeSettings(BaseSettings):
     drift_thresholds: str | None = Field(None, description="drift alert thresholds (JSON: statistic or "
                                          "attribute.statistic -> Jensen-Shannon distance), e.g. fitted on your own "
                                          "products by benchmarks/drift.py; default: attrx's, per statistic")
-    max_batch_items: int = Field(32, ge=1, description="most products in one /v1/extract/batch call")
+    max_request_items: int = Field(32, ge=1, description="most products in one /v1/extract/batch call")
     # connections
     header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "
                                                            "within this is closed (408)")
@@ -104,9 +104,9 @@ class ServeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.max_in_flight < self.max_batch_items:
-            raise ValueError(f"max_in_flight ({self.max_in_flight}) must be at least max_batch_items "
-                             f"({self.max_batch_items}), or a full batch request could never be admitted")
+        if self.max_in_flight < self.max_request_items:
+            raise ValueError(f"max_in_flight ({self.max_in_flight}) must be at least max_request_items "
+                             f"({self.max_request_items}), or a full batch request could never be admitted")
         if self.api_key_file and not self.api_key:
             try:
                 text = Path(self.api_key_file).read_text(encoding="utf-8")

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-from attrx.cli.common import csv_list, need_training_extra
+from attrx.cli.common import csv_list, deprecated, input_argument, need_training_extra
 
 
 def cmd_eval(a) -> None:
     need_training_extra()
-    from attrx.training.evaluate import evaluate
+    from attrx.training.evaluation.evaluate import evaluate
 
-    evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.precision, min_positives=a.min_positives,
+    evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.min_precision, min_positives=a.min_positives,
              progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
              strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
              confidence=a.calibration_confidence, decisions=a.decisions)
 
 
+def precision_list(s: str) -> list[float]:
+    return [float(x) for x in csv_list(s)]
+
+
 def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="quality per attribute, condition and situation; calibrate the acceptance thresholds")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--catalog", required=True)
+    input_argument(e, "CSV, JSONL or Parquet with id, title, image and the checkpoint's attribute columns")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (from attrx train)")
     e.add_argument("--out", help="where metrics.json and plots go (default: the checkpoint folder)")
-    e.add_argument("--precision", type=lambda s: [float(x) for x in csv_list(s)], default=[0.90, 0.95],
-                   help="target precisions (default 0.90,0.95)")
+    e.add_argument("--min-precision", type=precision_list, default=[0.90, 0.95],
+                   help="target precisions to calibrate `accepted` for, a list (default 0.90,0.95)")
+    deprecated(e, "--precision", "--min-precision", "min_precision", type=precision_list)
     e.add_argument("--min-positives", type=int, default=5,
                    help="recall@precision is macro-averaged over the classes with at least this many positives "
                         "both in the validation split (the thresholds' support) and in the evaluated rows; the "
@@ -45,7 +50,7 @@ def _eval_parser(sub) -> None:
                         "constraints; default); plain: per-class thresholds in every situation, no conflicts, no "
                         "constraints (what bundles before situations did), for comparison")
     e.add_argument("--report", help="also write figures and a Markdown summary (summary.md) into this folder")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
 

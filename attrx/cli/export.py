@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from attrx.cli.common import csv_list, need_training_extra
+from attrx.cli.common import bundle_option, csv_list, deprecated, need_training_extra
 
 
 def cmd_export(a) -> None:
@@ -13,9 +13,9 @@ def cmd_export(a) -> None:
     from attrx.export.onnx_export import ExportError
 
     try:
-        result = export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, precisions=a.precision,
+        result = export_bundle(a.checkpoint, a.out, name=a.name, version=a.version, precisions=a.variants,
                                attention=a.attention, opset=a.opset, tolerance=a.tolerance, catalog=a.catalog,
-                               unimodal=a.unimodal)
+                               unimodal=a.unimodal, progress=not a.quiet)
     except ExportError as e:
         raise SystemExit(f"attrx export: {e}") from None
     if a.tensorrt:
@@ -25,7 +25,7 @@ def cmd_export(a) -> None:
     if result.refused:
         refused = "; ".join(f"{k}: {v}" for k, v in result.refused.items())
         print(f"attrx export: written without {', '.join(result.refused)} ({refused})", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(3)  # done, but part of the result refused
 
 
 def cmd_build_engine(a) -> None:
@@ -33,7 +33,7 @@ def cmd_build_engine(a) -> None:
 
     try:
         build_engine(a.bundle, max_batch_size=a.max_batch_size, opt_batch_size=a.opt_batch_size,
-                     precision=a.precision, workspace_gib=a.workspace_gib,
+                     precision=a.variant, workspace_gib=a.workspace_gib,
                      allow_other_version=a.allow_other_tensorrt)
     except EngineBuildError as e:
         raise SystemExit(f"attrx build-engine: {e}") from None
@@ -67,15 +67,17 @@ def _check_drift_reference(m) -> str:
 
 
 def _export_parser(sub) -> None:
-    x = sub.add_parser("export", help="checkpoint -> model bundle (ONNX + manifest + tokenizer), with parity check")
-    x.add_argument("--checkpoint", required=True)
-    x.add_argument("--out", required=True)
+    x = sub.add_parser("export", help="checkpoint -> model bundle (ONNX + manifest + tokenizer), with parity check",
+                       description="Exit status: 0 written, 3 written without a variant that missed its gate, "
+                                   "1 failed, 2 usage error.")
+    x.add_argument("--checkpoint", required=True, help="checkpoint folder (from attrx train)")
+    x.add_argument("--out", required=True, help="bundle folder to write (replaced if it exists)")
     x.add_argument("--name", help="model name (default: the checkpoint folder's name)")
-    x.add_argument("--version", default="0.1.0")
-    x.add_argument("--precision", type=csv_list, default=["fp32"],
+    x.add_argument("--version", default="0.1.0", help="model version recorded in the manifest (default 0.1.0)")
+    x.add_argument("--variants", type=csv_list, default=["fp32"],
                    help="variants to write: fp32 (always), fp16 (GPUs), int8 (CPUs); each is checked against "
                         "fp32 on the catalog's test split and refused, with the reason, if it misses its gate "
-                        "(exit status 2). Default fp32")
+                        "(exit status 3). Default fp32")
     x.add_argument("--attention", choices=["fused", "unfused"], default="fused",
                    help="fused: one ONNX Attention node per attention (opset 23, default); unfused: MatMul/Softmax "
                         "(opset 17)")
@@ -89,11 +91,13 @@ def _export_parser(sub) -> None:
     x.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (as `attrx build-engine`; "
                                                            "needs the full tensorrt package and a GPU)")
     x.add_argument("--max-batch-size", type=int, default=32, help="TensorRT profile's largest batch (default 32)")
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
+    deprecated(x, "--precision", "--variants", "variants", type=csv_list)
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="bundle -> TensorRT engine (model.plan) for the lean runtime; needs "
                                             "the full tensorrt package and an NVIDIA GPU")
-    b.add_argument("bundle")
-    b.add_argument("--precision", choices=["auto", "fp16", "fp32"], default="auto",
+    bundle_option(b)
+    b.add_argument("--variant", choices=["auto", "fp16", "fp32"], default="auto",
                    help="which ONNX variant to build from (auto: fp16 if the bundle has it)")
     b.add_argument("--max-batch-size", type=int, default=32, help="largest batch of the optimisation profile")
     b.add_argument("--opt-batch-size", type=int, help="batch size TensorRT tunes for (default: max-batch-size)")
@@ -101,12 +105,13 @@ def _export_parser(sub) -> None:
     b.add_argument("--allow-other-tensorrt", action="store_true",
                    help="build with a TensorRT other than the pinned one (the engine then runs only on a lean "
                         "runtime of that version)")
+    deprecated(b, "--precision", "--variant", "variant", choices=["auto", "fp16", "fp32"])
     b.set_defaults(func=cmd_build_engine)
 
 
 def _validate_bundle_parser(sub) -> None:
     v = sub.add_parser("validate-bundle", help="check a model bundle against the schema and its file hashes")
-    v.add_argument("bundle")
+    bundle_option(v)
     v.set_defaults(func=cmd_validate_bundle)
 
 

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from attrx.cli.common import need_training_extra
+from attrx.cli.common import deprecated, input_argument, need_training_extra, settings_flags, settings_from
 
 
 def cmd_review(a) -> None:
     import uvicorn
 
-    from attrx.service.review.web import ReviewConfig, create_app, read_reviewer_keys
+    from attrx.service.review.review_settings import ReviewSettings
+    from attrx.service.review.web import ReviewConfig, create_review_app, read_reviewer_keys
     from attrx.service.settings import ServeSettings
+
+    queue = a.queue
+    a = settings_from(ReviewSettings, a)
 
     keys = read_reviewer_keys(a.reviewers) if a.reviewers else None
     api_key = None
     if keys is None:  # the service's API key, from the same places `attrx serve` reads it
         api_key = ServeSettings(bundle=a.bundle, api_key_file=a.api_key_file).api_key
-    db = a.db or str(Path(a.queue).with_suffix(".decisions.sqlite"))
-    app = create_app(ReviewConfig(a.queue, a.bundle, db, keys, api_key, a.lease_seconds))
+    db = a.db or str(Path(queue).with_suffix(".decisions.sqlite"))
+    app = create_review_app(ReviewConfig(queue, a.bundle, db, keys, api_key, a.lease_s))
     review = app.state.review
     who = ("per-reviewer keys from " + a.reviewers if keys else
            "the API key and a name per session" if api_key else "a name per session (no key: set ATTRX_API_KEY "
                                                                   "or --reviewers on a shared machine)")
-    print(f"attrx review: {len(review.items)} products in {a.queue}, decisions in {db} "
+    print(f"attrx review: {len(review.items)} products in {queue}, decisions in {db} "
           f"({review.store.counts()['products_answered']} answered so far); reviewers: {who}\n"
           f"open http://{a.host}:{a.port}/", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
@@ -75,18 +78,14 @@ def cmd_improve(a) -> None:
 
 
 def _review_parser(sub) -> None:
-    r = sub.add_parser("review", help="the review page: answer the queue's products in a browser (keyboard-first)")
+    r = sub.add_parser("review", help="the review page: answer the queue's products in a browser (keyboard-first)",
+                       description="Every setting is also an environment variable ATTRX_REVIEW_<SETTING> (its own "
+                                   "prefix: the API server's ATTRX_HOST and ATTRX_PORT do not apply).")
+    from attrx.service.review.review_settings import ReviewSettings
+
     r.add_argument("queue", help="the review queue (attrx score ... --review-queue FILE)")
-    r.add_argument("--bundle", required=True, help="the bundle that scored it (its classes and constraints)")
-    r.add_argument("--db", help="the decisions store, SQLite (default: QUEUE with .decisions.sqlite)")
-    r.add_argument("--reviewers", metavar="FILE", help="per-reviewer keys, lines 'name:key'")
-    r.add_argument("--api-key-file", help="one key for everyone (each reviewer then gives a name); default "
-                                          "ATTRX_API_KEY, as attrx serve")
-    r.add_argument("--lease-seconds", type=float, default=300.0,
-                   help="a product shown to a reviewer is theirs this long, then back to the queue (default 300)")
-    r.add_argument("--host", default=os.environ.get("ATTRX_HOST", "127.0.0.1"))
-    r.add_argument("--port", type=int, default=int(os.environ.get("ATTRX_PORT", "8100")))
-    r.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    settings_flags(r, ReviewSettings, "ATTRX_REVIEW_")
+    deprecated(r, "--lease-seconds", "--lease-s", "lease_s", type=float)
     r.set_defaults(func=cmd_review)
     c = sub.add_parser("corrections", help="export the reviewed values as a catalog file (id,title,image,attributes)")
     c.add_argument("db", help="the decisions store attrx review wrote")
@@ -98,8 +97,8 @@ def _review_parser(sub) -> None:
 def _improve_parser(sub) -> None:
     m = sub.add_parser("improve", help="fine-tune a checkpoint on its catalog plus reviewed corrections, "
                                        "recalibrate on the validation split, report before/after")
+    input_argument(m, "the training catalog the checkpoint was trained on")
     m.add_argument("--checkpoint", required=True, help="the checkpoint to start from")
-    m.add_argument("--catalog", required=True, help="the training catalog it was trained on")
     m.add_argument("--corrections", required=True, help="the decisions store (attrx review) or a corrections catalog")
     m.add_argument("--out", required=True, help="the new checkpoint folder")
     m.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2)")
@@ -107,9 +106,9 @@ def _improve_parser(sub) -> None:
     m.add_argument("--trusted-weight", type=float, help="loss weight of a reviewed label (default 2)")
     m.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
                    help="skip the before/after evaluation on the test split")
-    m.add_argument("--seed", type=int)
-    m.add_argument("--threads", type=int)
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--seed", type=int, help="random seed (default 0)")
+    m.add_argument("--threads", type=int, help="torch CPU threads (default: every core this process may use)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_improve)
 
 

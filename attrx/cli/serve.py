@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+
+from attrx.cli.common import deprecated, settings_flags, settings_from
 
 
 def cmd_serve(a) -> None:
@@ -14,8 +16,8 @@ def cmd_serve(a) -> None:
     if a.api_key is not None:
         print("attrx serve: warning: --api-key shows in the process list (/proc/PID/cmdline, ps); "
               "set ATTRX_API_KEY or use --api-key-file instead", file=sys.stderr, flush=True)
-    fields = ServeSettings.model_fields
-    settings = ServeSettings(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
+    _renamed_environment()
+    settings = settings_from(ServeSettings, a)
     try:
         load_bundle(settings.bundle)
     except BundleError as e:
@@ -29,24 +31,32 @@ def cmd_serve(a) -> None:
     raise SystemExit(serve(settings, log_level=a.log_level, access_log=a.access_log))
 
 
-def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    from attrx.service.settings import ServeSettings
+# old spellings, kept for one release: flag, its new spelling, the setting
+RENAMED = (("--precision", "--variant", "variant"), ("--max-batch-items", "--max-request-items", "max_request_items"),
+           ("--inference-workers", "--inference-threads", "inference_threads"),
+           ("--preprocess-workers", "--preprocess-threads", "preprocess_threads"))
 
-    for name, f in ServeSettings.model_fields.items():
-        ann = f.annotation
-        default = f.default_factory() if f.default_factory is not None else f.default
-        text = f"{f.description or ''} (env ATTRX_{name.upper()}; default {default})".strip()
-        if ann is bool:  # a switch: --allow-provider-fallback, or --no-dedup for one on by default
-            flag = f"--no-{name.replace('_', '-')}" if default else f"--{name.replace('_', '-')}"
-            p.add_argument(flag, dest=name, action="store_const", const=not default, default=None, help=text)
-            continue
-        typ = ann if ann in (int, float, str) else str
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=text)
+
+def _renamed_environment() -> None:
+    """ATTRX_<old name> still sets its setting for one release, with a warning."""
+    for old, _, name in RENAMED:
+        old_env, new_env = f"ATTRX_{old[2:].replace('-', '_').upper()}", f"ATTRX_{name.upper()}"
+        if old_env in os.environ and new_env not in os.environ:
+            print(f"attrx serve: warning: {old_env} is deprecated and will be removed in the next release; "
+                  f"use {new_env}", file=sys.stderr, flush=True)
+            os.environ[new_env] = os.environ[old_env]
 
 
 def _serve_parser(sub) -> None:
-    s = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI, dynamic batching, Prometheus metrics)")
-    _add_settings_flags(s)
+    from attrx.service.settings import ServeSettings
+
+    s = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI, dynamic batching, Prometheus metrics)",
+                       description="Every setting is also an environment variable ATTRX_<SETTING>. Exit status: 0 "
+                                   "stopped after draining, 1 failed (or work left past the drain timeout), "
+                                   "2 usage error.")
+    settings_flags(s, ServeSettings, "ATTRX_")
+    for old, new, name in RENAMED:
+        deprecated(s, old, new, name)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)

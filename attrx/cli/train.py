@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from attrx.cli.common import csv_list, need_training_extra
+from attrx.cli.common import csv_list, deprecated, input_argument, model_defaults, need_training_extra
+from attrx.training.models.configs import config_families, list_configs
 
 
 def cmd_train(a) -> None:
@@ -16,7 +17,8 @@ def cmd_train(a) -> None:
 
 def cmd_pretrain(a) -> None:
     need_training_extra()
-    from attrx.training.pretrain import PretrainConfig, pretrain
+    from attrx.training.params import PretrainConfig
+    from attrx.training.pretrain import pretrain
 
     fields = PretrainConfig.model_fields
     pretrain(PretrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None},
@@ -24,16 +26,15 @@ def cmd_pretrain(a) -> None:
 
 
 def _train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a CMA-CLIP multi-task model (three stages)")
-    t.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id,title,image,<attributes>")
+    from attrx.training.params import TrainConfig
+
+    t = sub.add_parser("train", help="train a multi-task model of any family (CMA-CLIP's three stages by default)")
+    input_argument(t, "CSV, JSONL or Parquet with id,title,image,<attributes>")
     t.add_argument("--attributes", required=True, type=csv_list, help="attribute columns, e.g. colour,pattern")
     t.add_argument("--out", required=True, help="checkpoint folder")
-    t.add_argument("--family", choices=["cma-clip", "momo", "simla"],
-                   help="model family (default: the config's; --family momo or simla defaults to --config "
-                        "momo-tiny or simla-tiny)")
-    t.add_argument("--config", default="tiny",
-                   help="tiny, small, base, cma-clip-b32, small-effnet, momo-tiny, momo-base, simla-tiny, "
-                        "simla-small, simla-effnet, or a JSON file (default tiny)")
+    t.add_argument("--family", help=f"model family: {', '.join(config_families())} (default: the config's; a "
+                                    "family's own tiny config replaces the default --config tiny)")
+    t.add_argument("--config", help=f"a built-in config ({', '.join(list_configs())}) or a JSON file")
     t.add_argument("--init-from", help="CMA-CLIP: a local Hugging Face CLIP folder for the text and image towers; "
                                        "MoMo and SIMLA: a folder written by attrx pretrain")
     t.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the titles")
@@ -41,7 +42,7 @@ def _train_parser(sub) -> None:
     for stage, (ep, lr) in {"warmup": (2, 1e-3), "e2e": (10, 5e-4), "tune": (2, 5e-4)}.items():
         t.add_argument(f"--{stage}-epochs", type=int, help=f"epochs of the {stage} stage (default {ep}; 0 skips it)")
         t.add_argument(f"--{stage}-lr", type=float, help=f"peak learning rate of the {stage} stage (default {lr:g})")
-    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--batch-size", type=int, help="products per optimiser step")
     t.add_argument("--min-class-count", type=int,
                    help="labels with fewer training examples fold into one class 'other' (default 0: none)")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
@@ -78,6 +79,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--modality-specific-layernorm", action="store_true",
                    help="MoMo: shared attention/MLP weights, per-modality LayerNorms (MS-CLIP)")
     _data_options(t)
+    deprecated(t, "--precision", "--amp", "amp", choices=["fp32", "bf16", "fp16"])
+    model_defaults(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
 
@@ -92,7 +95,7 @@ def _data_options(t) -> None:
                         "(repeatable)")
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help="random seed")
     t.add_argument("--in-memory", action="store_true",
                    help="hold every decoded image in RAM (the demo-scale path); by default they go to a disk "
                         "store that batches read from, so memory does not grow with the catalog")
@@ -103,7 +106,7 @@ def _data_options(t) -> None:
                    help="DataLoader and image-decoding worker processes (default: cores - 1; 0: in this process)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where to train (default auto: CUDA when torch sees a GPU, else the CPU)")
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    t.add_argument("--amp", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision (default fp32); fp16 uses a GradScaler and needs CUDA; the "
                         "checkpoint's weights are fp32 either way")
     t.add_argument("--threads", type=int,
@@ -115,8 +118,10 @@ def _data_options(t) -> None:
 def _pretrain_parser(sub) -> None:
     r = sub.add_parser("pretrain", help="self-supervised pre-training without labels: MoMo's three stages or "
                                         "SIMLA's tasks")
-    r.add_argument("--family", default="momo", choices=["momo", "simla"])
-    r.add_argument("--catalog", required=True, help="CSV, JSONL or Parquet with id, title, image (labels unused)")
+    from attrx.training.params import PretrainConfig
+
+    r.add_argument("--family", help="the family to pre-train: momo or simla (default momo)")
+    input_argument(r, "CSV, JSONL or Parquet with id, title, image (labels unused)")
     r.add_argument("--out", required=True, help="folder for the pre-trained encoder")
     r.add_argument("--config", help="momo-tiny (default for momo), momo-base, simla-tiny (default for simla), "
                                     "simla-small, simla-effnet or a JSON file")
@@ -134,9 +139,11 @@ def _pretrain_parser(sub) -> None:
     r.add_argument("--lock-image", action="store_true", help="SIMLA: keep a pretrained CNN image tower as it is")
     r.add_argument("--cmm-ratio", type=float, help="masked share of both in cross-modal masking (default 0.75)")
     r.add_argument("--modality-specific-layernorm", action="store_true", help="per-modality LayerNorms (MS-CLIP)")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--threads", type=int)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    r.add_argument("--seed", type=int, help="random seed")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    model_defaults(r, PretrainConfig)
     r.set_defaults(func=cmd_pretrain)
 
 

@@ -3,7 +3,7 @@ cannot drift from it:
 - reference/cli.md from `attrx`'s argparse parsers (attrx.cli.build_parser);
 - reference/http.md (and reference/openapi.json) from the FastAPI app's OpenAPI document, the one
   `/openapi.json` serves (attrx.service.http.app.openapi_document);
-- reference/configuration.md from the server's settings (attrx.service.settings.ServeSettings).
+- reference/configuration.md from the settings models of attrx serve, score and review.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def on_files(files, config):
 def cli_markdown() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps its help to the terminal's width
     from attrx.cli import build_parser
+    from attrx.cli.common import EXIT_STATUS
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -39,6 +40,17 @@ def cli_markdown() -> str:
     out = ["# CLI reference", "", f"{GENERATED} `attrx COMMAND --help` prints the same text.", "",
            "| command | what |", "|---|---|"]
     out += [f"| [`attrx {name}`](#attrx-{name}) | {helps.get(name, '')} |" for name in sub.choices]
+    out += ["", "## One dialect", "",
+            "- Input data is positional (`attrx score CATALOG`, `attrx train CATALOG`); a model is `--bundle` "
+            "(served) or `--checkpoint` (trained), always an option.",
+            "- The target precision is `--min-precision`; autocast is `--amp`; a bundle's variants are "
+            "`--variants` (to write) and `--variant` (to run).",
+            "- Units are suffixes (`-s`, `-ms`); `--workers` are processes, `--…-threads` threads.",
+            "- The settings of `serve`, `score` and `review` are also environment variables, each command with its "
+            "own prefix ([configuration reference](configuration.md)).",
+            "- An old spelling still works for one release and prints a warning naming the new one.", "",
+            "Exit status, for every command:", "", "| status | meaning |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in EXIT_STATUS.items()]
     out += ["", "```text", parser.format_help().rstrip(), "```", ""]
     for name, p in sub.choices.items():
         out += [f"## attrx {name}", "", helps.get(name, "") or "", "", "```text", p.format_help().rstrip(), "```", ""]
@@ -110,16 +122,29 @@ def api_markdown(spec: dict) -> str:
 
 # -- the server's configuration ---------------------------------------------------------------------
 def settings_markdown() -> str:
+    from attrx.service.review.review_settings import ReviewSettings
+    from attrx.service.scoring.score_settings import ScoreSettings
     from attrx.service.settings import ServeSettings
 
     out = ["# Configuration reference", "",
-           f"{GENERATED} Every setting of `attrx serve` is an environment variable `ATTRX_<NAME>` (the flags of "
-           "[`attrx serve`](cli.md#attrx-serve) override them). Defaults that depend on the machine say so.", "",
-           "| variable | flag | default | meaning |", "|---|---|---|---|"]
-    for name, field in ServeSettings.model_fields.items():
+           f"{GENERATED} Every setting of a long-running command is an environment variable, and a flag of the "
+           "command overrides it. Each command has its own prefix, so one never picks up another's settings. "
+           "Defaults that depend on the machine say so.", ""]
+    for command, model, prefix in (("serve", ServeSettings, "ATTRX_"), ("score", ScoreSettings, "ATTRX_SCORE_"),
+                                   ("review", ReviewSettings, "ATTRX_REVIEW_")):
+        out += [f"## attrx {command}", "",
+                f"Environment variables `{prefix}<NAME>`; flags of [`attrx {command}`](cli.md#attrx-{command}).", "",
+                "| variable | flag | default | meaning |", "|---|---|---|---|"]
+        out += [_setting_row(name, field, prefix) for name, field in model.model_fields.items()] + [""]
+    return "\n".join(out)
+
+
+def _setting_row(name: str, field, prefix: str) -> str:
+    if field.is_required():
+        default = "(required)"
+    else:
         default = "(computed)" if field.default_factory is not None else f"`{json.dumps(field.default)}`"
-        flag = f"--{name.replace('_', '-')}"
-        if field.annotation is bool:  # a switch, as attrx serve spells it
-            flag = f"--no-{flag[2:]}" if field.default else flag
-        out.append(f"| `ATTRX_{name.upper()}` | `{flag}` | {default} | {_cell(field.description)} |")
-    return "\n".join(out) + "\n"
+    flag = f"--{name.replace('_', '-')}"
+    if field.annotation is bool:  # a switch, as the command spells it
+        flag = f"--no-{flag[2:]}" if field.default else flag
+    return f"| `{prefix}{name.upper()}` | `{flag}` | {default} | {_cell(field.description)} |"

@@ -25,14 +25,15 @@ from tqdm import tqdm
 
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
-from attrx.service.contract.drift_stats import DEFAULT_WINDOW, PROFILE_KEY
+from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.contract.preprocess import ImageError
-from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
+from attrx.service.inference.predictor import InputError, Predictor
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
 from attrx.service.scoring.catalog_drift import CatalogDrift
 from attrx.service.scoring.outputs import bundle_sha256, meta_path, open_output
-from attrx.service.scoring.review_queue import CANDIDATES, queue_row
+from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
+from attrx.service.scoring.score_settings import ScoreSettings
 
 
 def output_columns(attributes: list[str]) -> list[str]:
@@ -67,7 +68,7 @@ def conflict_rows(pid: str, preds: dict[str, dict]) -> list[dict]:
 
 class SideFiles:
     """The JSONL files a run may write beside its output, batch by batch: title-image conflicts
-    (`--conflicts`) and the review queue (`--review-queue`, attrx.service.scoring.review_queue)."""
+    (`--conflicts`) and the review queue (`--review-queue`, attrx.service.scoring.queue_writer)."""
 
     def __init__(self, products: list, conflicts: str | Path | None, queue: str | Path | None, append: bool):
         mode = "a" if append else "w"
@@ -106,7 +107,7 @@ def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
 def _prepare(task: tuple[int, str, str | None, str | None]):
     line, pid, title, image = task
     try:
-        return line, pid, _predictor.prepare(title, image), None
+        return line, pid, _predictor.decode_request(title, image), None
     except (ImageError, InputError) as e:
         return line, pid, None, str(e)
 
@@ -170,38 +171,34 @@ def _meta(bundle, key: str, precision: str, providers: str, columns: list[str], 
             "providers": providers, "columns": columns, "catalog": str(catalog)}
 
 
-def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch_size: int = 32,
-          workers: int | None = None, resume: bool = False, overwrite: bool = False,
-          min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
-          max_image_pixels: int | None = None, progress: bool = True, conflicts: str | Path | None = None,
-          review_queue: str | Path | None = None, drift_reference: str | Path | None = None,
-          drift_thresholds: str | Path | None = None, drift_min_products: int = DEFAULT_WINDOW) -> dict:
+def score(catalog: str | Path, s: ScoreSettings) -> dict:
     """Score a catalog into `out` (rows that cannot be scored go to `<out>.errors.jsonl`); with
-    `conflicts`, every attribute whose title and image disagree is also written there as JSONL; with
-    `review_queue`, every product with an attribute not accepted (attrx.service.scoring.review_queue).
-    The catalog's drift from the bundle's reference (or `drift_reference`) goes into the meta file
+    `s.conflicts`, every attribute whose title and image disagree is also written there as JSONL; with
+    `s.review_queue`, every product with an attribute not accepted (attrx.service.scoring.queue_writer).
+    The catalog's drift from the bundle's reference (or `s.drift_reference`) goes into the meta file
     (attrx.service.scoring.catalog_drift)."""
-    out = Path(out)
-    bundle = load_bundle(bundle_dir)
-    predictor = Predictor(bundle, max_image_pixels=max_image_pixels)
-    key = predictor.precision_key(min_precision)
+    out = Path(s.out)
+    bundle = load_bundle(s.bundle)
+    predictor = Predictor(bundle, max_image_pixels=s.max_image_pixels)
+    key = predictor.precision_key(s.min_precision)
     columns = output_columns(predictor.attributes)
-    meta = _meta(bundle, key, precision, providers, columns, catalog)
+    meta = _meta(bundle, key, s.variant, s.providers, columns, catalog)
     cat = read_catalog(catalog)
-    drift = CatalogDrift.start(bundle.manifest, meta_path(out), resume, drift_reference, drift_thresholds,
-                               drift_min_products)
-    writer, skip = open_output(out, columns, meta, resume=resume, overwrite=overwrite)
+    drift = CatalogDrift.start(bundle.manifest, meta_path(out), s.resume, s.drift_reference,
+                               s.drift_thresholds, s.drift_min_products)
+    writer, skip = open_output(out, columns, meta, resume=s.resume, overwrite=s.overwrite)
     todo = [p for p in cat.products if p.id not in skip]
     errors_path = out.with_name(out.name + ".errors.jsonl")
 
-    workers = workers or max(1, (os.cpu_count() or 2) - 1)
+    workers = s.workers or max(1, (os.cpu_count() or 2) - 1)
     ctx = mp.get_context("fork")  # before the ONNX session or any thread exists: cheap and safe
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), max_image_pixels))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), s.max_image_pixels))
     # the model gets the cores the decoding workers leave free
-    backend = load_backend(bundle, providers=providers, threads=max(1, (os.cpu_count() or 2) - workers),
-                           precision=precision)
+    predictor.backend = load_backend(bundle, providers=s.providers,
+                                     threads=max(1, (os.cpu_count() or 2) - workers),
+                                     precision=s.variant)
     errors_f = open(errors_path, "w", encoding="utf-8")
-    side = SideFiles(todo, conflicts, review_queue, append=resume)
+    side = SideFiles(todo, s.conflicts, s.review_queue, append=s.resume)
     errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     counts = {"scored": 0, "failed": len(cat.errors)}
     # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
@@ -209,11 +206,11 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if progress else True, smoothing=0.1)
+    bar = tqdm(total=len(todo), unit="item", desc="score", disable=None if s.progress else True, smoothing=0.1)
 
     def flush(batch: list) -> None:
-        feeds = batch_inputs([x for _, (x, _) in batch])
-        outputs = backend.run(feeds)
+        feeds = predictor.batch([x for _, (x, _) in batch])
+        outputs = predictor.predict(feeds)
         drift.add(outputs, feeds[PROFILE_KEY])
         preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits, top_k=side.top_k))
                  for i, (pid, (_, sits)) in enumerate(batch)]
@@ -233,7 +230,7 @@ def score(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, batch
                     bar.update(1)
                     continue
                 batch.append((pid, inputs))
-                if len(batch) >= batch_size:
+                if len(batch) >= s.batch_size:
                     flush(batch)
                     batch = []
         if batch:  # already decoded: score it, also when stopping

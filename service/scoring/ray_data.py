@@ -32,7 +32,7 @@ import numpy as np
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
-from attrx.service.contract.drift_stats import DEFAULT_WINDOW, PROFILE_KEY, Statistics
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
 from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
@@ -45,7 +45,8 @@ from attrx.service.scoring.outputs import (
     parquet_schema,
     truncate_partial_tail,
 )
-from attrx.service.scoring.review_queue import CANDIDATES, queue_row
+from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
+from attrx.service.scoring.score_settings import ScoreSettings
 
 META = "_attrx_meta.json"
 ERRORS = "_errors"
@@ -88,7 +89,7 @@ def _file_ids(path: Path) -> list[str]:
         return [json.loads(line)["id"] for line in f if line.strip()]
 
 
-def done_ids(out: Path) -> list[str]:
+def done_ids_in_folder(out: Path) -> list[str]:
     return [i for p in data_files(out) for i in _file_ids(p)]
 
 
@@ -133,7 +134,7 @@ def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> s
     done: set[str] = set()
     if resume and existing:
         check_meta(out, meta, path=out / META, keys=CHECKED)
-        done = set(done_ids(out))
+        done = set(done_ids_in_folder(out))
     elif out.exists():
         for p in [*existing, out / META]:
             p.unlink(missing_ok=True)
@@ -161,7 +162,7 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     items, errors, sits = [], [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
         try:
-            item, situations = pred.prepare(title, image)
+            item, situations = pred.decode_request(title, image)
             errors.append("")
         except (ImageError, InputError) as e:
             item, situations = None, pred.situations(title, image)
@@ -169,9 +170,9 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
         items.append(item)
         sits.append(situation_index(situations))
     if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
-        blank = pred.decode_request("-", None)
+        blank = pred.decode_request("-", None).inputs
         items = [blank if x is None else x for x in items]
-    inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).items()}
+    inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).inputs.items()}
     situations = np.asarray(sits, dtype=np.int8).reshape(len(sits), len(pred.attributes))
     return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object),
             "situation": situations, "title": batch["title"], "image": batch["image"], **inputs}
@@ -186,10 +187,10 @@ class Infer:
         from attrx.service.inference.runtime import load_backend
 
         bundle = load_bundle(bundle_dir, verify_hashes=False)
-        self.predictor = Predictor(bundle)
+        self.predictor = Predictor(bundle, backend=load_backend(bundle, providers=providers, threads=threads,
+                                                                precision=precision))
         self.stats = Statistics(bundle.manifest)
         self.drift_counts, self.drift_items = np.zeros(self.stats.total, np.int64), 0
-        self.backend = load_backend(bundle, providers=providers, threads=threads, precision=precision)
         self.key = key
         self.schema = parquet_schema(output_columns(self.predictor.attributes))
         part = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
@@ -225,7 +226,7 @@ class Infer:
             self._write_errors(batch, np.flatnonzero(~ok))
         rows = []
         if ok.any():
-            outputs = self.backend.run({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
+            outputs = self.predictor.predict({k: batch[k][ok] for k in INPUT_NAMES})  # a mask: copies, contiguous
             ids, sits = batch["id"][ok], batch["situation"][ok]
             self._count_drift(outputs, batch[PROFILE_KEY][ok])
             responses = [self.predictor.encode_response(outputs, i, key=self.key, top_k=self.top_k,
@@ -270,48 +271,42 @@ def _check_cpus(ray, concurrency: int, num_cpus: float) -> None:
                          f"(e.g. --ray-num-cpus {max(0.25, (cpus - 1) / concurrency):g})")
 
 
-def score_ray(catalog: str | Path, bundle_dir: str | Path, out: str | Path, *, address: str | None = None,
-              batch_size: int = 32, concurrency: int = 1, num_cpus: float = 1, block_rows: int = 256,
-              fmt: str | None = None, resume: bool = False, overwrite: bool = False,
-              min_precision: float | None = None, providers: str = "cpu", precision: str = "auto",
-              max_image_pixels: int | None = None, local_cpus: int | None = None, progress: bool = True,
-              review_queue: str | Path | None = None, drift_reference: str | Path | None = None,
-              drift_thresholds: str | Path | None = None, drift_min_products: int = DEFAULT_WINDOW) -> dict:
-    """Score a catalog on Ray Data; see the module docstring. With `review_queue`, the products with an
+def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
+    """Score a catalog on Ray Data; see the module docstring. With `s.review_queue`, the products with an
     attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
     Returns the run's summary."""
-    fmt = output_format(out, fmt)
+    fmt = output_format(s.out, s.ray_format)
     ray = _import_ray()
-    out, t0 = Path(out), time.perf_counter()
-    bundle = load_bundle(bundle_dir)
+    out, t0 = Path(s.out), time.perf_counter()
+    bundle = load_bundle(s.bundle)
     predictor = Predictor(bundle)
-    key = predictor.precision_key(min_precision)
+    key = predictor.precision_key(s.min_precision)
     meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
-            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": precision,
-            "providers": providers, "columns": output_columns(predictor.attributes), "format": fmt,
+            "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": s.variant,
+            "providers": s.providers, "columns": output_columns(predictor.attributes), "format": fmt,
             "catalog": str(catalog), "engine": "ray"}
     cat = read_catalog(catalog)
-    drift = CatalogDrift.start(bundle.manifest, out / META, resume, drift_reference, drift_thresholds,
-                               drift_min_products)
-    skip = prepare_output(out, meta, resume=resume, overwrite=overwrite)
+    drift = CatalogDrift.start(bundle.manifest, out / META, s.resume, s.drift_reference, s.drift_thresholds,
+                               s.drift_min_products)
+    skip = prepare_output(out, meta, resume=s.resume, overwrite=s.overwrite)
     drift_dir = _empty_folder(out / DRIFT_PARTS)
     with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     todo = [p for p in cat.products if p.id not in skip]
-    queue_dir = _queue_parts(out, review_queue)
+    queue_dir = _queue_parts(out, s.review_queue)
     t_read = time.perf_counter() - t0
-    started = bool(todo) and _connect(ray, address, local_cpus, progress)  # nothing to do: no Ray
+    started = bool(todo) and _connect(ray, s.ray or None, s.ray_local_cpus, s.progress)  # nothing to do: no Ray
     try:
         if todo:
-            _check_cpus(ray, concurrency, num_cpus)
-            _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=batch_size, concurrency=concurrency,
-                 num_cpus=num_cpus, block_rows=block_rows, key=key, providers=providers, precision=precision,
-                 max_image_pixels=max_image_pixels, queue_dir=queue_dir, drift_dir=drift_dir)
+            _check_cpus(ray, s.ray_concurrency, s.ray_num_cpus)
+            _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=s.batch_size, concurrency=s.ray_concurrency,
+                 num_cpus=s.ray_num_cpus, block_rows=s.ray_block_rows, key=key, providers=s.providers,
+                 precision=s.variant, max_image_pixels=s.max_image_pixels, queue_dir=queue_dir, drift_dir=drift_dir)
     finally:
         if started:
             ray.shutdown()
     if queue_dir is not None:
-        join_queue(queue_dir, Path(review_queue), append=resume)
+        join_queue(queue_dir, Path(s.review_queue), append=s.resume)
     drift.add_counts(*sum_parts(drift_dir, drift.stats.total))
     shutil.rmtree(drift_dir, ignore_errors=True)
     summary = _summary(out, skip, time.perf_counter() - t0, t_read)
@@ -369,7 +364,7 @@ def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, con
 
 
 def _summary(out: Path, skip: set, dt: float, t_read: float) -> dict:
-    ids = done_ids(out)
+    ids = done_ids_in_folder(out)
     errors = error_rows(out)
     scored = len(ids) - len(skip)
     summary = {"scored": scored, "failed": len(errors), "skipped_already_done": len(skip),

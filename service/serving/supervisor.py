@@ -221,14 +221,14 @@ class Supervisor:
             self.listens = _bind(s.host, s.port, s.workers)
         except OSError as e:
             log.error("attrx: cannot listen on %s:%d: %s", s.host, s.port, e.strerror or e)
-            return 3
+            return 1
         signals = _Signals()
         try:
             msg = self._start_engine(signals)
             if msg[0] != "layout":
                 log.error("attrx: cannot serve: %s", msg[1])
                 self._stop_engine(0.0)
-                return 3
+                return 1
             self.layout, self.info = msg[1], msg[2]
             self._start_fronts()
             return self._supervise(signals)

@@ -18,7 +18,7 @@ def runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
     catalog = write_demo_catalog(root / "data", n=1500, seed=3, progress=False)
-    common = ["train", "--catalog", str(catalog), "--attributes", "colour,gender", "--config", "tiny",
+    common = ["train", str(catalog), "--attributes", "colour,gender", "--config", "tiny",
               "--warmup-epochs", "1", "--e2e-epochs", "12", "--tune-epochs", "0", "--e2e-lr", "2e-3",
               "--batch-size", "32", "--quiet", "--threads", "1",
               # every epoch runs in both (no early stop), so their logs can be compared line for line: a

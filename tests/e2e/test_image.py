@@ -49,7 +49,7 @@ def _scored_here(bundle: Path, image: Path, tmp_path: Path) -> dict:
     cat, out = tmp_path / "one.csv", tmp_path / "one.jsonl"
     cat.write_text(f"id,title,image\np1,{TITLE},{image}\n")
     exe = str(Path(sys.executable).parent / "attrx")
-    subprocess.run([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out), "--precision", "fp32",
+    subprocess.run([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out), "--variant", "fp32",
                     "--quiet"], check=True, capture_output=True, timeout=300)
     return json.loads(out.read_text().splitlines()[0])
 

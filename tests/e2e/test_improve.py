@@ -42,7 +42,7 @@ def test_improve_trains_on_reviewed_products_and_recalibrates_on_validation(trai
     before_calibration = (trained_checkpoint / "calibration.json").read_bytes()
     db, used, held_out = _corrections(demo_catalog, tmp_path, ck.meta["split"])
     out = tmp_path / "improved"
-    main(["improve", "--checkpoint", str(trained_checkpoint), "--catalog", str(demo_catalog), "--corrections",
+    main(["improve", "--checkpoint", str(trained_checkpoint), str(demo_catalog), "--corrections",
           str(db), "--out", str(out), "--epochs", "1", "--threads", "2", "--quiet"])
     new = load_checkpoint(out)
     info = new.meta["improved_from"]
@@ -63,7 +63,7 @@ def test_improve_trains_on_reviewed_products_and_recalibrates_on_validation(trai
     # the same corrections as a catalog file work too, and --out may not be the checkpoint itself
     again = tmp_path / "again"
     shutil.copyfile(out / "corrections.csv", tmp_path / "c.csv")
-    main(["improve", "--checkpoint", str(trained_checkpoint), "--catalog", str(demo_catalog), "--corrections",
+    main(["improve", "--checkpoint", str(trained_checkpoint), str(demo_catalog), "--corrections",
           str(tmp_path / "c.csv"), "--out", str(again), "--epochs", "1", "--no-eval", "--quiet"])
     assert load_checkpoint(again).meta["improved_from"]["reviewed_used"] == len(used)
     assert not (again / "improvement.json").exists()

@@ -17,7 +17,7 @@ def test_a_locked_tower_is_computed_once_and_read_warm_after(demo_catalog, tmp_p
     from attrx.training.models.efficientnet_lite import pretrained
 
     cache = tmp_path / "cache"
-    base = ["train", "--catalog", str(demo_catalog), "--attributes", "colour,pattern", "--image-cache", str(cache),
+    base = ["train", str(demo_catalog), "--attributes", "colour,pattern", "--image-cache", str(cache),
             *FAST]
     main([*base, "--out", str(tmp_path / "a")])
     first = capsys.readouterr().out

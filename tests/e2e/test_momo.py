@@ -32,12 +32,12 @@ def test_visible_tokens_hold_only_visible_content():
 
 def test_momo_trains_exports_and_serves(demo_catalog, tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "bundle"
-    main(["train", "--family", "momo", "--catalog", str(demo_catalog), "--attributes", "colour,pattern,gender",
+    main(["train", "--family", "momo", str(demo_catalog), "--attributes", "colour,pattern,gender",
           "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "1", "--tune-epochs", "1", "--quiet",
           "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
     cfg = json.loads((ck / "config.json").read_text())
     assert cfg["model"]["family"] == "momo" and "token_spec" in cfg
-    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet", "--min-positives", "1"])
+    main(["eval", "--checkpoint", str(ck), str(demo_catalog), "--quiet", "--min-positives", "1"])
     main(["export", "--checkpoint", str(ck), "--out", str(out), "--name", "momo-test"])
     b = load_bundle(out)
     assert b.manifest.model.family == "momo" and b.manifest.parity["max_abs_diff"] <= 1e-4
@@ -55,10 +55,10 @@ def test_momo_trains_exports_and_serves(demo_catalog, tmp_path):
 
 def test_momo_rejects_cma_clip_only_flags(demo_catalog, tmp_path):
     with pytest.raises(SystemExit, match="--no-swa is a CMA-CLIP ablation"):
-        main(["train", "--family", "momo", "--catalog", str(demo_catalog), "--attributes", "colour",
+        main(["train", "--family", "momo", str(demo_catalog), "--attributes", "colour",
               "--out", str(tmp_path), "--no-swa", "--quiet"])
     with pytest.raises(SystemExit, match="is a cma-clip config but --family is momo"):
-        main(["train", "--family", "momo", "--config", "base", "--catalog", str(demo_catalog),
+        main(["train", "--family", "momo", "--config", "base", str(demo_catalog),
               "--attributes", "colour", "--out", str(tmp_path), "--quiet"])
 
 

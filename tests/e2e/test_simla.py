@@ -21,7 +21,7 @@ LOSSES = {"itc", "itm", "mlm", "xmm", "concept"}
 @pytest.fixture(scope="session")
 def simla_pretrained(demo_catalog, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "simla"
-    main(["pretrain", "--family", "simla", "--catalog", str(demo_catalog), "--out", str(out), "--steps", "48",
+    main(["pretrain", "--family", "simla", str(demo_catalog), "--out", str(out), "--steps", "48",
           "--batch-size", "16", "--quiet", "--threads", "2"])
     return out
 
@@ -29,7 +29,7 @@ def simla_pretrained(demo_catalog, tmp_path_factory):
 @pytest.fixture(scope="session")
 def simla_checkpoint(simla_pretrained, demo_catalog, tmp_path_factory):
     ck = tmp_path_factory.mktemp("simla") / "ck"
-    main(["train", "--family", "simla", "--init-from", str(simla_pretrained), "--catalog", str(demo_catalog),
+    main(["train", "--family", "simla", "--init-from", str(simla_pretrained), str(demo_catalog),
           "--attributes", "colour,pattern,gender", "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "2",
           "--tune-epochs", "0", "--quiet", "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
     return ck
@@ -54,7 +54,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights(simla_pretrained, demo_c
     from attrx.training.models.checkpoint import load_checkpoint
 
     ck = tmp_path / "ck"
-    main(["train", "--family", "simla", "--init-from", str(simla_pretrained), "--catalog", str(demo_catalog),
+    main(["train", "--family", "simla", "--init-from", str(simla_pretrained), str(demo_catalog),
           "--attributes", "colour", "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "0",
           "--tune-epochs", "0", "--quiet", "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
     pre = load_file(str(simla_pretrained / "model.safetensors"))
@@ -131,7 +131,7 @@ def test_the_server_answers_with_the_images_evidence(simla_checkpoint, demo_cata
 
 
 def test_eval_reports_what_the_image_itself_backs(simla_checkpoint, demo_catalog, tmp_path):
-    main(["eval", "--checkpoint", str(simla_checkpoint), "--catalog", str(demo_catalog), "--quiet",
+    main(["eval", "--checkpoint", str(simla_checkpoint), str(demo_catalog), "--quiet",
           "--min-positives", "1", "--out", str(tmp_path / "ev"), "--report", str(tmp_path / "report")])
     con = json.loads((tmp_path / "ev" / "metrics.json").read_text())["concepts"]
     assert con["attribute"] == "colour" and con["products"] > 20 and 0 <= con["rank1"] <= 1
@@ -144,15 +144,15 @@ def test_eval_reports_what_the_image_itself_backs(simla_checkpoint, demo_catalog
 def test_simla_refuses_flags_of_other_families(demo_catalog, tmp_path):
     for flag in ("--no-swa", "--modality-specific-layernorm"):
         with pytest.raises(SystemExit, match=f"{flag} does not apply to SIMLA"):
-            main(["train", "--family", "simla", "--catalog", str(demo_catalog), "--attributes", "colour",
+            main(["train", "--family", "simla", str(demo_catalog), "--attributes", "colour",
                   "--out", str(tmp_path), flag, "--quiet"])
     with pytest.raises(SystemExit, match="--stage1-steps does not apply to --family simla"):
-        main(["pretrain", "--family", "simla", "--catalog", str(demo_catalog), "--out", str(tmp_path),
+        main(["pretrain", "--family", "simla", str(demo_catalog), "--out", str(tmp_path),
               "--stage1-steps", "3"])
     with pytest.raises(SystemExit, match="--lock-image, --steps do not apply to --family momo"):
-        main(["pretrain", "--catalog", str(demo_catalog), "--out", str(tmp_path), "--steps", "3", "--lock-image"])
+        main(["pretrain", str(demo_catalog), "--out", str(tmp_path), "--steps", "3", "--lock-image"])
     with pytest.raises(SystemExit, match="is a simla config but --family is momo"):
-        main(["train", "--family", "momo", "--config", "simla-tiny", "--catalog", str(demo_catalog),
+        main(["train", "--family", "momo", "--config", "simla-tiny", str(demo_catalog),
               "--attributes", "colour", "--out", str(tmp_path), "--quiet"])
 
 
@@ -174,9 +174,9 @@ def test_the_pretrained_image_towers_plug_in(tmp_path):
 
 def test_a_pretraining_of_a_few_steps_runs(demo_catalog, tmp_path):
     """Below 20 steps the one-cycle warm-up would be under one step (OneCycleLR divides by zero)."""
-    main(["pretrain", "--family", "simla", "--catalog", str(demo_catalog), "--out", str(tmp_path / "s"),
+    main(["pretrain", "--family", "simla", str(demo_catalog), "--out", str(tmp_path / "s"),
           "--steps", "5", "--batch-size", "8", "--quiet", "--threads", "2"])
-    main(["pretrain", "--catalog", str(demo_catalog), "--out", str(tmp_path / "m"), "--stage1-steps", "2",
+    main(["pretrain", str(demo_catalog), "--out", str(tmp_path / "m"), "--stage1-steps", "2",
           "--stage2-steps", "2", "--stage3-steps", "2", "--batch-size", "8", "--quiet", "--threads", "2"])
     assert len((tmp_path / "s" / "pretrain_log.jsonl").read_text().splitlines()) == 5
     assert len((tmp_path / "m" / "pretrain_log.jsonl").read_text().splitlines()) == 6

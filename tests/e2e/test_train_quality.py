@@ -21,15 +21,15 @@ def test_single_modality_models_ignore_the_other_input_also_when_exported(demo_c
     from attrx.training.models.checkpoint import load_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "b"
-    main(["train", "--inputs", inputs, "--catalog", str(demo_catalog), "--attributes", "colour,gender",
+    main(["train", "--inputs", inputs, str(demo_catalog), "--attributes", "colour,gender",
           "--out", str(ck), "--warmup-epochs", "1", "--e2e-epochs", "1", "--tune-epochs", "0", "--quiet",
           "--threads", "2", "--val-frac", "0.2", "--test-frac", "0.2"])
     # a condition that removes the only input the model reads is refused, naming why
     with pytest.raises(SystemExit, match=f"reads only {'titles' if inputs == 'text' else 'images'}.*leaves it nothing"):
-        main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--quiet",
+        main(["eval", "--checkpoint", str(ck), str(demo_catalog), "--quiet",
               "--drop-image" if inputs == "image" else "--drop-title"])
     # train calibrated the thresholds already: neither --split all nor export needs a plain eval first
-    main(["eval", "--checkpoint", str(ck), "--catalog", str(demo_catalog), "--split", "all", "--quiet",
+    main(["eval", "--checkpoint", str(ck), str(demo_catalog), "--split", "all", "--quiet",
           "--min-positives", "1"])
     main(["export", "--checkpoint", str(ck), "--out", str(out)])
     model = load_checkpoint(ck).model

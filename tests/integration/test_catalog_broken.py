@@ -121,13 +121,14 @@ def test_scoring_a_broken_catalog_accounts_for_every_row(tmp_path, bundle):
     import json
 
     from attrx.service.scoring.local import score
+    from attrx.service.scoring.score_settings import ScoreSettings
 
     rows = _rows()
     rows[50] = '51,"Roadster Men Tee 51,,red'
     rows[9] = "10,Roadster\x00 Tee,,red"
     rows[29] = "30,Too,many,fields,here"
     out = tmp_path / "scores.jsonl"
-    summary = score(_write(tmp_path, rows), bundle, out, workers=1, progress=False)
+    summary = score(_write(tmp_path, rows), ScoreSettings(bundle=str(bundle), out=str(out), workers=1, progress=False))
     scored = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     errors = [json.loads(x) for x in (tmp_path / "scores.jsonl.errors.jsonl").read_text().splitlines()]
     assert len(scored) + len(errors) == 101 and summary["scored"] == 98

@@ -45,7 +45,7 @@ def test_eval_on_another_catalog_counts_unseen_labels_separately(checkpoint, dem
             r["image"] = str(demo_catalog.parent / r["image"]) if r["image"] else ""
             w.writerow(r)
     calib_before = (checkpoint / "calibration.json").read_bytes()
-    main(["eval", "--checkpoint", str(checkpoint), "--catalog", str(other), "--split", "all", "--quiet",
+    main(["eval", "--checkpoint", str(checkpoint), str(other), "--split", "all", "--quiet",
           "--min-positives", "1"])
     m = json.loads((checkpoint / "eval" / "all-other" / "metrics.json").read_text())
     colour = m["attributes"]["colour"]
@@ -59,7 +59,7 @@ def test_eval_on_another_catalog_counts_unseen_labels_separately(checkpoint, dem
 def test_conditions(checkpoint, demo_catalog, tmp_path, flag):
     args = [flag] + (["colour,pattern"] if flag == "--strip-label-words" else [])
     report = tmp_path / "report"
-    main(["eval", "--checkpoint", str(checkpoint), "--catalog", str(demo_catalog), *args, "--quiet",
+    main(["eval", "--checkpoint", str(checkpoint), str(demo_catalog), *args, "--quiet",
           "--min-positives", "1", "--out", str(tmp_path / "ev"), "--report", str(report)])
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     if flag == "--strip-label-words":

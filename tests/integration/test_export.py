@@ -114,14 +114,14 @@ def test_variants_run_and_auto_picks_per_provider(variant_bundle, checkpoint):
             np.testing.assert_allclose(r, g, atol=0.2)
 
 
-def test_refused_variant_is_named_and_export_exits_2(checkpoint, tmp_path, monkeypatch, capsys):
+def test_refused_variant_is_named_and_export_exits_3(checkpoint, tmp_path, monkeypatch, capsys):
     from attrx.cli import main
     from attrx.export import precision
 
     monkeypatch.setitem(precision.GATES, "int8", {"min_agreement": 1.01, "max_accuracy_drop": 0.0})  # unreachable
     with pytest.raises(SystemExit) as e:
-        main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--precision", "int8"])
-    assert e.value.code == 2
+        main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--variants", "int8"])
+    assert e.value.code == 3  # done, but part of the result refused
     err = capsys.readouterr().err
     assert "written without int8" in err and "argmax agrees with fp32" in err and "needs >= 101.0%" in err
     b = load_bundle(tmp_path / "b")  # the bundle is still written, without the refused variant
@@ -150,7 +150,7 @@ def test_unknown_precision_is_refused(checkpoint, tmp_path):
     from attrx.cli import main
 
     with pytest.raises(SystemExit, match="unknown precision fp8; use fp32, fp16, int8"):
-        main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--precision", "fp8"])
+        main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--variants", "fp8"])
 
 
 def test_v1_bundle_still_loads(bundle, tmp_path):
@@ -208,7 +208,7 @@ def test_served_variant_is_reported(variant_bundle, bundle):
         s.stop()
     # a precision the bundle lacks stops the start, naming what it has
     r = subprocess.run([sys.executable, "-m", "attrx", "serve", "--bundle", str(bundle), "--port", "0",
-                        "--precision", "int8", "--workers", "1"], capture_output=True, text=True, timeout=120)
+                        "--variant", "int8", "--workers", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "the bundle has no int8 variant; it has fp32" in r.stdout + r.stderr
 
 

@@ -48,7 +48,7 @@ def _read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, floa
 def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
     # a long batch delay keeps 4 products in flight; the next requests must be refused at the door
     # two front-end processes: the limit is the whole server's, whichever process a connection reaches
-    s = start_server(workers=2, max_in_flight=4, max_batch_items=4, batching="fixed", max_queue_delay_ms=2000, max_batch_size=64)
+    s = start_server(workers=2, max_in_flight=4, max_request_items=4, batching="fixed", max_queue_delay_ms=2000, max_batch_size=64)
     with cf.ThreadPoolExecutor(4) as ex:
         held = [ex.submit(httpx.post, s.url + "/v1/extract", json={"title": f"Cap {i}"}, timeout=20)
                 for i in range(4)]
@@ -210,7 +210,7 @@ def test_connections_past_the_limit_are_refused(start_server):
 
 def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
     # one decoding thread busy with slow images: the clients that give up meanwhile are dropped
-    s = start_server(preprocess_workers=1, max_queue_delay_ms=1)
+    s = start_server(preprocess_threads=1, max_queue_delay_ms=1)
     heavy = _png(6000, 6000)  # ~0.8 s to decode here: still decoding when its client gives up
     before = scrape(s)
     with cf.ThreadPoolExecutor(4) as ex:
@@ -231,7 +231,7 @@ def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
 
 # -- shutdown and waiting ---------------------------------------------------------------------------
 def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_server):
-    s = start_server(preprocess_workers=1, drain_timeout_s=1, log_level="info")
+    s = start_server(preprocess_threads=1, drain_timeout_s=1, log_level="info")
     # 10 different products (identical ones would share one decoding), one at a time: several seconds
     # of decoding, past the 1 s drain
     heavy = [_png(6000, 6000, fill=0x40 + i) for i in range(10)]

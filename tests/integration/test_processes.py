@@ -192,7 +192,7 @@ def test_a_port_in_use_is_a_clear_error(bundle):
         exe = str(Path(sys.executable).parent / "attrx")
         r = subprocess.run([exe, "serve", "--bundle", str(bundle), "--port", str(port)], capture_output=True,
                            text=True, timeout=60)
-    assert r.returncode == 3
+    assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -206,7 +206,7 @@ def test_a_second_server_on_the_same_port_is_refused(start_server, bundle):
     exe = str(Path(sys.executable).parent / "attrx")
     r = subprocess.run([exe, "serve", "--bundle", str(bundle), "--port", str(s.port)], capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 3 and "Address already in use" in r.stderr
+    assert r.returncode == 1 and "Address already in use" in r.stderr
 
 
 # -- identical products ---------------------------------------------------------------------------

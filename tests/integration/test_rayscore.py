@@ -78,7 +78,7 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
 
 
 def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):
-    from attrx.service.scoring.ray_data import data_files, done_ids
+    from attrx.service.scoring.ray_data import data_files, done_ids_in_folder
 
     cat, ids = long_catalog(demo_catalog, tmp_path, repeats=8)
     out = tmp_path / "ray-out"
@@ -102,7 +102,7 @@ def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path
         time.sleep(0.1)
     # the ids of the complete files: a file the kill cut short has no footer and is dropped, as
     # --resume drops it (reading it as it is would fail on a kill that lands mid-write)
-    kept = done_ids(out)
+    kept = done_ids_in_folder(out)
     assert 0 < len(kept) < len(ids), (tmp_path / "run.log").read_text()[-3000:]
     # and one file cut short, as a kill in the middle of a write leaves it
     first = data_files(out)[0]
@@ -120,7 +120,7 @@ def test_resume_refuses_other_options_and_needs_an_intent(messy_catalog, bundle,
     assert _ray(messy_catalog, bundle, out).returncode == 0
     r = _ray(messy_catalog, bundle, out)
     assert r.returncode != 0 and "--resume continues it" in r.stderr, r.stderr
-    r = _ray(messy_catalog, bundle, out, "--resume", "--precision", "fp32")
+    r = _ray(messy_catalog, bundle, out, "--resume", "--variant", "fp32")
     assert r.returncode != 0 and "written with another bundle or options" in r.stderr and "precision" in r.stderr
     r = _ray(messy_catalog, bundle, out, "--resume")
     assert r.returncode == 0 and "scored 0, failed 3, skipped 40" in r.stdout, r.stdout + r.stderr

@@ -123,8 +123,8 @@ def test_resources_match_the_servers_defaults(overlay, monkeypatch):
     env = {e["name"]: e for e in c["env"]}
     assert env["ATTRX_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     monkeypatch.setattr(settings, "available_cores", lambda: cpus)  # what attrx reads from the cgroup quota
-    s = settings.ServeSettings(workers=cpus, **{k[6:].lower(): e["value"] for k, e in env.items() if "value" in e})
-    assert s.workers == cpus and s.intra_op_threads + s.preprocess_workers == cpus
+    s = settings.ServeSettings(**{"bundle": "/models/bundle", **{k[6:].lower(): e["value"] for k, e in env.items() if "value" in e}}, workers=cpus)
+    assert s.workers == cpus and s.intra_op_threads + s.preprocess_threads == cpus
     fields = {f"ATTRX_{n.upper()}" for n in settings.ServeSettings.model_fields}
     assert set(env) <= fields, set(env) - fields
 

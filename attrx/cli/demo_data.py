@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def cmd_demo_data(a) -> None:
-    from attrx.training.demo import write_demo_catalog
+    from attrx.training.data.demo import write_demo_catalog
 
     path = write_demo_catalog(a.out, n=a.n, seed=a.seed, progress=not a.quiet)
     print(f"demo catalog: {path} ({a.n} products, seed {a.seed})")
