@@ -74,7 +74,7 @@ class _CountAttention(TorchFunctionMode):
         super().__init__()
         self.kinds: Counter = Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, _types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
             q, k = (args[i] if len(args) > i else (kwargs or {})[n] for i, n in ((0, "query"), (1, "key")))
             self.kinds[attention_kind(q.shape[-2], k.shape[-2])] += 1

@@ -88,7 +88,7 @@ def decide(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs
         conf = probs[j][rows, c]
         thr = r.thresholds[key][s, c]
         flag = np.zeros(n, dtype=bool)
-        if r.conflict is not None and text_probs is not None:
+        if r.conflict is not None and text_probs is not None and image_probs is not None:
             flag = conflicts(text_probs[j], image_probs[j], BOTH_PRESENT[s], r.conflict)
         checks = (no_fit[:, j], c == r.other, flag, np.isnan(thr), ~(conf >= thr))
         reason = np.full(n, -1)
@@ -123,7 +123,7 @@ def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, p
         conf = rows[j][c]
         thr = r.threshold_lists[key][s][c]
         flag = False
-        if r.conflict is not None and text_probs is not None and BOTH_PRESENT[s]:
+        if r.conflict is not None and text_probs is not None and image_probs is not None and BOTH_PRESENT[s]:
             t = text_probs[j]
             ti = int(t.argmax())
             flag = bool(t[ti] >= r.conflict[0]) and bool(image_probs[j][ti] <= r.conflict[1])

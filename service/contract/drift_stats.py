@@ -121,7 +121,7 @@ class Statistics:
         self._other = [r.other for r in rules]
         self._offsets = np.asarray([s.offset for s in self.stats], dtype=np.int64)
 
-    def bins(self, outputs: Sequence[np.ndarray], profiles: np.ndarray) -> np.ndarray:
+    def bins(self, outputs: Sequence[np.ndarray | None], profiles: np.ndarray) -> np.ndarray:
         """int64 [N, statistics]: each product's bin per statistic, as indices into the flat counts."""
         n = len(profiles)
         rows = np.arange(n)
@@ -166,7 +166,7 @@ class Statistics:
     def compare(self, counts: np.ndarray, items: int, reference: np.ndarray | None) -> dict:
         """Per statistic the Jensen-Shannon distance of `counts` from the reference's, the accepted
         rate and the situation mix of both; distances are None without a reference or products."""
-        out = {"items": int(items), "attributes": {}, "inputs": {}}
+        out: dict = {"items": int(items), "attributes": {}, "inputs": {}}
         for s in self.stats:
             part = counts[s.offset:s.offset + s.bins]
             ref = reference[s.offset:s.offset + s.bins] if reference is not None else None

@@ -81,7 +81,7 @@ def open_image(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
         raise ImageError("bad_image", f"{what}: cannot be read ({e.strerror or e})") from e
     with fp:
         try:
-            img = Image.open(fp)
+            img: Image.Image = Image.open(fp)
         except Image.DecompressionBombError as e:  # Pillow's own guard, past twice its limit
             raise ImageError("too_large", f"{what}: {e}") from e
         except UnidentifiedImageError as e:

@@ -23,13 +23,6 @@ from collections.abc import Iterable
 from attrx.service.contract.preprocess import normalise_title
 
 SITUATIONS = ("named+image", "silent+image", "no_title+image", "named+no_image", "silent+no_image")
-SITUATION_HELP = {
-    "named+image": "the title names one of the attribute's labels; the image is present",
-    "silent+image": "the title names none of the attribute's labels; the image is present",
-    "no_title+image": "no title; the image is present",
-    "named+no_image": "the title names one of the attribute's labels; no image",
-    "silent+no_image": "the title names none of the attribute's labels; no image",
-}
 
 
 def label_pattern(words: Iterable[str]) -> re.Pattern | None:

@@ -84,7 +84,9 @@ class ArrivalRate:
     a silence longer than it counts as the current gap, so an idle server's rate falls at once)."""
 
     def __init__(self, alpha: float = 0.1):
-        self.alpha, self._gap, self._last = alpha, None, None
+        self.alpha = alpha
+        self._gap: float | None = None
+        self._last: float | None = None
 
     def tick(self, now: float) -> None:
         if self._last is not None:
@@ -93,7 +95,7 @@ class ArrivalRate:
         self._last = now
 
     def per_second(self, now: float) -> float:
-        if self._gap is None:
+        if self._gap is None or self._last is None:
             return 0.0
         return 1.0 / max(self._gap, now - self._last, 1e-6)
 
@@ -119,7 +121,7 @@ class Batcher:
         max_queue_size: int = 256,
         workers: int = 1,
         policy: str = "adaptive",
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float], object] | None = None,
         on_dequeue: Callable[[float], None] | None = None,
         on_expired: Callable[[], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
@@ -230,7 +232,7 @@ class Batcher:
                 if not self._queue:
                     return []
             now = time.monotonic()
-            jobs = []
+            jobs: list[_Job] = []
             while self._queue and len(jobs) < self.max_batch_size:
                 job = self._queue.popleft()
                 if now > job.deadline:
@@ -281,7 +283,8 @@ class Batcher:
     def _run_unique(self, jobs: list[_Job]) -> list[np.ndarray]:
         """run_batch on the batch's distinct products; every job gets its product's row."""
         first: dict[object, int] = {}
-        unique, where = [], []
+        unique: list[dict[str, np.ndarray]] = []
+        where: list[int] = []
         for i, j in enumerate(jobs):
             k = ("unkeyed", i) if j.key is None else j.key
             if k not in first:

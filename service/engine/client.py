@@ -130,9 +130,15 @@ class EngineClient:
         if not self.gone:
             self._write(REQUEST.pack(NO_SLOT, 0.0, 0, key, DROP))
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the engine client is not started (start() runs it on the event loop)")
+        return self._loop
+
     def _send(self, kind: int, k: int, deadline: float, counted: int, key: int) -> asyncio.Future:
         self._write(REQUEST.pack(k, deadline, counted, key, kind))
-        fut = self._loop.create_future()
+        fut = self.loop.create_future()
         self._pending[k] = fut
         return fut
 
@@ -140,7 +146,7 @@ class EngineClient:
         self._out += message
         if not self._flushing:
             self._flushing = True
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write what this turn of the event loop submitted in one send: under load the engine's
@@ -150,7 +156,7 @@ class EngineClient:
             try:
                 n = self.sock.send(self._out)
             except BlockingIOError:  # the engine is behind: finish when the socket can take more
-                self._loop.add_writer(self.sock.fileno(), self._writable)
+                self.loop.add_writer(self.sock.fileno(), self._writable)
                 return
             except OSError:
                 return self._lost()
@@ -158,7 +164,7 @@ class EngineClient:
         self._flushing = False
 
     def _writable(self) -> None:
-        self._loop.remove_writer(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
         self._flush()
 
     def cancel(self, k: int) -> bool:
@@ -187,7 +193,7 @@ class EngineClient:
         self._free.append(k)
         if fut is None or fut.done():
             return
-        if status == OK:
+        if outputs is not None:  # status OK
             fut.set_result(BatchResult(outputs, 0, n, queue_s, infer_s))
         elif status == CANCELLED:
             fut.cancel()
@@ -197,7 +203,7 @@ class EngineClient:
 
     def _lost(self) -> None:
         self.gone = True
-        self._loop.remove_reader(self.sock.fileno())
+        self.loop.remove_reader(self.sock.fileno())
         self._fail_all(EngineGone("the inference process has stopped"))
 
     def _fail_all(self, exc: BaseException) -> None:

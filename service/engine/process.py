@@ -53,7 +53,8 @@ OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED, MISS = range(7)
 def status_of(exc: BaseException | None) -> int:
     if exc is None:
         return OK
-    return {DeadlineExceeded: EXPIRED, Draining: DRAINING, QueueFull: QUEUE_FULL}.get(type(exc), FAILED)
+    codes: dict[type[BaseException], int] = {DeadlineExceeded: EXPIRED, Draining: DRAINING, QueueFull: QUEUE_FULL}
+    return codes.get(type(exc), FAILED)
 
 
 class _Link:
@@ -219,6 +220,7 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
     try:
         predictor = load_predictor(settings)
         bundle, backend = predictor.bundle, predictor.backend
+        assert backend is not None  # loaded with its backend
         metrics = Metrics([a.name for a in bundle.manifest.attributes], front=False)
         metrics.set_model(bundle.manifest, backend.variant, backend.name, backend.providers[0])
         item = predictor.decode_request(*warmup_product()).inputs

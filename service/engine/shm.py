@@ -113,5 +113,5 @@ class Arena:
 
     def close(self) -> None:
         self._inputs = self._outputs = []
-        self.flags = None
+        self.flags = np.empty(0, np.uint8)  # drop the view, so the mapping can close
         close_shared_memory(self.shm, self.owner)

@@ -8,6 +8,7 @@ request is refused at once (429): the queue ahead of decoding can never grow wit
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import Future
 
@@ -65,7 +66,7 @@ class Ticket:
         self._closed = False
         self._lock = threading.Lock()
 
-    def hold(self, fut: Future) -> None:
+    def hold(self, fut: Future | asyncio.Future) -> None:
         with self._lock:
             self._pending += 1
         fut.add_done_callback(self._done)

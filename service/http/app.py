@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from attrx.service.engine.client import EngineLink
 from attrx.service.http.asgi import BodyLimit, Gate, RequestMetrics
+from attrx.service.http.endpoints import Endpoints
 from attrx.service.http.errors import ApiError, ClientGone, error_body
 from attrx.service.http.schemas import (
     BatchResponse,
@@ -35,7 +36,6 @@ from attrx.service.http.schemas import (
     calibrated_targets,
     request_schemas,
 )
-from attrx.service.http.service import Service
 from attrx.service.http.state import State
 from attrx.service.settings import ServeSettings
 from attrx.version import __version__
@@ -58,7 +58,7 @@ def _docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-static/favicon.png")
 
 
-def _error_handlers(app: FastAPI, svc: Service) -> None:
+def _error_handlers(app: FastAPI, svc: Endpoints) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
         if not e.counted:
@@ -83,12 +83,14 @@ class Baseline(BaseModel):
     source: Literal["traffic", "bundle"] = "traffic"
 
 
-def _routes(app: FastAPI, svc: Service) -> None:
+def _routes(app: FastAPI, svc: Endpoints) -> None:
     # a server lists its bundle's calibrated targets; the document read without one (link None) says (0, 1]
     json_schema, multipart_schema = request_schemas(calibrated_targets(svc.settings) if svc.link is not None else None)
 
     async def require_key(request: Request) -> None:
         key = svc.settings.api_key
+        if not key:  # installed only with a key; never compare against an empty one
+            raise RuntimeError("require_key without an API key")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')",
@@ -156,7 +158,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
 class AttrxApp(FastAPI):
     """FastAPI with the admission gate in front of everything else it does per request."""
 
-    service: Service
+    service: Endpoints
 
     async def __call__(self, scope, receive, send):
         gate = self.service.gate
@@ -185,7 +187,7 @@ def _telemetry_off() -> dict:
 def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
     """The front-end app of one process, serving through the inference process behind `link` (None: an
     app that is only read, for its OpenAPI document; `openapi_document`)."""
-    svc = Service(settings, link)
+    svc = Endpoints(settings, link)
     app = AttrxApp(
         title="attrx",
         description="Product attribute extraction from a title and an image: per attribute the value, its "
@@ -197,9 +199,8 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
         **_telemetry_off(),
     )
     app.state.service = app.service = svc
-    st = lambda: svc.state  # noqa: E731
     app.add_middleware(BodyLimit, limit=svc.settings.max_body_bytes, on_reject=lambda: svc.reject("too_large"))
-    app.add_middleware(RequestMetrics, get_metrics=lambda: st().metrics if st() else None)
+    app.add_middleware(RequestMetrics, get_metrics=lambda: svc.state.metrics if svc.state is not None else None)
     _error_handlers(app, svc)
     _routes(app, svc)
     _docs(app)

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
 
@@ -92,13 +92,13 @@ class InFlight:
 
     def join(self, key: bytes) -> Shared | None:
         s = self._work.get(key)
-        if s is not None and not s.task.done():
+        if s is not None and s.task is not None and not s.task.done():
             s.waiters += 1
             self.shared += 1
             return s
         return None
 
-    def start(self, key: bytes | None, coro_of: Callable[[Shared], object]) -> Shared:
+    def start(self, key: bytes | None, coro_of: Callable[[Shared], Awaitable]) -> Shared:
         """Start the work for key (None: not shared) as a task; it leaves the table when done."""
         s = Shared(key)
         s.task = asyncio.ensure_future(coro_of(s))
@@ -124,7 +124,7 @@ class ResponseCache:
 
     def __init__(self, entries: int, bundle_id: str):
         self.entries, self.bundle_id = entries, bundle_id
-        self._lru: OrderedDict[tuple, dict] = OrderedDict()
+        self._lru: OrderedDict[tuple, tuple[dict, dict | None]] = OrderedDict()
         self.hits = self.misses = 0
 
     @property
@@ -134,7 +134,7 @@ class ResponseCache:
     def key(self, product: bytes, options: tuple) -> tuple:
         return (self.bundle_id, product, options)
 
-    def get(self, key: tuple) -> dict | None:
+    def get(self, key: tuple) -> tuple[dict, dict | None] | None:
         found = self._lru.get(key)
         if found is None:
             self.misses += 1
@@ -143,7 +143,7 @@ class ResponseCache:
         self.hits += 1
         return found
 
-    def put(self, key: tuple, value: dict) -> None:
+    def put(self, key: tuple, value: tuple[dict, dict | None]) -> None:
         self._lru[key] = value
         self._lru.move_to_end(key)
         while len(self._lru) > self.entries:

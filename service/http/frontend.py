@@ -18,6 +18,7 @@ import asyncio
 import logging
 import resource
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 import uvicorn
@@ -48,13 +49,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
-    connections_limit = None  # an Admission (shared by every front-end process: the limit is the server's)
+    connections_limit: Admission | None = None  # an Admission (shared by every front-end process: the limit is the server's)
     on_close: Callable[[str], None] | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._deadline, self._what, self._begun = None, "", False
-        self._conn_ticket = type(self).connections_limit.try_acquire(1)
+        self._deadline: float | None = None
+        self._what, self._begun = "", False
+        limit = type(self).connections_limit
+        assert limit is not None, "guarded_protocol() sets the connection limit"
+        self._conn_ticket = limit.try_acquire(1)
         if self._conn_ticket is None:
             self._close("too_many_connections", raw_error(
                 503, "too_many_connections", f"the server holds {self.max_connections} connections, its limit; "
@@ -97,12 +101,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return False
         ticket = gate.admit(path)
         if ticket is not False:
-            self.scope["attrx.admitted"], self.scope["attrx.ticket"] = True, ticket
+            scope = cast(dict, self.scope)  # ASGI scopes carry extensions: attrx's admission
+            scope["attrx.admitted"], scope["attrx.ticket"] = True, ticket
             return False
         keep = self.parser.should_keep_alive()
         self.transport.write(gate.raw_429 if keep else gate.raw_429_close)
         gate.record_refusal(path)
-        self.cycle = _Answered()  # the body that follows is read and dropped
+        self.cycle = _Answered()  # type: ignore[assignment]  # duck-typed: the body that follows is read and dropped
         self._deadline = None
         if keep:
             self.on_response_complete()  # keep-alive timer, pipelined requests: as after any answer
@@ -236,10 +241,10 @@ def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -
                                                             shared=(link.connections, link.index)))
     config = uvicorn.Config(
         app, log_level=log_level, access_log=access_log, http=protocol,
-        timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds as a float
         # the app answers what cannot finish by the drain deadline itself (503); uvicorn's own
         # cancellation, which would answer 500, only comes after it
-        timeout_graceful_shutdown=settings.drain_timeout_s + 5,
+        timeout_graceful_shutdown=settings.drain_timeout_s + 5,  # type: ignore[arg-type]  # (float, as above)
     )
     server = AttrxServer(config, on_exit_signal=svc.begin_drain)
     server.run(sockets=[link.listen])

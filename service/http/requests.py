@@ -20,7 +20,7 @@ from attrx.service.http.schemas import ExtractRequest
 
 
 @dataclass
-class Product:
+class ProductRequest:
     title: str | None
     image: bytes | None
     min_precision: float | None
@@ -41,11 +41,11 @@ def decode_image_b64(data: str | None) -> bytes | None:
         raise ApiError(422, "bad_image", "image_base64 is not valid base64") from None
 
 
-def from_model(req: ExtractRequest) -> Product:
-    return Product(req.title, decode_image_b64(req.image_base64), req.min_precision, req.top_k, req.id)
+def from_model(req: ExtractRequest) -> ProductRequest:
+    return ProductRequest(req.title, decode_image_b64(req.image_base64), req.min_precision, req.top_k, req.id)
 
 
-async def read_one(request: Request) -> Product:
+async def read_one(request: Request) -> ProductRequest:
     ctype = content_type(request)
     if ctype == "multipart/form-data":
         return await _read_multipart(request)
@@ -65,7 +65,7 @@ def _text_field(form, name: str) -> str | None:
     return value
 
 
-async def _read_multipart(request: Request) -> Product:
+async def _read_multipart(request: Request) -> ProductRequest:
     try:
         form = await request.form(max_files=1, max_fields=8)
     except ApiError:  # the body limit, hit while streaming the parts
@@ -81,17 +81,17 @@ async def _read_multipart(request: Request) -> Product:
     try:
         min_precision = float(mp) if mp not in (None, "") else None
     except ValueError:
-        raise ApiError(422, "bad_option", f"min_precision must be a number, got {mp[:40]!r}") from None
+        raise ApiError(422, "bad_option", f"min_precision must be a number, got {(mp or '')[:40]!r}") from None
     if tk in (None, ""):
         top_k = 1
     elif tk.strip().isdigit():
         top_k = int(tk)
     else:
         raise ApiError(422, "bad_option", f"top_k must be a whole number, got {tk[:40]!r}")
-    return Product(title, image, min_precision, top_k)
+    return ProductRequest(title, image, min_precision, top_k)
 
 
-def check_options(p: Product) -> None:
+def check_options(p: ProductRequest) -> None:
     if not 1 <= p.top_k <= 50:
         raise ApiError(422, "bad_option", "top_k must be between 1 and 50")
     if p.min_precision is not None and not 0 < p.min_precision <= 1:

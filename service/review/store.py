@@ -96,13 +96,6 @@ class DecisionStore:
                     return pid
         return None
 
-    def holder(self, product_id: str, now: float | None = None) -> str | None:
-        now = time.time() if now is None else now
-        with self._lock:
-            row = self._db.execute("SELECT reviewer FROM leases WHERE product_id=? AND expires>?",
-                                   (product_id, now)).fetchone()
-        return row[0] if row else None
-
     def release(self, product_id: str, reviewer: str) -> None:
         with self._lock, self._tx():
             self._db.execute("DELETE FROM leases WHERE product_id=? AND reviewer=?", (product_id, reviewer))

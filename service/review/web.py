@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from attrx.service.review.queue import QueueItem, Vocabulary, read_queue
+from attrx.service.review.queue_reader import QueueItem, Vocabulary, read_queue
 from attrx.service.review.store import Answer, DecisionStore, LeaseError
 
 NAME = re.compile(r"^[\w .@'-]{1,64}$")
@@ -153,7 +153,7 @@ class Review:
         return out
 
 
-def create_app(cfg: ReviewConfig) -> FastAPI:
+def create_review_app(cfg: ReviewConfig) -> FastAPI:
     review = Review(cfg)
 
     @asynccontextmanager

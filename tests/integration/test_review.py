@@ -178,7 +178,7 @@ def test_values_outside_the_bundles_lists_are_refused(start_review):
 def test_a_combination_the_constraints_forbid_is_refused(start_review, queue, constrained_bundle):
     """Values allowed one by one, but not together (the taxonomy's pairs), are refused naming the group."""
     from attrx.service.contract.bundle import load_bundle
-    from attrx.service.review.queue import Vocabulary
+    from attrx.service.review.queue_reader import Vocabulary
 
     vocab = Vocabulary(load_bundle(constrained_bundle).manifest)
     a, b = ATTRS[:2]

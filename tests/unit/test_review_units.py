@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from attrx.service.review.queue import QueueError, Vocabulary, read_queue
+from attrx.service.review.queue_reader import QueueError, Vocabulary, read_queue
 from attrx.service.review.store import Answer, DecisionStore, LeaseError
-from attrx.service.scoring.review_queue import lowest_confidence, priorities, priority
+from attrx.service.scoring.queue_writer import lowest_confidence, priorities, priority
 
 
 def test_priority_counts_expected_wrong_values_and_differs_from_lowest_confidence():

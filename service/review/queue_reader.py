@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from attrx.service.scoring.review_queue import FORMAT
+from attrx.service.scoring.queue_writer import FORMAT
 
 
 class QueueError(ValueError):

@@ -22,8 +22,16 @@ from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
 from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
-from attrx.service.http.requests import Product, check_options, from_model, item_id, read_batch, read_one
+from attrx.service.http.requests import (
+    ProductRequest,
+    check_options,
+    from_model,
+    item_id,
+    read_batch,
+    read_one,
+)
 from attrx.service.http.schemas import (
+    AttributeInfo,
     ExtractRequest,
     ModelInfo,
 )
@@ -41,7 +49,7 @@ def _json(payload: dict) -> Response:
     return Response(to_json(payload), media_type="application/json")
 
 
-class Service:
+class Endpoints:
     """The routes' work, on the state the lifespan loads."""
 
     def __init__(self, settings: ServeSettings, link: EngineLink | None):
@@ -51,7 +59,14 @@ class Service:
         self.gate: Gate | None = None
         self.inflight = InFlight()
         self.keys = SharedKeys(link.keys if link is not None else None)  # None: an app only read for its schema
-        self.cache: ResponseCache | None = None
+        self.cache = ResponseCache(0, "")  # off until the lifespan knows the bundle
+
+    @property
+    def loaded(self) -> State:
+        """The state, for work that runs only after the lifespan loaded it."""
+        if self.state is None:
+            raise RuntimeError("the front-end's state is not loaded")
+        return self.state
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -67,13 +82,16 @@ class Service:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
-        st = self.state = load_state(self.settings, self.link)
+        link = self.link
+        if link is None:
+            raise RuntimeError("this app was built for its schema only (no inference process to serve from)")
+        st = self.state = load_state(self.settings, link)
         self.gate = Gate(st.admission, st.metrics)
         self.cache = ResponseCache(self.settings.response_cache, st.bundle_id)
         app.state.attrx = st
         st.engine.start()
-        warm = asyncio.create_task(warm_up(st, self.link.ready))
-        if self.link.restarted:
+        warm = asyncio.create_task(warm_up(st, link.ready))
+        if link.restarted:
             # the server is up and its other front-ends serve: this one takes connections (they wait
             # in its socket's backlog meanwhile) only once it can answer them, not with 503s
             await asyncio.shield(warm)
@@ -110,7 +128,7 @@ class Service:
             self.state.metrics.rejections.labels(reason).inc()
 
     # -- one product --------------------------------------------------------------------------
-    async def run(self, p: Product, watch: Watch, ticket: Ticket | None,
+    async def run(self, p: ProductRequest, watch: Watch, ticket: Ticket | None,
                   key: bytes | None = None) -> tuple[BatchResult, list[str]]:
         """The product's row of its batch's outputs, and its situation per attribute. A product
         already in flight here (same title and image bytes) is not decoded or run again: this
@@ -121,14 +139,17 @@ class Service:
         elif key is None:
             key = product_key(p.title, p.image)
         shared = self.inflight.join(key) if key is not None else None
+        started = shared is None
         if shared is None:
             shared = self.inflight.start(key, lambda s: self._work(s, p, watch.deadline, ticket))
-        else:
-            self.state.metrics.shared.inc()
+        task = shared.task
+        assert task is not None  # a Shared is started before it is joined
+        if not started:
+            self.loaded.metrics.shared.inc()
             if ticket is not None:
-                ticket.hold(shared.task)
+                ticket.hold(task)
         try:
-            return await watch.wait(shared.task, "running", cancel=shared.leave)
+            return await watch.wait(task, "running", cancel=shared.leave)
         except (ImageError, InputError) as e:
             raise input_error(e) from None
         except QueueFull as e:
@@ -140,12 +161,13 @@ class Service:
         except EngineGone as e:
             raise retry_later(503, "not_ready", str(e)) from None
         except asyncio.CancelledError:
-            if shared.task.cancelled() and not asyncio.current_task().cancelling():
+            me = asyncio.current_task()
+            if task.cancelled() and not (me is not None and me.cancelling()):
                 # the work was stopped by the others who waited on it, after this one's deadline
                 raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms") from None
             raise
 
-    async def _work(self, s: Shared, p: Product, deadline: float, ticket: Ticket | None):
+    async def _work(self, s: Shared, p: ProductRequest, deadline: float, ticket: Ticket | None):
         """One product's work, shared by every request waiting on it: followed from another
         front-end that is working on it (through the engine), else done here."""
         key = engine_key(s.key)
@@ -158,15 +180,15 @@ class Service:
         if not key:
             return await self._lead(s, p, 0, deadline, ticket)
         self.keys.add(key)
-        self.state.engine.lead(key)
+        self.loaded.engine.lead(key)
         try:
             return await self._lead(s, p, key, deadline, ticket)
         finally:
             self.keys.discard(key)
 
-    async def _follow(self, s: Shared, p: Product, key: int, deadline: float, ticket: Ticket | None):
+    async def _follow(self, s: Shared, p: ProductRequest, key: int, deadline: float, ticket: Ticket | None):
         """The output of another front-end's work on this product, or None (a miss: nobody leads it now)."""
-        st = self.state
+        st = self.loaded
         job, slot = st.engine.follow(key, deadline)
         s.cancel_queued = partial(st.engine.cancel, slot)
         if ticket is not None:
@@ -179,11 +201,11 @@ class Service:
         st.metrics.shared.inc()
         return res, st.predictor.situations(p.title, p.image)
 
-    async def _lead(self, s: Shared, p: Product, key: int, deadline: float, ticket: Ticket | None):
+    async def _lead(self, s: Shared, p: ProductRequest, key: int, deadline: float, ticket: Ticket | None):
         """Decoding, then the engine. The first request's ticket holds each stage, so admission
         bounds the work. A lead that ends before it is queued tells the engine (its followers
         then do the work themselves)."""
-        st = self.state
+        st = self.loaded
         queued = False
         try:
             fut = s.decoding = st.pool.submit(st.predictor.decode_request, p.title, p.image)
@@ -219,7 +241,7 @@ class Service:
         except InputError as e:
             raise input_error(e) from None
 
-    async def extract(self, request: Request) -> JSONResponse:
+    async def extract(self, request: Request) -> Response:
         t0 = time.monotonic()
         st = self.ready_state(admitted="attrx.ticket" in request.scope)
         watch = self.watch(request, t0)
@@ -235,13 +257,13 @@ class Service:
             body["evidence"] = evidence
         return _json({**body, "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
-    async def predictions(self, st: State, p: Product, key: str, watch: Watch,
+    async def predictions(self, st: State, p: ProductRequest, key: str, watch: Watch,
                           ticket: Ticket | None) -> tuple[dict, dict | None]:
         """One product's predictions, and the image's evidence for its title words when the bundle
         has a concept head (else None): from the response cache when it is on and holds them."""
         cache = self.cache
         pk = product_key(p.title, p.image) if cache.on or self.settings.dedup else None  # hashed once
-        ck = cache.key(pk, (key, p.top_k)) if cache.on else None
+        ck = cache.key(pk, (key, p.top_k)) if cache.on and pk is not None else None
         if ck is not None:
             found = cache.get(ck)
             st.metrics.cache.labels("miss" if found is None else "hit").inc()
@@ -273,7 +295,7 @@ class Service:
         item = {"index": i, "id": p.id, "min_precision": key, "predictions": preds}
         return item if evidence is None else {**item, "evidence": evidence}
 
-    async def extract_batch(self, request: Request) -> JSONResponse:
+    async def extract_batch(self, request: Request) -> Response:
         t0 = time.monotonic()
         st = self.ready_state(admitted="attrx.ticket" in request.scope)
         watch = self.watch(request, t0)
@@ -352,6 +374,6 @@ class Service:
         return Response(body, media_type=media_type)
 
 
-def _attribute_info(a) -> dict:
-    return a.model_dump(include={"name", "classes", "thresholds", "support", "situations", "conflict",
-                                 "folded_class"})
+def _attribute_info(a) -> AttributeInfo:
+    return AttributeInfo.model_validate(a.model_dump(include={"name", "classes", "thresholds", "support",
+                                                              "situations", "conflict", "folded_class"}))
