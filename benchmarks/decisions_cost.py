@@ -48,17 +48,17 @@ def model_cost(bundles: dict[str, Path], products, repeats: int, runs: int = 20)
     sides = {}
     for name, path in bundles.items():
         b = load_bundle(path)
-        pred = Predictor(b)
+        pred = Predictor(b, backend=load_backend(b, precision="fp32"))
         feeds = pred.batch([pred.decode_request(p.title, p.image.read_bytes()).inputs for p in products[:32]])
-        sides[name] = (load_backend(b, precision="fp32"), feeds)
-        sides[name][0].run(feeds)  # warm-up
+        sides[name] = (pred, feeds)
+        pred.predict(feeds)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(repeats):
         for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            backend, feeds = sides[name]
+            pred, feeds = sides[name]
             t0 = time.perf_counter()
             for _ in range(runs):
-                backend.run(feeds)
+                pred.predict(feeds)
             times[name].append((time.perf_counter() - t0) / runs * 1000)
     ratios = [u / p for u, p in zip(times["unimodal"], times["no-unimodal"], strict=True)]
     return {"batch_32_ms": {k: _spread(v) for k, v in times.items()}, "unimodal_over_none": _spread(ratios)}

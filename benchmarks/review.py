@@ -88,7 +88,7 @@ def world(a, out: Path) -> World:
 
     from attrx.service.contract.decisions import situation_index
     from attrx.service.contract.situations import SituationReader
-    from attrx.training import features, tokenizer
+    from attrx.training.data import features, tokenizer
     from attrx.training.device import resolve
     from attrx.training.params import TrainConfig
     from attrx.training.prepare import prepare

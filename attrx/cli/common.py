@@ -53,7 +53,13 @@ class Deprecated(argparse.Action):
 
 
 def deprecated(p, old: str, new: str, dest: str, **kw) -> None:
-    """Accept `old` as a deprecated spelling of the option `new` (same destination)."""
+    """Accept `old` as a deprecated spelling of the option `new` (same destination; its type and choices
+    unless given)."""
+    current = p._option_string_actions.get(new)
+    if current is not None:
+        for k in ("type", "choices"):
+            if k not in kw and getattr(current, k) is not None:
+                kw[k] = getattr(current, k)
     p.add_argument(old, dest=dest, action=Deprecated, new=new, default=argparse.SUPPRESS, **kw)
 
 

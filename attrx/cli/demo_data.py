@@ -14,10 +14,10 @@ def cmd_demo_data(a) -> None:
 
 def _demo_data_parser(sub) -> None:
     d = sub.add_parser("demo-data", help="write the synthetic demo catalog (catalog.csv + images/)")
-    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--out", required=True, type=Path, help="folder for catalog.csv and images/")
     d.add_argument("--n", type=int, default=3000, help="number of products (default 3000)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same catalog")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo_data)
 
 

@@ -57,7 +57,8 @@ def _serve_parser(sub) -> None:
     settings_flags(s, ServeSettings, "ATTRX_")
     for old, new, name in RENAMED:
         deprecated(s, old, new, name)
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
 

@@ -18,7 +18,7 @@ from attrx.service.contract.preprocess import (
     image_to_array,
     open_image,
 )
-from attrx.service.contract.situations import SituationReader
+from attrx.service.contract.situations import SITUATIONS, SituationReader
 
 
 class Decoded(NamedTuple):
@@ -38,3 +38,8 @@ def decode_product(tokenizer: Tokenizer, pre: PreprocessConfig, reader: Situatio
     situations = reader.read(title, img is not None)
     inputs[PROFILE_KEY] = profile(situation_index(situations), title, img.size if img is not None else None, arr)
     return Decoded(inputs, situations)
+
+
+def situations_of(profile: np.ndarray, attributes: int) -> list[str]:
+    """A decoded product's situation per attribute, read back from its profile ([1, attributes + 3])."""
+    return [SITUATIONS[int(i)] for i in profile[0, :attributes]]

@@ -109,6 +109,7 @@ class BatchResult:
     batch_size: int
     queue_seconds: float
     inference_seconds: float
+    profile: np.ndarray | None = None  # through another process: the product's decoded profile (its situations)
 
 
 class Batcher:

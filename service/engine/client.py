@@ -190,11 +190,12 @@ class EngineClient:
     def _answer(self, k: int, status: int, n: int, queue_s: float, infer_s: float) -> None:
         fut = self._pending.pop(k, None)
         outputs = self.arena.read_outputs(k) if status == OK else None
+        profile = self.arena.read_profile(k) if status == OK else None
         self._free.append(k)
         if fut is None or fut.done():
             return
         if outputs is not None:  # status OK
-            fut.set_result(BatchResult(outputs, 0, n, queue_s, infer_s))
+            fut.set_result(BatchResult(outputs, 0, n, queue_s, infer_s, profile))
         elif status == CANCELLED:
             fut.cancel()
         else:

@@ -26,6 +26,7 @@ from functools import partial
 
 import numpy as np
 
+from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from attrx.service.engine.drift_feed import EngineDrift, batch_profiles
 from attrx.service.engine.leads import Leads
@@ -175,6 +176,8 @@ class Engine:
                 if to.dead:
                     continue  # its front-end has gone: nobody reads the answer
                 to.arena.write_outputs(to_slot, outputs, row)
+                if to_slot != slot or to is not link:  # a follower gets the situations its lead decoded
+                    to.arena.write_profile(to_slot, job.inputs[PROFILE_KEY])
                 replies.setdefault(to, []).append(REPLY.pack(to_slot, OK, n, t0 - job.enqueued, dt))
         for link, parts in replies.items():
             link.send(b"".join(parts))

@@ -14,6 +14,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.procutil import close_shared_memory
 
 ALIGN = 64
@@ -74,6 +75,8 @@ class Arena:
         self.flags = np.ndarray((n,), np.uint8, buf, layout.flag_offset, (layout.slot_bytes,))
         self._inputs = [self._views(buf, f) for f in layout.inputs]
         self._outputs = [self._views(buf, f) for f in layout.outputs]
+        names = [f.name for f in layout.inputs]
+        self._profile = names.index(PROFILE_KEY) if PROFILE_KEY in names else None
 
     @property
     def name(self) -> str:
@@ -96,6 +99,10 @@ class Arena:
         """Copies: the slot is reused once this returns."""
         return [views[k].copy() for views in self._outputs]
 
+    def read_profile(self, k: int) -> np.ndarray | None:
+        """A copy of the slot's profile input (PROFILE_KEY): the product's situations and input statistics."""
+        return None if self._profile is None else self._inputs[self._profile][k].copy()
+
     def cancel(self, k: int) -> None:
         self.flags[k] = 1
 
@@ -106,6 +113,11 @@ class Arena:
 
     def cancelled(self, k: int) -> bool:
         return bool(self.flags[k])
+
+    def write_profile(self, k: int, profile: np.ndarray) -> None:
+        """A followed product's profile, from the lead that decoded it, into a follower's slot."""
+        if self._profile is not None:
+            self._inputs[self._profile][k][...] = profile
 
     def write_outputs(self, k: int, outputs: list[np.ndarray], row: int) -> None:
         for views, out in zip(self._outputs, outputs, strict=True):

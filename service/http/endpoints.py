@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from attrx.service.contract.decode import situations_of
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
 from attrx.service.engine.client import EngineGone, EngineLink, Miss
@@ -199,7 +200,9 @@ class Endpoints:
             s.cancel_queued = None
             return None
         st.metrics.shared.inc()
-        return res, st.predictor.situations(p.title, p.image)
+        if res.profile is None:  # (a layout without profiles: not one attrx serve makes)
+            return res, st.predictor.situations(p.title, p.image)
+        return res, situations_of(res.profile, len(st.predictor.attributes))
 
     async def _lead(self, s: Shared, p: ProductRequest, key: int, deadline: float, ticket: Ticket | None):
         """Decoding, then the engine. The first request's ticket holds each stage, so admission

@@ -134,14 +134,16 @@ def test_without_ray_the_error_says_what_to_install(messy_catalog, bundle, tmp_p
         main(["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "o"), "--ray"])
 
 
-def test_flags_of_the_other_mode_are_refused(messy_catalog, bundle, tmp_path):
+def test_flags_of_the_other_mode_are_refused(messy_catalog, bundle, tmp_path, capsys):
     from attrx.cli import main
 
     args = ["score", str(messy_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "o")]
-    with pytest.raises(SystemExit, match="without --ray, --ray-concurrency, --ray-format would be ignored"):
-        main([*args, "--ray-concurrency", "2", "--ray-format", "jsonl"])
-    with pytest.raises(SystemExit, match="--workers sizes local decoding"):
-        main([*args, "--ray", "--workers", "2"])
+    for flags, says in ((["--ray-concurrency", "2", "--ray-format", "jsonl"],
+                         "without --ray, --ray-concurrency, --ray-format would be ignored"),
+                        (["--ray", "--workers", "2"], "--workers sizes local decoding")):
+        with pytest.raises(SystemExit) as e:
+            main([*args, *flags])
+        assert e.value.code == 2 and says in capsys.readouterr().err  # a usage error
     assert not (tmp_path / "o").exists()
 
 
