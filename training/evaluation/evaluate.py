@@ -24,9 +24,9 @@ from attrx.service.contract.situations import (
     names_label,
     strip_pattern,
 )
-from attrx.training.evaluation import metrics, situation_report
 from attrx.training.data.encode import IGNORE, encode_catalog_on_disk, split_of
 from attrx.training.data.loader import default_threads
+from attrx.training.evaluation import metrics, situation_report
 from attrx.training.evaluation.calibration import (
     CONFIDENCE,
     DEFAULT_TARGETS,
