@@ -22,7 +22,7 @@ CALIBRATION, METRICS = "calibration.json", "metrics.json"
 class Checkpoint:
     path: Path
     model: torch.nn.Module  # any family: the same forward signature
-    model_config: object  # the family's config (CMA-CLIP's CMAClipConfig, MoMo's MoMoConfig)
+    model_config: object  # its family's config class (models/registry.py: Family.config)
     classes: dict[str, list[str]]
     preprocess: PreprocessConfig
     tokenizer: Tokenizer

@@ -1,6 +1,6 @@
 """Building blocks shared by the model families: the pre-norm attention block, the per-task heads
 (modality-wise attention or TIRG, then an MLP), the single-modality switch, and the export wrapper.
-No family is named here; `cma_clip.py` and `momo.py` both build on it."""
+No family is named here; every family module builds on it."""
 
 from __future__ import annotations
 
