@@ -92,7 +92,10 @@ def test_variants_are_listed_with_their_reports(variant_bundle):
         rep = m.variants[key].parity
         assert rep["items"] > 0 and "test split" in rep["source"]
         assert set(rep["attributes"]) == {a.name for a in m.attributes}
-        assert all(0.5 <= r["agreement"] <= 1.0 for r in rep["attributes"].values())
+        # an untrained model's int8 agreement is noise around one half: its WordPiece vocabulary, trained
+        # anew in each test process, breaks ties differently every run (HF tokenizers), so a bound at 0.5
+        # failed about one run in two (40-52% seen on main); the gates themselves: test_refused_variant_*
+        assert all(0.0 < r["agreement"] <= 1.0 for r in rep["attributes"].values())
         assert b.variant_path(key).stat().st_size < b.model_path.stat().st_size  # really converted
 
 
