@@ -214,3 +214,23 @@ def test_items_with_one_key_in_a_batch_run_once_and_each_gets_its_row():
     assert [int(r.outputs[0][r.row, 0]) for r in results] == [10, 10, 12, 14]
     assert all(r.batch_size == 4 for r in results)
     assert b.stop(1.0)
+
+
+def test_a_follower_reads_the_situations_its_lead_decoded():
+    """The engine copies the lead's profile into a follower's slot; the follower reads its situations
+    back from it instead of matching the title again."""
+    from attrx.service.contract.decode import situations_of
+    from attrx.service.contract.drift_stats import PROFILE_KEY
+    from attrx.service.contract.situations import SITUATIONS
+    from attrx.service.engine.shm import Arena, Layout
+
+    item = {"input_ids": np.zeros((1, 4), np.int64), PROFILE_KEY: np.zeros((1, 5), np.float32)}
+    arena = Arena(Layout.of(item, [np.zeros((2, 3), np.float32)]), 2)
+    try:
+        lead = np.asarray([[1, 4, 12.0, 64.0, 0.3]], np.float32)  # silent+image, silent+no_image; inputs
+        arena.write_profile(1, lead)
+        got = arena.read_profile(1)
+        assert np.array_equal(got, lead) and got is not lead
+        assert situations_of(got, 2) == [SITUATIONS[1], SITUATIONS[4]]
+    finally:
+        arena.close()
