@@ -2,8 +2,10 @@
 client hangs up, or the server's drain deadline comes.
 
 Work that has not started is cancelled at that point and answered (504 timeout, 503 draining) or
-dropped (client gone). Work already running cannot be stopped: it is waited for (deadline, drain)
-or left to finish unobserved (client gone); its admission slot is held until it ends either way.
+dropped (client gone). Work already running cannot be stopped: it gets `RUNNING_GRACE_S` more to
+finish (a batch that was nearly done still answers), and past that the request is answered 504
+(or 503 while draining) whatever the engine is doing, so no request outlives its deadline by more
+than the grace. The work is left to finish unobserved; its admission slot is held until it ends.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from concurrent.futures import Future
 
 from attrx.service.http.errors import ApiError, ClientGone, retry_later
+
+RUNNING_GRACE_S = 0.5  # how long past its deadline a request waits on work that already runs
 
 
 class Drain:
@@ -60,10 +64,18 @@ class Watch:
         if now >= self.deadline:
             raise ApiError(504, "timeout", f"the deadline of {self.timeout_ms:.0f} ms passed before {stage}")
 
+    def expired(self, stage: str) -> ApiError:
+        """The answer for a request whose deadline (or the drain's) has come."""
+        try:
+            self.check(stage)
+        except ApiError as e:
+            return e
+        return ApiError(504, "timeout", f"the deadline of {self.timeout_ms:.0f} ms passed before {stage}")
+
     async def wait(self, fut: Future | asyncio.Future, stage: str, cancel=None):
         """The result of `fut`, or an ApiError / ClientGone. `cancel()` (default `fut.cancel`) says
-        whether the work was stopped before it started (work in another process: it may not know yet,
-        and says False; the answer then still comes, as a result or as an error)."""
+        this request leaves the work, and whether the work was stopped before it started (work in
+        another process may not know yet, and says False: it runs on, unobserved)."""
         cancel = cancel or fut.cancel
         afut = asyncio.wrap_future(fut)
         gone = self._gone_task()
@@ -76,10 +88,13 @@ class Watch:
             cancel()
             raise ClientGone
         if cancel():  # not started: it never will be
-            self.check(stage)
-            raise ApiError(504, "timeout", f"the deadline of {self.timeout_ms:.0f} ms passed before {stage}")
-        # running: it was admitted in time and cannot be stopped, so its answer is still given
-        await asyncio.wait({afut, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if afut.done():
-            return afut.result()
-        raise ClientGone
+            raise self.expired(stage)
+        # running: a short grace, then answered whatever the engine is doing
+        await asyncio.wait({afut, gone}, timeout=RUNNING_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+        if afut.done() and not afut.cancelled():
+            result = afut.result()  # (an error, such as an undecodable image, is raised as it is)
+            if result is not None:  # None: the work saw that every waiter had left
+                return result
+        elif gone.done():
+            raise ClientGone
+        raise self.expired(stage)

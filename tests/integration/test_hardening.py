@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from attrx.service.http.errors import ApiError
 from helpers import metric, scrape, wait_metric
 from helpers import png as _png
 
@@ -242,34 +243,94 @@ def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_
         s.proc.send_signal(signal.SIGTERM)
         rs = [f.result() for f in futs]
     codes = [r.status_code for r in rs]
-    assert set(codes) <= {200, 503} and codes.count(503) >= 2, codes
+    exit_code = s.proc.wait(timeout=20)
+    assert set(codes) <= {200, 503} and codes.count(503) >= 2, (codes, s.output())
     assert all(r.json()["error"]["reason"] == "draining" for r in rs if r.status_code == 503)
-    assert s.proc.wait(timeout=20) == 1
+    assert exit_code == 1
     assert "drain timed out" in s.output()
 
 
-def test_waiting_past_the_deadline_on_running_work_does_not_spin():
+def _wait_on_running_work(finish_after_s: float, deadline_s: float = 0.1):
+    """Watch.wait on work that is already running (it cannot be cancelled) and ends after finish_after_s."""
     from attrx.service.http.watch import Drain, Watch
 
-    async def main() -> tuple[str, float]:
+    async def main():
         fut: Future = Future()
         fut.set_running_or_notify_cancel()  # a batch already running: it cannot be cancelled
-        threading.Timer(1.0, fut.set_result, ["done"]).start()
+        threading.Timer(finish_after_s, fut.set_result, ["done"]).start()
         never = asyncio.get_running_loop().create_future()
 
         async def receive():  # a client that stays connected
             await never
 
-        watch = Watch(receive, time.monotonic() + 0.1, Drain(), 100)
-        c0 = resource.getrusage(resource.RUSAGE_SELF)
-        result = await watch.wait(fut, "running")
-        c1 = resource.getrusage(resource.RUSAGE_SELF)
+        watch = Watch(receive, time.monotonic() + deadline_s, Drain(), deadline_s * 1000)
+        c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        try:
+            result = await watch.wait(fut, "running", cancel=lambda: False)
+        except ApiError as e:
+            result = e
+        c1, waited = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
         watch.close()
-        return result, (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+        return result, waited, (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
 
-    result, cpu = asyncio.run(main())
-    assert result == "done"  # admitted in time and running: answered, not 504
-    assert cpu < 0.2, f"waiting 0.9 s past the deadline burned {cpu:.2f} s of CPU"
+    return asyncio.run(main())
+
+
+def test_running_work_that_ends_within_the_grace_is_answered():
+    from attrx.service.http.watch import RUNNING_GRACE_S
+
+    result, _, cpu = _wait_on_running_work(0.1 + RUNNING_GRACE_S / 2)
+    assert result == "done"  # admitted in time and nearly done: answered, not 504
+    assert cpu < 0.2, f"waiting past the deadline burned {cpu:.2f} s of CPU"
+
+
+def test_no_request_outlives_its_deadline_whatever_the_engine_does():
+    # a stalled engine: the running work never ends; the request is answered 504 at its deadline
+    # plus the grace, without spinning (on main before, it waited for the work however long)
+    from attrx.service.http.watch import RUNNING_GRACE_S
+
+    result, waited, cpu = _wait_on_running_work(30.0)
+    assert isinstance(result, ApiError) and result.status == 504, result
+    assert waited < 0.1 + RUNNING_GRACE_S + 0.3, waited
+    assert cpu < 0.2, f"waiting past the deadline burned {cpu:.2f} s of CPU"
+
+
+def test_work_whose_waiters_left_answers_the_one_still_waiting_with_its_deadline():
+    # the 500 of a drain under load: the last waiter left a decoding that was already running
+    # (Shared.leave said False), the work then saw no waiter and ended with None, and the waiter,
+    # still waiting on it, unpacked None (TypeError: 500). Now it is answered 503 (draining) or 504.
+    from attrx.service.http.dedup import Shared
+    from attrx.service.http.watch import Drain, Watch
+
+    async def main():
+        s = Shared(None)
+        running: Future = Future()
+        running.set_running_or_notify_cancel()  # the decoding thread has started on it
+        s.decoding = running
+
+        async def work():
+            await asyncio.wrap_future(running)
+            return None if s.waiters == 0 else ("outputs", ["situations"])
+
+        s.task = asyncio.ensure_future(work())
+        threading.Timer(0.2, running.set_result, [None]).start()  # decoded during the grace
+        never = asyncio.get_running_loop().create_future()
+
+        async def receive():
+            await never
+
+        drain = Drain()
+        drain.begin(0.05)
+        watch = Watch(receive, time.monotonic() + 5, drain, 5000)
+        try:
+            return await watch.wait(s.task, "running", cancel=s.leave)
+        except ApiError as e:
+            return e
+        finally:
+            watch.close()
+
+    result = asyncio.run(main())
+    assert isinstance(result, ApiError) and (result.status, result.reason) == (503, "draining"), result
 
 
 # -- smaller ----------------------------------------------------------------------------------------
