@@ -95,7 +95,16 @@ class ServeSettings(BaseSettings):
     # lifecycle and access
     front_end_restarts: int = Field(5, ge=0, description="a front-end process that dies is restarted alone; "
                                     "past this many restarts within restart_window_s the server exits 1")
-    restart_window_s: float = Field(60.0, gt=0, description="the window front_end_restarts counts in")
+    restart_window_s: float = Field(60.0, gt=0, description="the window front_end_restarts and engine_restarts "
+                                                           "count in")
+    engine_restarts: int = Field(3, ge=0, description="an inference process that dies or stalls past "
+                                 "liveness_timeout_s is replaced in place; past this many replacements within "
+                                 "restart_window_s the server exits 1")
+    stall_timeout_s: float = Field(3.0, gt=0, description="/readyz answers 503 once work has waited this long "
+                                   "without a batch completing (or a front-end's event loop is this late); the "
+                                   "bound used is the larger of this and 4 x the slowest recent batch")
+    liveness_timeout_s: float = Field(10.0, gt=0, description="/livez answers 503 once the inference process or a "
+                                      "front-end has made no progress for this long, and the server replaces it")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>' "
                                                   "(prefer the environment variable or --api-key-file: a flag "
@@ -107,6 +116,9 @@ class ServeSettings(BaseSettings):
         if self.max_in_flight < self.max_request_items:
             raise ValueError(f"max_in_flight ({self.max_in_flight}) must be at least max_request_items "
                              f"({self.max_request_items}), or a full batch request could never be admitted")
+        if self.liveness_timeout_s <= self.stall_timeout_s:
+            raise ValueError(f"liveness_timeout_s ({self.liveness_timeout_s:g}) must be longer than stall_timeout_s "
+                             f"({self.stall_timeout_s:g}): a stall is first seen on /readyz, then on /livez")
         if self.api_key_file and not self.api_key:
             try:
                 text = Path(self.api_key_file).read_text(encoding="utf-8")

@@ -10,7 +10,8 @@ EXIT_STATUS = {
     0: "done",
     1: "failed (the message says why)",
     2: "usage error: a flag, an argument or a setting is wrong or missing",
-    3: "done, but part of the result refused (attrx export: a variant that missed its gate)",
+    3: "done, but part of the result refused (attrx export: a variant that missed its gate; attrx score: more "
+       "rows failed than --max-errors allows)",
     130: "interrupted (Ctrl-C; attrx score keeps the work done: --resume)",
 }
 

@@ -26,6 +26,10 @@ def cmd_score(a) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+    if summary.get("too_many_errors"):
+        print(f"attrx score: {summary['failed']} rows failed, more than --max-errors {s.max_errors} allows "
+              f"(each is in {summary['errors']})", file=sys.stderr)
+        raise SystemExit(3)
 
 
 def _score_on_ray(catalog: str, s) -> None:
@@ -42,7 +46,8 @@ def _score_parser(sub) -> None:
 
     c = sub.add_parser("score", help="predict every product of a catalog file (CSV/JSONL/Parquet in and out)",
                        description="Exit status: 0 done (rows that cannot be scored are in OUT.errors.jsonl), "
-                                   "1 failed, 2 usage error, 130 interrupted (the work done is kept: --resume).")
+                                   "1 failed, 2 usage error, 3 done but more rows failed than --max-errors "
+                                   "allows, 130 interrupted (the work done is kept: --resume).")
     c.add_argument("catalog", help="CSV, JSONL or Parquet with id, title, image")
     settings_flags(c, ScoreSettings, "ATTRX_SCORE_", skip=("progress",))
     c.add_argument("--quiet", action="store_true", help="no progress bar")

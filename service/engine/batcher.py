@@ -21,10 +21,16 @@
 - Inference runs in dedicated worker threads, so an asyncio event loop stays responsive; callers
   get a `concurrent.futures.Future` (awaitable with `asyncio.wrap_future`).
 - `stop(drain_timeout)` stops accepting, finishes what is queued and in flight, then ends the threads.
+- With `progress` (`attrx.service.engine.progress.Progress`) the workers publish their heartbeat,
+  each batch's start and end, and the age of the oldest queued item, so other processes can tell
+  a stalled engine from a busy one.
+- A worker never dies of an exception: a batch whose model run or completion fails answers its
+  items with the error (`on_failure` counts it) and the next batch runs.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -34,6 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attrx.service.engine.progress import TICK_S
+
+log = logging.getLogger("attrx.engine")
 
 class QueueFull(RuntimeError):
     pass
@@ -127,6 +136,8 @@ class Batcher:
         on_expired: Callable[[], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         on_complete: Callable[[list[_Job], list[np.ndarray], float, float], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+        progress=None,
     ):
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be >= 1")
@@ -148,7 +159,8 @@ class Batcher:
                          for i in range(workers)]
         self._on_batch, self._on_dequeue = on_batch, on_dequeue
         self._on_expired, self._on_depth = on_expired, on_depth
-        self._on_complete = on_complete
+        self._on_complete, self._on_failure = on_complete, on_failure
+        self.progress = progress
 
     # -- public -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +181,8 @@ class Batcher:
             if len(self._queue) >= self.max_queue_size:
                 raise QueueFull(f"the queue is full ({self.max_queue_size} waiting)")
             self._queue.append(job)
+            if len(self._queue) == 1 and self.progress is not None:
+                self.progress.queued_since(job.enqueued)
             self.arrivals.tick(job.enqueued)
             self._depth_changed()
             self._cond.notify()
@@ -227,7 +241,9 @@ class Batcher:
             while not self._queue:
                 if self._stopping:
                     return None
-                self._cond.wait()
+                self._cond.wait(TICK_S)
+                if self.progress is not None:
+                    self.progress.beat(time.monotonic())
             while (wait := self._wait_s()) > 0:
                 self._cond.wait(wait)
                 if not self._queue:
@@ -248,6 +264,8 @@ class Batcher:
                     jobs.append(job)
             self._in_flight += len(jobs)
             self._depth_changed()
+            if self.progress is not None:
+                self.progress.queued_since(self._queue[0].enqueued if self._queue else 0.0)
             return jobs
 
     def _complete(self, jobs: list[_Job], outputs: list[np.ndarray], t0: float, dt: float) -> None:
@@ -269,17 +287,30 @@ class Batcher:
             if not jobs:
                 continue
             t0 = time.monotonic()
+            if self.progress is not None:
+                self.progress.batch_started(t0)
             try:
                 outputs = self._run_unique(jobs)
-            except BaseException as e:  # noqa: BLE001 - every waiting caller must hear about it
-                for j in jobs:
-                    j.future.set_exception(e)
-            else:
                 self._complete(jobs, outputs, t0, time.monotonic() - t0)
+            except BaseException as e:  # noqa: BLE001 - every waiting caller must hear about it; the thread lives on
+                self._failed(jobs, e)
             finally:
+                if self.progress is not None:
+                    self.progress.batch_done(time.monotonic())
                 with self._cond:
                     self._in_flight -= len(jobs)
                     self._cond.notify_all()
+
+    def _failed(self, jobs: list[_Job], e: BaseException) -> None:
+        log.error("attrx engine: a batch of %d failed: %r", len(jobs), e)
+        if self._on_failure is not None:
+            try:
+                self._on_failure(e)
+            except Exception:  # noqa: BLE001 - a metric must not end the thread
+                log.exception("attrx engine: counting a failed batch failed")
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(e)
 
     def _run_unique(self, jobs: list[_Job]) -> list[np.ndarray]:
         """run_batch on the batch's distinct products; every job gets its product's row."""

@@ -54,6 +54,8 @@ class EngineLink:
     info: dict  # backend, providers
     restarted: bool = False  # a replacement for a front-end that died: it serves only once warm
     keys: Any = None  # shared table of the products being worked on (attrx.service.http.dedup.SharedKeys)
+    progress: Any = None  # attrx.service.engine.progress.Progress: the engine's and the front-ends' progress
+    control: Any = None  # this end of the supervisor's pipe: a new engine's socket arrives on it
 
 
 class EngineGone(RuntimeError):
@@ -62,6 +64,10 @@ class EngineGone(RuntimeError):
 
 class Miss(LookupError):
     """The product followed is not (or no longer) being worked on elsewhere: do it here."""
+
+
+class BatchFailed(RuntimeError):
+    """The model raised on the batch that held this product (the engine logged it and runs on)."""
 
 
 def _failure(status: int) -> BaseException:
@@ -73,7 +79,8 @@ def _failure(status: int) -> BaseException:
         return QueueFull("the inference queue is full")
     if status == MISS:
         return Miss("nobody leads this product")
-    return EngineGone("the model failed on this batch (see the server's log)")
+    return BatchFailed("the model failed on the batch that held this product (see the server's log); "
+                       "other batches are served")
 
 
 class EngineClient:
@@ -81,6 +88,7 @@ class EngineClient:
         self.sock, self.arena = sock, arena
         self._free = list(range(arena.n - 1, -1, -1))
         self._pending: dict[int, asyncio.Future] = {}
+        self._sent: dict[int, float] = {}  # when each unanswered slot was sent (time.monotonic)
         self._buf = b""
         self._out = bytearray()  # requests not yet written: one write per event-loop turn
         self._flushing = False
@@ -140,7 +148,13 @@ class EngineClient:
         self._write(REQUEST.pack(k, deadline, counted, key, kind))
         fut = self.loop.create_future()
         self._pending[k] = fut
+        self._sent[k] = time.monotonic()
         return fut
+
+    @property
+    def waiting_since(self) -> float:
+        """When the oldest slot the engine has not answered yet was sent (0: none is waiting)."""
+        return min(self._sent.values(), default=0.0)
 
     def _write(self, message: bytes) -> None:
         self._out += message
@@ -189,6 +203,7 @@ class EngineClient:
 
     def _answer(self, k: int, status: int, n: int, queue_s: float, infer_s: float) -> None:
         fut = self._pending.pop(k, None)
+        self._sent.pop(k, None)
         outputs = self.arena.read_outputs(k) if status == OK else None
         profile = self.arena.read_profile(k) if status == OK else None
         self._free.append(k)
@@ -213,6 +228,7 @@ class EngineClient:
                 fut.set_exception(exc)
                 fut.exception()
         self._pending.clear()
+        self._sent.clear()
 
     async def settled(self, timeout: float) -> bool:
         """Wait (up to timeout) until the engine has answered every slot sent; True if it has."""

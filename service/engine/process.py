@@ -17,6 +17,8 @@ decides when the model stops, after the front-ends have answered what they admit
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import signal
 import socket
 import struct
@@ -29,7 +31,9 @@ import numpy as np
 from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.engine.batcher import Batcher, BatchResult, DeadlineExceeded, Draining, QueueFull
 from attrx.service.engine.drift_feed import EngineDrift, batch_profiles
+from attrx.service.engine.faults import injected
 from attrx.service.engine.leads import Leads
+from attrx.service.engine.progress import Progress
 from attrx.service.engine.shm import Arena, Layout
 from attrx.service.inference.predictor import Predictor, load_predictor, warmup_product
 from attrx.service.procutil import die_with_parent, set_process_name
@@ -61,40 +65,78 @@ def status_of(exc: BaseException | None) -> int:
 class _Link:
     """One front-end as the engine sees it: its socket and its arena. `dead` once the front-end has
     gone: its queued items are skipped and its answers dropped (a restarted front-end gets a new
-    link, socket and arena)."""
+    link, socket and arena). Answers are written by the link's own thread, so a front-end that
+    stops reading blocks only its own answers, never a batch or the other front-ends."""
 
     def __init__(self, index: int, sock: socket.socket, arena: Arena):
         self.index, self.sock, self.arena = index, sock, arena
-        self.lock = threading.Lock()
         self.dead = False
+        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._write, name=f"attrx-engine-write-{index}", daemon=True).start()
 
     def cancelled(self, slot: int) -> bool:
         return self.dead or self.arena.cancelled(slot)
 
     def send(self, data: bytes) -> None:
-        with self.lock:
+        """Queue an answer (never blocks)."""
+        self._out.put(data)
+
+    def close(self) -> None:
+        self._out.put(None)
+
+    def _write(self) -> None:
+        while (data := self._out.get()) is not None:
+            parts = [data]
+            while True:  # what queued meanwhile goes in the same write
+                try:
+                    more = self._out.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._out.put(None)
+                    break
+                parts.append(more)
             try:
-                self.sock.sendall(data)
+                self.sock.sendall(b"".join(parts))
             except OSError:  # the front-end is gone: nobody to answer
                 pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread too
+        except OSError:
+            pass
+        self.sock.close()
 
 
 class Engine:
-    def __init__(self, settings, predictor: Predictor, metrics, drift=None):
+    def __init__(self, settings, predictor: Predictor, metrics, drift=None, progress: Progress | None = None):
         self.settings, self.predictor, self.metrics, self.drift = settings, predictor, metrics, drift
         self.links: dict[int, _Link] = {}
         self.leads = Leads()
+        self.progress = progress
+        self.slowest = 0.0  # the slowest recent batch, seconds (decayed): the stall bound allows for it
         m = metrics
         self.batcher = Batcher(
-            predictor.run_batch, max_batch_size=settings.max_batch_size,
+            injected(predictor.run_batch), max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms, max_queue_size=settings.max_queue_size,
             workers=settings.inference_threads, policy=settings.batching,
-            on_batch=lambda n, dt: (m.batch_size.observe(n), m.inference_seconds.observe(dt),
-                                    m.queue_depth.set(self.batcher.depth)),
+            on_batch=self._batch_ran,
             on_dequeue=m.queue_seconds.observe,
-            on_expired=lambda: m.rejections.labels("timeout").inc(),
             on_complete=self._complete,
+            on_failure=lambda e: m.batch_failures.labels(type(e).__name__).inc(),
+            progress=progress,
         )
+        if progress is not None:
+            progress.set_bound(settings.stall_timeout_s)
+
+    def _batch_ran(self, n: int, dt: float) -> None:
+        m = self.metrics
+        m.batch_size.observe(n)
+        m.inference_seconds.observe(dt)
+        m.queue_depth.set(self.batcher.depth)
+        self.slowest = max(dt, self.slowest * 0.95)
+        if self.progress is not None:
+            s = self.settings
+            self.progress.set_bound(max(s.stall_timeout_s, 4 * self.slowest + s.max_queue_delay_ms / 1000))
 
     # -- items in -----------------------------------------------------------------------------
     def _read(self, link: _Link) -> None:
@@ -106,7 +148,7 @@ class Engine:
                 data = b""
             if not data:  # the front-end closed its end, or died
                 link.dead = True
-                link.sock.close()
+                link.close()
                 self._miss(self.leads.end_link(link))
                 return
             pending += data
@@ -190,6 +232,7 @@ class Engine:
         old = self.links.get(index)
         if old is not None:
             old.dead = True
+            old.close()
         link = self.links[index] = _Link(index, sock, arena)
         threading.Thread(target=self._read, args=(link,), name=f"attrx-engine-read-{index}", daemon=True).start()
 
@@ -207,7 +250,7 @@ def _layout(predictor: Predictor, item: dict[str, np.ndarray]) -> Layout:
     return Layout.of(item, predictor.run_batch([item, item]))
 
 
-def engine_main(settings_data: dict, ctl, ready) -> None:
+def engine_main(settings_data: dict, ctl, ready, progress_values=None) -> None:
     """The inference process's entry point (spawned by `attrx.service.serving.supervisor`)."""
     import gc
 
@@ -235,11 +278,18 @@ def engine_main(settings_data: dict, ctl, ready) -> None:
     ctl.send(("layout", layout, {"backend": backend.name, "providers": list(backend.providers),
                                  "precision": backend.precision, "variant": backend.variant,
                                  "drift": drift.info if drift is not None else None}))
-    engine = Engine(settings, predictor, metrics, drift)
+    progress = Progress(progress_values, settings.workers) if progress_values is not None else None
+    if progress is not None:
+        progress.reset_engine(time.monotonic(), settings.stall_timeout_s)
+    engine = Engine(settings, predictor, metrics, drift, progress)
     if drift is not None:
         drift.start()
     engine.batcher.start()
     engine.warm_up(item)
+    arm = getattr(engine.batcher.run_batch, "arm", None)
+    if arm is not None:  # faults injected for a test or benchmark start now (attrx.service.engine.faults)
+        log.warning("attrx engine: faults are injected (%s)", os.environ.get("ATTRX_INJECT_FAULTS"))
+        arm()
     gc.collect()
     gc.freeze()
     ready.set()

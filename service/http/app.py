@@ -141,12 +141,17 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         `{"source": "bundle"}`: back to the bundle's reference."""
         return svc.rebaseline(st, (body or Baseline()).source)
 
-    @app.get("/healthz", summary="The process is alive")
+    @app.get("/healthz", summary="This front-end process answers (it says nothing about progress: see /livez)")
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="200 once the bundle is loaded and warmed up; 503 before and while draining",
-             responses={503: {"model": ErrorResponse}})
+    @app.get("/livez", summary="Liveness: 503 once the inference process or this front-end has made no progress "
+                               "for liveness_timeout_s", responses={503: {"model": ErrorResponse}})
+    async def livez():
+        return svc.livez()
+
+    @app.get("/readyz", summary="Readiness: 200 once the bundle is loaded and warmed up; 503 before, while draining "
+                                "and while work waits past the stall bound", responses={503: {"model": ErrorResponse}})
     async def readyz():
         return svc.readyz()
 
@@ -193,7 +198,7 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
         description="Product attribute extraction from a title and an image: per attribute the value, its "
                     "confidence, the modality weights and whether it is accepted in the product's situation.",
         version=__version__, lifespan=svc.lifespan, docs_url=None, redoc_url=None,
-        responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 503, 504)},
+        responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 500, 503, 504)},
         # FastAPI's own OpenTelemetry asks the global providers on every request whether it is on;
         # attrx reports through Prometheus, so it is off outright
         **_telemetry_off(),

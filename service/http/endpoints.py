@@ -18,11 +18,12 @@ from pydantic_core import to_json
 from attrx.service.contract.decode import situations_of
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
-from attrx.service.engine.client import EngineGone, EngineLink, Miss
+from attrx.service.engine.client import BatchFailed, EngineGone, EngineLink, Miss
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
 from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
+from attrx.service.http.health import Health
 from attrx.service.http.requests import (
     ProductRequest,
     check_options,
@@ -61,6 +62,7 @@ class Endpoints:
         self.inflight = InFlight()
         self.keys = SharedKeys(link.keys if link is not None else None)  # None: an app only read for its schema
         self.cache = ResponseCache(0, "")  # off until the lifespan knows the bundle
+        self.health = Health(settings, link)
 
     @property
     def loaded(self) -> State:
@@ -91,6 +93,7 @@ class Endpoints:
         self.cache = ResponseCache(self.settings.response_cache, st.bundle_id)
         app.state.attrx = st
         st.engine.start()
+        beat = self.health.start(lambda: self.loaded)
         warm = asyncio.create_task(warm_up(st, link.ready))
         if link.restarted:
             # the server is up and its other front-ends serve: this one takes connections (they wait
@@ -100,6 +103,7 @@ class Endpoints:
             yield
         finally:
             warm.cancel()
+            beat.cancel()
             self.begin_drain()
             left = max(0.1, self.drain.deadline - time.monotonic())
             done = await st.engine.settled(left)
@@ -155,12 +159,14 @@ class Endpoints:
             raise input_error(e) from None
         except QueueFull as e:
             raise retry_later(429, "queue_full", f"{e}; retry shortly") from None
-        except DeadlineExceeded:  # counted by the batcher
-            raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms", counted=True) from None
+        except DeadlineExceeded:  # expired in the engine's queue: counted here, as every 504 is
+            raise ApiError(504, "timeout", f"not run within {watch.timeout_ms:.0f} ms") from None
         except Draining as e:
             raise retry_later(503, "draining", str(e)) from None
         except EngineGone as e:
             raise retry_later(503, "not_ready", str(e)) from None
+        except BatchFailed as e:
+            raise ApiError(500, "batch_failed", str(e)) from None
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if task.cancelled() and not (me is not None and me.cancelling()):
@@ -247,6 +253,7 @@ class Endpoints:
     async def extract(self, request: Request) -> Response:
         t0 = time.monotonic()
         st = self.ready_state(admitted="attrx.ticket" in request.scope)
+        self.health.check_progress(st)
         watch = self.watch(request, t0)
         try:
             p = await read_one(request)
@@ -301,6 +308,7 @@ class Endpoints:
     async def extract_batch(self, request: Request) -> Response:
         t0 = time.monotonic()
         st = self.ready_state(admitted="attrx.ticket" in request.scope)
+        self.health.check_progress(st)
         watch = self.watch(request, t0)
         try:
             body = await read_batch(request, self.settings.max_request_items)
@@ -358,6 +366,7 @@ class Endpoints:
     def readyz(self) -> JSONResponse:
         try:
             st = self.ready_state()
+            self.health.check_progress(st)
         except ApiError as e:
             return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
         warm, workers = sum(st.link.warm), st.link.workers
@@ -365,6 +374,9 @@ class Endpoints:
             return JSONResponse(error_body("not_ready", f"{warm} of {workers} front-end processes are ready"),
                                 status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"status": "ready", "model": st.model_ref})
+
+    def livez(self) -> JSONResponse:
+        return self.health.livez(self.state)
 
     def metrics(self) -> Response:
         st = self.state

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from attrx.service.contract.bundle import Bundle, sha256_file
-from attrx.service.engine.client import EngineClient, EngineGone, EngineLink
+from attrx.service.engine.client import BatchFailed, EngineClient, EngineGone, EngineLink
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
 from attrx.service.http.drift_report import FrontDrift
@@ -22,6 +22,7 @@ from attrx.service.settings import ServeSettings
 from attrx.service.telemetry.prometheus import Metrics
 
 log = logging.getLogger("uvicorn.error")
+WARMUP_TRIES = 5
 
 
 @dataclass
@@ -77,8 +78,14 @@ async def warm_up(st: State, engine_ready) -> None:
         while not await loop.run_in_executor(None, engine_ready.wait, 1.0):
             if st.engine.gone:
                 raise EngineGone("the inference process stopped while warming up")
-        fut, _ = st.engine.submit(item, time.monotonic() + 60.0, counted=False)
-        await fut
+        for attempt in range(WARMUP_TRIES):  # a batch that failed is not a model that cannot run
+            fut, _ = st.engine.submit(item, time.monotonic() + 60.0, counted=False)
+            try:
+                await fut
+                break
+            except BatchFailed:
+                if attempt == WARMUP_TRIES - 1:
+                    raise
     except Exception:
         log.exception("attrx: warm-up failed; the server stays not ready")
         return

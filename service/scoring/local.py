@@ -17,12 +17,12 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
+from attrx.service.catalog.images import ImageLimits, ImageReadError, read_image_file
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
 from attrx.service.contract.drift_stats import PROFILE_KEY
@@ -31,6 +31,7 @@ from attrx.service.inference.predictor import InputError, Predictor
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
 from attrx.service.scoring.catalog_drift import CatalogDrift
+from attrx.service.scoring.decode_pool import DecodePool
 from attrx.service.scoring.outputs import bundle_sha256, meta_path, open_output
 from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
 from attrx.service.scoring.score_settings import ScoreSettings
@@ -95,63 +96,37 @@ class SideFiles:
 
 # -- worker processes -------------------------------------------------------------------------------
 _predictor: Predictor | None = None
+_limits: ImageLimits = ImageLimits()
 
 
-def _init_worker(bundle_dir: str, max_image_pixels: int | None) -> None:
-    global _predictor
+def _init_worker(bundle_dir: str, max_image_pixels: int | None, limits: ImageLimits) -> None:
+    global _predictor, _limits
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _predictor = Predictor(load_bundle(bundle_dir, verify_hashes=False), max_image_pixels=max_image_pixels)
+    _limits = limits
 
 
 def _prepare(task: tuple[int, str, str | None, str | None]):
     line, pid, title, image = task
     try:
-        return line, pid, _predictor.decode_request(title, image), None
-    except (ImageError, InputError) as e:
+        data = read_image_file(image, _limits) if image is not None else None
+        return line, pid, _predictor.decode_request(title, data), None
+    except ImageError as e:  # decoded from bytes: name the file, as every other row error does
+        msg = str(e)
+        return line, pid, None, f"image {image!r}{msg[len('image'):]}" if msg.startswith("image:") else msg
+    except (ImageReadError, InputError) as e:
         return line, pid, None, str(e)
 
 
-def _prepare_chunk(tasks: list) -> list:
-    return [_prepare(t) for t in tasks]
+def _row_failed(task, why: str):
+    line, pid, _, image = task
+    return line, pid, None, f"image {image!r}: {why}"
 
 
-def _decoded(pool, todo: list, workers: int, stop: threading.Event, size: int = 8) -> Iterator[list]:
-    """Decoded chunks of `todo` in order, until done or `stop` is set.
-
-    A bounded window of chunks is in flight (apply_async, not imap): memory stays bounded and no
-    background thread keeps pushing tasks into a full pipe, which can hang pool.terminate().
-    """
-    source = ([(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo[s : s + size]]
-              for s in range(0, len(todo), size))
-    pending: deque = deque()
-
-    def submit() -> None:
-        chunk = next(source, None)
-        if chunk is not None:
-            pending.append(pool.apply_async(_prepare_chunk, (chunk,)))
-
-    for _ in range(4 * workers):
-        submit()
-    while pending and not stop.is_set():
-        try:
-            chunk = pending[0].get(timeout=0.2)
-        except mp.TimeoutError:
-            continue
-        pending.popleft()
-        submit()
-        yield chunk
-
-
-def _stop_pool(pool, early: bool) -> None:
-    if early:
-        # stopping early: results may sit in the pool's pipes, where Pool.terminate() can block
-        # forever; kill the workers instead (the CLI then exits without the pool's finalizers)
-        for child in mp.active_children():
-            child.kill()
-    else:
-        pool.close()  # every result was consumed: a graceful join cannot block
-        pool.join()
+def _chunks(todo: list, size: int = 8) -> Iterator[list]:
+    for s in range(0, len(todo), size):
+        yield [(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo[s : s + size]]
 
 
 def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, interrupted: bool) -> dict:
@@ -191,8 +166,10 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
     errors_path = out.with_name(out.name + ".errors.jsonl")
 
     workers = s.workers or max(1, (os.cpu_count() or 2) - 1)
-    ctx = mp.get_context("fork")  # before the ONNX session or any thread exists: cheap and safe
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle.path), s.max_image_pixels))
+    limits = ImageLimits.of(s.max_image_bytes, s.image_root.split(os.pathsep) if s.image_root else (), catalog)
+    # forked before the ONNX session or any thread exists: cheap and safe (replacements are spawned)
+    pool = DecodePool(workers, _init_worker, (str(bundle.path), s.max_image_pixels, limits), _prepare, _row_failed,
+                      row_timeout_s=s.image_timeout_s, ctx=mp.get_context("fork"))
     # the model gets the cores the decoding workers leave free
     predictor.backend = load_backend(bundle, providers=s.providers,
                                      threads=max(1, (os.cpu_count() or 2) - workers),
@@ -221,7 +198,7 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
 
     batch: list = []
     try:
-        for chunk in _decoded(pool, todo, workers, stop):
+        for chunk in pool.map_chunks(_chunks(todo), stop):
             for line, pid, inputs, err in chunk:
                 if err is not None:
                     errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")
@@ -239,10 +216,12 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
         for sig, h in handlers.items():
             signal.signal(sig, h)
         bar.close()
-        _stop_pool(pool, early=stop.is_set() or sys.exc_info()[0] is not None)
+        pool.close(kill=stop.is_set() or sys.exc_info()[0] is not None)
         writer.close()
         errors_f.close()
         side.close()
     summary = _report(counts, skip, time.perf_counter() - t0, out, errors_path, stop.is_set())
     summary["drift_exceeded"] = drift.finish(meta_path(out))["exceeded"]
+    summary["worker_deaths"] = pool.deaths
+    summary["too_many_errors"] = s.max_errors is not None and counts["failed"] > s.max_errors
     return summary

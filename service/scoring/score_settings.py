@@ -34,6 +34,14 @@ class ScoreSettings(BaseSettings):
                                      "fp16 on GPUs)")
     max_image_pixels: int | None = Field(None, ge=1, description="refuse images declaring more pixels "
                                                                 "(default 40,000,000)")
+    max_image_bytes: int | None = Field(None, ge=1, description="refuse image files larger than this (row error; "
+                                        "default 50 MiB)")
+    image_root: str | None = Field(None, description="read images only from these folders (and the catalog's), "
+                                   "separated by ':'; default: any path (the catalog is your own file)")
+    image_timeout_s: float = Field(30.0, gt=0, description="a decoding worker that holds a row this long is "
+                                   "killed and the row retried once, then reported")
+    max_errors: int | None = Field(None, ge=0, description="exit 3 when more rows than this failed (they are in "
+                                   "OUT.errors.jsonl either way); default: no limit")
     conflicts: str | None = Field(None, description="also write every attribute whose title and image disagree to "
                                   "this file (JSONL: id, attribute, value, title_says, image_says; local scoring only)")
     review_queue: str | None = Field(None, description="also write every product with an attribute not accepted to "

@@ -18,8 +18,15 @@ engine (the socket passed over the control pipe), and starts it on the same list
 which the parent keeps open: connections the kernel hands that socket meanwhile wait in its
 backlog for the replacement, which takes them once warm, a wait bounded by one front-end's start
 (1.0-1.3 s here, under load) and by the restart limit. Past `front_end_restarts` restarts within
-`restart_window_s` the server gives up and exits 1. The engine's death stops the server (exit 1):
-the orchestrator restarts it whole.
+`restart_window_s` the server gives up and exits 1.
+
+Progress, not presence (`attrx.service.engine.progress`): every process publishes its progress in
+shared memory, and once a second the parent reads it. A front-end whose event loop has not ticked
+for `stall_timeout_s` is killed and restarted as a dead one is. An engine that dies, or makes no
+progress for `liveness_timeout_s` (it is then killed), is replaced in place: a new engine loads
+the bundle and warms up while the front-ends answer 503 (Retry-After), then each front-end gets a
+new link to it over its control pipe and serves again. Past `engine_restarts` replacements within
+`restart_window_s` the server exits 1, for the orchestrator to restart whole.
 """
 
 from __future__ import annotations
@@ -27,114 +34,17 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
-from contextlib import contextmanager
 from multiprocessing.connection import wait
+
+from attrx.service.serving.setup import Signals, bind, forget_metrics, metrics_dir, shm_warning
 
 log = logging.getLogger("attrx.serve")
 
 STARTUP_TIMEOUT_S = 600.0
 KEY_TABLE = 4096  # entries of the shared table of products in flight (a hint: a collision costs a "miss")
-
-
-@contextmanager
-def _metrics_dir():
-    """PROMETHEUS_MULTIPROC_DIR for the children: the user's (emptied first) or a temporary one."""
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):
-            if name.endswith(".db"):
-                os.remove(os.path.join(given, name))
-        yield given
-        return
-    path = tempfile.mkdtemp(prefix="attrx-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    try:
-        yield path
-    finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _bind(host: str, port: int, n: int) -> list[socket.socket]:
-    """n listening sockets on one port, one per front-end, with SO_REUSEPORT: the kernel spreads
-    new connections evenly over them. One socket shared by all (where SO_REUSEPORT is missing)
-    lets whichever process wakes first accept, and one front-end took 3 in 4 connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    reuse_port = hasattr(socket, "SO_REUSEPORT")
-    if reuse_port and port:
-        # SO_REUSEPORT would let a second attrx on this port share its traffic without a word:
-        # a plain bind first fails if anything holds the port
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n if reuse_port else 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the rest join the port the first one got
-            sock.set_inheritable(True)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks * n if not reuse_port else socks
-
-
-class _Signals:
-    """SIGTERM/SIGINT noted and turned into a readable pipe end, to wait on with the children."""
-
-    def __init__(self):
-        self.count = 0
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, sig, frame) -> None:
-        self.count += 1
-        try:
-            os.write(self._w, b"x")
-        except BlockingIOError:
-            pass
-
-    @property
-    def fd(self) -> int:
-        return self._r
-
-    def restore(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        os.close(self._r)
-        os.close(self._w)
-
-
-def _shm_warning(bytes_needed: int) -> None:
-    try:
-        free = shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return
-    if free < bytes_needed:
-        log.warning("attrx: /dev/shm has %.1f MB free and the front-ends' slots need %.1f MB: lower --workers "
-                    "or --max-in-flight, or give the container more shared memory", free / 1e6, bytes_needed / 1e6)
-
-
-def _forget_metrics(pid: int) -> None:
-    """A dead process's live gauges (ready, queue depth) leave the metrics view; its counters stay."""
-    from prometheus_client import multiprocess
-
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        multiprocess.mark_process_dead(pid, path)
 
 
 class Supervisor:
@@ -146,18 +56,21 @@ class Supervisor:
         self.arenas: list = []
         self.listens: list[socket.socket] = []
         self.restarts: list[float] = []  # when front-ends were restarted (monotonic)
+        self.engine_restarts: list[float] = []  # when the engine was replaced (monotonic)
+        self.front_ctl: list = []  # the parent's end of each front-end's control pipe
+        self.progress = None
         self.ctl = None
         self.drained = None
         self.layout = self.info = None
 
     # -- startup ------------------------------------------------------------------------------
-    def _start_engine(self, signals: _Signals):
+    def _start_engine(self, signals: Signals):
         from attrx.service.engine.process import engine_main
 
         self.ctl, child = self.ctx.Pipe()
         self.engine_ready = self.ctx.Event()
         self.engine = self.ctx.Process(target=engine_main, name="attrx-engine", daemon=False,
-                                       args=(self.settings.model_dump(), child, self.engine_ready))
+                                       args=(self.settings.model_dump(), child, self.engine_ready, self.progress.v))
         self.engine.start()
         child.close()
         end = time.monotonic() + STARTUP_TIMEOUT_S
@@ -180,11 +93,11 @@ class Supervisor:
         from attrx.service.http.admission import shared_counter
 
         n = self.settings.workers
-        _shm_warning(n * self.slots * self.layout.slot_bytes)
+        shm_warning(n * self.slots * self.layout.slot_bytes)
         # kept referenced here: a child opens them by name when it starts, after this returns
         self.admission, self.connections, self.warm = (shared_counter(self.ctx, n) for _ in range(3))
         self.keys = self.ctx.RawArray("Q", KEY_TABLE)  # products being worked on, for deduplication
-        self.fronts, self.arenas = [None] * n, [None] * n
+        self.fronts, self.arenas, self.front_ctl = [None] * n, [None] * n, [None] * n
         for i in range(n):
             self._start_front(i)
         log.info("attrx: %d front-end processes (pids %s), inference process %d; shared memory %.1f MB",
@@ -193,36 +106,51 @@ class Supervisor:
 
     def _start_front(self, i: int, restarted: bool = False) -> None:
         """Front-end i on its listening socket, with a new arena and a new link to the engine."""
-        from multiprocessing.reduction import send_handle
-
         from attrx.service.engine.client import EngineLink
         from attrx.service.engine.shm import Arena
         from attrx.service.http.frontend import frontend_main
 
         arena = self.arenas[i] = Arena(self.layout, self.slots)
-        front_sock, engine_sock = socket.socketpair()
+        self.progress.clear_front(i)
+        front_sock = self._engine_socket(i)
+        mine, theirs = self.ctx.Pipe()
+        self.front_ctl[i] = mine
         try:
-            self.ctl.send(("attach", i, arena.name, self.slots))
-            send_handle(self.ctl, engine_sock.fileno(), self.engine.pid)
             link = EngineLink(front_sock, self.listens[i], arena.name, self.slots, self.layout, self.admission,
                               self.connections, self.warm, len(self.listens), i, self.engine_ready, self.info,
-                              restarted, self.keys)
+                              restarted, self.keys, self.progress, theirs)
             p = self.ctx.Process(target=frontend_main, name=f"attrx-front-{i}",
                                  args=(self.settings.model_dump(), link, self.log_level, self.access_log))
             p.start()
             self.fronts[i] = p
         finally:  # the children hold their own copies
             front_sock.close()
+            theirs.close()
+
+    def _engine_socket(self, i: int) -> socket.socket:
+        """A new link between the engine and front-end i: the engine gets its end (and the name of
+        the front-end's arena) over the control pipe; the front-end's end is returned."""
+        from multiprocessing.reduction import send_handle
+
+        front_sock, engine_sock = socket.socketpair()
+        try:
+            self.ctl.send(("attach", i, self.arenas[i].name, self.slots))
+            send_handle(self.ctl, engine_sock.fileno(), self.engine.pid)
+        finally:
             engine_sock.close()
+        return front_sock
 
     def run(self) -> int:
         s = self.settings
         try:
-            self.listens = _bind(s.host, s.port, s.workers)
+            self.listens = bind(s.host, s.port, s.workers)
         except OSError as e:
             log.error("attrx: cannot listen on %s:%d: %s", s.host, s.port, e.strerror or e)
             return 1
-        signals = _Signals()
+        from attrx.service.engine.progress import Progress
+
+        signals = Signals()
+        self.progress = Progress.create(self.ctx, s.workers)
         try:
             msg = self._start_engine(signals)
             if msg[0] != "layout":
@@ -241,20 +169,89 @@ class Supervisor:
                 sock.close()
 
     # -- running, restarting and stopping -----------------------------------------------------
-    def _supervise(self, signals: _Signals) -> int:
+    def _supervise(self, signals: Signals) -> int:
         while True:
             fronts = {p.sentinel: i for i, p in enumerate(self.fronts)}
-            ready = wait([self.engine.sentinel, *fronts, signals.fd])
+            ready = wait([self.engine.sentinel, *fronts, signals.fd], timeout=0.5)
             if signals.fd in ready:
                 return self._shutdown(None)
-            if self.engine.sentinel in ready:
-                self.engine.join()
-                log.error("attrx: the inference process (pid %d) exited with status %s; stopping the server",
-                          self.engine.pid, self.engine.exitcode)
-                return self._shutdown(self.engine)
+            if self.engine.sentinel in ready or self._engine_stalled():
+                if not self._replace_engine(signals):
+                    return self._shutdown(self.engine)
+                continue
+            self._kill_stalled_fronts()
             for fd in ready:
                 if not self._restart(fronts[fd]):
                     return self._shutdown(self.fronts[fronts[fd]])
+
+    def _engine_stalled(self) -> bool:
+        """A warm engine that has made no progress for liveness_timeout_s is killed (and replaced)."""
+        if not self.engine_ready.is_set() or not self.engine.is_alive():
+            return False
+        stalled = self.progress.engine_stalled_for(time.monotonic())
+        if stalled <= self.settings.liveness_timeout_s:
+            return False
+        log.error("attrx: the inference process (pid %d) has made no progress for %.1f s (liveness bound %g s); "
+                  "killing it", self.engine.pid, stalled, self.settings.liveness_timeout_s)
+        self.engine.kill()
+        self.engine.join()
+        return True
+
+    def _kill_stalled_fronts(self) -> None:
+        """A front-end whose event loop has not ticked for stall_timeout_s is killed (its loop only
+        parses and answers, so it is never legitimately that late, and each second more is a second
+        its connections hang): its sentinel then restarts it as a dead one."""
+        now = time.monotonic()
+        bound = self.settings.stall_timeout_s
+        for i, p in enumerate(self.fronts):
+            stalled = self.progress.front_stalled_for(i, now)
+            if stalled > bound and p.is_alive():
+                log.error("attrx: %s (pid %d) has made no progress for %.1f s (bound %g s); killing it",
+                          p.name, p.pid, stalled, bound)
+                p.kill()
+
+    def _replace_engine(self, signals: Signals) -> bool:
+        """The engine died or was killed: a new one loads and warms up (the front-ends answer 503
+        meanwhile), then every front-end gets a new link to it. False: one replacement too many."""
+        s, old = self.settings, self.engine
+        old.join()
+        now = time.monotonic()
+        self.engine_restarts = [t for t in self.engine_restarts if now - t < s.restart_window_s]
+        if len(self.engine_restarts) >= s.engine_restarts:
+            log.error("attrx: the inference process (pid %d) exited with status %s: %d engine failures within %g s, "
+                      "past the limit of %d replacements; stopping the server", old.pid, old.exitcode,
+                      len(self.engine_restarts) + 1, s.restart_window_s, s.engine_restarts)
+            return False
+        self.engine_restarts.append(now)
+        log.error("attrx: the inference process (pid %d) exited with status %s; replacing it (%d of %d within %g s)",
+                  old.pid, old.exitcode, len(self.engine_restarts), s.engine_restarts, s.restart_window_s)
+        forget_metrics(old.pid)
+        msg = self._start_engine(signals)
+        if msg[0] != "layout" or msg[1] != self.layout:
+            log.error("attrx: the replacement inference process failed: %s", msg[1] if msg[0] != "layout" else
+                      "its slot layout differs")
+            return False
+        while not self.engine_ready.wait(1.0):
+            if not self.engine.is_alive() or signals.count:
+                return False
+        self._relink_fronts()
+        log.info("attrx: inference process %d serves in place of %d", self.engine.pid, old.pid)
+        return True
+
+    def _relink_fronts(self) -> None:
+        from multiprocessing.reduction import send_handle
+
+        for i, p in enumerate(self.fronts):
+            if p is None or not p.is_alive():
+                continue  # a dead one gets its link when it is restarted
+            sock = self._engine_socket(i)
+            try:
+                self.front_ctl[i].send(("engine",))
+                send_handle(self.front_ctl[i], sock.fileno(), p.pid)
+            except OSError:
+                pass  # it is dying: its sentinel restarts it
+            finally:
+                sock.close()
 
     def _restart(self, i: int) -> bool:
         """Front-end i died: start a replacement, unless it is one restart too many. False: give up."""
@@ -272,7 +269,7 @@ class Supervisor:
                   p.name, p.pid, p.exitcode, len(self.restarts), s.front_end_restarts, s.restart_window_s)
         # its work died with it: its entries of the shared counts go back to zero
         self.admission[i] = self.connections[i] = self.warm[i] = 0
-        _forget_metrics(p.pid)
+        forget_metrics(p.pid)
         self.arenas[i].close()  # the engine keeps its own mapping until its last item of it is done
         self._start_front(i, restarted=True)
         return True
@@ -324,5 +321,5 @@ def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int
     died), 3 startup failed."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(levelname)s:     %(message)s")
-    with _metrics_dir():
+    with metrics_dir():
         return Supervisor(settings, log_level, access_log).run()

@@ -27,7 +27,7 @@ UNIT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 REJECTION_REASONS = ("overloaded", "queue_full", "timeout", "bad_image", "too_large", "empty", "title_too_long",
                      "unsupported_media_type", "bad_request", "bad_option", "unauthorized", "not_ready",
                      "draining", "client_gone", "slow_client", "too_many_connections", "drift_off", "empty_window",
-                     "not_written")
+                     "not_written", "stalled", "batch_failed")
 
 
 def multiprocess_dir() -> str | None:
@@ -71,6 +71,8 @@ class Metrics:
                               "already in flight (one decoding, one inference)", registry=r)
         self.cache = Counter("attrx_response_cache", "response cache lookups (attrx serve --response-cache)",
                              ["result"], registry=r)
+        self.batch_failures = Counter("attrx_batch_failures", "model batches that raised (their requests are "
+                                      "answered 500 batch_failed), by exception type", ["error"], registry=r)
         self.rejections = Counter("attrx_rejections", "requests or items refused, by reason", ["reason"],
                                   registry=r)
         # an Info metric in all but name (Info does not exist in multiprocess mode)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from attrx.service.http.errors import ApiError
 from helpers import metric, scrape, wait_metric
 from helpers import png as _png
+
+from attrx.service.http.errors import ApiError
 
 
 def _connect(server) -> socket.socket:

@@ -100,8 +100,9 @@ def test_metrics_are_one_view_whichever_front_end_answers(start_server):
     assert seen == {float(n)}
 
 
-def test_a_dead_inference_process_stops_the_server_with_a_failure_status(start_server):
-    s = start_server(workers=2)
+def test_a_dead_inference_process_past_its_restart_limit_stops_the_server_with_a_failure_status(start_server):
+    # engine_restarts=0: no replacement (tests/integration/test_stalls.py: the engine replaced in place)
+    s = start_server(workers=2, engine_restarts=0)
     procs = _processes(s)
     procs["attrx-engine"].send_signal(signal.SIGKILL)
     r = None
