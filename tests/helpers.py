@@ -91,9 +91,13 @@ class Server:
         self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        self.wait_listening()
-        if wait_ready:
-            self.wait_ready()
+        try:
+            self.wait_listening()
+            if wait_ready:
+                self.wait_ready()
+        except BaseException:  # never ready: not left running behind the failed test
+            self.stop()
+            raise
 
     def wait_listening(self, timeout: float = 60.0) -> None:
         wait_listening(self.url, self.proc, self.output, timeout)

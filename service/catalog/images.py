@@ -11,7 +11,7 @@ the same reasons.
   own folder is then allowed too) when catalogs come from people you do not trust with the
   machine's files.
 - Time: reading a regular file does not block on its own, but a hung network mount can. The
-  worker that reads is watched by its pool (`attrx.service.scoring.decode_pool`): one that holds
+  worker that reads is watched by its pool (`attrx.service.catalog.decode_pool`): one that holds
   a row past the time limit is killed, and the row retried once, then reported.
 """
 
@@ -48,6 +48,13 @@ class ImageReadError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+def named(message: str, path: str | os.PathLike | None) -> str:
+    """A decoder's message about an image it got as bytes ("image: ...") naming the file it came from."""
+    if path is None or not message.startswith("image:"):
+        return message
+    return f"image {os.fspath(path)!r}{message[len('image'):]}"
 
 
 def _kind(mode: int) -> str | None:

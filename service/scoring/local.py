@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from attrx.service.catalog.images import ImageLimits, ImageReadError, read_image_file
+from attrx.service.catalog.decode_pool import DecodePool
+from attrx.service.catalog.images import ImageLimits, ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
 from attrx.service.contract.drift_stats import PROFILE_KEY
@@ -31,8 +32,7 @@ from attrx.service.inference.predictor import InputError, Predictor
 from attrx.service.inference.runtime import load_backend
 from attrx.service.procutil import die_with_parent
 from attrx.service.scoring.catalog_drift import CatalogDrift
-from attrx.service.scoring.decode_pool import DecodePool
-from attrx.service.scoring.outputs import bundle_sha256, meta_path, open_output
+from attrx.service.scoring.outputs import bundle_sha256, keep_rows, meta_path, open_output
 from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
 from attrx.service.scoring.score_settings import ScoreSettings
 
@@ -71,8 +71,12 @@ class SideFiles:
     """The JSONL files a run may write beside its output, batch by batch: title-image conflicts
     (`--conflicts`) and the review queue (`--review-queue`, attrx.service.scoring.queue_writer)."""
 
-    def __init__(self, products: list, conflicts: str | Path | None, queue: str | Path | None, append: bool):
+    def __init__(self, products: list, conflicts: str | Path | None, queue: str | Path | None, append: bool,
+                 done: set[str] | None = None):
         mode = "a" if append else "w"
+        for path in (conflicts, queue) if append else ():
+            if path:  # resuming: exactly the rows of the products the output holds
+                keep_rows(Path(path), done or set())
         self.conflicts = open(conflicts, mode, encoding="utf-8") if conflicts else None
         self.queue = open(queue, mode, encoding="utf-8") if queue else None
         self.source = {p.id: (p.title, str(p.image) if p.image else None) for p in products} if queue else {}
@@ -112,11 +116,8 @@ def _prepare(task: tuple[int, str, str | None, str | None]):
     try:
         data = read_image_file(image, _limits) if image is not None else None
         return line, pid, _predictor.decode_request(title, data), None
-    except ImageError as e:  # decoded from bytes: name the file, as every other row error does
-        msg = str(e)
-        return line, pid, None, f"image {image!r}{msg[len('image'):]}" if msg.startswith("image:") else msg
-    except (ImageReadError, InputError) as e:
-        return line, pid, None, str(e)
+    except (ImageError, ImageReadError, InputError) as e:
+        return line, pid, None, named(str(e), image)
 
 
 def _row_failed(task, why: str):
@@ -175,7 +176,7 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
                                      threads=max(1, (os.cpu_count() or 2) - workers),
                                      precision=s.variant)
     errors_f = open(errors_path, "w", encoding="utf-8")
-    side = SideFiles(todo, s.conflicts, s.review_queue, append=s.resume)
+    side = SideFiles(todo, s.conflicts, s.review_queue, append=s.resume, done=skip)
     errors_f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     counts = {"scored": 0, "failed": len(cat.errors)}
     # Ctrl-C / SIGTERM only set a flag: raising from a signal handler could land inside the pool's
@@ -191,8 +192,8 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
         drift.add(outputs, feeds[PROFILE_KEY])
         preds = [(pid, predictor.encode_response(outputs, i, key=key, situations=sits, top_k=side.top_k))
                  for i, (pid, (_, sits)) in enumerate(batch)]
+        side.write(preds)  # first: a product in the output has its side rows (resume trims the others)
         writer.write([flatten(pid, p) for pid, p in preds])
-        side.write(preds)
         counts["scored"] += len(batch)
         bar.update(len(batch))
 

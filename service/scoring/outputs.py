@@ -3,6 +3,9 @@
 - Rows are appended and flushed batch by batch. JSONL and CSV are the output itself; Parquet rows
   go to `<out>.partial.jsonl` and become the Parquet file when the run ends (a Parquet file is
   unreadable until its footer is written, so a killed run would otherwise keep nothing).
+- Every file is exact after a kill -9 at any moment: a half-written last line is cut on resume,
+  the meta file is replaced atomically, and Parquet's merge drops partial rows the Parquet file
+  already holds (a kill between the merge's rename and the partial file's removal).
 - `<out>.meta.json` records the bundle (the sha256 of its manifest, which lists every file's hash)
   and the scoring options. `--resume` refuses an output written with another bundle or options, so
   one file never mixes two models.
@@ -16,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+from attrx.service.contract.drift_stats import write_json_atomically
+
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 # what must match for --resume to append to an output: one file never mixes two models or variants
 RESUME_CHECKS = ("bundle_sha256", "min_precision", "precision", "providers", "columns")
@@ -26,6 +31,20 @@ def truncate_partial_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def keep_rows(path: Path, ids: set[str]) -> None:
+    """A JSONL side file cut back to the rows of `ids` (the products in the output): rows written
+    for products the output does not hold yet, and a half-written last line, go (they are written
+    again when those products are scored)."""
+    if not path.exists():
+        return
+    truncate_partial_tail(path)
+    with open(path, encoding="utf-8") as f:
+        lines = [x for x in f if x.strip() and json.loads(x)["id"] in ids]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)  # the whole file or the old one
 
 
 def partial_path(out: Path) -> Path:
@@ -83,8 +102,10 @@ class _ParquetWriter:
         self.rows.close()
         schema = parquet_schema(self.columns)
         tables = [pq.read_table(self.path).cast(schema)] if self.path.exists() else []
+        merged = set(tables[0].column("id").to_pylist()) if tables else set()
         with open(self.partial, encoding="utf-8") as f:
-            tables.append(pa.Table.from_pylist([json.loads(x) for x in f if x.strip()], schema=schema))
+            rows = [r for r in (json.loads(x) for x in f if x.strip()) if r["id"] not in merged]
+        tables.append(pa.Table.from_pylist(rows, schema=schema))
         tmp = self.path.with_name(self.path.name + ".tmp")
         pq.write_table(pa.concat_tables(tables), tmp)
         os.replace(tmp, self.path)
@@ -156,7 +177,7 @@ def open_output(out: Path, columns: list[str], meta: dict, *, resume: bool, over
         for p in _stale(out):
             p.unlink()
         done = set()
-    meta_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json_atomically(meta_path(out), meta, indent=2)
     return WRITERS[suffix](out, columns, append=bool(done) or (resume and bool(existing))), done
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attrx.service.catalog.images import ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
@@ -161,12 +162,12 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     pred = _predictor(bundle_dir, max_image_pixels)
     items, errors, sits = [], [], []
     for title, image in zip(batch["title"], batch["image"], strict=True):
-        try:
-            item, situations = pred.decode_request(title, image)
+        try:  # the catalog's one image reader: regular files only, size-limited
+            item, situations = pred.decode_request(title, read_image_file(image) if image else None)
             errors.append("")
-        except (ImageError, InputError) as e:
+        except (ImageError, ImageReadError, InputError) as e:
             item, situations = None, pred.situations(title, image)
-            errors.append(str(e) or type(e).__name__)
+            errors.append(named(str(e), image) or type(e).__name__)
         items.append(item)
         sits.append(situation_index(situations))
     if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
@@ -293,7 +294,7 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
     with open(out / ERRORS / "catalog.jsonl", "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(e.to_json()) + "\n" for e in cat.errors))
     todo = [p for p in cat.products if p.id not in skip]
-    queue_dir = _queue_parts(out, s.review_queue)
+    queue_dir = _queue_parts(out, s.review_queue, resume=s.resume)
     t_read = time.perf_counter() - t0
     started = bool(todo) and _connect(ray, s.ray or None, s.ray_local_cpus, s.progress)  # nothing to do: no Ray
     try:
@@ -306,7 +307,7 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
         if started:
             ray.shutdown()
     if queue_dir is not None:
-        join_queue(queue_dir, Path(s.review_queue), append=s.resume)
+        join_queue(queue_dir, Path(s.review_queue), keep=set(done_ids_in_folder(out)), previous=s.resume)
     drift.add_counts(*sum_parts(drift_dir, drift.stats.total))
     shutil.rmtree(drift_dir, ignore_errors=True)
     summary = _summary(out, skip, time.perf_counter() - t0, t_read)
@@ -320,17 +321,37 @@ def _empty_folder(path: Path) -> Path:
     return path
 
 
-def _queue_parts(out: Path, review_queue) -> Path | None:
-    """The folder the actors write their queue parts to (emptied first), or None without a queue."""
-    return None if review_queue is None else _empty_folder(out / ".review-queue")
+def _queue_parts(out: Path, review_queue, *, resume: bool) -> Path | None:
+    """The folder the actors write their queue parts to, or None without a queue. Emptied first,
+    except on --resume: a killed run's parts hold the rows of products already in OUT."""
+    if review_queue is None:
+        return None
+    path = out / ".review-queue"
+    if resume:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return _empty_folder(path)
 
 
-def join_queue(parts: Path, queue: Path, *, append: bool) -> None:
-    """The actors' queue parts into one file (appended to on --resume), streamed; the parts go."""
-    with open(queue, "ab" if append else "wb") as f:
-        for part in sorted(parts.glob("part-*.jsonl")):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
+def join_queue(parts: Path, queue: Path, *, keep: set[str], previous: bool) -> None:
+    """The queue so far (`previous`: on --resume) and the actors' parts into one file holding one
+    row for each product of `keep` (those in OUT) that has one: rows of products a killed run did
+    not finish, half-written lines and a retried block's repeats go. Streamed, replaced atomically;
+    the parts go."""
+    sources = ([queue] if previous and queue.exists() else []) + sorted(parts.glob("part-*.jsonl"))
+    seen: set[str] = set()
+    tmp = queue.with_name(queue.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for src in sources:
+            with open(src, encoding="utf-8") as lines:
+                for line in lines:
+                    if not line.endswith("\n"):
+                        continue  # cut short by a kill
+                    pid = json.loads(line)["id"]
+                    if pid in keep and pid not in seen:
+                        seen.add(pid)
+                        f.write(line)
+    os.replace(tmp, queue)
     shutil.rmtree(parts, ignore_errors=True)
 
 

@@ -77,3 +77,23 @@ def _declared(label: str) -> tuple[str, ...]:
     from attrx.service.telemetry.prometheus import REJECTION_REASONS
 
     return REJECTION_REASONS if label == "reason" else ()
+
+
+def test_the_kubernetes_probes_are_the_progress_endpoints_with_their_bounds(server):
+    import yaml
+
+    from attrx.service.settings import ServeSettings
+
+    deploy = yaml.safe_load((ROOT / "deploy/kubernetes/base/deployment.yaml").read_text())
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == c["startupProbe"]["httpGet"]["path"] == "/livez"
+    d = ServeSettings.model_fields
+    # readiness acts within a few seconds of the stall bound; liveness only well past attrx's own
+    # replacement of a stalled engine (at liveness_timeout_s)
+    ready = c["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= d["stall_timeout_s"].default
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 2 * d["liveness_timeout_s"].default
+    for path in ("/readyz", "/livez"):
+        assert httpx.get(server.url + path, timeout=5).status_code == 200

@@ -122,7 +122,7 @@ def _decode_or_die(task):
 
 @pytest.mark.parametrize("bad", ["poison", "hang"])
 def test_a_row_that_takes_its_worker_down_twice_is_reported_and_the_rest_decoded(bad):
-    from attrx.service.scoring.decode_pool import DecodePool
+    from attrx.service.catalog.decode_pool import DecodePool
 
     tasks = [f"t{i}" for i in range(30)]
     tasks[13] = bad

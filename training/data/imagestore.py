@@ -17,12 +17,15 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from attrx.service.catalog.decode_pool import DecodePool
+from attrx.service.catalog.images import ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import Product, RowError
 from attrx.service.contract.preprocess import ImageError, PreprocessConfig, load_image_array
 
@@ -93,10 +96,34 @@ def _init(cfg: PreprocessConfig) -> None:
 
 def _decode(item: tuple[int, str]) -> tuple[int, np.ndarray | None, str | None]:
     i, image = item
+    try:  # read through the catalog's one image reader: regular files only, size-limited
+        return i, load_image_array(read_image_file(image), _CFG), None
+    except (ImageError, ImageReadError) as e:
+        return i, None, named(str(e), image)
+
+
+def _failed(item: tuple[int, str], why: str) -> tuple[int, None, str]:
+    return item[0], None, f"image {str(item[1])!r}: {why}"
+
+
+def _chunks(todo: list, size: int = 16):
+    for s in range(0, len(todo), size):
+        yield todo[s : s + size]
+
+
+def _decoded(todo: list, cfg: PreprocessConfig, workers: int):
+    """(index, array or None, error or None) of every image; in `workers` processes that a death
+    or a hung read does not stop (`attrx.service.catalog.decode_pool`), or here with none."""
+    _init(cfg)
+    if workers <= 0:
+        yield from map(_decode, todo)
+        return
+    pool = DecodePool(workers, _init, (cfg,), _decode, _failed, ctx=mp.get_context("fork"))
     try:
-        return i, load_image_array(image, _CFG), None
-    except ImageError as e:
-        return i, None, str(e)
+        for chunk in pool.map_chunks(_chunks(todo), threading.Event()):
+            yield from chunk
+    finally:
+        pool.close()
 
 
 def _write(path: Path, products: list[Product], cfg: PreprocessConfig, workers: int, progress: bool) -> dict[int, str]:
@@ -109,18 +136,12 @@ def _write(path: Path, products: list[Product], cfg: PreprocessConfig, workers: 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, record * len(products))
-        pool = mp.get_context("fork").Pool(workers, _init, (cfg,)) if workers > 0 else None
-        _init(cfg)
-        results = pool.imap(_decode, todo, chunksize=64) if pool else map(_decode, todo)
-        for i, arr, err in results:
+        for i, arr, err in _decoded(todo, cfg, workers):
             if err is None:
                 os.pwrite(fd, np.ascontiguousarray(arr, dtype=np.float32).tobytes(), i * record)
             else:
                 errors[i] = err
             bar.update()
-        if pool:
-            pool.close()
-            pool.join()
     finally:
         os.close(fd)
         bar.close()
