@@ -51,8 +51,9 @@ def _score(cat: Path, bundle: Path, out: Path, mode: str, *extra: str) -> subpro
     side = ["--review-queue", str(out) + ".queue.jsonl"]
     if not mode.startswith("ray"):  # conflicts: attrx score's local mode only
         side += ["--conflicts", str(out) + ".conflicts.jsonl"]
+    workers = [] if mode.startswith("ray") else ["--workers", "1"]
     return subprocess.Popen([exe, "score", str(cat), "--bundle", str(bundle), "--out", str(out), "--batch-size", "8",
-                             "--workers", "1", "--quiet", *side, *MODES[mode][1], *extra],
+                             *workers, "--quiet", *side, *MODES[mode][1], *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -69,6 +70,34 @@ def _files(out: Path, mode: str) -> dict[str, list]:
 
 def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True)
+
+
+def _done(out: Path, mode: str) -> int:
+    """Rows in the output so far (a progress count read while the run writes; approximate is enough)."""
+    if mode.startswith("ray"):
+        from attrx.service.scoring.ray_data import data_files
+
+        return len(data_files(out)) if out.exists() else 0
+    path = out.with_name(out.name + ".partial.jsonl") if out.suffix == ".parquet" else out
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def _kill_at_a_random_moment(p: subprocess.Popen, out: Path, mode: str, draw: random.Random, left: int) -> bool:
+    """kill -9 the run (and its workers) at a random moment: one in five while it starts, the rest
+    once it has written a random part of what is left. False: it ended first."""
+    start, before = time.monotonic(), _done(out, mode)
+    early = draw.random() < 0.2
+    wait_s, rows = draw.uniform(0.05, 1.5), before + draw.randint(1, max(1, left))
+    while p.poll() is None:
+        if (early and time.monotonic() - start >= wait_s) or (not early and _done(out, mode) >= rows):
+            os.killpg(p.pid, signal.SIGKILL)  # the scorer and its workers, no chance to clean up
+            p.wait(60)
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _quiet(out: Path, seconds: float = 2.0) -> None:
@@ -98,21 +127,18 @@ def test_kill_9_at_random_moments_then_resume_is_exact(demo_catalog, bundle, tmp
         csv.writer(f).writerows([["bad-1", "Tee", str(tmp_path / "missing.jpg")], ["bad-2", "", ""]])
     ids += ["bad-1", "bad-2"]
     name = MODES[mode][0]
-    took = _run_to_end(cat, bundle, tmp_path / f"clean-{name}", mode)
+    _run_to_end(cat, bundle, tmp_path / f"clean-{name}", mode)
     expected = _files(tmp_path / f"clean-{name}", mode)
     assert Counter(expected["ids"]) == Counter(ids)
 
     out = tmp_path / name
     draw = random.Random(f"{mode} {len(ids)}")
     killed = 0
+    total = len(ids) // 16 if mode.startswith("ray") else len(ids)  # Ray's progress: files of 16 rows
     for k in range(KILLS):
         p = _score(cat, bundle, out, mode, *(["--resume"] if k else []))
-        try:
-            p.wait(draw.uniform(0.2, took))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)  # the scorer and its workers, no chance to clean up
-            killed += 1
-        p.wait(60)
+        # each run writes a share of what is left, so the kills spread over the whole catalog
+        killed += _kill_at_a_random_moment(p, out, mode, draw, max(1, (total - _done(out, mode)) // (KILLS - k + 1)))
         if mode.startswith("ray"):
             _quiet(out)
     _run_to_end(cat, bundle, out, mode, "--resume")
