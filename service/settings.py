@@ -102,7 +102,7 @@ class ServeSettings(BaseSettings):
                                  "restart_window_s the server exits 1")
     stall_timeout_s: float = Field(3.0, gt=0, description="/readyz answers 503 once work has waited this long "
                                    "without a batch completing (or a front-end's event loop is this late); the "
-                                   "bound used is the larger of this and 4 x the slowest recent batch")
+                                   "bound used is the larger of this and 4 x the slowest recent batch, plus max_queue_delay_ms")
     liveness_timeout_s: float = Field(10.0, gt=0, description="/livez answers 503 once the inference process or a "
                                       "front-end has made no progress for this long, and the server replaces it")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")

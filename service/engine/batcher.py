@@ -245,7 +245,9 @@ class Batcher:
                 if self.progress is not None:
                     self.progress.beat(time.monotonic())
             while (wait := self._wait_s()) > 0:
-                self._cond.wait(wait)
+                self._cond.wait(min(wait, TICK_S))
+                if self.progress is not None:  # waiting for company by design is progress
+                    self.progress.beat(time.monotonic())
                 if not self._queue:
                     return []
             now = time.monotonic()

@@ -126,7 +126,7 @@ class Engine:
             progress=progress,
         )
         if progress is not None:
-            progress.set_bound(settings.stall_timeout_s)
+            progress.set_bound(settings.stall_timeout_s + settings.max_queue_delay_ms / 1000)
 
     def _batch_ran(self, n: int, dt: float) -> None:
         m = self.metrics
@@ -136,7 +136,7 @@ class Engine:
         self.slowest = max(dt, self.slowest * 0.95)
         if self.progress is not None:
             s = self.settings
-            self.progress.set_bound(max(s.stall_timeout_s, 4 * self.slowest + s.max_queue_delay_ms / 1000))
+            self.progress.set_bound(max(s.stall_timeout_s, 4 * self.slowest) + s.max_queue_delay_ms / 1000)
 
     # -- items in -----------------------------------------------------------------------------
     def _read(self, link: _Link) -> None:
@@ -280,7 +280,7 @@ def engine_main(settings_data: dict, ctl, ready, progress_values=None) -> None:
                                  "drift": drift.info if drift is not None else None}))
     progress = Progress(progress_values, settings.workers) if progress_values is not None else None
     if progress is not None:
-        progress.reset_engine(time.monotonic(), settings.stall_timeout_s)
+        progress.reset_engine(time.monotonic(), settings.stall_timeout_s + settings.max_queue_delay_ms / 1000)
     engine = Engine(settings, predictor, metrics, drift, progress)
     if drift is not None:
         drift.start()

@@ -9,8 +9,9 @@ engine writes its fields (`time.monotonic`, the same clock in every process):
 - `busy_since`: when the batch now running started (0: none runs);
 - `last_done`: when the last batch completed;
 - `oldest`: when the oldest item now queued was queued (0: none is);
-- `bound`: the stall bound in seconds, `max(stall_timeout_s, 4 x the slowest recent batch +
-  the batching delay)`, so a model whose batches are slow is not called stalled for being slow.
+- `bound`: the stall bound in seconds, `max(stall_timeout_s, 4 x the slowest recent batch) +
+  the batching delay`, so neither a model whose batches are slow nor a queue that waits for
+  company by design is called stalled.
 
 Each front-end writes its own pair: the heartbeat of its event loop and how late that loop's last
 tick was. Any process reads how long a process has gone without progress with

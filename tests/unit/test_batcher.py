@@ -234,3 +234,33 @@ def test_a_follower_reads_the_situations_its_lead_decoded():
         assert situations_of(got, 2) == [SITUATIONS[1], SITUATIONS[4]]
     finally:
         arena.close()
+
+
+@pytest.mark.parametrize("where", ["run", "complete"])
+def test_a_batch_that_raises_answers_its_items_and_the_thread_lives_on(where):
+    # before, an exception in the completion step ended the only inference thread: every later
+    # request waited for its deadline while the server said ready
+    calls, failures = [], []
+
+    def run(items):
+        calls.append(len(items))
+        if where == "run" and len(calls) == 1:
+            raise RuntimeError("boom")
+        return [np.zeros((len(items), 2), np.float32)]
+
+    def complete(jobs, outputs, t0, dt):
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        for i, j in enumerate(jobs):
+            j.future.set_result(i)
+
+    b = Batcher(run, max_batch_size=4, max_queue_delay_ms=1, on_failure=failures.append,
+                on_complete=complete if where == "complete" else None)
+    b.start()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            b.submit(_item(0), 5.0).result(timeout=5)
+        assert b.submit(_item(1), 5.0).result(timeout=5) is not None  # the next batch is served
+        assert [type(e) for e in failures] == [RuntimeError]
+    finally:
+        b.stop(1.0)
