@@ -33,7 +33,7 @@ from attrx.service.catalog.images import ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
-from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
+from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, write_json_atomically
 from attrx.service.contract.preprocess import INPUT_NAMES, ImageError
 from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import InputError, Predictor, batch_inputs
@@ -141,7 +141,7 @@ def prepare_output(out: Path, meta: dict, *, resume: bool, overwrite: bool) -> s
             p.unlink(missing_ok=True)
     shutil.rmtree(out / ERRORS, ignore_errors=True)  # bad rows are tried again and reported anew
     (out / ERRORS).mkdir(parents=True)
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json_atomically(out / META, meta, indent=2)  # a kill mid-write must not leave half a meta file
     return done
 
 
