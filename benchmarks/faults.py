@@ -74,8 +74,9 @@ class Server:
         raise RuntimeError("the server did not become ready")
 
     def child(self, name: str) -> int:
-        out = subprocess.run(["pgrep", "-x", "-P", str(self.proc.pid), name], capture_output=True, text=True).stdout
-        return int(out.split()[0])
+        import psutil
+
+        return next(c.pid for c in psutil.Process(self.proc.pid).children() if c.name() == name)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

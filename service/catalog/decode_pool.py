@@ -27,6 +27,7 @@ MAX_ATTEMPTS = 2
 
 def _work(conn, init: Callable, initargs: tuple, fn: Callable) -> None:
     init(*initargs)
+    conn.send(("ready", None))  # a row's time limit counts from here, not from a slow start
     while True:
         try:
             msg = conn.recv()
@@ -52,6 +53,7 @@ class _Worker:
     conn: object
     unit: _Unit | None = None
     since: float = 0.0
+    ready: bool = False  # started (its initializer ran): only then does its unit's clock run
 
 
 @dataclass
@@ -59,6 +61,12 @@ class _Chunk:
     results: list
     left: int
     tasks: list = field(default_factory=list)
+
+
+def chunked(items: list, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the units `map_chunks` hands to workers), lazily."""
+    for s in range(0, len(items), size):
+        yield items[s : s + size]
 
 
 class DecodePool:
@@ -73,6 +81,7 @@ class DecodePool:
         self.replace_ctx = mp.get_context("spawn")  # replacements start clean: the parent has threads by then
         self.workers = [self._start(self.ctx) for _ in range(workers)]
         self.deaths = 0
+        self.start_failures = 0  # workers in a row that died before they were ready
 
     def _start(self, ctx) -> _Worker:
         mine, theirs = ctx.Pipe()
@@ -122,14 +131,17 @@ class DecodePool:
                 continue
             if w.conn in ready:
                 try:
-                    _, results = w.conn.recv()  # type: ignore[attr-defined]
+                    tag, results = w.conn.recv()  # type: ignore[attr-defined]
                 except (EOFError, OSError):
-                    results = None
+                    tag, results = None, None
+                if tag == "ready":
+                    w.ready, w.since, self.start_failures = True, now, 0
+                    continue
                 if results is not None:
                     self._fill(held, w.unit, results)
                     w.unit = None
                     continue
-            late = now - w.since > self.row_timeout_s * len(w.unit.tasks)
+            late = w.ready and now - w.since > self.row_timeout_s * len(w.unit.tasks)
             if w.proc.sentinel in ready or not w.proc.is_alive() or late:
                 self._lost(i, todo, held, late)
 
@@ -148,6 +160,14 @@ class DecodePool:
         if w.proc.is_alive():
             w.proc.kill()
         w.proc.join()
+        if not w.ready:  # it died starting, not on a row: its rows go back as they were
+            self.start_failures += 1
+            if self.start_failures >= MAX_ATTEMPTS + 1:
+                raise RuntimeError(f"decoding workers die while starting (exit code {w.proc.exitcode}, "
+                                   f"{self.start_failures} in a row)")
+            self.workers[i] = self._start(self.replace_ctx)
+            todo.appendleft(unit)
+            return
         self.deaths += 1
         why = (f"decoding took over {self.row_timeout_s:g} s (the worker was killed)" if late else
                f"the decoding worker died (exit code {w.proc.exitcode})")

@@ -17,12 +17,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
-from attrx.service.catalog.decode_pool import DecodePool
+from attrx.service.catalog.decode_pool import DecodePool, chunked
 from attrx.service.catalog.images import ImageLimits, ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import RowError, read_catalog
 from attrx.service.contract.bundle import load_bundle
@@ -125,9 +124,8 @@ def _row_failed(task, why: str):
     return line, pid, None, f"image {image!r}: {why}"
 
 
-def _chunks(todo: list, size: int = 8) -> Iterator[list]:
-    for s in range(0, len(todo), size):
-        yield [(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo[s : s + size]]
+def _tasks(todo: list) -> list[tuple]:
+    return [(p.line, p.id, p.title, str(p.image) if p.image else None) for p in todo]
 
 
 def _report(counts: dict, skip: set, dt: float, out: Path, errors_path: Path, interrupted: bool) -> dict:
@@ -199,7 +197,7 @@ def score(catalog: str | Path, s: ScoreSettings) -> dict:
 
     batch: list = []
     try:
-        for chunk in pool.map_chunks(_chunks(todo), stop):
+        for chunk in pool.map_chunks(chunked(_tasks(todo), 8), stop):
             for line, pid, inputs, err in chunk:
                 if err is not None:
                     errors_f.write(json.dumps(RowError(line, pid, err).to_json()) + "\n")

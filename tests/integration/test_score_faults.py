@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import long_catalog
 
@@ -87,10 +88,10 @@ def test_a_decoding_worker_killed_mid_run_loses_no_row(demo_catalog, bundle, tmp
         end = time.monotonic() + 60
         while time.monotonic() < end and not killed:
             if out.exists() and out.stat().st_size > 2000:
-                kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+                kids = psutil.Process(proc.pid).children()
                 if kids:
-                    os.kill(int(kids[0]), signal.SIGKILL)  # as the OOM killer does
-                    killed.append(int(kids[0]))
+                    os.kill(kids[0].pid, signal.SIGKILL)  # as the OOM killer does
+                    killed.append(kids[0].pid)
             time.sleep(0.01)
 
     t = threading.Thread(target=kill_a_worker)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
-import subprocess
 import time
 
 import httpx
+import psutil
 import pytest
 from helpers import metric, scrape
 
@@ -20,8 +20,7 @@ FAST = {"stall_timeout_s": 1, "liveness_timeout_s": 3, "request_timeout_ms": 100
 
 
 def _child(server, name: str) -> int:
-    out = subprocess.run(["pgrep", "-x", "-P", str(server.proc.pid), name], capture_output=True, text=True).stdout
-    pids = [int(x) for x in out.split()]
+    pids = [c.pid for c in psutil.Process(server.proc.pid).children() if c.name() == name]
     assert len(pids) == 1, (name, pids)
     return pids[0]
 
@@ -113,7 +112,7 @@ def test_a_stopped_front_end_is_killed_and_restarted(start_server, index):
     s = start_server(workers=2, **FAST)
     front = _child(s, f"attrx-front-{index}")
     os.kill(front, signal.SIGSTOP)
-    gone = _until(lambda: subprocess.run(["kill", "-0", str(front)], capture_output=True).returncode != 0, 15)
+    gone = _until(lambda: not psutil.pid_exists(front) or psutil.Process(front).status() == psutil.STATUS_ZOMBIE, 15)
     assert gone is not None, "a stopped front-end was left in place"
     assert "has made no progress" in s.output()
     back = _until(lambda: _post(s, "Grey hoodie", timeout=5)[0] == 200 and _status(s, "/readyz") == 200, 30)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from attrx.service.catalog.decode_pool import DecodePool
+from attrx.service.catalog.decode_pool import DecodePool, chunked
 from attrx.service.catalog.images import ImageReadError, named, read_image_file
 from attrx.service.catalog.reader import Product, RowError
 from attrx.service.contract.preprocess import ImageError, PreprocessConfig, load_image_array
@@ -106,11 +106,6 @@ def _failed(item: tuple[int, str], why: str) -> tuple[int, None, str]:
     return item[0], None, f"image {str(item[1])!r}: {why}"
 
 
-def _chunks(todo: list, size: int = 16):
-    for s in range(0, len(todo), size):
-        yield todo[s : s + size]
-
-
 def _decoded(todo: list, cfg: PreprocessConfig, workers: int):
     """(index, array or None, error or None) of every image; in `workers` processes that a death
     or a hung read does not stop (`attrx.service.catalog.decode_pool`), or here with none."""
@@ -120,7 +115,7 @@ def _decoded(todo: list, cfg: PreprocessConfig, workers: int):
         return
     pool = DecodePool(workers, _init, (cfg,), _decode, _failed, ctx=mp.get_context("fork"))
     try:
-        for chunk in pool.map_chunks(_chunks(todo), threading.Event()):
+        for chunk in pool.map_chunks(chunked(todo, 16), threading.Event()):
             yield from chunk
     finally:
         pool.close()
