@@ -4,14 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attrx.service.procutil import available_cores
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def read_key_file(path: str, setting: str) -> SecretStr:
+    """A key from a file's first line; errors name the file and the setting, never the content."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{setting} {path}: {e.strerror or e}") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise ValueError(f"{setting} {path} is empty")
+    return SecretStr(key)
+
+
+def check_key(key: SecretStr | None, variable: str) -> None:
+    """A key that is set must be a key: an empty one (a template's, a missing secret's) is refused,
+    not taken for "no key"."""
+    if key is not None and not key.get_secret_value().strip():
+        raise ValueError(f"{variable} is set but empty: give the key, or unset it (attrx serve then needs "
+                         "--no-auth to run without one)")
+    if key is not None and len(key.get_secret_value().strip()) < 16:
+        raise ValueError(f"{variable} is shorter than 16 characters: use a random key, e.g. "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
 
 class ServeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ATTRX_", extra="ignore")
+    # hide_input_in_errors: a validation error never prints the values it was given (a key among them)
+    model_config = SettingsConfigDict(env_prefix="ATTRX_", extra="ignore", hide_input_in_errors=True)
 
     bundle: str = Field(description="model bundle folder")
     host: str = "127.0.0.1"
@@ -68,7 +94,10 @@ class ServeSettings(BaseSettings):
     warmup_batches: int = Field(1, ge=1, description="full batches run before /readyz turns 200")
     # input limits
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels -> 413, undecoded")
+    max_image_pixels: int = Field(16_800_000, ge=1, description="images declaring more pixels -> 413, undecoded "
+                                  "(16.8 MP: a 5184 x 3240 photograph; docs/security.md gives the memory it costs)")
+    image_formats: str = Field("JPEG,PNG,WEBP,GIF,BMP", description="image formats decoded (Pillow's names, "
+                               "comma-separated); any other -> 415, undecoded")
     max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side exceeds this many times "
                                                               "the shorter -> 422, undecoded")
     max_title_chars: int = Field(2000, ge=1, description="longer titles -> 422")
@@ -106,10 +135,16 @@ class ServeSettings(BaseSettings):
     liveness_timeout_s: float = Field(10.0, gt=0, description="/livez answers 503 once the inference process or a "
                                       "front-end has made no progress for this long, and the server replaces it")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, time to finish queued and running work")
-    api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>' "
-                                                  "(prefer the environment variable or --api-key-file: a flag "
-                                                  "shows in the process list)")
+    api_key: SecretStr | None = Field(None, description="the inference key: /v1/* needs 'Authorization: Bearer "
+                                      "<key>' (prefer the environment variable or --api-key-file: a flag shows in "
+                                      "the process list); set but empty is an error")
     api_key_file: str | None = Field(None, description="read the API key from this file (first line)")
+    admin_key: SecretStr | None = Field(None, description="the admin key, apart from the inference key: the "
+                                        "endpoints that change state (POST /v1/drift/baseline) need it, and are off "
+                                        "without it")
+    admin_key_file: str | None = Field(None, description="read the admin key from this file (first line)")
+    no_auth: bool = Field(False, description="serve /v1/* without an API key, said explicitly (logged at start); "
+                          "without a key and without this, attrx serve listens on loopback only")
 
     @model_validator(mode="after")
     def _check(self):
@@ -119,16 +154,40 @@ class ServeSettings(BaseSettings):
         if self.liveness_timeout_s <= self.stall_timeout_s:
             raise ValueError(f"liveness_timeout_s ({self.liveness_timeout_s:g}) must be longer than stall_timeout_s "
                              f"({self.stall_timeout_s:g}): a stall is first seen on /readyz, then on /livez")
-        if self.api_key_file and not self.api_key:
-            try:
-                text = Path(self.api_key_file).read_text(encoding="utf-8")
-            except OSError as e:
-                raise ValueError(f"api_key_file {self.api_key_file}: {e.strerror or e}") from None
-            key = text.strip().splitlines()[0].strip() if text.strip() else ""
-            if not key:
-                raise ValueError(f"api_key_file {self.api_key_file} is empty")
-            self.api_key = key
+        self._keys()
+        from PIL import Image
+
+        Image.init()
+        unknown = [f for f in self.formats() if f not in Image.OPEN]
+        if unknown or not self.formats():
+            raise ValueError(f"image_formats: {unknown or 'none'} are not image formats Pillow reads "
+                             f"(e.g. {', '.join(sorted(Image.OPEN)[:8])}, ...)")
         return self
+
+    def _keys(self) -> None:
+        if self.api_key_file and self.api_key is None:
+            self.api_key = read_key_file(self.api_key_file, "api_key_file")
+        if self.admin_key_file and self.admin_key is None:
+            self.admin_key = read_key_file(self.admin_key_file, "admin_key_file")
+        check_key(self.api_key, "ATTRX_API_KEY (api_key)")
+        check_key(self.admin_key, "ATTRX_ADMIN_KEY (admin_key)")
+        if self.api_key and self.admin_key and self.api_key.get_secret_value() == self.admin_key.get_secret_value():
+            raise ValueError("admin_key must differ from api_key: an inference key may not change state")
+        if self.api_key and self.no_auth:
+            raise ValueError("no_auth and api_key contradict each other: drop one")
+        if self.api_key is None and not self.no_auth and self.host not in LOOPBACK:
+            raise ValueError(f"no API key, and host {self.host} is not loopback: set ATTRX_API_KEY (or "
+                             "--api-key-file), or say --no-auth (ATTRX_NO_AUTH=1) to serve without one")
+
+    def formats(self) -> tuple[str, ...]:
+        return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())
+
+    def key(self) -> str | None:
+        """The inference key in plain text (for comparing only), or None."""
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    def admin(self) -> str | None:
+        return self.admin_key.get_secret_value() if self.admin_key else None
 
 
 def _half_cores() -> int:

@@ -24,6 +24,12 @@ def cmd_serve(a) -> None:
         raise SystemExit(f"attrx serve: {e}") from None
     url = f"http://{settings.host}:{settings.port}"
     auth = ' -H "Authorization: Bearer $ATTRX_API_KEY"' if settings.api_key else ""
+    if settings.api_key is None:
+        why = "--no-auth" if settings.no_auth else f"no key, on loopback ({settings.host})"
+        print(f"attrx serve: WARNING: no API key ({why}): anyone who reaches {url} may call /v1/*", flush=True)
+    if settings.admin_key is None:
+        print("attrx serve: admin endpoints (POST /v1/drift/baseline) are off: no admin key (ATTRX_ADMIN_KEY)",
+              flush=True)
     print(f"attrx: serving {settings.bundle} at {url} (API docs: {url}/docs, metrics: {url}/metrics)\n"
           f"try:\n  curl -s{auth} -F 'title=Roadster Men Blue Striped T-Shirt' -F image=@some-product.jpg {url}/v1/extract\n"
           f"  curl -s{auth} -H 'Content-Type: application/json' -d '{{\"title\": \"Velora Women Red Dress\"}}' "

@@ -11,7 +11,6 @@ staying connected (`attrx.service.http.watch`); the event loop itself only parse
 
 from __future__ import annotations
 
-import hmac
 import logging
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from attrx.service.engine.client import EngineLink
 from attrx.service.http.asgi import BodyLimit, Gate, RequestMetrics
+from attrx.service.http.auth import admin_guard, inference_guard
 from attrx.service.http.endpoints import Endpoints
 from attrx.service.http.errors import ApiError, ClientGone, error_body
 from attrx.service.http.schemas import (
@@ -87,17 +87,9 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
     # a server lists its bundle's calibrated targets; the document read without one (link None) says (0, 1]
     json_schema, multipart_schema = request_schemas(calibrated_targets(svc.settings) if svc.link is not None else None)
 
-    async def require_key(request: Request) -> None:
-        key = svc.settings.api_key
-        if not key:  # installed only with a key; never compare against an empty one
-            raise RuntimeError("require_key without an API key")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                           {"WWW-Authenticate": "Bearer"})
-
-    # resolving a dependency costs every request: none at all when no key is set
-    auth = [Depends(require_key)] if svc.settings.api_key else []
+    guard = inference_guard(svc.settings)
+    auth = [Depends(guard)] if guard is not None else []
+    admin = [Depends(admin_guard(svc.settings))]
 
     @app.post("/v1/extract", response_model=ExtractResponse, dependencies=auth,
               summary="Attributes of one product",
@@ -134,12 +126,14 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         which thresholds are exceeded (once the window is full)."""
         return svc.drift(st)
 
-    @app.post("/v1/drift/baseline", dependencies=auth, summary="Make recent traffic the drift reference")
+    @app.post("/v1/drift/baseline", dependencies=admin, summary="Make recent traffic the drift reference (admin key)",
+              responses={403: {"model": ErrorResponse}})
     async def drift_baseline(body: Baseline | None = None, st: State = Depends(model_handle)):
         """`{"source": "traffic"}` (the default): the window's products become the reference, in every
         process, and with `--drift-reference FILE` in that file too, so a restart keeps it.
-        `{"source": "bundle"}`: back to the bundle's reference."""
-        return svc.rebaseline(st, (body or Baseline()).source)
+        `{"source": "bundle"}`: back to the bundle's reference. Needs the admin key (`ATTRX_ADMIN_KEY`);
+        off (403) without one."""
+        return await svc.rebaseline(st, (body or Baseline()).source)
 
     @app.get("/healthz", summary="This front-end process answers (it says nothing about progress: see /livez)")
     async def healthz():

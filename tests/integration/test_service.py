@@ -202,12 +202,12 @@ def test_readyz_turns_200_after_warmup(start_server):
 
 
 def test_api_key(start_server):
-    s = start_server(env={"ATTRX_API_KEY": "s3cret"})
+    s = start_server(env={"ATTRX_API_KEY": "s3cret-inference-key"})
     url = s.url + "/v1/extract"
     assert httpx.post(url, json={"title": "Tee"}, timeout=10).status_code == 401
     bad = httpx.post(url, json={"title": "Tee"}, headers={"Authorization": "Bearer nope"}, timeout=10)
     assert bad.status_code == 401 and bad.json()["error"]["reason"] == "unauthorized"
-    good = httpx.post(url, json={"title": "Tee"}, headers={"Authorization": "Bearer s3cret"}, timeout=10)
+    good = httpx.post(url, json={"title": "Tee"}, headers={"Authorization": "Bearer s3cret-inference-key"}, timeout=10)
     assert good.status_code == 200
     assert httpx.get(s.url + "/v1/model", timeout=10).status_code == 401
     for open_path in ("/healthz", "/readyz", "/metrics"):
