@@ -18,14 +18,18 @@ import numpy as np
 
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
 from attrx.service.engine.process import (
+    BASELINE,
     CANCELLED,
     DRAINING,
     DROP,
+    EMPTY,
     EXPIRED,
     FOLLOW,
     LEAD,
     MISS,
     NO_SLOT,
+    NOT_WRITTEN,
+    OFF,
     OK,
     QUEUE_FULL,
     REPLY,
@@ -70,7 +74,21 @@ class BatchFailed(RuntimeError):
     """The model raised on the batch that held this product (the engine logged it and runs on)."""
 
 
+class EmptyWindow(ValueError):
+    """A re-baseline from traffic with nothing served yet."""
+
+
+class DriftOff(LookupError):
+    """Drift telemetry is off in the inference process."""
+
+
 def _failure(status: int) -> BaseException:
+    if status == EMPTY:
+        return EmptyWindow("the window is empty: nothing has been served since the server started")
+    if status == NOT_WRITTEN:
+        return OSError("the inference process could not write the drift reference file (see the server's log)")
+    if status == OFF:
+        return DriftOff("drift telemetry is off")
     if status == EXPIRED:
         return DeadlineExceeded("the request's deadline passed while it was queued")
     if status == DRAINING:
@@ -127,6 +145,16 @@ class EngineClient:
         k = self._free.pop()
         self.arena.flags[k] = 0  # no inputs to write: only the cancel flag to clear
         return self._send(FOLLOW, k, deadline, 1, key), k
+
+    def baseline(self, source: str) -> tuple[asyncio.Future, int]:
+        """(future of a BatchResult whose batch size is the new reference's products, slot): ask the
+        engine, the drift reference's one writer, to re-baseline ('traffic' or 'bundle')."""
+        if self.gone:
+            raise EngineGone("the inference process has stopped")
+        if not self._free:
+            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
+        k = self._free.pop()
+        return self._send(BASELINE, k, 0.0, int(source == "bundle"), 0), k
 
     def lead(self, key: int) -> None:
         """This front-end is working on the product: others may follow it."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from attrx.service.contract.drift_stats import (
     load_thresholds,
     starting_reference,
     thresholds_for,
+    write_json_atomically,
 )
 from attrx.service.telemetry.drift_window import DriftBlock, Window
 
@@ -37,6 +40,7 @@ class EngineDrift:
         self.window = Window(settings.drift_window, len(self.stats.stats), self.block)
         self.pending: deque = deque()
         self.interval = interval
+        self._baseline_lock = threading.Lock()  # one link thread at a time writes the reference
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,6 +64,29 @@ class EngineDrift:
         outputs = [np.concatenate([p[0][c] for p in parts]) if c in cols else None
                    for c in range(len(parts[0][0]))]
         self.window.add(self.stats.bins(outputs, np.concatenate([p[1] for p in parts])))
+
+    def rebaseline(self, source: str, reference_path: str | None) -> int:
+        """The reference becomes the window ('traffic') or the bundle's again ('bundle'), for every
+        process at once; with --drift-reference, the file is written (or removed) too, so a restart
+        keeps it. Returns the reference's products; ValueError for an empty window, OSError when the
+        file cannot be written (the reference in memory is then unchanged)."""
+        with self._baseline_lock:
+            if source == "bundle":
+                ref = self.stats.manifest_reference
+                counts = self.stats.check_reference(ref) if ref is not None else None
+                if reference_path:
+                    Path(reference_path).unlink(missing_ok=True)
+                items = int(ref["items"]) if ref else 0
+                self.block.set_reference(counts, items, "bundle" if ref else "none")
+                return items
+            counts, items = self.block.read_window()
+            if items == 0:
+                raise ValueError("the window is empty: nothing has been served since the server started")
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if reference_path:
+                write_json_atomically(reference_path, self.stats.reference(counts, items, f"traffic {stamp}"))
+            self.block.set_reference(counts, items, "traffic")
+            return items
 
     def start(self) -> None:
         def run():

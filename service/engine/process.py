@@ -47,12 +47,14 @@ log = logging.getLogger("attrx.engine")
 #   FOLLOW  answer the slot with the output of the product another front-end leads (or MISS)
 #   LEAD    this front-end is working on the product (no slot, no answer)
 #   DROP    ... and has stopped before running it (no slot, no answer)
+#   BASELINE  the drift reference becomes the window (counted 0) or the bundle's (1); the engine is
+#           its one writer. Answered on the slot: OK with the reference's size, or EMPTY, NOT_WRITTEN, OFF
 REQUEST = struct.Struct("<IdIQI")
-RUN, FOLLOW, LEAD, DROP = range(4)
+RUN, FOLLOW, LEAD, DROP, BASELINE = range(5)
 NO_SLOT = 0xFFFFFFFF
-# engine -> front-end: slot, status, batch size, queue wait s, inference s
+# engine -> front-end: slot, status, batch size (BASELINE: the reference's products), queue wait s, inference s
 REPLY = struct.Struct("<IIIff")
-OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED, MISS = range(7)
+OK, EXPIRED, CANCELLED, QUEUE_FULL, DRAINING, FAILED, MISS, EMPTY, NOT_WRITTEN, OFF = range(10)
 
 
 def status_of(exc: BaseException | None) -> int:
@@ -167,6 +169,21 @@ class Engine:
             self.leads.lead(key, link)
         elif kind == DROP:
             self._miss(self.leads.end(key, link))
+        elif kind == BASELINE:
+            link.send(REPLY.pack(slot, *self._baseline(counted), 0.0, 0.0))
+
+    def _baseline(self, source: int) -> tuple[int, int]:
+        """(status, products in the new reference): run where the request is read, under the drift
+        feed's lock, so whichever front-end asks, one process writes the reference."""
+        if self.drift is None:
+            return OFF, 0
+        try:
+            return OK, self.drift.rebaseline("bundle" if source else "traffic", self.settings.drift_reference)
+        except ValueError:
+            return EMPTY, 0
+        except OSError as e:
+            log.error("attrx engine: cannot write the drift reference %s: %s", self.settings.drift_reference, e)
+            return NOT_WRITTEN, 0
 
     @staticmethod
     def _miss(followers) -> None:

@@ -1,17 +1,11 @@
 """A front-end's side of drift telemetry: the comparison of the one window (kept by the inference
 process, attrx.service.engine.drift_feed) with the reference, computed when asked (`/metrics`,
-`GET /v1/drift`), and the re-baseline (`POST /v1/drift/baseline`)."""
+`GET /v1/drift`), and what a re-baseline (`POST /v1/drift/baseline`, done by the inference process,
+the reference's one writer) reports. A front-end only reads the block."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
-
-from attrx.service.contract.drift_stats import (
-    Statistics,
-    exceeded,
-    write_json_atomically,
-)
+from attrx.service.contract.drift_stats import Statistics, exceeded
 from attrx.service.telemetry.drift_window import DriftBlock
 
 
@@ -34,24 +28,11 @@ class FrontDrift:
                    full=items >= self.window)
         return out
 
-    def baseline(self, source: str) -> dict:
-        """The reference becomes the window ('traffic') or the bundle's again ('bundle'), for every
-        process at once; with --drift-reference, the file is written (or removed) too, so a restart
-        keeps it."""
+    def baselined(self, source: str, items: int) -> dict:
+        """What a re-baseline done by the inference process (its one writer) reports."""
         if source == "bundle":
-            ref = self.stats.manifest_reference
-            counts = self.stats.check_reference(ref) if ref is not None else None
-            self.block.set_reference(counts, int(ref["items"]) if ref else 0, "bundle" if ref else "none")
-            if self.reference_path:
-                Path(self.reference_path).unlink(missing_ok=True)
-            return {"source": "bundle" if ref else "none", "items": int(ref["items"]) if ref else 0, "file": None}
-        counts, items = self.block.read_window()
-        if items == 0:
-            raise ValueError("the window is empty: nothing has been served since the server started")
-        ref = self.stats.reference(counts, items, f"traffic {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-        if self.reference_path:
-            write_json_atomically(self.reference_path, ref)
-        self.block.set_reference(counts, items, "traffic")
+            _, ref_items, now = self.block.read_reference()
+            return {"source": now, "items": ref_items, "file": None}
         return {"source": "traffic", "items": items, "file": self.reference_path}
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from pydantic_core import to_json
 from attrx.service.contract.decode import situations_of
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
-from attrx.service.engine.client import BatchFailed, EngineGone, EngineLink, Miss
+from attrx.service.engine.client import BatchFailed, EmptyWindow, EngineGone, EngineLink, Miss
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
@@ -349,16 +349,20 @@ class Endpoints:
             raise ApiError(404, "drift_off", "drift telemetry is off (attrx serve --drift-window 0)")
         return st.drift.compare()
 
-    def rebaseline(self, st: State, source: str) -> dict:
+    async def rebaseline(self, st: State, source: str) -> dict:
         if st.drift is None:
             raise ApiError(404, "drift_off", "drift telemetry is off (attrx serve --drift-window 0)")
         try:
-            done = st.drift.baseline(source)
-        except ValueError as e:
+            fut, _ = st.engine.baseline(source)
+            result = await asyncio.wait_for(fut, st.settings.request_timeout_ms / 1000)
+        except EmptyWindow as e:
             raise ApiError(409, "empty_window", str(e)) from None
         except OSError as e:
-            raise ApiError(500, "not_written", f"drift reference {st.drift.reference_path}: {e.strerror or e}") \
+            raise ApiError(500, "not_written", f"drift reference {st.drift.reference_path}: {e}") from None
+        except (EngineGone, QueueFull, asyncio.TimeoutError):
+            raise retry_later(503, "unavailable", "the inference process did not take the re-baseline; retry") \
                 from None
+        done = st.drift.baselined(source, result.batch_size)
         log.info("attrx: drift reference is now %s (%d products)%s", done["source"], done["items"],
                  f", written to {done['file']}" if done["file"] else "")
         return done

@@ -121,16 +121,19 @@ def test_the_window_is_not_judged_until_full(start_server, demo_catalog):
 def test_rebaselining_from_traffic_reaches_every_process_and_survives_a_restart(start_server, demo_catalog,
                                                                                 tmp_path):
     ref = tmp_path / "reference.json"
-    env = {"ATTRX_API_KEY": "s3cret"}
-    auth = {"Authorization": "Bearer s3cret"}
+    env = {"ATTRX_API_KEY": "s3cret-inference-key", "ATTRX_ADMIN_KEY": "s3cret-admin-key-0"}
+    auth = {"Authorization": "Bearer s3cret-inference-key"}
+    admin = {"Authorization": "Bearer s3cret-admin-key-0"}
     server = start_server(drift_window=20, drift_reference=str(ref), workers=2, env=env)
     titles = [f"{p.title} {i}" for i, p in enumerate(_products(demo_catalog)[:20])]  # 20 distinct products
     for i in range(0, 20, 10):
         body = [{"title": t} for t in titles[i:i + 10]]
         assert httpx.post(server.url + "/v1/extract/batch", json=body, headers=auth, timeout=60).status_code == 200
     assert httpx.post(server.url + "/v1/drift/baseline", timeout=10).status_code == 401
+    inference = httpx.post(server.url + "/v1/drift/baseline", headers=auth, timeout=10)
+    assert inference.status_code == 403 and inference.json()["error"]["reason"] == "admin_only"
     assert _drift(server, 20, auth)["items"] == 20
-    r = httpx.post(server.url + "/v1/drift/baseline", headers=auth, timeout=10)
+    r = httpx.post(server.url + "/v1/drift/baseline", headers=admin, timeout=10)
     assert r.status_code == 200 and r.json() == {"source": "traffic", "items": 20, "file": str(ref)}
     assert json.loads(ref.read_text())["items"] == 20
     for _ in range(4):  # every front-end answers from the new reference
@@ -141,15 +144,16 @@ def test_rebaselining_from_traffic_reaches_every_process_and_survives_a_restart(
     again = start_server(drift_window=20, drift_reference=str(ref), env=env)
     assert httpx.get(again.url + "/v1/drift", headers=auth, timeout=10).json()["reference"] == \
         {"source": "file", "items": 20}
-    r = httpx.post(again.url + "/v1/drift/baseline", json={"source": "bundle"}, headers=auth, timeout=10)
+    r = httpx.post(again.url + "/v1/drift/baseline", json={"source": "bundle"}, headers=admin, timeout=10)
     assert r.status_code == 200 and r.json()["source"] == "bundle" and not ref.exists()
-    r = httpx.post(again.url + "/v1/drift/baseline", json={"source": "mine"}, headers=auth, timeout=10)
+    r = httpx.post(again.url + "/v1/drift/baseline", json={"source": "mine"}, headers=admin, timeout=10)
     assert r.status_code == 422
 
 
 def test_an_empty_window_cannot_become_the_reference_and_drift_can_be_off(start_server):
-    server = start_server(drift_window=50)
-    r = httpx.post(server.url + "/v1/drift/baseline", timeout=10)
+    server = start_server(drift_window=50, env={"ATTRX_ADMIN_KEY": "s3cret-admin-key-0"})
+    r = httpx.post(server.url + "/v1/drift/baseline", headers={"Authorization": "Bearer s3cret-admin-key-0"},
+                   timeout=10)
     assert r.status_code == 409 and r.json()["error"]["reason"] == "empty_window"
     off = start_server(drift_window=0)
     r = httpx.get(off.url + "/v1/drift", timeout=10)
