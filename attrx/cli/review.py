@@ -9,29 +9,18 @@ from attrx.cli.common import deprecated, input_argument, need_training_extra, se
 
 
 def cmd_review(a) -> None:
-    import uvicorn
-
     from attrx.service.review.review_settings import ReviewSettings
-    from attrx.service.review.web import ReviewConfig, create_review_app, read_reviewer_keys
-    from attrx.service.settings import ServeSettings
+    from attrx.service.review.run import run_review
 
-    queue = a.queue
-    a = settings_from(ReviewSettings, a)
+    run_review(a.queue, settings_from(ReviewSettings, a))
 
-    keys = read_reviewer_keys(a.reviewers) if a.reviewers else None
-    api_key = None
-    if keys is None:  # the service's API key, from the same places `attrx serve` reads it
-        api_key = ServeSettings(bundle=a.bundle, api_key_file=a.api_key_file).api_key
-    db = a.db or str(Path(queue).with_suffix(".decisions.sqlite"))
-    app = create_review_app(ReviewConfig(queue, a.bundle, db, keys, api_key, a.lease_s))
-    review = app.state.review
-    who = ("per-reviewer keys from " + a.reviewers if keys else
-           "the API key and a name per session" if api_key else "a name per session (no key: set ATTRX_API_KEY "
-                                                                  "or --reviewers on a shared machine)")
-    print(f"attrx review: {len(review.items)} products in {queue}, decisions in {db} "
-          f"({review.store.counts()['products_answered']} answered so far); reviewers: {who}\n"
-          f"open http://{a.host}:{a.port}/", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+
+def cmd_review_keys(a) -> None:
+    from attrx.service.review.keys import add_reviewer
+
+    key = add_reviewer(a.reviewers, a.name, a.role)
+    print(f"attrx review-keys: {a.name} ({a.role}) added to {a.reviewers}. Their key, shown this once and stored "
+          f"nowhere (the file keeps a salted hash):\n{key}", flush=True)
 
 
 def cmd_corrections(a) -> None:
@@ -87,6 +76,13 @@ def _review_parser(sub) -> None:
     settings_flags(r, ReviewSettings, "ATTRX_REVIEW_")
     deprecated(r, "--lease-seconds", "--lease-s", "lease_s", type=float)
     r.set_defaults(func=cmd_review)
+    k = sub.add_parser("review-keys", help="add a reviewer to a reviewers file and print their key once")
+    k.add_argument("action", choices=["add"], help="add: a new reviewer with a new random key")
+    k.add_argument("name", help="the reviewer's name (shown beside their decisions)")
+    k.add_argument("--reviewers", required=True, help="the reviewers file (created, mode 0600, if missing)")
+    k.add_argument("--role", choices=["reviewer", "reviser"], default="reviewer",
+                   help="reviser: may also revise answered products (default reviewer)")
+    k.set_defaults(func=cmd_review_keys)
     c = sub.add_parser("corrections", help="export the reviewed values as a catalog file (id,title,image,attributes)")
     c.add_argument("db", help="the decisions store attrx review wrote")
     c.add_argument("--out", required=True, help="CSV to write")

@@ -4,7 +4,10 @@ Tables:
 - `decisions`: append-only, one row per (product, attribute) answer: `accept` (the model's value is
   right), `correct` (another allowed value) or `skip` (no answer), with the reviewer, the time, the
   model's value and confidence, and the product's title and image as reviewed (so corrections export
-  as a catalog without the queue). The latest answer per (product, attribute) is the current one.
+  as a catalog without the queue). A product is answered once (`kind` 'answer'); a second decision is
+  an explicit revision (`kind` 'revision', by a reviewer allowed to revise), which keeps the first.
+  The latest row per (product, attribute) is the current one. `verified` is 0 where the reviewer's
+  name was only asserted (a shared key), 1 where their own key named them.
 - `done`: the products that have been answered (or skipped as a whole, per reviewer).
 - `leases`: the product each reviewer holds, and when that lease ends.
 
@@ -29,7 +32,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     action TEXT NOT NULL CHECK (action IN ('accept', 'correct', 'skip')),
     value TEXT, model_value TEXT, confidence REAL,
     reviewer TEXT NOT NULL, decided_at TEXT NOT NULL,
-    title TEXT, image TEXT);
+    title TEXT, image TEXT,
+    kind TEXT NOT NULL DEFAULT 'answer' CHECK (kind IN ('answer', 'revision')),
+    verified INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS decisions_product ON decisions (product_id, attribute, seq);
 CREATE TABLE IF NOT EXISTS done (
     product_id TEXT NOT NULL, reviewer TEXT NOT NULL, outcome TEXT NOT NULL CHECK (outcome IN ('answered', 'skipped')),
@@ -41,6 +46,16 @@ CREATE TABLE IF NOT EXISTS leases (
 
 class LeaseError(Exception):
     """The product is leased to another reviewer."""
+
+
+class AnsweredError(Exception):
+    """The product was answered already (a second answer must be an explicit revision), or, for a
+    revision, not yet."""
+
+
+# stores written before revisions and verified names: their rows are first answers, by named reviewers
+MIGRATIONS = ("ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL DEFAULT 'answer'",
+              "ALTER TABLE decisions ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,10 @@ class DecisionStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
+        for sql in MIGRATIONS:
+            if sql.split()[5] not in columns:
+                self._db.execute(sql)
 
     def close(self) -> None:
         with self._lock:
@@ -102,23 +121,34 @@ class DecisionStore:
 
     # -- decisions ------------------------------------------------------------------------------------
     def record(self, product_id: str, reviewer: str, answers: list[Answer], title: str | None = None,
-               image: str | None = None, now: float | None = None) -> int:
+               image: str | None = None, now: float | None = None, verified: bool = True,
+               revision: bool = False) -> int:
         """Store a product's answers in one transaction, committed (on disk) before returning. Refused
         (LeaseError) when another reviewer holds the product now; an expired or missing lease of one's
-        own is fine: nobody else took the product meanwhile."""
+        own is fine: nobody else took the product meanwhile. Refused (AnsweredError) when the product
+        was answered already, unless this is a revision; a revision of a product nobody answered is
+        refused too. The check and the write are one transaction, so of two answers racing, one wins."""
         at = _now()
         with self._lock, self._tx():
             other = self._db.execute("SELECT reviewer FROM leases WHERE product_id=? AND expires>? AND reviewer<>?",
                                      (product_id, time.time() if now is None else now, reviewer)).fetchone()
-            if other:
+            if other and not revision:
                 raise LeaseError(f"product {product_id} is leased to {other[0]}; your lease on it ended")
+            first = self._db.execute("SELECT reviewer, at FROM done WHERE product_id=? AND outcome='answered' "
+                                     "ORDER BY at LIMIT 1", (product_id,)).fetchone()
+            if first and not revision:
+                raise AnsweredError(f"product {product_id} was answered by {first[0]} at {first[1]}; a change is a "
+                                    "revision (POST .../revision, by a reviewer allowed to revise)")
+            if revision and not first:
+                raise AnsweredError(f"product {product_id} has no answer to revise: answer it (POST .../decision)")
             self._db.executemany(
                 "INSERT INTO decisions (product_id, attribute, action, value, model_value, confidence, reviewer, "
-                "decided_at, title, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(product_id, x.attribute, x.action, x.value, x.model_value, x.confidence, reviewer, at, title, image)
-                 for x in answers])
-            self._db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, 'answered', ?)", (product_id, reviewer, at))
-            self._db.execute("DELETE FROM leases WHERE product_id=?", (product_id,))
+                "decided_at, title, image, kind, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(product_id, x.attribute, x.action, x.value, x.model_value, x.confidence, reviewer, at, title, image,
+                  "revision" if revision else "answer", int(verified)) for x in answers])
+            if not revision:
+                self._db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, 'answered', ?)", (product_id, reviewer, at))
+                self._db.execute("DELETE FROM leases WHERE product_id=?", (product_id,))
         return len(answers)
 
     def skip(self, product_id: str, reviewer: str) -> None:
@@ -132,11 +162,19 @@ class DecisionStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT product_id, attribute, action, value, model_value, confidence, reviewer, decided_at, title, "
-                "image FROM decisions WHERE seq IN (SELECT MAX(seq) FROM decisions GROUP BY product_id, attribute) "
+                "image, kind, verified FROM decisions WHERE seq IN (SELECT MAX(seq) FROM decisions GROUP BY product_id, attribute) "
                 "ORDER BY seq").fetchall()
         keys = ("id", "attribute", "action", "value", "model_value", "confidence", "reviewer", "decided_at", "title",
-                "image")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+                "image", "kind", "verified")
+        return [{**dict(zip(keys, r, strict=True)), "verified": bool(r[-1])} for r in rows]
+
+    def history(self, product_id: str) -> list[dict]:
+        """Every answer and revision of a product, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT attribute, action, value, reviewer, decided_at, kind, verified FROM "
+                                    "decisions WHERE product_id=? ORDER BY seq", (product_id,)).fetchall()
+        keys = ("attribute", "action", "value", "reviewer", "decided_at", "kind", "verified")
+        return [{**dict(zip(keys, r, strict=True)), "verified": bool(r[-1])} for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -1,15 +1,15 @@
 """`attrx review`: the review page and its API (FastAPI), over a queue, a bundle and a decisions store.
 
-A reviewer is known by name on every API call:
-- with per-reviewer keys (`--reviewers FILE`, lines `name:key`), `Authorization: Bearer <key>` names them;
-- otherwise a name given at the start of the session (`X-Reviewer`), behind the service's API key
-  when one is set (ATTRX_API_KEY / --api-key-file: `Authorization: Bearer <key>`).
-One shared key alone cannot say who decided, so a name is always required.
+A reviewer is known on every API call (attrx.service.review.access): by their own key (verified), or
+by a shared key plus the name they give (unverified). A product is answered once; a change after
+that is a revision, by a reviewer allowed to revise, and keeps the first answer.
 
     GET  /                               the page (keyboard-first; no data in it)
     GET  /api/session                    who you are, the queue's size, what is answered
     POST /api/next                       lease the next product (highest priority first) and show it
     POST /api/products/{id}/decision     {"answers": {attr: {"action": "accept"|"correct"|"skip", "value": ...}}}
+    POST /api/products/{id}/revision     the same body: revise an answered product (reviewers with role reviser)
+    GET  /api/products/{id}/history      every answer and revision of the product
     POST /api/products/{id}/allowed      {"record": {attr: value}}: the values still allowed beside these
     POST /api/products/{id}/skip         pass on the product (it goes back to the others)
     GET  /api/products/{id}/image        its image
@@ -18,8 +18,6 @@ One shared key alone cannot say who decided, so a name is always required.
 
 from __future__ import annotations
 
-import hmac
-import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attrx.service.http.asgi import BodyLimit
+from attrx.service.http.errors import ApiError
+from attrx.service.review.access import Access, Denied, ReviewAuth, Who, servable_image
+from attrx.service.review.keys import Reviewer
 from attrx.service.review.queue_reader import QueueItem, Vocabulary, read_queue
-from attrx.service.review.store import Answer, DecisionStore, LeaseError
+from attrx.service.review.store import Answer, AnsweredError, DecisionStore, LeaseError
 
-NAME = re.compile(r"^[\w .@'-]{1,64}$")
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -63,27 +64,11 @@ class ReviewConfig:
     queue: str
     bundle: str
     db: str
-    reviewer_keys: dict[str, str] | None = None  # key -> name
-    api_key: str | None = None
+    reviewers: list[Reviewer] | None = None  # per-reviewer keys (verified names)
+    shared_key: str | None = None  # else one key for all, names asserted; neither: --no-auth
     lease_s: float = 300.0
-
-
-def read_reviewer_keys(path: str | Path) -> dict[str, str]:
-    """`name:key` per line (# comments) -> {key: name}; a clear error for anything else."""
-    keys: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, key = line.partition(":")
-        if not sep or not NAME.match(name.strip()) or len(key.strip()) < 8:
-            raise ValueError(f"{path}:{n}: expected 'name:key' with a key of at least 8 characters")
-        if key.strip() in keys:
-            raise ValueError(f"{path}:{n}: the key of {name.strip()} is already another reviewer's")
-        keys[key.strip()] = name.strip()
-    if not keys:
-        raise ValueError(f"{path}: no reviewer (lines 'name:key')")
-    return keys
+    image_root: str | None = None  # images are served from under this folder only (default: the queue's)
+    max_body_bytes: int = 64 * 1024
 
 
 class Review:
@@ -102,21 +87,14 @@ class Review:
                              "review a queue with the bundle that scored it")
         self.store = DecisionStore(cfg.db)
 
+        self.image_root = Path(cfg.image_root or Path(cfg.queue).parent).resolve()
+
+    def who(self, request: Request) -> Who:
+        """The reviewer ReviewAuth identified from the headers, before the body was read."""
+        return request.state.reviewer
+
     def reviewer(self, request: Request) -> str:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        if self.cfg.reviewer_keys is not None:
-            for key, name in self.cfg.reviewer_keys.items():
-                if token and hmac.compare_digest(token.encode(), key.encode()):
-                    return name
-            raise ReviewError(401, "unauthorized", "missing or unknown reviewer key (send 'Authorization: Bearer <key>')")
-        if self.cfg.api_key and not (token and hmac.compare_digest(token.encode(), self.cfg.api_key.encode())):
-            raise ReviewError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')")
-        name = request.headers.get("x-reviewer", "").strip()
-        if not NAME.match(name):
-            raise ReviewError(400, "name_required", "say who you are: send 'X-Reviewer: <your name>' (1-64 letters, "
-                                                    "digits, spaces, . @ ' -)")
-        return name
+        return self.who(request).name
 
     def item(self, pid: str) -> QueueItem:
         if pid not in self.by_id:
@@ -163,10 +141,17 @@ def create_review_app(cfg: ReviewConfig) -> FastAPI:
 
     app = FastAPI(title="attrx review", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.review = review
+    app.add_middleware(ReviewAuth, access=Access(cfg.reviewers, cfg.shared_key))
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, on_reject=lambda: None)  # outermost: before auth
 
     @app.exception_handler(ReviewError)
-    async def _err(request: Request, e: ReviewError):
+    @app.exception_handler(Denied)
+    async def _err(request: Request, e: ReviewError | Denied):
         return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+
+    @app.exception_handler(ApiError)  # the body limit's 413
+    async def _api(request: Request, e: ApiError):
+        return JSONResponse({"error": e.reason, "detail": e.message}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad(request: Request, e: RequestValidationError):
@@ -189,7 +174,9 @@ def create_review_app(cfg: ReviewConfig) -> FastAPI:
 def _session_routes(app: FastAPI, review: Review) -> None:
     @app.get("/api/session")
     def session(request: Request):
-        return {"reviewer": review.reviewer(request), "queue": len(review.items), "lease_seconds": review.cfg.lease_s,
+        who = review.who(request)
+        return {"reviewer": who.name, "verified": who.verified, "can_revise": who.can_revise,
+                "queue": len(review.items), "lease_seconds": review.cfg.lease_s,
                 **review.store.counts()}
 
     @app.post("/api/next")
@@ -209,14 +196,20 @@ def _session_routes(app: FastAPI, review: Review) -> None:
 def _product_routes(app: FastAPI, review: Review) -> None:
     @app.post("/api/products/{pid}/decision")
     def decide(pid: str, body: DecisionBody, request: Request):
-        who = review.reviewer(request)
-        q = review.item(pid)
-        answers = review.answers(q, body)
-        try:
-            n = review.store.record(pid, who, answers, q.title, q.image)
-        except LeaseError as e:
-            raise ReviewError(409, "leased_to_another", str(e)) from None
-        return {"saved": n, "reviewer": who, **review.store.counts()}
+        return _store(review, pid, body, review.who(request), revision=False)
+
+    @app.post("/api/products/{pid}/revision")
+    def revise(pid: str, body: DecisionBody, request: Request):
+        who = review.who(request)
+        if not who.can_revise:
+            raise ReviewError(403, "cannot_revise", f"{who.name} may not revise answers: revisions need a reviewer "
+                                                    "key with the role reviser (attrx review-keys add --role reviser)")
+        return _store(review, pid, body, who, revision=True)
+
+    @app.get("/api/products/{pid}/history")
+    def history(pid: str, request: Request):
+        review.item(pid)
+        return {"id": pid, "history": review.store.history(pid)}
 
     @app.post("/api/products/{pid}/allowed")
     def allowed(pid: str, body: RecordBody, request: Request):
@@ -232,8 +225,17 @@ def _product_routes(app: FastAPI, review: Review) -> None:
 
     @app.get("/api/products/{pid}/image")
     def image(pid: str, request: Request):
-        review.reviewer(request)
-        q = review.item(pid)
-        if not q.image or not Path(q.image).is_file():
-            raise ReviewError(404, "no_image", f"product {pid!r} has no readable image ({q.image or 'none in the queue'})")
-        return FileResponse(q.image)
+        path, media_type = servable_image(review.item(pid).image, review.image_root)
+        return FileResponse(path, media_type=media_type)
+
+
+def _store(review: Review, pid: str, body: DecisionBody, who: Who, revision: bool) -> dict:
+    q = review.item(pid)
+    answers = review.answers(q, body)
+    try:
+        n = review.store.record(pid, who.name, answers, q.title, q.image, verified=who.verified, revision=revision)
+    except LeaseError as e:
+        raise ReviewError(409, "leased_to_another", str(e)) from None
+    except AnsweredError as e:
+        raise ReviewError(409, "answered" if not revision else "not_answered", str(e)) from None
+    return {"saved": n, "reviewer": who.name, "verified": who.verified, "revision": revision, **review.store.counts()}

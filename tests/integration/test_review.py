@@ -1,6 +1,9 @@
 """`attrx review` (issue 23): a real server over a real queue and a bundle with constraints.
 
-- Reviewers are named: per-reviewer keys, or the API key plus a name; without either, 401/400.
+- Reviewers are named: their own keys (salted hashes in the file), or a shared key plus a name (stored
+  as unverified); without either, 401/400, decided before any body is read.
+- A product is answered once: a second answer is 409; a revision (by a reviser) keeps the first.
+- Only images the queue names, under the image root, are served.
 - Answers outside the bundle's classes or constraints are refused with a 422 naming the problem.
 - A product is leased to one reviewer at a time; the lease ends when they walk away.
 - kill -9 loses no confirmed decision: a restart finds every answer the server confirmed.
@@ -26,7 +29,8 @@ from helpers import ATTRS, shot, wait_listening
 
 from attrx.cli import main
 
-KEYS = {"alice": "alice-key-0001", "bob": "bob-key-00002"}
+KEYS: dict[str, str] = {}  # name -> key, filled by reviewers_file (attrx review-keys add)
+SHARED = "shared-review-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +97,13 @@ class Reviewing:
 
 
 @pytest.fixture
-def reviewers_file(tmp_path) -> Path:
+def reviewers_file(tmp_path, capsys) -> Path:
+    """alice reviews, bob may also revise; their keys as `attrx review-keys add` prints them."""
     f = tmp_path / "reviewers.txt"
-    f.write_text("# name:key\n" + "".join(f"{n}:{k}\n" for n, k in KEYS.items()))
+    for name, role in (("alice", "reviewer"), ("bob", "reviser")):
+        main(["review-keys", "add", name, "--reviewers", str(f), "--role", role])
+        KEYS[name] = capsys.readouterr().out.strip().splitlines()[-1]
+    assert not any(k in f.read_text() for k in KEYS.values())  # the file keeps hashes only
     return f
 
 
@@ -148,13 +156,77 @@ def test_every_call_needs_a_named_reviewer(start_review, queue, constrained_bund
     assert r.call("GET", "/api/session", None, headers={"Authorization": "Bearer nope-nope-nope"}).status_code == 401
     assert r.call("GET", "/api/session", "bob").json()["reviewer"] == "bob"
     assert r.call("GET", "/", None).status_code == 200  # the page itself holds no data
-    # one shared API key: a name is required on top of it
-    shared = start_review(db=tmp_path / "shared.sqlite", env={"ATTRX_API_KEY": "shared-secret-key"}, keys=False)
-    auth = {"Authorization": "Bearer shared-secret-key"}
+    # one shared key (the review server's own variable): a name is required on top of it, and is unverified
+    shared = start_review(db=tmp_path / "shared.sqlite", env={"ATTRX_REVIEW_API_KEY": SHARED}, keys=False)
+    auth = {"Authorization": f"Bearer {SHARED}"}
     assert shared.call("GET", "/api/session", None).status_code == 401
     resp = shared.call("GET", "/api/session", None, headers=auth)
     assert resp.status_code == 400 and "X-Reviewer" in resp.json()["detail"]
-    assert shared.call("GET", "/api/session", None, headers={**auth, "X-Reviewer": "Carol"}).json()["reviewer"] == "Carol"
+    carol = shared.call("GET", "/api/session", None, headers={**auth, "X-Reviewer": "Carol"}).json()
+    assert carol["reviewer"] == "Carol" and carol["verified"] is False and carol["can_revise"] is False
+
+
+def test_a_second_answer_is_refused_and_a_revision_keeps_the_first(start_review, tmp_path):
+    r = start_review(db=tmp_path / "revise.sqlite")
+    pid, first = answer_next(r, "alice")
+    again = r.call("POST", f"/api/products/{pid}/decision", "bob", json={"answers": first})
+    assert again.status_code == 409 and again.json()["error"] == "answered" and "revision" in again.json()["detail"]
+    assert r.call("POST", f"/api/products/{pid}/decision", "alice", json={"answers": first}).status_code == 409
+    refused = r.call("POST", f"/api/products/{pid}/revision", "alice", json={"answers": first})
+    assert refused.status_code == 403 and refused.json()["error"] == "cannot_revise"  # alice is no reviser
+    skip_all = {a: {"action": "skip"} for a in first}
+    revised = r.call("POST", f"/api/products/{pid}/revision", "bob", json={"answers": skip_all})
+    assert revised.status_code == 200 and revised.json()["revision"] is True
+    history = r.call("GET", f"/api/products/{pid}/history").json()["history"]
+    assert [h["kind"] for h in history] == ["answer"] * len(first) + ["revision"] * len(first)
+    assert {h["reviewer"] for h in history if h["kind"] == "answer"} == {"alice"}  # the first answer is kept
+    current = {d["attribute"]: d for d in r.call("GET", "/api/decisions").json()["decisions"] if d["id"] == pid}
+    assert {d["action"] for d in current.values()} == {"skip"} and all(d["verified"] for d in current.values())
+    other = r.call("POST", "/api/next", "alice").json()["product"]["id"]
+    nothing = r.call("POST", f"/api/products/{other}/revision", "bob", json={"answers": skip_all})
+    assert nothing.status_code in (409, 422)  # nothing to revise (or not its attributes): never stored
+    assert other not in {d["id"] for d in r.call("GET", "/api/decisions").json()["decisions"]}
+
+
+def test_a_caller_without_a_key_gets_no_body_parsed_and_bodies_are_bounded(start_review):
+    r = start_review()
+    huge = b"[" * 200_000  # would take the JSON parser a while; refused from the headers
+    resp = r.call("POST", "/api/products/x/decision", None, content=huge, headers={"Content-Type": "application/json"})
+    assert resp.status_code in (401, 413)
+    small = r.call("POST", "/api/products/x/decision", None, content=b"{", headers={"Content-Type": "application/json"})
+    assert small.status_code == 401 and small.json()["error"] == "unauthorized"
+    big = r.call("POST", "/api/products/x/decision", "alice", content=b"{" + b" " * 100_000 + b"}",
+                 headers={"Content-Type": "application/json"})
+    assert big.status_code == 413
+
+
+def test_only_the_queues_images_under_the_image_root_are_served(constrained_bundle, tmp_path, reviewers_file):
+    from PIL import Image
+
+    root = tmp_path / "catalog"
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(root / "img" / "a.jpg")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for reviewers")
+    (root / "img" / "link.jpg").symlink_to(secret)
+    (root / "img" / "text.jpg").write_text("plain text named .jpg")
+    attrs = {a: {"value": "x", "confidence": 0.5, "situation": "silent+image", "accepted": False} for a in ATTRS[:1]}
+    rows = [{"format": 1, "id": i, "title": "t", "image": str(img), "priority": 1.0, "accepted": {},
+             "attributes": attrs} for i, img in (("good", root / "img" / "a.jpg"), ("out", secret),
+                                                 ("dots", root / "img" / ".." / ".." / "secret.txt"),
+                                                 ("link", root / "img" / "link.jpg"), ("text", root / "img" / "text.jpg"))]
+    q = root / "queue.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = Reviewing(q, constrained_bundle, tmp_path / "img.sqlite", "--reviewers", str(reviewers_file))
+    try:
+        good = r.call("GET", "/api/products/good/image")
+        assert good.status_code == 200 and good.headers["content-type"] == "image/jpeg"
+        for pid, status in (("out", 403), ("dots", 403), ("link", 403), ("text", 415)):
+            resp = r.call("GET", f"/api/products/{pid}/image")
+            assert resp.status_code == status and "not for reviewers" not in resp.text, (pid, resp.text)
+        assert r.call("GET", "/api/products/good/image", None).status_code == 401
+    finally:
+        r.stop(signal.SIGKILL)
 
 
 def test_values_outside_the_bundles_lists_are_refused(start_review):

@@ -81,7 +81,7 @@ def test_each_command_reads_its_own_environment_prefix(monkeypatch):
     monkeypatch.setenv("ATTRX_REVIEW_PORT", "8123")
     monkeypatch.setenv("ATTRX_SCORE_BUNDLE", "/models/b")
     monkeypatch.setenv("ATTRX_SCORE_BATCH_SIZE", "7")
-    review = settings_from(ReviewSettings, parse_args(["review", "q.jsonl", "--bundle", "b"]))
+    review = settings_from(ReviewSettings, parse_args(["review", "q.jsonl", "--bundle", "b", "--no-auth"]))
     assert (review.host, review.port) == ("127.0.0.1", 8123)
     score = settings_from(ScoreSettings, parse_args(["score", "c.csv", "--out", "o", "--batch-size", "9"]))
     assert score.bundle == "/models/b" and score.batch_size == 9  # a flag overrides its variable
