@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from attrx.service.contract.decisions import situation_index
 from attrx.service.contract.drift_stats import PROFILE_KEY, profile
 from attrx.service.contract.preprocess import (
+    IMAGE_FORMATS,
     ImageSource,
     PreprocessConfig,
     build_inputs,
@@ -30,9 +31,9 @@ class Decoded(NamedTuple):
 
 
 def decode_product(tokenizer: Tokenizer, pre: PreprocessConfig, reader: SituationReader, title: str | None,
-                   image: ImageSource | None) -> Decoded:
+                   image: ImageSource | None, formats: tuple[str, ...] = IMAGE_FORMATS) -> Decoded:
     """One product, its title normalised and checked to have a title or an image."""
-    img = open_image(image, pre) if image is not None else None
+    img = open_image(image, pre, formats) if image is not None else None
     arr = image_to_array(img, pre) if img is not None else None
     inputs = build_inputs(tokenizer, [title], [arr], pre)
     situations = reader.read(title, img is not None)

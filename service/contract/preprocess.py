@@ -44,7 +44,7 @@ class PreprocessConfig(BaseModel):
     # centred on white (the whole product kept: what the pretrained CNN towers were probed with).
     # Absent in bundles written before it existed, which cropped
     fit: str = Field("crop", pattern="^(crop|pad)$")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="images declaring more pixels are refused")
+    max_image_pixels: int = Field(16_800_000, ge=1, description="images declaring more pixels are refused")
     max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side is more than this many "
                                                               "times the shorter are refused")
 
@@ -60,6 +60,10 @@ class ImageError(ValueError):
 # an image as a product carries it: its bytes, or a path to its file
 ImageSource = bytes | str | os.PathLike
 
+# the formats decoded by default (Pillow's names): what catalogs carry. Every other decoder Pillow
+# has (TIFF, PSD, ICO, EPS, ...) is code an untrusted image could reach for no catalog's benefit
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -67,12 +71,14 @@ _RESAMPLE = {
 }
 
 
-def open_image(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
+def open_image(source: ImageSource, cfg: PreprocessConfig, formats: tuple[str, ...] = IMAGE_FORMATS) -> Image.Image:
     """Decode an image (bytes or a path) into an RGB Pillow image.
 
-    The declared size and aspect ratio are checked before any pixel is decoded (decompression and
-    aspect-ratio bombs: the resize below costs at most `max_image_aspect` times the model's image
-    area), and large JPEGs are decoded at a reduced scale with Pillow's draft mode.
+    Only `formats` are identified at all (others: ImageError 'unsupported_image'). The declared size
+    and aspect ratio are checked before any pixel is decoded (decompression and aspect-ratio bombs:
+    the resize below costs at most `max_image_aspect` times the model's image area), and large JPEGs
+    are decoded at a reduced scale with Pillow's draft mode (PNG, WebP and GIF offer none in Pillow:
+    the pixel limit bounds them; docs/security.md gives the memory each costs at the limit).
     """
     what = "image" if isinstance(source, bytes) else f"image {os.fspath(source)!r}"
     try:
@@ -81,11 +87,11 @@ def open_image(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
         raise ImageError("bad_image", f"{what}: cannot be read ({e.strerror or e})") from e
     with fp:
         try:
-            img: Image.Image = Image.open(fp)
+            img: Image.Image = Image.open(fp, formats=formats)
         except Image.DecompressionBombError as e:  # Pillow's own guard, past twice its limit
             raise ImageError("too_large", f"{what}: {e}") from e
         except UnidentifiedImageError as e:
-            raise ImageError("bad_image", f"{what}: not a decodable image (unknown format or corrupt header)") from e
+            raise _unidentified(source, what, formats) from e
         except Exception as e:  # truncated headers and the like
             raise ImageError("bad_image", f"{what}: cannot be decoded ({e})") from e
         w, h = img.size
@@ -117,6 +123,29 @@ def open_image(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
             img = Image.alpha_composite(background, img)
         img = img.convert("RGB")
     return img
+
+
+def _unidentified(source: ImageSource, what: str, formats: tuple[str, ...]) -> ImageError:
+    """An image none of `formats` identifies: 'unsupported_image' if another Pillow format would
+    have (checked by its magic bytes only, nothing decoded), else 'bad_image'."""
+    other = None
+    try:
+        if isinstance(source, bytes):
+            head = source[:64]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(64)
+        Image.init()
+        for name, (_, accept) in Image.OPEN.items():
+            if name not in formats and accept is not None and accept(head):
+                other = name
+                break
+    except Exception:  # noqa: BLE001  a magic-bytes check that fails names nothing
+        other = None
+    if other is not None:
+        return ImageError("unsupported_image", f"{what}: {other} images are not accepted (accepted: "
+                                               f"{', '.join(formats)})")
+    return ImageError("bad_image", f"{what}: not a decodable image (unknown format or corrupt header)")
 
 
 def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:

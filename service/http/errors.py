@@ -47,7 +47,7 @@ def raw_error(status: int, reason: str, message: str, *, close: bool, retry_afte
 
 def input_error(e: Exception) -> ApiError:
     if isinstance(e, ImageError):
-        return ApiError(413 if e.reason == "too_large" else 422, e.reason, str(e))
+        return ApiError({"too_large": 413, "unsupported_image": 415}.get(e.reason, 422), e.reason, str(e))
     if isinstance(e, InputError):
         return ApiError(422, e.reason, str(e))
     raise e

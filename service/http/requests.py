@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -17,6 +18,9 @@ from starlette.requests import Request
 
 from attrx.service.http.errors import ApiError, explain
 from attrx.service.http.schemas import ExtractRequest
+
+WHOLE = re.compile(r"[0-9]{1,3}", re.ASCII)
+DECIMAL = re.compile(r"[0-9]{1,3}(\.[0-9]{0,12})?|\.[0-9]{1,12}", re.ASCII)
 
 
 @dataclass
@@ -78,16 +82,14 @@ async def _read_multipart(request: Request) -> ProductRequest:
         raise ApiError(422, "bad_request", "image must be a file part (curl -F image=@photo.jpg), not a text field")
     image = await upload.read() if upload is not None else None
     mp, tk = _text_field(form, "min_precision"), _text_field(form, "top_k")
-    try:
-        min_precision = float(mp) if mp not in (None, "") else None
-    except ValueError:
-        raise ApiError(422, "bad_option", f"min_precision must be a number, got {(mp or '')[:40]!r}") from None
-    if tk in (None, ""):
-        top_k = 1
-    elif tk.strip().isdigit():
-        top_k = int(tk)
-    else:
-        raise ApiError(422, "bad_option", f"top_k must be a whole number, got {tk[:40]!r}")
+    # strict: ASCII digits only (str.isdigit and float() take any script's digits, and int() refuses
+    # past 4300 digits with an error of its own), and a few of them
+    if mp not in (None, "") and not DECIMAL.fullmatch(mp.strip()):
+        raise ApiError(422, "bad_option", f"min_precision must be a decimal number such as 0.9, got {mp[:40]!r}")
+    if tk not in (None, "") and not WHOLE.fullmatch(tk.strip()):
+        raise ApiError(422, "bad_option", f"top_k must be a whole number of at most 3 digits, got {tk[:40]!r}")
+    min_precision = float(mp) if mp not in (None, "") else None
+    top_k = int(tk) if tk not in (None, "") else 1
     return ProductRequest(title, image, min_precision, top_k)
 
 

@@ -25,7 +25,13 @@ from PIL import Image
 from attrx.service.contract.bundle import CONCEPT_OUTPUTS, Bundle, load_bundle, output_names, precision_key
 from attrx.service.contract.decisions import REVIEW_REASONS, decide_one, rules_from_manifest, situation_index
 from attrx.service.contract.decode import Decoded, decode_product
-from attrx.service.contract.preprocess import ImageError, ImageSource, load_tokenizer, normalise_title
+from attrx.service.contract.preprocess import (
+    IMAGE_FORMATS,
+    ImageError,
+    ImageSource,
+    load_tokenizer,
+    normalise_title,
+)
 from attrx.service.contract.situations import SituationReader
 from attrx.service.inference.runtime import Backend, load_backend
 
@@ -62,7 +68,7 @@ def load_predictor(settings, *, with_backend: bool = True) -> Predictor:
                            allow_fallback=settings.allow_provider_fallback) if with_backend else None
     return Predictor(bundle, backend=backend, max_title_chars=settings.max_title_chars,
                      max_image_pixels=settings.max_image_pixels, max_image_aspect=settings.max_image_aspect,
-                     decisions=settings.decisions)
+                     decisions=settings.decisions, image_formats=settings.formats())
 
 
 class Predictor:
@@ -71,8 +77,9 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, *, backend: Backend | None = None, max_title_chars: int = 2000,
                  max_image_pixels: int | None = None, max_image_aspect: float | None = None,
-                 decisions: str = "full"):
+                 decisions: str = "full", image_formats: tuple[str, ...] = IMAGE_FORMATS):
         self.bundle, self.backend = bundle, backend
+        self.image_formats = image_formats
         self.manifest = bundle.manifest
         pre = self.manifest.preprocess
         limits = {"max_image_pixels": max_image_pixels, "max_image_aspect": max_image_aspect}
@@ -107,7 +114,7 @@ class Predictor:
             image = None
         if title is None and image is None:
             raise InputError("empty", "a product needs a title or an image (neither was given)")
-        return decode_product(self.tokenizer, self.preprocess, self.read_situations, title, image)
+        return decode_product(self.tokenizer, self.preprocess, self.read_situations, title, image, self.image_formats)
 
     def batch(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return batch_inputs(items)

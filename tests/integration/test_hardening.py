@@ -212,7 +212,7 @@ def test_connections_past_the_limit_are_refused(start_server):
 
 def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
     # one decoding thread busy with slow images: the clients that give up meanwhile are dropped
-    s = start_server(preprocess_threads=1, max_queue_delay_ms=1)
+    s = start_server(preprocess_threads=1, max_queue_delay_ms=1, max_image_pixels=40_000_000)
     heavy = _png(6000, 6000)  # ~0.8 s to decode here: still decoding when its client gives up
     before = scrape(s)
     with cf.ThreadPoolExecutor(4) as ex:
@@ -233,7 +233,7 @@ def test_a_client_that_leaves_during_decoding_is_never_queued(start_server):
 
 # -- shutdown and waiting ---------------------------------------------------------------------------
 def test_work_past_the_drain_timeout_is_answered_503_and_the_exit_says_so(start_server):
-    s = start_server(preprocess_threads=1, drain_timeout_s=1, log_level="info")
+    s = start_server(preprocess_threads=1, drain_timeout_s=1, log_level="info", max_image_pixels=40_000_000)
     # 10 different products (identical ones would share one decoding), one at a time: several seconds
     # of decoding, past the 1 s drain
     heavy = [_png(6000, 6000, fill=0x40 + i) for i in range(10)]

@@ -89,8 +89,8 @@ def test_large_jpeg_uses_draft_mode():
 
 def test_declared_size_over_limit_is_refused_before_decoding():
     with pytest.raises(ImageError) as e:
-        open_image(_png_header_only(8_000, 6_000), CFG)  # 48 Mpx, over the 40 Mpx default
-    assert e.value.reason == "too_large" and "8000x6000" in str(e.value) and "40,000,000" in str(e.value)
+        open_image(_png_header_only(8_000, 6_000), CFG)  # 48 Mpx, over the 16.8 Mpx default
+    assert e.value.reason == "too_large" and "8000x6000" in str(e.value) and "16,800,000" in str(e.value)
     with pytest.raises(ImageError) as e:
         open_image(_png_header_only(100_000, 100_000), CFG)  # Pillow's own guard trips first
     assert e.value.reason == "too_large"
