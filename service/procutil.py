@@ -6,6 +6,53 @@ import os
 import signal
 import sys
 
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "attrx_"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None when no
+    such process runs: with the pid, it names one process even where pids are reused (a container's 1)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie runs no more: its maker is gone
+        return None
+    return fields[19]
+
+
+def segment_name(kind: str) -> str:
+    """A shared-memory name that says which process made it: attrx_<pid>_<start time>_<kind>_<random>."""
+    import secrets
+
+    return f"{SHM_PREFIX}{os.getpid()}_{_start_time(os.getpid()) or 0}_{kind}_{secrets.token_hex(4)}"
+
+
+def remove_orphan_segments(folder: str = SHM_DIR) -> list[str]:
+    """Remove the shared-memory segments of attrx processes that no longer run (a kill -9 of the whole
+    process group leaves them, and in a pod's memory-backed /dev/shm they count against its memory
+    until removed). A segment of a process that still runs (another server) is left. Returns the
+    names removed."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(SHM_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        parts = name[len(SHM_PREFIX):].split("_")
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        if _start_time(int(parts[0])) == parts[1]:
+            continue  # its maker still runs
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
 
 def close_shared_memory(shm, owner: bool) -> None:
     """Unmap a SharedMemory block, and remove its name when this process made it. A view still alive

@@ -15,7 +15,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from attrx.service.contract.drift_stats import PROFILE_KEY
-from attrx.service.procutil import close_shared_memory
+from attrx.service.procutil import close_shared_memory, segment_name
 
 ALIGN = 64
 
@@ -68,7 +68,8 @@ class Arena:
         self.layout, self.n = layout, n
         size = max(1, layout.slot_bytes * n)
         self.owner = name is None
-        self.shm = shared_memory.SharedMemory(name=name, create=self.owner, size=size if self.owner else 0)
+        self.shm = shared_memory.SharedMemory(name=name if name is not None else segment_name("arena"),
+                                              create=self.owner, size=size if self.owner else 0)
         # processes spawned by the creator share its resource tracker, which unlinks the block if
         # every process dies without closing it; the creator unlinks it on a normal exit
         buf = self.shm.buf

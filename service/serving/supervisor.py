@@ -321,5 +321,11 @@ def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int
     died), 3 startup failed."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(levelname)s:     %(message)s")
+    from attrx.service.procutil import remove_orphan_segments
+
+    orphans = remove_orphan_segments()
+    if orphans:
+        log.warning("attrx: removed %d shared-memory segments left by a server that was killed (%s)",
+                    len(orphans), ", ".join(orphans[:4]) + (", ..." if len(orphans) > 4 else ""))
     with metrics_dir():
         return Supervisor(settings, log_level, access_log).run()

@@ -21,7 +21,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from attrx.service.procutil import close_shared_memory
+from attrx.service.procutil import close_shared_memory, segment_name
 
 HEADER = 8  # int64: window seq, window items, reference seq, reference items, reference source, spare...
 SOURCES = ("none", "bundle", "file", "traffic")
@@ -34,7 +34,8 @@ class DriftBlock:
         self.total = total
         size = (HEADER + 2 * total) * 8
         self.owner = name is None
-        self.shm = shared_memory.SharedMemory(name=name, create=self.owner, size=size if self.owner else 0)
+        self.shm = shared_memory.SharedMemory(name=name if name is not None else segment_name("drift"),
+                                              create=self.owner, size=size if self.owner else 0)
         arr = np.ndarray((HEADER + 2 * total,), np.int64, self.shm.buf)
         if self.owner:
             arr[:] = 0
