@@ -69,7 +69,20 @@ def test_compose_mounts_files_that_exist():
     runtime_stage = docker.split("AS serve-demo")[0]
     installs = [ln for ln in runtime_stage.splitlines() if "pip install" in ln]
     assert installs and not any("torch" in ln or "[train" in ln for ln in installs)  # serving image: no torch
-    assert "USER attrx" in docker and "/readyz" in docker
+    assert "USER 10001" in docker and "/readyz" in docker
+
+
+def test_compose_publishes_on_loopback_and_grafana_asks_for_a_login():
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    ports = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports), ports
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_AUTH_ANONYMOUS_ORG_ROLE" not in grafana
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # from the user, required
+    attrx = services["attrx"]
+    assert attrx["environment"]["ATTRX_API_KEY"].startswith("${ATTRX_API_KEY:?") and attrx["read_only"] is True
 
 
 def _declared(label: str) -> tuple[str, ...]:

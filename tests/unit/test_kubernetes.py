@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from attrx.version import __version__
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/kubernetes"
 KUBERNETES_VERSION = "1.33.0"
@@ -77,7 +79,8 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_manifest_is_valid(overlay):
     docs = render(overlay)
-    assert set(_by_kind(docs)) == {"Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "PodMonitor"}
+    assert set(_by_kind(docs)) == {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject",
+                                   "PodMonitor", "NetworkPolicy"}
     for doc in docs:
         validate(doc)
 
@@ -123,7 +126,8 @@ def test_resources_match_the_servers_defaults(overlay, monkeypatch):
     env = {e["name"]: e for e in c["env"]}
     assert env["ATTRX_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     monkeypatch.setattr(settings, "available_cores", lambda: cpus)  # what attrx reads from the cgroup quota
-    s = settings.ServeSettings(**{"bundle": "/models/bundle", **{k[6:].lower(): e["value"] for k, e in env.items() if "value" in e}}, workers=cpus)
+    values = {k[6:].lower(): e["value"] for k, e in env.items() if "value" in e and not k.endswith("_FILE")}
+    s = settings.ServeSettings(**{"bundle": "/models/bundle", "no_auth": True, **values}, workers=cpus)
     assert s.workers == cpus and s.intra_op_threads + s.preprocess_threads == cpus
     fields = {f"ATTRX_{n.upper()}" for n in settings.ServeSettings.model_fields}
     assert set(env) <= fields, set(env) - fields
@@ -134,7 +138,66 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_runs_cuda():
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
     assert gpu["command"][:2] == ["attrx", "serve"] and "--providers cuda" in " ".join(gpu["command"])
-    assert gpu["image"] == "attrx:gpu" and cpu["image"] == "attrx-demo:latest"
+    assert gpu["image"] == f"attrx:{__version__}-gpu" and cpu["image"] == f"attrx-demo:{__version__}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_is_locked_down(overlay):
+    """No privilege escalation, a read-only root with emptyDir where attrx writes, no capabilities,
+    RuntimeDefault seccomp, no service-account token, keys from a Secret as files, a pinned image,
+    its own namespace."""
+    docs = render(overlay)
+    pod = _by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    c = _container(docs)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/tmp", "/dev/shm", "/var/cache/attrx"):  # where the server writes
+        assert "emptyDir" in volumes[mounts[path]], path
+    env = {e["name"]: e for e in c["env"]}
+    assert "ATTRX_API_KEY" not in env and env["ATTRX_API_KEY_FILE"]["value"].startswith("/var/run/secrets/attrx/")
+    assert volumes[mounts["/var/run/secrets/attrx"]]["secret"]["secretName"] == "attrx"
+    assert not c["image"].endswith(":latest") and ":" in c["image"] and c["image"].split(":")[1].startswith(__version__)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"attrx"}
+
+
+# the worst image the default limits let through, decoded (benchmarks/decode_memory.py: WebP lossless with
+# alpha at 16.8 MP, 261 MB), and the server's own resident memory (4 processes, docs/measured-results.md)
+WORST_DECODE_MB, SERVER_MB = 270, 400
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_memory_limit_holds_every_concurrent_decode_with_margin(overlay):
+    """A pod decodes at most workers x preprocess_threads images at once (workers = the CPU limit,
+    threads = half of it): their worst case plus the server must fit 1.5 times in the memory limit."""
+    from attrx.service.settings import ServeSettings
+
+    c = _container(render(overlay))
+    cpus = int(c["resources"]["limits"]["cpu"])
+    limit = c["resources"]["limits"]["memory"]
+    limit_mb = int(limit[:-2]) * 1024 if limit.endswith("Gi") else int(limit[:-2])
+    decodes = cpus * max(1, cpus // 2)
+    assert ServeSettings.model_fields["max_image_pixels"].default <= 16_800_000  # the limit measured
+    assert 1.5 * (SERVER_MB + decodes * WORST_DECODE_MB) <= limit_mb, (overlay, decodes, limit)
+
+
+def test_the_network_policy_lets_in_only_the_api_port_from_labelled_namespaces():
+    docs = _by_kind(render("cpu"))
+    np_ = docs["NetworkPolicy"]["spec"]
+    assert np_["podSelector"]["matchLabels"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert np_["policyTypes"] == ["Ingress"]
+    port = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    sources = []
+    for rule in np_["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        (src,) = rule["from"]
+        assert set(src) == {"namespaceSelector"}  # whole namespaces by label, never an open rule
+        sources.append(src["namespaceSelector"]["matchLabels"])
+    assert sources == [{"attrx.io/client": "true"}, {"kubernetes.io/metadata.name": "monitoring"}]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
