@@ -7,9 +7,11 @@
 #
 # By hand:
 #   podman build --format docker --network host --target serve -t attrx:serve .
-#   podman run -p 8000:8000 -v $PWD/build/demo-bundle:/models/bundle:ro attrx:serve
+#   podman run -p 127.0.0.1:8000:8000 -e ATTRX_API_KEY --read-only -v $PWD/build/demo-bundle:/models/bundle:ro attrx:serve
 #   docker build --build-arg VARIANT=gpu --target serve -t attrx-gpu .   # onnxruntime-gpu + TensorRT lean runtime
-#   docker run --gpus all -e ATTRX_PROVIDERS=cuda -p 8000:8000 -v ...:/models/bundle:ro attrx-gpu
+#   docker run --gpus all -e ATTRX_PROVIDERS=cuda -e ATTRX_API_KEY -p 8000:8000 -v ...:/models/bundle:ro attrx-gpu
+# The server listens on 0.0.0.0 in the image, so it needs a key (ATTRX_API_KEY, or ATTRX_API_KEY_FILE
+# naming a mounted file): docs/security.md.
 #
 # BASE: any Debian-like image with python3 (>= 3.10) and its venv module: python:3.11-slim by default;
 # where no registry is reachable, a local Debian base (deploy/container/image.py builds one with

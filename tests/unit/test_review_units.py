@@ -93,3 +93,56 @@ def test_trusted_labels_weigh_more_in_the_loss():
     heavier = _ce(logits, labels, item_weights=torch.tensor([3.0, 1.0, 1.0, 1.0]))
     per = torch.nn.functional.cross_entropy(logits[0][:3], labels[:3, 0], reduction="none")
     assert torch.allclose(heavier, (per * torch.tensor([3.0, 1.0, 1.0])).sum() / 5)
+
+
+def test_a_second_answer_is_refused_and_a_revision_keeps_the_first(tmp_path):
+    from attrx.service.review.store import AnsweredError
+
+    store = DecisionStore(tmp_path / "d.sqlite")
+    store.record("p1", "alice", [Answer("colour", "accept", "Blue", "Blue", 0.7)])
+    with pytest.raises(AnsweredError, match="answered by alice"):
+        store.record("p1", "bob", [Answer("colour", "correct", "Navy Blue", "Blue", 0.7)])
+    with pytest.raises(AnsweredError, match="no answer to revise"):
+        store.record("p2", "bob", [Answer("colour", "skip", None)], revision=True)
+    store.record("p1", "bob", [Answer("colour", "correct", "Navy Blue", "Blue", 0.7)], revision=True, verified=False)
+    history = store.history("p1")
+    assert [(h["kind"], h["reviewer"], h["value"], h["verified"]) for h in history] == [
+        ("answer", "alice", "Blue", True), ("revision", "bob", "Navy Blue", False)]
+    (current,) = store.current()
+    assert current["value"] == "Navy Blue" and current["kind"] == "revision"
+    store.close()
+
+
+def test_a_store_written_before_revisions_opens_with_its_answers_verified(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE decisions (seq INTEGER PRIMARY KEY AUTOINCREMENT, product_id TEXT NOT NULL,
+        attribute TEXT NOT NULL, action TEXT NOT NULL, value TEXT, model_value TEXT, confidence REAL,
+        reviewer TEXT NOT NULL, decided_at TEXT NOT NULL, title TEXT, image TEXT);
+        INSERT INTO decisions (product_id, attribute, action, value, reviewer, decided_at)
+        VALUES ('p1', 'colour', 'accept', 'Blue', 'alice', '2026-12-01T00:00:00Z');""")
+    db.commit()
+    db.close()
+    (d,) = DecisionStore(path).current()
+    assert d["kind"] == "answer" and d["verified"] is True and d["value"] == "Blue"
+
+
+def test_reviewer_keys_are_stored_as_salted_hashes_and_plain_keys_are_refused(tmp_path):
+    from attrx.service.review.keys import add_reviewer, find, read_reviewers
+
+    f = tmp_path / "reviewers"
+    alice, bob = add_reviewer(f, "alice"), add_reviewer(f, "bob", "reviser")
+    text = f.read_text()
+    assert alice not in text and bob not in text and (f.stat().st_mode & 0o777) == 0o600
+    reviewers = read_reviewers(f)
+    assert find(reviewers, alice).name == "alice" and find(reviewers, bob).can_revise
+    assert find(reviewers, "x" * 43) is None and not find(reviewers, alice).can_revise
+    with pytest.raises(ValueError, match="already there"):
+        add_reviewer(f, "alice")
+    f.write_text(text + "carol:plain-text-key-123\n")
+    with pytest.raises(ValueError, match="never stored in plain text"):
+        read_reviewers(f)
+    # the same key for two reviewers would hash differently (salted): no two lines are alike
+    assert len(set(text.splitlines())) == 2
