@@ -138,3 +138,37 @@ def test_attrx_version_prints_the_installed_version(capsys):
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"attrx {__version__}"
     assert __version__ == PYPROJECT["project"]["version"]
+
+
+# releases with published vulnerabilities that the declared minimums must be past (docs/security.md)
+SAFE_MINIMUMS = {"pillow": "10.3", "python-multipart": "0.0.18", "starlette": "0.47.2", "fastapi": "0.116.1",
+                 "h11": "0.16", "tqdm": "4.66.3", "torch": "2.6"}
+
+
+def test_declared_minimums_are_past_known_vulnerabilities():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {}
+    for r in reqs:
+        lows = [Version(s.version) for s in r.specifier if s.operator in (">=", "==")]
+        if lows:
+            declared[r.name.lower()] = max(lows + [declared.get(r.name.lower(), Version("0"))])
+    for name, safe in SAFE_MINIMUMS.items():
+        assert name in declared and declared[name] >= Version(safe), (name, declared.get(name), safe)
+
+
+def test_the_image_installs_only_what_its_lock_files_hash():
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes" in docker and "requirements/serve-${VARIANT}.lock" in docker
+    assert "pip install --no-deps --no-build-isolation" in docker  # attrx itself: no resolution
+    for lock in ("serve-cpu.lock", "serve-gpu.lock", "build.lock"):
+        text = (ROOT / "requirements" / lock).read_text()
+        pins = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
+        assert pins and all("==" in p for p in pins), lock
+        assert text.count("--hash=sha256:") >= len(pins), lock
+    gpu = (ROOT / "requirements/serve-gpu.lock").read_text()
+    assert "\nonnxruntime-gpu==" in gpu and "\nonnxruntime==" not in gpu  # never the two together
