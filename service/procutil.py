@@ -23,31 +23,37 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def maker_tag() -> str:
+    """<pid>_<start time> of this process: names that carry it say which process made them."""
+    return f"{os.getpid()}_{_start_time(os.getpid()) or 0}"
+
+
 def segment_name(kind: str) -> str:
     """A shared-memory name that says which process made it: attrx_<pid>_<start time>_<kind>_<random>."""
     import secrets
 
-    return f"{SHM_PREFIX}{os.getpid()}_{_start_time(os.getpid()) or 0}_{kind}_{secrets.token_hex(4)}"
+    return f"{SHM_PREFIX}{maker_tag()}_{kind}_{secrets.token_hex(4)}"
 
 
-def remove_orphan_segments(folder: str = SHM_DIR) -> list[str]:
-    """Remove the shared-memory segments of attrx processes that no longer run (a kill -9 of the whole
-    process group leaves them, and in a pod's memory-backed /dev/shm they count against its memory
-    until removed). A segment of a process that still runs (another server) is left. Returns the
-    names removed."""
+def remove_orphans(folder: str = SHM_DIR, prefix: str = SHM_PREFIX) -> list[str]:
+    """Remove what attrx processes that no longer run left in `folder` under names `prefix<pid>_<start
+    time>_...`: shared-memory segments (a kill -9 of the whole process group leaves them, and in a
+    pod's memory-backed /dev/shm they count against its memory until removed) and metrics folders.
+    What a process that still runs made (another server) is left. Returns the names removed."""
+    import shutil
+
     removed = []
     try:
-        names = [n for n in os.listdir(folder) if n.startswith(SHM_PREFIX)]
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
     except OSError:
         return removed
     for name in names:
-        parts = name[len(SHM_PREFIX):].split("_")
-        if len(parts) < 3 or not parts[0].isdigit():
-            continue
-        if _start_time(int(parts[0])) == parts[1]:
-            continue  # its maker still runs
+        parts = name[len(prefix):].split("_")
+        if len(parts) < 3 or not parts[0].isdigit() or _start_time(int(parts[0])) == parts[1]:
+            continue  # not ours, or its maker still runs
+        path = os.path.join(folder, name)
         try:
-            os.unlink(os.path.join(folder, name))
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
             removed.append(name)
         except OSError:
             pass

@@ -33,7 +33,8 @@ class ScoreSettings(BaseSettings):
                          description="which of the bundle's variants runs (auto: int8 on cpu if the bundle has it, "
                                      "fp16 on GPUs)")
     max_image_pixels: int | None = Field(None, ge=1, description="refuse images declaring more pixels "
-                                                                "(default 40,000,000)")
+                                         "(default: the bundle's; 16,800,000 in bundles exported by attrx 0.1.0 "
+                                         "from 2026-12-07)")
     max_image_bytes: int | None = Field(None, ge=1, description="refuse image files larger than this (row error; "
                                         "default 50 MiB)")
     image_root: str | None = Field(None, description="read images only from these folders (and the catalog's), "

@@ -12,7 +12,12 @@ import socket
 import tempfile
 from contextlib import contextmanager
 
+from attrx.service.procutil import maker_tag
+
 log = logging.getLogger("attrx.serve")
+
+METRICS_PREFIX = "attrx-metrics-"
+
 
 @contextmanager
 def metrics_dir():
@@ -25,7 +30,7 @@ def metrics_dir():
                 os.remove(os.path.join(given, name))
         yield given
         return
-    path = tempfile.mkdtemp(prefix="attrx-metrics-")
+    path = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{maker_tag()}_")  # its maker named: found if orphaned
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     try:
         yield path

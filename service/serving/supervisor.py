@@ -39,7 +39,14 @@ import socket
 import time
 from multiprocessing.connection import wait
 
-from attrx.service.serving.setup import Signals, bind, forget_metrics, metrics_dir, shm_warning
+from attrx.service.serving.setup import (
+    METRICS_PREFIX,
+    Signals,
+    bind,
+    forget_metrics,
+    metrics_dir,
+    shm_warning,
+)
 
 log = logging.getLogger("attrx.serve")
 
@@ -321,11 +328,14 @@ def serve(settings, *, log_level: str = "info", access_log: bool = False) -> int
     died), 3 startup failed."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(levelname)s:     %(message)s")
-    from attrx.service.procutil import remove_orphan_segments
+    import tempfile
 
-    orphans = remove_orphan_segments()
+    from attrx.service.procutil import remove_orphans
+
+    orphans = remove_orphans()
     if orphans:
         log.warning("attrx: removed %d shared-memory segments left by a server that was killed (%s)",
                     len(orphans), ", ".join(orphans[:4]) + (", ..." if len(orphans) > 4 else ""))
+    remove_orphans(tempfile.gettempdir(), METRICS_PREFIX)  # their metrics folders too
     with metrics_dir():
         return Supervisor(settings, log_level, access_log).run()

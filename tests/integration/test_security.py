@@ -7,7 +7,8 @@
 - keys never appear in what the CLI prints, whatever the configuration error;
 - numeric multipart fields are parsed strictly: Unicode digits and absurd digit strings are a 422;
 - the drift reference has one writer: hammering the baseline from every front-end never breaks /metrics;
-- the shared-memory segments of a server killed with its whole process group are removed at the next start.
+- the shared-memory segments (and metrics folder) of a server killed with its whole process group are
+  removed at the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -194,8 +196,12 @@ def test_segments_of_a_server_killed_with_its_process_group_are_removed_at_the_n
         proc.wait(10)
     time.sleep(0.5)
     assert _segments(pids) == left  # still there: nothing removed them
+    tmp = Path(tempfile.gettempdir())
+    metrics = {p for p in tmp.glob(f"attrx-metrics-{proc.pid}_*")}  # its Prometheus folder, left too
+    assert metrics
     again = start_server()
     assert not (_segments(pids) & left), "orphans left after the restart"
+    assert not any(p.exists() for p in metrics), metrics
     assert theirs <= _segments({p.pid for p in psutil.Process(other.proc.pid).children(recursive=True)}
                                | {other.proc.pid})
     assert "removed" in again.output() and "shared-memory segments" in again.output()
