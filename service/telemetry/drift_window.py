@@ -11,7 +11,9 @@ every process of `attrx serve`.
   and every answer is computed from the one window. A re-baseline (POST /v1/drift/baseline) writes
   the window's counts as the reference, for every process at once.
 
-Writes are guarded by a sequence number (odd while writing), so a reader never sees half a batch.
+Writes are guarded by a sequence number (odd while writing), so a reader never sees half a batch. The
+block has one writer, the process that made it (the inference process): others attach read-only, so
+two writers can never race on the sequence number (a collision left it odd, and every reader waited).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class DriftBlock:
         arr = np.ndarray((HEADER + 2 * total,), np.int64, self.shm.buf)
         if self.owner:
             arr[:] = 0
+        else:  # a reader (a front-end): the block has one writer, its maker, and this view cannot write
+            arr.flags.writeable = False
         self.header, self.window, self.ref = arr[:HEADER], arr[HEADER:HEADER + total], arr[HEADER + total:]
 
     @property

@@ -97,8 +97,8 @@ def test_the_reference_in_the_block_is_shared_and_replaced_whole():
         block.set_reference(np.array([1, 2, 3, 4]), 10, "bundle")
         counts, items, source = other.read_reference()
         assert counts.tolist() == [1, 2, 3, 4] and items == 10 and source == "bundle"
-        other.set_reference(np.array([0, 0, 5, 5]), 10, "traffic")  # a front-end re-baselines
-        assert block.read_reference()[0].tolist() == [0, 0, 5, 5] and block.read_reference()[2] == "traffic"
+        block.set_reference(np.array([0, 0, 5, 5]), 10, "traffic")  # a re-baseline, by the one writer
+        assert other.read_reference()[0].tolist() == [0, 0, 5, 5] and other.read_reference()[2] == "traffic"
     finally:
         other.close()
         block.close()
@@ -146,3 +146,26 @@ def test_the_default_window_is_the_one_the_thresholds_were_chosen_for():
     from attrx.service.settings import ServeSettings
 
     assert ServeSettings.model_fields["drift_window"].default == DEFAULT_WINDOW == 1000
+
+
+def test_the_drift_block_has_one_writer_and_readers_attach_read_only():
+    """Front-ends attach to the inference process's block read-only: a re-baseline written by two of
+    them at once raced on the sequence number, leaving it odd and every reader waiting."""
+    import numpy as np
+
+    from attrx.service.telemetry.drift_window import DriftBlock
+
+    owner = DriftBlock(6)
+    try:
+        reader = DriftBlock(6, name=owner.name)
+        owner.set_reference(np.arange(6, dtype=np.int64), 6, "traffic")
+        counts, items, source = reader.read_reference()
+        assert list(counts) == list(range(6)) and items == 6 and source == "traffic"
+        with pytest.raises(ValueError, match="read-only"):
+            reader.set_reference(np.zeros(6, np.int64), 1, "traffic")
+        with pytest.raises(ValueError, match="read-only"):
+            reader.add_window(np.ones(6, np.int64), 1)
+        assert reader.read_reference()[1] == 6 and int(owner.header[2]) % 2 == 0  # untouched, not left odd
+        reader.close()
+    finally:
+        owner.close()
