@@ -162,6 +162,7 @@ def test_hammering_the_baseline_from_every_front_end_never_blinds_metrics(start_
         stop.set()
         for h in hammers:
             h.result()
+    print(f"hammer: {len(baselines)} re-baselines, {len(scrapes)} scrapes of /metrics and /v1/drift in {seconds:g} s")
     assert set(scrapes) == {200} and len(scrapes) >= seconds * 8, {k: scrapes.count(k) for k in set(scrapes)}
     assert set(baselines) == {200} and len(baselines) > 50, errors[:3]
     assert httpx.get(s.url + "/readyz", timeout=5).status_code == 200
