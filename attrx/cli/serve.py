@@ -25,7 +25,7 @@ def cmd_serve(a) -> None:
     url = f"http://{settings.host}:{settings.port}"
     auth = ' -H "Authorization: Bearer $ATTRX_API_KEY"' if settings.api_key else ""
     if settings.api_key is None:
-        why = "--no-auth" if settings.no_auth else f"no key, on loopback ({settings.host})"
+        why = "--no-auth" if settings.no_auth else f"loopback only: {settings.host}"
         print(f"attrx serve: WARNING: no API key ({why}): anyone who reaches {url} may call /v1/*", flush=True)
     if settings.admin_key is None:
         print("attrx serve: admin endpoints (POST /v1/drift/baseline) are off: no admin key (ATTRX_ADMIN_KEY)",
