@@ -35,3 +35,5 @@ tune_lr
 stage1_steps
 stage2_steps
 stage3_steps
+# numpy: a read-only view (service/telemetry/drift_window.py: readers of the drift block)
+_.writeable
