@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from attrx.service.engine.client import EngineClient, EngineLink
 from attrx.service.engine.progress import TICK_S
+from attrx.service.http.drift_report import FrontDrift
 from attrx.service.http.errors import error_body, retry_later
 from attrx.service.http.state import State
 from attrx.service.settings import ServeSettings
@@ -48,13 +49,17 @@ class Health:
             except (EOFError, OSError):
                 return  # the supervisor is gone, or this process is stopping
             if sock is not None:
-                loop.call_soon_threadsafe(self._swap_engine, loaded(), sock)
+                loop.call_soon_threadsafe(self._swap_engine, loaded(), sock, msg[1] if len(msg) > 1 else None)
 
-    def _swap_engine(self, st: State, sock: socket.socket) -> None:
+    def _swap_engine(self, st: State, sock: socket.socket, info: dict | None = None) -> None:
         old = st.engine
         old.close()  # gone already: its unanswered requests were answered 503
         st.engine = EngineClient(sock, old.arena)
         st.engine.start()
+        if st.drift is not None and info is not None and info.get("drift"):
+            # the new engine keeps its own window and reference: read its block, not the dead one's
+            stale, st.drift = st.drift, FrontDrift(st.bundle.manifest, info["drift"], self.settings.drift_reference)
+            stale.close()
         log.info("attrx: front-end %d linked to the new inference process", self.link.index if self.link else -1)
 
     async def _heartbeat(self) -> None:

@@ -238,10 +238,14 @@ class Supervisor:
             log.error("attrx: the replacement inference process failed: %s", msg[1] if msg[0] != "layout" else
                       "its slot layout differs")
             return False
+        self.info = msg[2]  # its drift block: front-ends (and restarted ones) read the new one
         while not self.engine_ready.wait(1.0):
             if not self.engine.is_alive() or signals.count:
                 return False
         self._relink_fronts()
+        from attrx.service.procutil import remove_orphans
+
+        remove_orphans()  # the dead engine's drift block: nobody writes it any more
         log.info("attrx: inference process %d serves in place of %d", self.engine.pid, old.pid)
         return True
 
@@ -253,7 +257,7 @@ class Supervisor:
                 continue  # a dead one gets its link when it is restarted
             sock = self._engine_socket(i)
             try:
-                self.front_ctl[i].send(("engine",))
+                self.front_ctl[i].send(("engine", self.info))
                 send_handle(self.front_ctl[i], sock.fileno(), p.pid)
             except OSError:
                 pass  # it is dying: its sentinel restarts it

@@ -88,6 +88,23 @@ def test_a_killed_engine_is_replaced_in_place(start_server):
     assert "replacing it" in s.output()
 
 
+def test_after_a_replacement_drift_reads_and_rebaselines_the_new_engines_window(start_server):
+    admin = {"Authorization": "Bearer drift-admin-key-0123456789"}
+    s = start_server(workers=2, drift_window=50, env={"ATTRX_ADMIN_KEY": admin["Authorization"][7:]}, **FAST)
+    body = [{"title": f"Blue tee {i}"} for i in range(3)]
+    assert httpx.post(s.url + "/v1/extract/batch", json=body, timeout=30).status_code == 200
+    assert _until(lambda: httpx.get(s.url + "/v1/drift", timeout=5).json()["items"] == 3, 10) is not None
+    os.kill(_child(s, "attrx-engine"), signal.SIGKILL)
+    assert _until(lambda: _post(s, "Black jeans", timeout=5)[0] == 200, 30, step=0.5) is not None, s.output()
+    # every front-end now reads the new engine's window (1 product so far), not the dead one's 3
+    seen = _until(lambda: {httpx.get(s.url + "/v1/drift", timeout=5).json()["items"] for _ in range(6)} == {1}, 10)
+    assert seen is not None, httpx.get(s.url + "/v1/drift", timeout=5).json()["items"]
+    r = httpx.post(s.url + "/v1/drift/baseline", headers=admin, timeout=10)
+    assert r.status_code == 200 and r.json()["items"] == 1
+    refs = {tuple(httpx.get(s.url + "/v1/drift", timeout=5).json()["reference"].values()) for _ in range(6)}
+    assert refs == {("traffic", 1)}
+
+
 def test_an_engine_dying_past_the_restart_limit_stops_the_server(start_server):
     s = start_server(engine_restarts=0, **FAST)
     os.kill(_child(s, "attrx-engine"), signal.SIGKILL)
