@@ -86,7 +86,6 @@ class Review:
             raise ValueError(f"{cfg.queue}: attributes {unknown} are not in the bundle {cfg.bundle}; "
                              "review a queue with the bundle that scored it")
         self.store = DecisionStore(cfg.db)
-
         self.image_root = Path(cfg.image_root or Path(cfg.queue).parent).resolve()
 
     def who(self, request: Request) -> Who:
