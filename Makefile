@@ -119,16 +119,13 @@ tools: $(SCAN_STAMP)
 policy-scan: $(STAMP) $(SCAN_STAMP)
 	$(PY) .ci/policy_scan.py --tools $(SCAN_VENV)/bin --kubectl $(VENV)/bin/kubectl
 
-# the image's lock files (CPU, GPU, and the build backend), for Python 3.11 on Linux x86-64 (the image's);
-# uv keeps each pin that still satisfies pyproject.toml, so a re-run changes only what must change
-LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -q --custom-compile-command "make locks"
+# the image's lock files (CPU, GPU, and the build backend), for Python 3.11 on Linux x86-64 (the image's),
+# compiled as .ci/locks.py defines: uv keeps each pin that still satisfies pyproject.toml
 locks: $(SCAN_STAMP)
-	$(SCAN_VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements/serve-cpu.lock
-	$(SCAN_VENV)/bin/uv pip compile pyproject.toml --extra gpu --no-emit-package onnxruntime $(LOCK_ARGS) -o requirements/serve-gpu.lock
-	$(SCAN_VENV)/bin/uv pip compile requirements/build.in $(LOCK_ARGS) -o requirements/build.lock
+	$(PY) .ci/locks.py write --uv $(SCAN_VENV)/bin/uv
 
 check-locks: $(SCAN_STAMP)
-	$(PY) .ci/check_locks.py --uv $(SCAN_VENV)/bin/uv
+	$(PY) .ci/locks.py check --uv $(SCAN_VENV)/bin/uv
 
 audit: $(SCAN_STAMP)
 	$(PY) .ci/audit.py --pip-audit $(SCAN_VENV)/bin/pip-audit requirements/serve-cpu.lock requirements/serve-gpu.lock

@@ -96,6 +96,7 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")
     max_image_pixels: int = Field(16_800_000, ge=1, description="images declaring more pixels -> 413, undecoded "
                                   "(16.8 MP: a 5184 x 3240 photograph; docs/security.md gives the memory it costs)")
+    # the contract's IMAGE_FORMATS (a sibling room, not importable here: a test holds the two equal)
     image_formats: str = Field("JPEG,PNG,WEBP,GIF,BMP", description="image formats decoded (Pillow's names, "
                                "comma-separated); any other -> 415, undecoded")
     max_image_aspect: float = Field(20.0, ge=1.0, description="images whose longer side exceeds this many times "

@@ -118,16 +118,20 @@ class EngineClient:
         self.sock.setblocking(False)
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
+    def _take_slot(self) -> int:
+        """A free slot of this front-end's arena. Raises EngineGone, or QueueFull when every slot is taken."""
+        if self.gone:
+            raise EngineGone("the inference process has stopped")
+        if not self._free:
+            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
+        return self._free.pop()
+
     def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True, key: int = 0
                ) -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.
         counted=False: a warm-up product, kept out of the prediction metrics. key: the product's
         (`attrx.service.http.dedup.engine_key`; 0: none)."""
-        if self.gone:
-            raise EngineGone("the inference process has stopped")
-        if not self._free:
-            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
-        k = self._free.pop()
+        k = self._take_slot()
         try:
             self.arena.write_inputs(k, inputs)
         except BaseException:
@@ -138,22 +142,14 @@ class EngineClient:
     def follow(self, key: int, deadline: float) -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot): the output of the product with this key that another
         front-end leads. The future raises Miss when nobody leads it (then do the work here)."""
-        if self.gone:
-            raise EngineGone("the inference process has stopped")
-        if not self._free:
-            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
-        k = self._free.pop()
+        k = self._take_slot()
         self.arena.flags[k] = 0  # no inputs to write: only the cancel flag to clear
         return self._send(FOLLOW, k, deadline, 1, key), k
 
     def baseline(self, source: str) -> tuple[asyncio.Future, int]:
         """(future of a BatchResult whose batch size is the new reference's products, slot): ask the
         engine, the drift reference's one writer, to re-baseline ('traffic' or 'bundle')."""
-        if self.gone:
-            raise EngineGone("the inference process has stopped")
-        if not self._free:
-            raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
-        k = self._free.pop()
+        k = self._take_slot()
         return self._send(BASELINE, k, 0.0, int(source == "bundle"), 0), k
 
     def lead(self, key: int) -> None:

@@ -17,9 +17,14 @@ from attrx.service.settings import ServeSettings
 BEARER = {"WWW-Authenticate": "Bearer"}
 
 
-def bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header value ('' for any other)."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def bearer(request: Request) -> str:
+    return bearer_token(request.headers.get("authorization", ""))
 
 
 def same(token: str, key: str) -> bool:

@@ -18,7 +18,7 @@ from pydantic_core import to_json
 from attrx.service.contract.decode import situations_of
 from attrx.service.contract.preprocess import ImageError
 from attrx.service.engine.batcher import BatchResult, DeadlineExceeded, Draining, QueueFull
-from attrx.service.engine.client import BatchFailed, EmptyWindow, EngineGone, EngineLink, Miss
+from attrx.service.engine.client import BatchFailed, DriftOff, EmptyWindow, EngineGone, EngineLink, Miss
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
@@ -357,6 +357,8 @@ class Endpoints:
             result = await asyncio.wait_for(fut, st.settings.request_timeout_ms / 1000)
         except EmptyWindow as e:
             raise ApiError(409, "empty_window", str(e)) from None
+        except DriftOff:
+            raise ApiError(404, "drift_off", "drift telemetry is off in the inference process") from None
         except OSError as e:
             raise ApiError(500, "not_written", f"drift reference {st.drift.reference_path}: {e}") from None
         except (EngineGone, QueueFull, asyncio.TimeoutError):

@@ -12,11 +12,11 @@ key never gets a body read or parsed."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from attrx.service.http.auth import bearer_token, same
 from attrx.service.review.keys import NAME, Reviewer, find
 
 
@@ -39,14 +39,13 @@ class Access:
     shared_key: str | None = None
 
     def identify(self, headers: dict[bytes, bytes]) -> Who:
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
+        token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
         if self.reviewers is not None:
             found = find(self.reviewers, token) if token else None
             if found is None:
                 raise Denied(401, "unauthorized", "missing or unknown reviewer key (send 'Authorization: Bearer <key>')")
             return Who(found.name, True, found.can_revise)
-        if self.shared_key is not None and not (token and hmac.compare_digest(token.encode(), self.shared_key.encode())):
+        if self.shared_key is not None and not same(token, self.shared_key):
             raise Denied(401, "unauthorized", "missing or wrong shared review key (send 'Authorization: Bearer <key>')")
         name = headers.get(b"x-reviewer", b"").decode("utf-8", "replace").strip()
         if not NAME.match(name):

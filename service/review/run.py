@@ -7,9 +7,12 @@ from pathlib import Path
 
 from attrx.service.review.review_settings import ReviewSettings
 from attrx.service.review.web import ReviewConfig, create_review_app
+from attrx.service.settings import ServeSettings
 
-# the API server's connection defaults (attrx.service.settings.ServeSettings)
-HEADER_TIMEOUT_S, BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS = 10.0, 30.0, 5.0, 256
+
+def _api_default(name: str):
+    """The API server's default for a connection setting: one definition for both servers."""
+    return ServeSettings.model_fields[name].default
 
 
 def review_config(queue: str, s: ReviewSettings) -> ReviewConfig:
@@ -40,7 +43,8 @@ def run_review(queue: str, s: ReviewSettings) -> None:
 
     app = create_review_app(review_config(queue, s))
     print(describe(app, s), flush=True)
-    raise_open_files_limit(MAX_CONNECTIONS + 64)
-    protocol = guarded_protocol(HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS)
+    connections = _api_default("max_connections")
+    raise_open_files_limit(connections + 64)
+    protocol = guarded_protocol(_api_default("header_timeout_s"), _api_default("body_timeout_s"), connections)
     uvicorn.run(app, host=s.host, port=s.port, log_level=s.log_level, http=protocol,
-                timeout_keep_alive=int(KEEP_ALIVE_S), limit_concurrency=MAX_CONNECTIONS)
+                timeout_keep_alive=_api_default("keep_alive_timeout_s"), limit_concurrency=connections)

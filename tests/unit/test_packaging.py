@@ -172,3 +172,12 @@ def test_the_image_installs_only_what_its_lock_files_hash():
         assert text.count("--hash=sha256:") >= len(pins), lock
     gpu = (ROOT / "requirements/serve-gpu.lock").read_text()
     assert "\nonnxruntime-gpu==" in gpu and "\nonnxruntime==" not in gpu  # never the two together
+
+
+def test_the_servers_image_formats_default_is_the_contracts():
+    """settings and contract are sibling rooms that cannot import each other: the default is written
+    twice, and held equal here."""
+    from attrx.service.contract.preprocess import IMAGE_FORMATS
+    from attrx.service.settings import ServeSettings
+
+    assert tuple(ServeSettings.model_fields["image_formats"].default.split(",")) == IMAGE_FORMATS
