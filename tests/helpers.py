@@ -215,3 +215,30 @@ def build_site(out: Path) -> Path:
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return out
+
+
+class ImageHost:
+    """A real HTTP image server on 127.0.0.1 (benchmarks/image_server.py) serving `root`, with its
+    latency and faults; `stats()` counts the requests it answered."""
+
+    def __init__(self, root: Path, **opts):
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "image_server.py"
+        args = [sys.executable, str(script), "--root", str(root)]
+        for k, v in opts.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            self.proc.kill()
+            raise RuntimeError(f"image server did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/_stats", timeout=5).json()
+
+    def reset(self) -> None:
+        httpx.post(self.url + "/_reset", timeout=5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

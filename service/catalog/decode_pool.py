@@ -12,6 +12,7 @@ has its own pipe, so the parent knows which chunk of rows each one holds:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import time
@@ -63,10 +64,11 @@ class _Chunk:
     tasks: list = field(default_factory=list)
 
 
-def chunked(items: list, size: int) -> Iterator[list]:
+def chunked(items: Iterable, size: int) -> Iterator[list]:
     """`items` in lists of `size` (the units `map_chunks` hands to workers), lazily."""
-    for s in range(0, len(items), size):
-        yield items[s : s + size]
+    source = iter(items)
+    while chunk := list(itertools.islice(source, size)):
+        yield chunk
 
 
 class DecodePool:

@@ -1,8 +1,10 @@
 """Read product catalogs: CSV, JSONL or Parquet with columns id, title, image, <attributes...>.
 
-`image` is a path, relative to the catalog file or absolute. A row may lack a title or an image
-(not both) and may lack some labels. Malformed rows are reported with their line and reason and
-the rest of the catalog is kept.
+`image` is a path (relative to the catalog or absolute), a URL, an object-store key, or in
+Parquet the image's bytes (`attrx.service.catalog.sources`); the catalog itself may be a URL too.
+Other column names map onto these with `columns` (`attrx score --columns image=image_link`). A row
+may lack a title or an image (not both) and may lack some labels. Malformed rows are reported with
+their line and reason and the rest of the catalog is kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attrx.service.catalog.csvrecords import NOT_UTF8, records
+from attrx.service.catalog.sources import ImageRef, local_catalog, resolve
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -26,7 +29,7 @@ class CatalogError(ValueError):
 class Product:
     id: str
     title: str | None
-    image: Path | None
+    image: ImageRef | None  # a local Path, a URL, or the image's bytes
     labels: dict[str, str | None] = field(default_factory=dict)
     line: int = 0
 
@@ -36,9 +39,10 @@ class RowError:
     line: int
     id: str | None
     reason: str
+    detail: dict | None = None  # a remote image's url, HTTP status and tries
 
     def to_json(self) -> dict:
-        return {"line": self.line, "id": self.id, "reason": self.reason}
+        return {"line": self.line, "id": self.id, "reason": self.reason, **(self.detail or {})}
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Catalog:
     products: list[Product]
     errors: list[RowError]
     attributes: tuple[str, ...]
+    source: str = ""  # where it was read from (a URL for a remote catalog; else the path)
 
 
 def catalog_format(path: Path) -> str:
@@ -54,6 +59,23 @@ def catalog_format(path: Path) -> str:
     if fmt is None:
         raise CatalogError(f"{path}: unknown catalog format {path.suffix!r}; use one of {sorted(FORMATS)}")
     return fmt
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """`image=image_link,id=offer_id` -> {"image_link": "image", "offer_id": "id"} (the catalog's name -> attrx's)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (x.strip() for x in (spec or "").split(","))):
+        ours, _, theirs = part.partition("=")
+        if not ours.strip() or not theirs.strip():
+            raise CatalogError(f"column mapping {part!r}: write ATTRX_NAME=CATALOG_NAME, e.g. image=image_link")
+        out[theirs.strip()] = ours.strip()
+    return out
+
+
+def _image(value) -> ImageRef | str | None:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value) or None
+    return _clean(value)
 
 
 def _clean(value) -> str | None:
@@ -120,16 +142,19 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None, list[s
 
 
 def read_catalog(
-    path: str | Path,
+    location: str | Path,
     attributes: Sequence[str] = (),
     *,
     require_labels: bool = False,
+    columns: dict[str, str] | None = None,
+    cache_dir: str | None = "",
 ) -> Catalog:
-    """Read a catalog; rows that cannot be used go to `Catalog.errors` with their line and reason."""
-    path = Path(path)
+    """Read a catalog (a path or a URL); rows that cannot be used go to `Catalog.errors` with their
+    line and reason. `columns` renames the catalog's columns ({their name: attrx's})."""
+    path, base = local_catalog(location, cache_dir)
     if not path.is_file():
-        raise CatalogError(f"catalog {path} does not exist")
-    base = path.resolve().parent
+        raise CatalogError(f"catalog {location} does not exist")
+    rename = columns or {}
     products: list[Product] = []
     errors: list[RowError] = []
     seen: set[str] = set()
@@ -137,8 +162,11 @@ def read_catalog(
     checked_columns = fmt == "jsonl"  # JSONL has no header: checked after reading
     cols: list[str] = []
     for line, row, err, cols in _raw_rows(path):
+        if rename:
+            cols = [rename.get(c, c) for c in cols]
+            row = {rename.get(k, k): v for k, v in row.items()} if row is not None else None
         if not checked_columns:
-            _check_columns(path, cols, attributes)
+            _check_columns(location, cols, attributes)
             checked_columns = True
         if err is not None or row is None:
             errors.append(RowError(line, (row or {}).get("__error_id__"), err or "unreadable row"))
@@ -151,7 +179,7 @@ def read_catalog(
             errors.append(RowError(line, pid, f"duplicate id {pid!r}"))
             continue
         title = _clean(row.get("title"))
-        image = _clean(row.get("image"))
+        image = _image(row.get("image"))
         if title is None and image is None:
             errors.append(RowError(line, pid, "neither a title nor an image"))
             continue
@@ -159,18 +187,14 @@ def read_catalog(
         if require_labels and all(v is None for v in labels.values()):
             errors.append(RowError(line, pid, f"no label for any of {', '.join(attributes)}"))
             continue
-        img_path = None
-        if image is not None:
-            p = Path(image)
-            img_path = p if p.is_absolute() else base / p
         seen.add(pid)
-        products.append(Product(pid, title, img_path, labels, line))
+        products.append(Product(pid, title, resolve(image, base) if isinstance(image, str) else image, labels, line))
     if fmt == "jsonl" or not checked_columns:  # JSONL, or a header with no rows
-        _check_columns(path, cols, attributes)
-    return Catalog(path, products, errors, tuple(attributes))
+        _check_columns(location, cols, attributes)
+    return Catalog(path, products, errors, tuple(attributes), str(location))
 
 
-def _check_columns(path: Path, cols: Sequence[str], attributes: Sequence[str]) -> None:
+def _check_columns(path: str | Path, cols: Sequence[str], attributes: Sequence[str]) -> None:
     missing = [c for c in ("id", *attributes) if c not in cols]
     if missing:
         raise CatalogError(
