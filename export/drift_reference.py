@@ -11,7 +11,10 @@ import numpy as np
 from tqdm import tqdm
 
 from attrx.export import precision
+from attrx.service.catalog.images import ImageReadError
+from attrx.service.catalog.prefetch import prefetched
 from attrx.service.catalog.reader import read_catalog
+from attrx.service.catalog.sources import ImageReader
 from attrx.service.contract.bundle import load_bundle
 from attrx.service.contract.decode import decode_product
 from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics
@@ -34,13 +37,16 @@ def drift_reference(bundle_dir: Path, catalog: Path, split: dict, *, batch: int 
     stats = Statistics(m)
     sess = precision.session(bundle.path / "model.onnx")
     counts, n, items = np.zeros(stats.total, np.int64), 0, []
-    for p in tqdm(products, desc="export: drift reference", unit="item", disable=None if progress else True):
+    rows = prefetched(products, lambda p: p.image, ImageReader())  # remote images fetched ahead
+    for p, got, err in tqdm(rows, total=len(products), desc="export: drift reference", unit="item",
+                            disable=None if progress else True):
         title = normalise_title(p.title)
-        if title is None and p.image is None:
+        if title is None and p.image is None or err is not None:
             continue
         try:
-            items.append(decode_product(tok, m.preprocess, reader, title, p.image).inputs)
-        except ImageError:
+            image = got.data if got is not None else (None if p.image is None else ImageReader().read(p.image))
+            items.append(decode_product(tok, m.preprocess, reader, title, image).inputs)
+        except (ImageError, ImageReadError):
             continue
         if len(items) == batch:
             counts += _count(stats, sess, m.model.outputs, items)

@@ -74,7 +74,7 @@ def _encode(cfg: TrainConfig, catalog, tok, pre, classes, other_for, out: Path, 
     if cfg.in_memory:
         return encode_catalog(catalog, tok, pre, classes, progress=cfg.progress and dist.main, **split)[:2]
     cache = cfg.image_cache or (str(out / ".image-cache") if dist.on else None)
-    opts = {"catalog_file": Path(cfg.catalog), "scratch": out, "cache_dir": cache, "workers": data_workers(cfg),
+    opts = {"catalog_file": catalog.path, "scratch": out, "cache_dir": cache, "workers": data_workers(cfg),
             "progress": cfg.progress and dist.main, **split}
     if not dist.main:
         dist.barrier()

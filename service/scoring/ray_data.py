@@ -14,7 +14,10 @@ OUT is a folder. Its data files hold exactly `attrx score`'s columns and values;
 first (Parquet without its footer) or cut back to its last whole line (JSON Lines), so its rows
 are scored again: no id is lost and none is doubled.
 
-Image paths must be readable from every node (a shared filesystem), as the bundle folder must.
+Images may be local paths (then readable from every node: a shared filesystem), URLs or object-store
+keys: each decode task fetches its own batch's remote images, concurrently, through the same fetcher
+and cache as local scoring (`attrx.service.catalog.sources`), so no shared filesystem is needed for
+them. The bundle folder must be readable from every node.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from attrx.service.catalog.images import ImageReadError, named, read_image_file
+from attrx.service.catalog.images import ImageReadError, named
+from attrx.service.catalog.prefetch import prefetched
 from attrx.service.catalog.reader import RowError, read_catalog
+from attrx.service.catalog.sources import ImageReader, describe
 from attrx.service.contract.bundle import Bundle, load_bundle
 from attrx.service.contract.decisions import situation_index
 from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, write_json_atomically
@@ -47,6 +52,7 @@ from attrx.service.scoring.outputs import (
     truncate_partial_tail,
 )
 from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
+from attrx.service.scoring.remote import IMAGE_ERROR, cache_dir, columns, failure, image_name, image_reader
 from attrx.service.scoring.score_settings import ScoreSettings
 
 META = "_attrx_meta.json"
@@ -157,18 +163,43 @@ def _predictor(bundle_dir: str, max_image_pixels: int | None) -> Predictor:
     return _predictors[key]
 
 
-def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> dict:
-    """Rows (id, line, title, image) -> model inputs, plus `error` ('' when the row is fine)."""
-    pred = _predictor(bundle_dir, max_image_pixels)
-    items, errors, sits = [], [], []
-    for title, image in zip(batch["title"], batch["image"], strict=True):
-        try:  # the catalog's one image reader: regular files only, size-limited
-            item, situations = pred.decode_request(title, read_image_file(image) if image else None)
+_readers: dict[int, ImageReader] = {}
+
+
+def _reader(reader: ImageReader) -> ImageReader:
+    """One reader (its connections, its cache handle) per worker process and run settings."""
+    return _readers.setdefault(hash(repr(reader)), reader)
+
+
+def _refs(batch: dict) -> list:
+    """Each row's image: bytes (a Parquet catalog's image column), a path or a URL, or None."""
+    data = batch.get("image_bytes")
+    return [bytes(b) if data is not None and b is not None and len(b) else (str(i) if i else None)
+            for i, b in zip(batch["image"], data if data is not None else [None] * len(batch["image"]), strict=True)]
+
+
+def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None, reader: ImageReader,
+                 title_only: bool = False, concurrency: int = 16) -> dict:
+    """Rows (id, line, title, image) -> model inputs, plus `error` ('' when the row is fine), its
+    `detail` (a remote image's url, status and tries, as JSON) and `image_error` (title-only rows)."""
+    pred, reader = _predictor(bundle_dir, max_image_pixels), _reader(reader)
+    items, errors, details, notes, sits = [], [], [], [], []
+    rows = zip(batch["title"], _refs(batch), strict=True)
+    for (title, ref), got, err in prefetched(rows, lambda r: r[1], reader, concurrency=concurrency):
+        note, detail = (str(err) if err is not None and title_only and title else ""), ""
+        try:  # the catalog's one image reader: regular files only, size-limited; URLs fetched above
+            if err is not None and not note:
+                detail = json.dumps(failure(err))
+                raise err
+            data = None if note or ref is None else (got.data if got is not None else reader.read(ref))
+            item, situations = pred.decode_request(title, data)
             errors.append("")
         except (ImageError, ImageReadError, InputError) as e:
-            item, situations = None, pred.situations(title, image)
-            errors.append(named(str(e), image) or type(e).__name__)
+            item, situations = None, pred.situations(title, ref)
+            errors.append(named(str(e), describe(ref) if ref is not None else None) or type(e).__name__)
         items.append(item)
+        details.append(detail)
+        notes.append(note)
         sits.append(situation_index(situations))
     if None in items:  # rows that failed get inputs of the right shapes, which Infer skips
         blank = pred.decode_request("-", None).inputs
@@ -176,6 +207,7 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None) -> 
     inputs = batch_inputs(items) if items else {k: v[:0] for k, v in pred.decode_request("-", None).inputs.items()}
     situations = np.asarray(sits, dtype=np.int8).reshape(len(sits), len(pred.attributes))
     return {"id": batch["id"], "line": batch["line"], "error": np.asarray(errors, dtype=object),
+            "detail": np.asarray(details, dtype=object), IMAGE_ERROR: np.asarray(notes, dtype=object),
             "situation": situations, "title": batch["title"], "image": batch["image"], **inputs}
 
 
@@ -184,7 +216,8 @@ class Infer:
     to its own errors file and returns the scored rows as `attrx score` writes them."""
 
     def __init__(self, bundle_dir: str, errors_dir: str, *, key: str, providers: str, precision: str,
-                 threads: int, queue_dir: str | None = None, drift_dir: str | None = None):
+                 threads: int, queue_dir: str | None = None, drift_dir: str | None = None,
+                 title_only: bool = False):
         from attrx.service.inference.runtime import load_backend
 
         bundle = load_bundle(bundle_dir, verify_hashes=False)
@@ -193,7 +226,8 @@ class Infer:
         self.stats = Statistics(bundle.manifest)
         self.drift_counts, self.drift_items = np.zeros(self.stats.total, np.int64), 0
         self.key = key
-        self.schema = parquet_schema(output_columns(self.predictor.attributes))
+        self.title_only = title_only
+        self.schema = parquet_schema(output_columns(self.predictor.attributes, title_only))
         part = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self.errors_path = Path(errors_dir) / part
         # the review queue: each actor appends its lines to a part of its own; the driver joins them
@@ -210,8 +244,9 @@ class Infer:
 
     def _write_errors(self, batch: dict, bad: np.ndarray) -> None:
         with open(self.errors_path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(RowError(int(batch["line"][i]), str(batch["id"][i]),
-                                                str(batch["error"][i])).to_json()) + "\n" for i in bad))
+            f.write("".join(json.dumps(RowError(int(batch["line"][i]), str(batch["id"][i]), str(batch["error"][i]),
+                                                json.loads(batch["detail"][i] or "null")).to_json()) + "\n"
+                            for i in bad))
 
     def _count_drift(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
         if self.drift_path is not None:
@@ -234,6 +269,9 @@ class Infer:
                                                         situations=[SITUATIONS[k] for k in sits[i]])
                          for i in range(len(ids))]
             rows = [flatten(str(pid), r) for pid, r in zip(ids, responses, strict=True)]
+            if self.title_only:
+                for row, note in zip(rows, batch[IMAGE_ERROR][ok], strict=True):
+                    row[IMAGE_ERROR] = note or None
             if self.queue_path is not None:
                 self._write_queue(batch, ok, responses)
         return pa.Table.from_pylist(rows, schema=self.schema)
@@ -243,9 +281,12 @@ class Infer:
 def _rows_table(products):
     import pyarrow as pa
 
-    return pa.table({"id": [p.id for p in products], "line": [p.line for p in products],
-                     "title": [p.title for p in products],
-                     "image": [str(p.image) if p.image else None for p in products]})
+    cols = {"id": [p.id for p in products], "line": [p.line for p in products],
+            "title": [p.title for p in products], "image": [image_name(p.image) for p in products]}
+    if any(isinstance(p.image, bytes) for p in products):  # a Parquet catalog with the images inside
+        cols["image_bytes"] = pa.array([p.image if isinstance(p.image, bytes) else None for p in products],
+                                       pa.binary())
+    return pa.table(cols)
 
 
 def _connect(ray, address: str | None, num_cpus: int | None, progress: bool) -> bool:
@@ -284,9 +325,9 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
     key = predictor.precision_key(s.min_precision)
     meta = {"bundle": bundle.manifest.name, "bundle_version": bundle.manifest.version,
             "bundle_sha256": bundle_sha256(bundle.path), "min_precision": key, "precision": s.variant,
-            "providers": s.providers, "columns": output_columns(predictor.attributes), "format": fmt,
-            "catalog": str(catalog), "engine": "ray"}
-    cat = read_catalog(catalog)
+            "providers": s.providers, "format": fmt, "catalog": str(catalog), "engine": "ray",
+            "columns": output_columns(predictor.attributes, s.on_image_error == "title-only")}
+    cat = read_catalog(catalog, columns=columns(s), cache_dir=cache_dir(s))
     drift = CatalogDrift.start(bundle.manifest, out / META, s.resume, s.drift_reference, s.drift_thresholds,
                                s.drift_min_products)
     skip = prepare_output(out, meta, resume=s.resume, overwrite=s.overwrite)
@@ -300,9 +341,8 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
     try:
         if todo:
             _check_cpus(ray, s.ray_concurrency, s.ray_num_cpus)
-            _run(ray, _rows_table(todo), out, bundle, fmt=fmt, batch_size=s.batch_size, concurrency=s.ray_concurrency,
-                 num_cpus=s.ray_num_cpus, block_rows=s.ray_block_rows, key=key, providers=s.providers,
-                 precision=s.variant, max_image_pixels=s.max_image_pixels, queue_dir=queue_dir, drift_dir=drift_dir)
+            _run(ray, _rows_table(todo), out, bundle, s, key=key, queue_dir=queue_dir, drift_dir=drift_dir,
+                 reader=image_reader(s, catalog))
     finally:
         if started:
             ray.shutdown()
@@ -360,22 +400,26 @@ def decode_memory(image_size: int, batch_size: int) -> int:
     return 2 * batch_size * 3 * image_size * image_size * 4 + (256 << 20)  # Ray measured ~124 MiB a worker
 
 
-def _run(ray, rows, out: Path, bundle: Bundle, *, fmt: str, batch_size: int, concurrency: int, num_cpus: float,
-         block_rows: int, key: str, providers: str, precision: str, max_image_pixels: int | None,
+def _run(ray, rows, out: Path, bundle: Bundle, s: ScoreSettings, *, key: str, reader: ImageReader,
          queue_dir: Path | None = None, drift_dir: Path | None = None) -> None:
-    blocks = [rows.slice(s, block_rows) for s in range(0, rows.num_rows, block_rows)]
+    fmt, batch_size, concurrency, num_cpus = output_format(s.out, s.ray_format), s.batch_size, s.ray_concurrency, \
+        s.ray_num_cpus
+    title_only = s.on_image_error == "title-only"
+    blocks = [rows.slice(i, s.ray_block_rows) for i in range(0, rows.num_rows, s.ray_block_rows)]
     ds = ray.data.from_arrow(blocks)
     # Decoding stays in tasks of its own, spread over every free CPU, apart from the actors' sessions.
     # Ray fuses a task stage into the next actor stage when their resource requests are equal; the
     # decode tasks ask for the memory of the batches they hold, which the actors do not.
     ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
-                        fn_kwargs={"bundle_dir": str(bundle.path), "max_image_pixels": max_image_pixels},
+                        fn_kwargs={"bundle_dir": str(bundle.path), "max_image_pixels": s.max_image_pixels,
+                                   "reader": reader, "title_only": title_only,
+                                   "concurrency": min(s.fetch_concurrency, batch_size)},
                         num_cpus=1, memory=decode_memory(bundle.manifest.preprocess.image_size, batch_size))
     ds = ds.map_batches(Infer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus,
                         fn_constructor_args=(str(bundle.path), str(out / ERRORS)),
-                        fn_constructor_kwargs={"key": key, "providers": providers, "precision": precision,
-                                               "threads": max(1, int(num_cpus)),
+                        fn_constructor_kwargs={"key": key, "providers": s.providers, "precision": s.variant,
+                                               "threads": max(1, int(num_cpus)), "title_only": title_only,
                                                "queue_dir": str(queue_dir) if queue_dir else None,
                                                "drift_dir": str(drift_dir) if drift_dir else None})
     if fmt == "parquet":

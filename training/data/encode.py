@@ -9,7 +9,10 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from attrx.service.catalog.images import ImageReadError, named
+from attrx.service.catalog.prefetch import prefetched
 from attrx.service.catalog.reader import Catalog, Product, RowError
+from attrx.service.catalog.sources import ImageReader, describe
 from attrx.service.contract.preprocess import ImageError, PreprocessConfig, build_inputs, load_image_array
 
 TITLE_CHUNK = 2048
@@ -79,13 +82,18 @@ def encode_catalog(
     """Decode every image once and tokenise every title. Rows whose image cannot be read are
     returned as errors (with line and reason) and left out; the rest is kept."""
     kept, images, errors = [], [], []
-    for p in tqdm(catalog.products, desc="preprocess", unit="item", disable=None if progress else True, mininterval=1.0):
+    reader = ImageReader()  # the default image cache and fetch policy; remote images fetched ahead
+    rows = prefetched(catalog.products, lambda p: p.image, reader)
+    for p, got, err in tqdm(rows, total=len(catalog.products), desc="preprocess", unit="item",
+                            disable=None if progress else True, mininterval=1.0):
         arr = None
         if p.image is not None:
             try:
-                arr = load_image_array(p.image, cfg)
-            except ImageError as e:
-                errors.append(RowError(p.line, p.id, str(e)))
+                if err is not None:
+                    raise err
+                arr = load_image_array(got.data if got is not None else reader.read(p.image), cfg)
+            except (ImageError, ImageReadError) as e:
+                errors.append(RowError(p.line, p.id, named(str(e), describe(p.image))))
                 continue
         kept.append(p)
         images.append(arr)

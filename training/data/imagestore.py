@@ -6,9 +6,12 @@ into one fixed-size float32 record of a file; training reads the records of each
 the process's memory: peak RSS does not grow with the catalog.
 
 With a cache folder (`attrx train --image-cache DIR`) the file is kept, named by a key over the
-catalog file's bytes and the preprocessing config, with its decode errors beside it; a later run
-on the same catalog and preprocessing reads it instead of decoding again. Without one, the file is
-a temporary one in the output folder, removed at the end of the run.
+catalog file's bytes, the preprocessing config and each remote image's identity (its URL and its
+ETag or Last-Modified, from the image cache: `attrx.service.catalog.sources`), with its decode
+errors beside it; a later run on the same catalog, preprocessing and images reads it instead of
+decoding again, and a changed remote image makes a new store (only that image is fetched again:
+the others come from the image cache). Without one, the file is a temporary one in the output
+folder, removed at the end of the run. Remote images are fetched ahead of the decoding workers.
 """
 
 from __future__ import annotations
@@ -25,18 +28,32 @@ import numpy as np
 from tqdm import tqdm
 
 from attrx.service.catalog.decode_pool import DecodePool, chunked
-from attrx.service.catalog.images import ImageReadError, named, read_image_file
+from attrx.service.catalog.images import ImageReadError, named
+from attrx.service.catalog.prefetch import prefetched
 from attrx.service.catalog.reader import Product, RowError
+from attrx.service.catalog.sources import ImageReader, describe, is_remote
 from attrx.service.contract.preprocess import ImageError, PreprocessConfig, load_image_array
 
 FORMAT = 1
+READER = ImageReader()  # local files, in the decoding workers (remote images come to them as bytes)
 
 
-def cache_key(catalog_file: Path, cfg: PreprocessConfig, products: list[Product]) -> str:
-    """Over the catalog file's bytes, the preprocessing config and the products read from it
-    (which rows a run keeps depends on its attributes)."""
+def identities(products: list[Product], reader: ImageReader) -> list[str]:
+    """Each remote image's URL and validator (checked against its server once per run; fresh cache
+    entries are not asked again); local and inline images add nothing (the catalog's bytes hold them)."""
+    out = []
+    for p, got, err in prefetched(products, lambda p: p.image, reader):
+        if is_remote(p.image):
+            out.append(f"{p.image} {got.validator if got is not None else 'error: ' + str(err)}")
+    return out
+
+
+def cache_key(catalog_file: Path, cfg: PreprocessConfig, products: list[Product], reader: ImageReader) -> str:
+    """Over the catalog file's bytes, the preprocessing config, the products read from it (which
+    rows a run keeps depends on its attributes) and their remote images' identities."""
     h = hashlib.sha256()
     h.update("\n".join(f"{p.line}:{p.id}" for p in products).encode())
+    h.update("\n".join(identities(products, reader)).encode())
     with open(catalog_file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -94,34 +111,44 @@ def _init(cfg: PreprocessConfig) -> None:
     _CFG = cfg
 
 
-def _decode(item: tuple[int, str]) -> tuple[int, np.ndarray | None, str | None]:
-    i, image = item
+def _decode(item: tuple) -> tuple[int, np.ndarray | None, str | None]:
+    i, image, data, failed = item
+    if failed is not None:
+        return i, None, failed
     try:  # read through the catalog's one image reader: regular files only, size-limited
-        return i, load_image_array(read_image_file(image), _CFG), None
+        return i, load_image_array(data if data is not None else READER.read(image), _CFG), None
     except (ImageError, ImageReadError) as e:
-        return i, None, named(str(e), image)
+        return i, None, named(str(e), describe(image))
 
 
-def _failed(item: tuple[int, str], why: str) -> tuple[int, None, str]:
-    return item[0], None, f"image {str(item[1])!r}: {why}"
+def _failed(item: tuple, why: str) -> tuple[int, None, str]:
+    return item[0], None, f"image {describe(item[1])!r}: {why}"
 
 
-def _decoded(todo: list, cfg: PreprocessConfig, workers: int):
+def _fetched(todo: list, reader: ImageReader):
+    """(index, image, its bytes if remote, the fetch's error): remote images fetched ahead, here."""
+    for (i, image), got, err in prefetched(todo, lambda t: t[1], reader):
+        yield i, (None if got is not None else image), (got.data if got is not None else None), \
+            (str(err) if err is not None else None)
+
+
+def _decoded(todo: list, cfg: PreprocessConfig, workers: int, reader: ImageReader):
     """(index, array or None, error or None) of every image; in `workers` processes that a death
     or a hung read does not stop (`attrx.service.catalog.decode_pool`), or here with none."""
     _init(cfg)
     if workers <= 0:
-        yield from map(_decode, todo)
+        yield from map(_decode, _fetched(todo, reader))
         return
     pool = DecodePool(workers, _init, (cfg,), _decode, _failed, ctx=mp.get_context("fork"))
     try:
-        for chunk in pool.map_chunks(chunked(todo, 16), threading.Event()):
+        for chunk in pool.map_chunks(chunked(_fetched(todo, reader), 16), threading.Event()):
             yield from chunk
     finally:
         pool.close()
 
 
-def _write(path: Path, products: list[Product], cfg: PreprocessConfig, workers: int, progress: bool) -> dict[int, str]:
+def _write(path: Path, products: list[Product], cfg: PreprocessConfig, workers: int, progress: bool,
+           reader: ImageReader) -> dict[int, str]:
     """Decode every image into `path` (record i = product i); returns {product index: error}."""
     shape = (3, cfg.image_size, cfg.image_size)
     record = int(np.prod(shape)) * 4
@@ -131,7 +158,7 @@ def _write(path: Path, products: list[Product], cfg: PreprocessConfig, workers: 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, record * len(products))
-        for i, arr, err in _decoded(todo, cfg, workers):
+        for i, arr, err in _decoded(todo, cfg, workers, reader):
             if err is None:
                 os.pwrite(fd, np.ascontiguousarray(arr, dtype=np.float32).tobytes(), i * record)
             else:
@@ -147,8 +174,9 @@ def open_store(products: list[Product], cfg: PreprocessConfig, *, cache_dir: Pat
                scratch: Path, workers: int = 0, progress: bool = True) -> tuple[ImageStore, list[RowError], bool]:
     """(the store, the rows whose image could not be read, whether a warm cache was used)."""
     shape = (3, cfg.image_size, cfg.image_size)
+    reader = ImageReader()  # one per run: each remote image is validated once in it
     if cache_dir is not None:
-        key = cache_key(catalog_file, cfg, products)
+        key = cache_key(catalog_file, cfg, products, reader)
         path, meta_path = Path(cache_dir) / f"images-{key}.f32", Path(cache_dir) / f"images-{key}.json"
         if meta_path.is_file() and path.is_file():
             meta = json.loads(meta_path.read_text())
@@ -158,7 +186,7 @@ def open_store(products: list[Product], cfg: PreprocessConfig, *, cache_dir: Pat
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     else:
         path, meta_path = Path(scratch) / ".images.f32", None
-    errs = _write(path, products, cfg, workers, progress)
+    errs = _write(path, products, cfg, workers, progress, reader)
     if meta_path is not None:  # written last: a cache without it is incomplete and is rebuilt
         meta_path.write_text(json.dumps({"format": FORMAT, "n": len(products), "catalog": str(catalog_file),
                                          "preprocess": cfg.model_dump(mode="json"), "errors": errs}))
