@@ -93,7 +93,13 @@ class ServeSettings(BaseSettings):
                                                          "~/.cache/attrx/tensorrt, else the temp folder)")
     warmup_batches: int = Field(1, ge=1, description="full batches run before /readyz turns 200")
     # input limits
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies -> 413; also the "
+                                "limit of an image fetched by image_url")
+    image_url_allow: str | None = Field(None, description="accept JSON image_url for these hosts or URL prefixes "
+                                        "(comma-separated: cdn.shop.example,https://img.example/p/); off by default. "
+                                        "Needs attrx[remote]; docs/security.md")
+    image_url_allow_networks: str | None = Field(None, description="loopback, private or link-local networks an "
+                                                 "image_url may reach (CIDR, comma-separated); refused by default")
     max_image_pixels: int = Field(16_800_000, ge=1, description="images declaring more pixels -> 413, undecoded "
                                   "(16.8 MP: a 5184 x 3240 photograph; docs/security.md gives the memory it costs)")
     # the contract's IMAGE_FORMATS (a sibling room, not importable here: a test holds the two equal)

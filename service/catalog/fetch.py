@@ -108,7 +108,9 @@ class Fetcher:
     """Fetches images by URL through a disk cache (`cache=None`: none). Thread-safe; one per process."""
     policy: FetchPolicy = field(default_factory=FetchPolicy)
     cache: DiskCache | None = None
-    guard: Callable[[str], None] | None = None  # raises FetchError for a URL that must not be fetched
+    # checks each URL before it is requested (each redirect's too): raises FetchError for one that must not
+    # be fetched, or answers the address to connect to (pinned: a second DNS answer cannot differ)
+    guard: Callable[[str], str | None] | None = None
     sleep: Callable[[float], None] = time.sleep
 
     def __post_init__(self):
@@ -119,6 +121,9 @@ class Fetcher:
 
     def get(self, url: str) -> Fetched:
         scheme = urlsplit(url).scheme.lower()
+        if self.guard is not None and scheme not in HTTP_SCHEMES:
+            self.guard(url)  # a guarded fetcher reads nothing but what its guard passes: never file:// or a store
+            raise FetchError(url, f"{scheme}:// is not fetched here", reason="bad_image_url")
         entry = self.cache.get(url) if self.cache is not None else None
         if entry is not None and (entry.fresh() or url in self._checked):
             return Fetched(entry.read(), "cache", 0, entry.validator)
@@ -171,10 +176,9 @@ class Fetcher:
         headers = entry.conditional() if entry is not None else {}
         target = url
         for _ in range(self.policy.max_redirects + 1):
-            if self.guard is not None:
-                self.guard(target)
+            pin = self.guard(target) if self.guard is not None else None
             try:
-                r = self._pool().request("GET", target, headers=headers, preload_content=False, redirect=False)
+                r = self._request(target, headers, pin)
             except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError,
                     urllib3.exceptions.NewConnectionError, urllib3.exceptions.SSLError) as e:
                 raise _Retry(f"{type(e).__name__}: {e}") from None
@@ -192,6 +196,17 @@ class Fetcher:
             r.release_conn()
             return got
         raise FetchError(url, f"more than {self.policy.max_redirects} redirects")
+
+    def _request(self, target: str, headers: dict, pin: str | None):
+        if pin is None:
+            return self._pool().request("GET", target, headers=headers, preload_content=False, redirect=False)
+        u = urlsplit(target)
+        https = u.scheme.lower() == "https"
+        kw = {"server_hostname": u.hostname, "assert_hostname": u.hostname} if https else None
+        pool = self._pool().connection_from_host(pin, u.port or (443 if https else 80), u.scheme.lower(), kw)
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        return pool.urlopen("GET", path, headers={**headers, "Host": u.netloc.rsplit("@", 1)[-1]},
+                            preload_content=False, redirect=False, retries=False)
 
     def _answer(self, url: str, r, entry: CacheEntry | None) -> Fetched:
         if r.status == 304 and entry is not None:

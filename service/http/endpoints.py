@@ -24,6 +24,7 @@ from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
 from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
 from attrx.service.http.health import Health
+from attrx.service.http.image_url import ImageUrls
 from attrx.service.http.requests import (
     ProductRequest,
     check_options,
@@ -32,11 +33,7 @@ from attrx.service.http.requests import (
     read_batch,
     read_one,
 )
-from attrx.service.http.schemas import (
-    AttributeInfo,
-    ExtractRequest,
-    ModelInfo,
-)
+from attrx.service.http.schemas import AttributeInfo, ExtractRequest, ModelInfo
 from attrx.service.http.state import State, count_warm, load_state, warm_up
 from attrx.service.http.watch import Drain, Watch
 from attrx.service.inference.predictor import InputError
@@ -63,6 +60,7 @@ class Endpoints:
         self.keys = SharedKeys(link.keys if link is not None else None)  # None: an app only read for its schema
         self.cache = ResponseCache(0, "")  # off until the lifespan knows the bundle
         self.health = Health(settings, link)
+        self.urls = ImageUrls(settings)  # image_url: off unless the settings allow hosts
 
     @property
     def loaded(self) -> State:
@@ -271,7 +269,7 @@ class Endpoints:
                           ticket: Ticket | None) -> tuple[dict, dict | None]:
         """One product's predictions, and the image's evidence for its title words when the bundle
         has a concept head (else None): from the response cache when it is on and holds them."""
-        cache = self.cache
+        p, cache = await self.urls.fill(p), self.cache
         pk = product_key(p.title, p.image) if cache.on or self.settings.dedup else None  # hashed once
         ck = cache.key(pk, (key, p.top_k)) if cache.on and pk is not None else None
         if ck is not None:

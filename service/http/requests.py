@@ -30,6 +30,7 @@ class ProductRequest:
     min_precision: float | None
     top_k: int
     id: str | None = None
+    image_url: str | None = None  # fetched into `image` before decoding (attrx.service.http.image_url)
 
 
 def content_type(request: Request) -> str:
@@ -46,7 +47,10 @@ def decode_image_b64(data: str | None) -> bytes | None:
 
 
 def from_model(req: ExtractRequest) -> ProductRequest:
-    return ProductRequest(req.title, decode_image_b64(req.image_base64), req.min_precision, req.top_k, req.id)
+    if req.image_base64 and req.image_url:
+        raise ApiError(422, "bad_request", "send the image as image_base64 or as image_url, not both")
+    return ProductRequest(req.title, decode_image_b64(req.image_base64), req.min_precision, req.top_k, req.id,
+                          req.image_url or None)
 
 
 async def read_one(request: Request) -> ProductRequest:

@@ -14,6 +14,9 @@ class ExtractRequest(BaseModel):
     id: str | None = Field(None, description="echoed back in batch results")
     title: str | None = Field(None, description="product title")
     image_base64: str | None = Field(None, description="the image file (JPEG, PNG, WebP, ...) base64-encoded")
+    image_url: str | None = Field(None, max_length=4096,
+                                  description="an http(s) URL the server fetches the image from, instead of "
+                                              "image_base64; only where the server allows it (--image-url-allow)")
     min_precision: float | None = Field(None, gt=0, le=1,
                                         description="one of the bundle's calibrated precision targets (GET /v1/model "
                                                     "lists them; another value is answered 422 bad_option); "
