@@ -210,7 +210,9 @@ def s3(a, bundle: Path, work: Path, src: Path) -> dict:
         got = score("s3://shop/catalog.parquet", bundle, work / "s3.jsonl", "--image-cache", "none", env=env)
         ray = score("s3://shop/catalog.parquet", bundle, work / "ray.jsonl", "--image-cache", "none", "--ray",
                     "--ray-local-cpus", "2", env=env)
-        ray_rows = {r["id"]: r for p in sorted((work / "ray.jsonl").glob("*.json"))
+        from attrx.service.scoring.ray_data import data_files
+
+        ray_rows = {r["id"]: r for p in data_files(work / "ray.jsonl")
                     for r in map(json.loads, p.read_text().splitlines())}
     finally:
         server.terminate()

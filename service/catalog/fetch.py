@@ -42,7 +42,7 @@ class FetchPolicy:
     backoff_s: float = 0.25
     max_backoff_s: float = 8.0
     max_retry_after_s: float = 30.0
-    per_host: int = 16  # requests in flight to one host
+    per_host: int = 64  # requests in flight to one host
     max_redirects: int = 5
 
 

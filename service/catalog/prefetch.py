@@ -13,10 +13,11 @@ second HTTP stack for the same effect.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ from attrx.service.catalog.fetch import Fetched, FetchError
 from attrx.service.catalog.sources import ImageReader, ImageRef, is_remote
 
 T = TypeVar("T")
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 128
 
 
 @dataclass
@@ -58,8 +59,36 @@ class FetchStats:
         return {"fetched": self.fetched, "cached": self.cached, "failed": self.failed, "bytes": self.bytes}
 
 
-def _one(reader: ImageReader, ref: str) -> Fetched:
-    return reader.fetch(ref)
+class _Threads:
+    """`n` fetching threads started up front, taking work from one queue. (ThreadPoolExecutor starts
+    a thread per submit until it has `n`: under load each start waits for the GIL, and the profile
+    showed the consumer spending most of its time there.)"""
+
+    def __init__(self, n: int):
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._run, daemon=True, name=f"attrx-fetch-{i}") for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while (job := self.work.get()) is not None:
+            fut, fn, arg = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(arg))
+                except BaseException as e:  # handed to the consumer
+                    fut.set_exception(e)
+
+    def submit(self, fn, arg) -> Future:
+        fut: Future = Future()
+        self.work.put((fut, fn, arg))
+        return fut
+
+    def close(self, pending: list[Future]) -> None:
+        for f in pending:
+            f.cancel()
+        for _ in self.threads:
+            self.work.put(None)
 
 
 def prefetched(items: Iterable[T], ref_of: Callable[[T], ImageRef | None], reader: ImageReader, *,
@@ -69,12 +98,14 @@ def prefetched(items: Iterable[T], ref_of: Callable[[T], ImageRef | None], reade
     whose image is not remote."""
     window: deque[tuple[T, Future | None]] = deque()
     source = iter(items)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="attrx-fetch")
+    pool: _Threads | None = None
     try:
         while True:
             while len(window) < 4 * concurrency and (item := next(source, _END)) is not _END:
                 ref = ref_of(item)
-                window.append((item, pool.submit(_one, reader, ref) if is_remote(ref) else None))
+                if is_remote(ref) and pool is None:
+                    pool = _Threads(concurrency)
+                window.append((item, pool.submit(reader.fetch, ref) if is_remote(ref) else None))
             if not window:
                 return
             item, fut = window.popleft()
@@ -89,7 +120,8 @@ def prefetched(items: Iterable[T], ref_of: Callable[[T], ImageRef | None], reade
                 stats.add(got, err)
             yield item, got, err
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            pool.close([f for _, f in window if f is not None])
 
 
 _END: object = object()

@@ -44,8 +44,8 @@ class ScoreSettings(BaseSettings):
     on_image_error: str = Field("error", pattern="^(error|title-only)$",
                                 description="a row whose image cannot be had (after retries): error (to "
                                 "OUT.errors.jsonl) or title-only (scored from its title; its image_error says why)")
-    fetch_concurrency: int = Field(64, ge=1, description="remote images fetched at once (http(s), s3://, ...)")
-    fetch_per_host: int = Field(16, ge=1, description="remote image requests in flight to one host")
+    fetch_concurrency: int = Field(128, ge=1, description="remote images fetched at once (http(s), s3://, ...)")
+    fetch_per_host: int = Field(64, ge=1, description="remote image requests in flight to one host")
     fetch_timeout_s: float = Field(20.0, gt=0, description="a remote image's connect and read timeout; "
                                    "a whole try may take 3 times this")
     fetch_retries: int = Field(4, ge=0, description="retries of a remote image after a timeout, a reset, "
@@ -53,7 +53,7 @@ class ScoreSettings(BaseSettings):
     image_cache: str | None = Field(None, description="the cache of remote images (default "
                                     "$ATTRX_CACHE_DIR/images, else $XDG_CACHE_HOME/attrx/images, else "
                                     "~/.cache/attrx/images); none: no cache")
-    image_cache_max_gb: float = Field(5.0, gt=0, description="the image cache's bound; least recently used go first")
+    image_cache_max_gb: float = Field(5.0, gt=0, description="the image cache's bound; the oldest-written go first")
     image_timeout_s: float = Field(30.0, gt=0, description="a decoding worker that holds a row this long is "
                                    "killed and the row retried once, then reported")
     max_errors: int | None = Field(None, ge=0, description="exit 3 when more rows than this failed (they are in "
