@@ -6,7 +6,9 @@ Side by side in one run, alternating, `--repeats` times (median and range):
   (benchmarks/image_server.py: asyncio, files from memory) adding `--latency-ms` to every request;
   an empty image cache;
 - `cached`: the same again with the cache the `remote` run left (the server sends no max-age, so
-  each image is revalidated: a 304, no body), with the image requests counted.
+  each image is revalidated: a 304, no body), with the image requests counted;
+- `fresh`: the same from a second server that sends `Cache-Control: max-age` (as image CDNs do),
+  after an untimed run that filled its cache: no request at all.
 Then, once each: `faults` (2% of requests failing transiently: 503 with Retry-After, resets; 0.5%
 permanently: 404), checking every row lands in the output or the errors file and the errors are
 exactly the permanent ones; `memory` (peak RSS of scoring all products against a tenth of them);
@@ -108,31 +110,36 @@ def _spread(xs: list[float]) -> dict:
 
 
 def side_by_side(a, bundle: Path, work: Path, src: Path) -> dict:
-    root = src.parent
-    host = Host(root, latency_ms=a.latency_ms)
-    local, remote, rows = write_catalogs(src, a.products, work, host.url)
-    speed: dict[str, list[float]] = {"local": [], "remote": [], "cached": []}
-    cpu: dict[str, list[float]] = {"remote": [], "cached": []}
-    requests = []
+    """local, remote (empty cache), cached (revalidated: the server sends no max-age) and fresh (a
+    second server sending max-age: its warm-up run is not timed), alternating, `--repeats` times."""
+    host, fresh_host = Host(src.parent, latency_ms=a.latency_ms), Host(src.parent, latency_ms=a.latency_ms,
+                                                                       max_age=86400)
+    local, remote, _ = write_catalogs(src, a.products, work, host.url)
+    (work / "fresh").mkdir()
+    fresh = write_catalogs(src, a.products, work / "fresh", fresh_host.url)[1]
+    speed: dict[str, list[float]] = {"local": [], "remote": [], "cached": [], "fresh": []}
+    cpu: dict[str, list[float]] = {"remote": [], "cached": [], "fresh": []}
+    requests: dict[str, list[dict]] = {"cached": [], "fresh": []}
     try:
         for _ in range(a.repeats):
-            r = score(local, bundle, work / "local.jsonl")
-            speed["local"].append(a.products / r["seconds"])
-            cache = work / "cache"
-            shutil.rmtree(cache, ignore_errors=True)
-            env = {"ATTRX_CACHE_DIR": str(cache)}
-            for case in ("remote", "cached"):
-                host.stats(reset=True)
-                c0 = host.cpu_s()
-                r = score(remote, bundle, work / f"{case}.jsonl", env=env)
+            speed["local"].append(a.products / score(local, bundle, work / "local.jsonl")["seconds"])
+            for p in (work / "cache", work / "fresh-cache"):
+                shutil.rmtree(p, ignore_errors=True)
+            score(fresh, bundle, work / "warm.jsonl", env={"ATTRX_CACHE_DIR": str(work / "fresh-cache")})
+            for case, h, cat, cache in (("remote", host, remote, "cache"), ("cached", host, remote, "cache"),
+                                        ("fresh", fresh_host, fresh, "fresh-cache")):
+                h.stats(reset=True)
+                c0 = h.cpu_s()
+                r = score(cat, bundle, work / f"{case}.jsonl", env={"ATTRX_CACHE_DIR": str(work / cache)})
                 speed[case].append(a.products / r["seconds"])
-                cpu[case].append((host.cpu_s() - c0) / r["seconds"])
-                if case == "cached":
-                    requests.append(host.stats())
-        same = _rows(work / "remote.jsonl") == _rows(work / "local.jsonl") == _rows(work / "cached.jsonl")
+                cpu[case].append((h.cpu_s() - c0) / r["seconds"])
+                if case in requests:
+                    requests[case].append(h.stats())
+        same = all(_rows(work / f"{c}.jsonl") == _rows(work / "local.jsonl") for c in ("remote", "cached", "fresh"))
     finally:
         host.stop()
-    ratio = {k: [x / y for x, y in zip(speed[k], speed["local"], strict=True)] for k in ("remote", "cached")}
+        fresh_host.stop()
+    ratio = {k: [x / y for x, y in zip(speed[k], speed["local"], strict=True)] for k in cpu}
     return {"products": a.products, "latency_ms": a.latency_ms, "repeats": a.repeats,
             "products_per_s": {k: _spread(v) for k, v in speed.items()},
             "ratio_to_local": {k: _spread(v) for k, v in ratio.items()},
@@ -140,7 +147,9 @@ def side_by_side(a, bundle: Path, work: Path, src: Path) -> dict:
             "second_run_requests": requests, "identical_predictions": same,
             "targets": {"remote_ge_0.8x_local": statistics.median(ratio["remote"]) >= 0.8,
                         "cached_ge_0.95x_local": statistics.median(ratio["cached"]) >= 0.95,
-                        "cached_sends_no_image": all(r.get("ok", 0) == 0 for r in requests)}}
+                        "fresh_ge_0.95x_local": statistics.median(ratio["fresh"]) >= 0.95,
+                        "second_run_sends_no_image": all(r.get("ok", 0) == 0 for r in requests["cached"]),
+                        "fresh_run_makes_no_request": all(r.get("requests", 0) == 0 for r in requests["fresh"])}}
 
 
 def faults(a, bundle: Path, work: Path, src: Path) -> dict:

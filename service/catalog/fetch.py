@@ -73,14 +73,22 @@ class Fetched:
     validator: str | None = None  # ETag or Last-Modified: the image's identity beside its URL
 
 
+_MODULES: dict[str, object] = {}
+
+
 def need(module: str):
-    """Import an optional dependency of remote catalogs, or say which extra brings it."""
+    """Import an optional dependency of remote catalogs, or say which extra brings it. Kept once
+    imported: importlib takes a module lock on each call, which 128 fetching threads contend for."""
+    got = _MODULES.get(module)
+    if got is not None:
+        return got
     import importlib
 
     try:
-        return importlib.import_module(module)
+        got = _MODULES[module] = importlib.import_module(module)
     except ImportError as e:
         raise FetchError("", f"remote images and catalogs need {module}: {REMOTE_EXTRA}") from e
+    return got
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -71,20 +72,28 @@ class ImageReader:
 
     def __post_init__(self):
         self._fetcher: Fetcher | None = None
+        self._lock = threading.Lock()
 
     def __getstate__(self):  # connections and locks do not travel to other processes
-        return {**self.__dict__, "_fetcher": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fetcher", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__post_init__()
 
     @property
     def fetcher(self) -> Fetcher:
-        if self._fetcher is None:
-            cache = None
-            if self.cache_dir is not None:
-                cache = DiskCache(self.cache_dir or default_cache_dir(), self.cache_max_bytes)
-            policy = self.policy
-            if policy.max_bytes != self.limits.max_bytes:
-                policy = FetchPolicy(**{**policy.__dict__, "max_bytes": self.limits.max_bytes})
-            self._fetcher = Fetcher(policy, cache)
+        with self._lock:  # one per reader, however many threads ask first
+            return self._fetcher or self._make()
+
+    def _make(self) -> Fetcher:
+        cache = None
+        if self.cache_dir is not None:
+            cache = DiskCache(self.cache_dir or default_cache_dir(), self.cache_max_bytes)
+        policy = self.policy
+        if policy.max_bytes != self.limits.max_bytes:
+            policy = FetchPolicy(**{**policy.__dict__, "max_bytes": self.limits.max_bytes})
+        self._fetcher = Fetcher(policy, cache)
         return self._fetcher
 
     def fetch(self, ref: ImageRef) -> Fetched:

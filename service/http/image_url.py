@@ -67,7 +67,7 @@ class ImageUrls:
             infos = socket.getaddrinfo(u.hostname, u.port or 443, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
             raise FetchError(url, f"image_url host {u.hostname!r} does not resolve ({e})") from None
-        addresses = [ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos]
+        addresses = [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
         for a in addresses:
             if not a.is_global and not any(a in n for n in self.networks):
                 raise FetchError(url, f"image_url host {u.hostname!r} resolves to {a}, a loopback, private, "

@@ -81,6 +81,29 @@ IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "
                "TIFF": "image/tiff"}
 
 
+def remote_image(image: str) -> tuple[bytes, str]:
+    """A queue image named by URL (http(s), s3://, ...): fetched through the image cache (the run
+    that wrote the queue usually filled it), so the page keeps loading images from its own origin."""
+    import io
+
+    from PIL import Image
+
+    from attrx.service.catalog.fetch import FetchError
+    from attrx.service.catalog.sources import ImageReader
+
+    try:
+        data = ImageReader().read(image)
+        with Image.open(io.BytesIO(data)) as im:
+            kind = IMAGE_TYPES.get(im.format or "")
+    except FetchError as e:
+        raise Denied(502, "image_unavailable", f"the product's image could not be fetched: {e}") from None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        kind = None
+    if kind is None:
+        raise Denied(415, "not_an_image", f"the product's image is not one of {', '.join(IMAGE_TYPES)}")
+    return data, kind
+
+
 def servable_image(image: str | None, root: Path) -> tuple[Path, str]:
     """The queue's image for a product, if it is a local image file under `root`: (path, media type).
     A path outside it (a queue naming /etc/passwd, or ../), a link out of it, or a file that is not

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attrx.service.catalog.sources import is_remote
 from attrx.service.review.review_settings import ReviewSettings
 from attrx.service.review.web import ReviewConfig, create_review_app
 from attrx.service.settings import ServeSettings
@@ -28,7 +29,8 @@ def describe(app, s: ReviewSettings) -> str:
     who = (f"their own keys ({len(review.cfg.reviewers)} in {s.reviewers})" if review.cfg.reviewers else
            "a shared key and the names they give (stored as unverified)" if review.cfg.shared_key else
            "WARNING: no key (--no-auth), the names they give (stored as unverified)")
-    outside = sum(1 for q in review.items if q.image and not Path(q.image).resolve().is_relative_to(review.image_root))
+    outside = sum(1 for q in review.items if q.image and not is_remote(q.image)
+                  and not Path(q.image).resolve().is_relative_to(review.image_root))
     note = (f"\nwarning: {outside} of the queue's images lie outside the image root {review.image_root} and will "
             "not be shown (--image-root)") if outside else ""
     return (f"attrx review: {len(review.items)} products in {review.cfg.queue}, decisions in {review.cfg.db} "

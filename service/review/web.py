@@ -24,12 +24,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from attrx.service.catalog.sources import is_remote
 from attrx.service.http.asgi import BodyLimit
 from attrx.service.http.errors import ApiError
-from attrx.service.review.access import Access, Denied, ReviewAuth, Who, servable_image
+from attrx.service.review.access import Access, Denied, ReviewAuth, Who, remote_image, servable_image
 from attrx.service.review.keys import Reviewer
 from attrx.service.review.queue_reader import QueueItem, Vocabulary, read_queue
 from attrx.service.review.store import Answer, AnsweredError, DecisionStore, LeaseError
@@ -224,7 +225,11 @@ def _product_routes(app: FastAPI, review: Review) -> None:
 
     @app.get("/api/products/{pid}/image")
     def image(pid: str, request: Request):
-        path, media_type = servable_image(review.item(pid).image, review.image_root)
+        image = review.item(pid).image
+        if image and is_remote(image):
+            data, media_type = remote_image(image)
+            return Response(data, media_type=media_type)
+        path, media_type = servable_image(image, review.image_root)
         return FileResponse(path, media_type=media_type)
 
 

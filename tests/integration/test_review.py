@@ -229,6 +229,35 @@ def test_only_the_queues_images_under_the_image_root_are_served(constrained_bund
         r.stop(signal.SIGKILL)
 
 
+def test_a_queue_image_named_by_url_is_fetched_and_served_from_the_page_origin(constrained_bundle, tmp_path,
+                                                                               reviewers_file):
+    from helpers import ImageHost
+    from PIL import Image
+
+    site = tmp_path / "cdn"
+    site.mkdir()
+    Image.new("RGB", (8, 8), "red").save(site / "a.jpg")
+    (site / "page.html").write_text("<html>an error page</html>")
+    host = ImageHost(site)
+    attrs = {a: {"value": "x", "confidence": 0.5, "situation": "silent+image", "accepted": False} for a in ATTRS[:1]}
+    rows = [{"format": 1, "id": i, "title": "t", "image": f"{host.url}/{path}", "priority": 1.0, "accepted": {},
+             "attributes": attrs} for i, path in (("cdn", "a.jpg"), ("gone", "missing.jpg"), ("html", "_html/a.jpg"))]
+    q = tmp_path / "queue.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = Reviewing(q, constrained_bundle, tmp_path / "url.sqlite", "--reviewers", str(reviewers_file),
+                  env={"ATTRX_CACHE_DIR": str(tmp_path / "cache")})
+    try:
+        good = r.call("GET", "/api/products/cdn/image")
+        assert good.status_code == 200 and good.headers["content-type"] == "image/jpeg"
+        assert good.content == (site / "a.jpg").read_bytes()
+        assert r.call("GET", "/api/products/gone/image").status_code == 502
+        assert r.call("GET", "/api/products/html/image").status_code == 502
+        assert r.call("GET", "/api/products/cdn/image", None).status_code == 401
+    finally:
+        r.stop(signal.SIGKILL)
+        host.stop()
+
+
 def test_values_outside_the_bundles_lists_are_refused(start_review):
     r = start_review()
     p = r.call("POST", "/api/next").json()["product"]
