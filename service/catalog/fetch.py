@@ -74,6 +74,7 @@ class Fetched:
 
 
 _MODULES: dict[str, object] = {}
+_IMPORTING = threading.Lock()
 
 
 def need(module: str):
@@ -84,10 +85,11 @@ def need(module: str):
         return got
     import importlib
 
-    try:
-        got = _MODULES[module] = importlib.import_module(module)
-    except ImportError as e:
-        raise FetchError("", f"remote images and catalogs need {module}: {REMOTE_EXTRA}") from e
+    with _IMPORTING:  # the first wave of threads: one imports, the others wait once
+        try:
+            got = _MODULES[module] = importlib.import_module(module)
+        except ImportError as e:
+            raise FetchError("", f"remote images and catalogs need {module}: {REMOTE_EXTRA}") from e
     return got
 
 
