@@ -280,6 +280,10 @@ class Fetcher:
             raise FetchError(url, f"access denied ({e})", status=403) from None
         except (OSError, TimeoutError, ConnectionError) as e:
             raise _Retry(f"{type(e).__name__}: {e}") from None
+        except FetchError:
+            raise
+        except Exception as e:  # the store's SDK: missing credentials, a bad bucket name, ...
+            raise FetchError(url, f"{type(e).__name__}: {e}") from None
         if self.cache is not None:
             self.cache.put(url, data, validator, None, None)
         return Fetched(data, "network", validator=validator)
