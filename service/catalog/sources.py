@@ -139,6 +139,7 @@ def _copy_down(url: str, dest: Path) -> None:
     try:
         with fsspec.open(url, "rb") as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
     except FileNotFoundError as e:
         raise FetchError(url, f"catalog {url} does not exist or cannot be reached ({e})", status=404) from e
     except ImportError as e:
@@ -146,5 +147,4 @@ def _copy_down(url: str, dest: Path) -> None:
     except Exception as e:  # the store's SDK or the network: missing credentials, a refused connection, ...
         raise FetchError(url, f"cannot read catalog {url}: {type(e).__name__}: {e}") from e
     finally:
-        tmp.unlink(missing_ok=True)
-    os.replace(tmp, dest)
+        tmp.unlink(missing_ok=True)  # a copy cut short
