@@ -85,9 +85,9 @@ def prepare_improvement(cfg: ImproveConfig, ck, tcfg: TrainConfig, out: Path) ->
     catalog = read_catalog(cfg.catalog, ck.attributes, require_labels=True)
     corrections = read_catalog(cfg.corrections, ck.attributes, require_labels=True)
     products, trusted, counts = merge(catalog, corrections, sp)
-    merged = Catalog(Path(cfg.catalog), products, catalog.errors, tuple(ck.attributes))
+    merged = Catalog(catalog.path, products, catalog.errors, tuple(ck.attributes))
     data, img_errors, _ = encode_catalog_on_disk(merged, ck.tokenizer, ck.preprocess, ck.classes,
-                                                 catalog_file=Path(cfg.catalog), scratch=out,
+                                                 catalog_file=catalog.path, scratch=out,
                                                  cache_dir=tcfg.image_cache, workers=data_workers(tcfg),
                                                  progress=cfg.progress, other_for=ck.meta.get("other_for", []), **sp)
     is_trusted = np.array([p.id in trusted for p in data.products], dtype=bool)

@@ -36,6 +36,7 @@ class Prepared:
     tr: np.ndarray
     va: np.ndarray
     errors: list
+    catalog_file: Path | None = None  # the catalog's local file (a remote catalog's copy)
 
 
 def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None], dist: Dist):
@@ -121,4 +122,4 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
           f"{len(errors)} rows skipped" + (f" (reasons in {out / 'catalog_errors.jsonl'})" if errors else ""))
     if len(va) == 0:
         raise ValueError("the validation split is empty; use a larger catalog or a larger --val-frac")
-    return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors), cfg
+    return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors, catalog.path), cfg

@@ -89,7 +89,7 @@ def locked_features(cfg: TrainConfig, run: Prepared, compute: Compute, dist: Dis
     if not dist.main:
         dist.barrier()
     t0 = time.time()
-    store, warm = features.tower_features(run.model, run.data, rows, folder, Path(cfg.catalog), run.pre,
+    store, warm = features.tower_features(run.model, run.data, rows, folder, run.catalog_file or Path(cfg.catalog), run.pre,
                                           device=compute.device, progress=cfg.progress and dist.main)
     if dist.main:
         dist.barrier()

@@ -48,12 +48,13 @@ def identities(products: list[Product], reader: ImageReader) -> list[str]:
     return out
 
 
-def cache_key(catalog_file: Path, cfg: PreprocessConfig, products: list[Product], reader: ImageReader) -> str:
+def cache_key(catalog_file: Path, cfg: PreprocessConfig, products: list[Product],
+              reader: ImageReader | None = None) -> str:
     """Over the catalog file's bytes, the preprocessing config, the products read from it (which
     rows a run keeps depends on its attributes) and their remote images' identities."""
     h = hashlib.sha256()
     h.update("\n".join(f"{p.line}:{p.id}" for p in products).encode())
-    h.update("\n".join(identities(products, reader)).encode())
+    h.update("\n".join(identities(products, reader or ImageReader())).encode())
     with open(catalog_file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -177,7 +177,7 @@ def _prepare_rows(ck, catalog, split: str, drop_title: bool, drop_image: bool, s
         cat.products = [p for p in cat.products if split_of(p.id, **sp) != "train"]
     # decoded images in a disk store (as attrx train): memory does not grow with the catalog
     data, img_errors, _ = encode_catalog_on_disk(cat, ck.tokenizer, ck.preprocess, ck.classes, progress=progress,
-                                                 catalog_file=Path(catalog), scratch=out,
+                                                 catalog_file=cat.path, scratch=out,
                                                  workers=max(0, default_threads() - 1),
                                                  other_for=ck.meta.get("other_for", []), **sp)
     return data, len(cat.errors) + len(img_errors), excluded, train_products
