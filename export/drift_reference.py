@@ -37,14 +37,15 @@ def drift_reference(bundle_dir: Path, catalog: Path, split: dict, *, batch: int 
     stats = Statistics(m)
     sess = precision.session(bundle.path / "model.onnx")
     counts, n, items = np.zeros(stats.total, np.int64), 0, []
-    rows = prefetched(products, lambda p: p.image, ImageReader())  # remote images fetched ahead
+    images = ImageReader()
+    rows = prefetched(products, lambda p: p.image, images)  # remote images fetched ahead
     for p, got, err in tqdm(rows, total=len(products), desc="export: drift reference", unit="item",
                             disable=None if progress else True):
         title = normalise_title(p.title)
         if title is None and p.image is None or err is not None:
             continue
         try:
-            image = got.data if got is not None else (None if p.image is None else ImageReader().read(p.image))
+            image = got.data if got is not None else (None if p.image is None else images.read(p.image))
             items.append(decode_product(tok, m.preprocess, reader, title, image).inputs)
         except (ImageError, ImageReadError):
             continue

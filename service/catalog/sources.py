@@ -83,6 +83,8 @@ class ImageReader:
 
     @property
     def fetcher(self) -> Fetcher:
+        if self._fetcher is not None:  # the hot path: every fetch asks, no lock taken
+            return self._fetcher
         with self._lock:  # one per reader, however many threads ask first
             return self._fetcher or self._make()
 

@@ -42,4 +42,4 @@ def image_name(ref: ImageRef | None) -> str | None:
 
 def failure(e: FetchError) -> dict:
     """A fetch that failed, as a row carries it: message, URL, HTTP status, tries."""
-    return {"reason": str(e), "url": e.url, "status": e.status, "tries": e.tries}
+    return {"reason": str(e), **e.detail()}
