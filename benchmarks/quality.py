@@ -119,6 +119,8 @@ def _args():
     ap.add_argument("--min-class-count", type=int, default=10)
     ap.add_argument("--only", default=DEFAULT_MODELS,
                     help=f"comma-separated model names (default: {DEFAULT_MODELS}; all: {','.join(MODELS)})")
+    ap.add_argument("--max-products", type=int, default=0,
+                    help="only the catalog's first rows (a smoke run of the plan; the figures mean nothing)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the models an earlier run of this --out already trained and evaluated")
     ap.add_argument("--reeval", action="store_true",
@@ -139,11 +141,24 @@ def _evaluate_plain(ck: Path, catalog: Path) -> dict:
     return out
 
 
+def model_inputs(name: str) -> str:
+    """What a model of the plan reads: "text", "image" or "both" (its --inputs flag)."""
+    flags = MODELS[name]
+    return flags[flags.index("--inputs") + 1] if "--inputs" in flags else "both"
+
+
+def skipped_conditions(name: str) -> set[str]:
+    """The conditions that leave a model nothing to read (`attrx eval` refuses them: a title-only
+    model without titles, an image-only one without images), and (e) for an image-only model, which
+    changes only titles it never reads."""
+    return {"text": {"d"}, "image": {"c", "e"}, "both": set()}[model_inputs(name)]
+
+
 def _evaluate_conditions(name: str, ck: Path, catalog: Path) -> dict:
     """Conditions (a)-(e) for one checkpoint; None where the condition leaves the model nothing."""
     results = {}
     for cond, (_, cflags) in CONDITIONS.items():
-        if name == "text-only" and cond == "d" or name == "image-only" and cond in ("c", "e"):
+        if cond in skipped_conditions(name):
             results[cond] = None  # nothing left for the model to read (or nothing changes)
             continue
         ev_out = ck / "eval" / f"condition-{cond}"
@@ -207,6 +222,9 @@ def main() -> None:
     out, docs = Path(a.out), Path(a.docs)
     (docs / "figures").mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    from subset import first_rows
+
+    catalog = first_rows(catalog, a.max_products, out)
     warm, e2e, tune = a.epochs.split(",")
     budget = ["--warmup-epochs", warm, "--e2e-epochs", e2e, "--e2e-lr", a.lr, "--tune-epochs", tune,
               "--batch-size", a.batch_size, "--min-class-count", str(a.min_class_count), "--threads", "2", "--quiet"]

@@ -64,23 +64,9 @@ class World:
 
 def _catalog(a, out: Path) -> Path:
     """The catalog, or (--max-products) its first rows with absolute image paths, for smoke runs."""
-    if not a.max_products:
-        return Path(a.catalog)
-    import csv
+    from subset import first_rows
 
-    base = Path(a.catalog).resolve().parent
-    small = out / "catalog-small.csv"
-    with open(a.catalog, newline="", encoding="utf-8") as f, open(small, "w", newline="", encoding="utf-8") as g:
-        reader = csv.DictReader(f)
-        writer = csv.DictWriter(g, fieldnames=reader.fieldnames)
-        writer.writeheader()
-        for i, row in enumerate(reader):
-            if i >= a.max_products:
-                break
-            if row.get("image"):
-                row["image"] = str(base / row["image"])
-            writer.writerow(row)
-    return small
+    return first_rows(a.catalog, a.max_products, out)
 
 
 def world(a, out: Path) -> World:
