@@ -26,7 +26,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from attrx.service.catalog.reader import Catalog, Product, read_catalog, write_errors
+from attrx.service.contract.label_variants import VARIANTS_FILE
 from attrx.training.data.encode import encode_catalog_on_disk, split_of
+from attrx.training.data.label_variants import read_variants
 from attrx.training.data.loader import default_threads
 from attrx.training.device import resolve as resolve_compute
 from attrx.training.evaluation.constraint_learning import CONSTRAINTS, read_constraints
@@ -97,7 +99,8 @@ def prepare_improvement(cfg: ImproveConfig, ck, tcfg: TrainConfig, out: Path) ->
     write_errors(errors, out / "catalog_errors.jsonl")
     label_words = ck.meta.get("label_words") or {a: list(c) for a, c in ck.classes.items()}
     run = Prepared(ck.model, ck.preprocess, ck.tokenizer, ck.path / TOKENIZER, data, ck.classes, label_words,
-                   ck.meta.get("other_for", []), data.indices("train"), data.indices("val"), errors)
+                   ck.meta.get("other_for", []), data.indices("train"), data.indices("val"), errors,
+                   label_variants=read_variants(ck.path) or {})
     counts.update(train=int(len(run.tr)), val=int(len(run.va)), reviewed_rows=int(is_trusted.sum()))
     return run, weights, counts
 
@@ -128,7 +131,7 @@ def improve(cfg: ImproveConfig) -> Path:
                          "catalog's validation or test split)")
     dist = Dist()
     features = locked_features(tcfg, run, compute, dist, out)
-    silencer = TitleSilencer(run.label_words, tcfg.silence_title, run.tok, cfg.seed) if tcfg.silence_title else None
+    silencer = TitleSilencer(run.matcher_words, tcfg.silence_title, run.tok, cfg.seed) if tcfg.silence_title else None
     model = ck.model.to(compute.device)
     with open(out / "train_log.jsonl", "w") as log:
         best = fit(Run(model, run, tcfg, compute, dist, compute.generator(cfg.seed), silencer, log,
@@ -151,10 +154,11 @@ def _save(out: Path, ck, run: Prepared, tcfg: TrainConfig, cfg: ImproveConfig, w
                 improved_from={"checkpoint": str(ck.path), "corrections": cfg.corrections,
                                "trusted_weight": cfg.trusted_weight, **counts})
     save_checkpoint(out, ck.model, run.classes, run.pre, run.tok_file, meta)
-    if (ck.path / CONSTRAINTS).is_file():
-        shutil.copyfile(ck.path / CONSTRAINTS, out / CONSTRAINTS)
+    for kept in (CONSTRAINTS, VARIANTS_FILE):
+        if (ck.path / kept).is_file():
+            shutil.copyfile(ck.path / kept, out / kept)
     calibrate_checkpoint(out, ck.model, run.data, run.va, run.classes, run.tok, run.label_words,
-                         read_constraints(out), features=features)
+                         read_constraints(out), features=features, variants=run.label_variants)
     print(f"improved checkpoint written to {out}; thresholds recalibrated on the validation split only "
           f"({meta['train_seconds']:.0f}s)", flush=True)
 

@@ -48,6 +48,10 @@ class TrainConfig(BaseModel):
     # record constraints between attributes: learned from the training split (and/or taxonomy CSVs)
     constraints: str = Field("learn", pattern="^(learn|none)$")
     taxonomy: list[str] = []
+    # how titles spell the values: learn (rules, spellings in the training titles), none (the labels
+    # only), or a label_variants.json to use as it is; synonyms: a CSV attribute,value,synonym
+    label_variants: str = "learn"
+    synonyms: str | None = None
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0

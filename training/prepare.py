@@ -4,16 +4,18 @@ catalog (images in a disk store, or in memory)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from attrx.service.catalog.reader import read_catalog, write_errors
+from attrx.service.contract.label_variants import VARIANTS_FILE, matcher_words_of
 from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
 from attrx.training.data import tokenizer
 from attrx.training.data.encode import Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
+from attrx.training.data.label_variants import learn_variants, read_synonyms, read_variants, write_variants
 from attrx.training.data.loader import default_threads
 from attrx.training.distributed import Dist
 from attrx.training.models.checkpoint import TOKENIZER
@@ -31,12 +33,18 @@ class Prepared:
     tok_file: Path
     data: Encoded
     classes: dict[str, list[str]]
-    label_words: dict[str, list[str]]
+    label_words: dict[str, list[str]]  # each attribute's labels (those seen in training)
     other_for: list[str]
     tr: np.ndarray
     va: np.ndarray
     errors: list
     catalog_file: Path | None = None  # the catalog's local file (a remote catalog's copy)
+    label_variants: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # how titles spell the labels
+
+    @property
+    def matcher_words(self) -> dict[str, list[str]]:
+        """Each attribute's labels and their variants: what the situations matcher matches."""
+        return matcher_words_of(self.label_words, self.label_variants)
 
 
 def _tokenizer(cfg: TrainConfig, out: Path, train_titles: list[str | None], dist: Dist):
@@ -102,6 +110,7 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
     other_for = [a for a in attrs if cfg.min_class_count and classes[a][-1] == "other"]
     # every label seen in training names its attribute, folded ones included
     label_words = {a: sorted({p.labels[a] for p in train_products if p.labels.get(a)} - {"other"}) for a in attrs}
+    variants = run_variants(cfg, out, train_products, label_words, dist.main)
     raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products], dist)
     model, pre = create_model(cfg, [len(classes[a]) for a in attrs], tokenizer.special_ids(raw_tok),
                              raw_tok.get_vocab_size())
@@ -122,4 +131,26 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
           f"{len(errors)} rows skipped" + (f" (reasons in {out / 'catalog_errors.jsonl'})" if errors else ""))
     if len(va) == 0:
         raise ValueError("the validation split is empty; use a larger catalog or a larger --val-frac")
-    return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors, catalog.path), cfg
+    return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors, catalog.path,
+                    variants), cfg
+
+
+def run_variants(cfg: TrainConfig, out: Path, train_products, label_words, write: bool) -> dict:
+    """The run's label variants (--label-variants learn|none|FILE, --synonyms), written beside the
+    checkpoint as label_variants.json for a person to read and edit."""
+    if cfg.label_variants == "none":
+        return {}
+    if cfg.label_variants != "learn":
+        src = Path(cfg.label_variants)
+        folder = src.parent if src.name == VARIANTS_FILE else src
+        variants = read_variants(folder)
+        if variants is None:
+            raise FileNotFoundError(f"--label-variants {cfg.label_variants}: no {VARIANTS_FILE} there")
+        if write and folder.resolve() != out.resolve():
+            (out / VARIANTS_FILE).write_text((folder / VARIANTS_FILE).read_text())
+        return variants
+    synonyms = read_synonyms(cfg.synonyms, list(label_words)) if cfg.synonyms else None
+    doc = learn_variants(train_products, label_words, synonyms)
+    if write:
+        write_variants(out, doc)
+    return doc["variants"]

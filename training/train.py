@@ -63,7 +63,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
     model = run.model.to(compute.device)
     where = f" x {dist.world} processes" if dist.on else ""
     print(f"training on {compute.device.type}{where} at {compute.precision}", flush=True)
-    silencer = TitleSilencer(run.label_words, cfg.silence_title, run.tok, cfg.seed + dist.rank) \
+    silencer = TitleSilencer(run.matcher_words, cfg.silence_title, run.tok, cfg.seed + dist.rank) \
         if cfg.silence_title else None
     features = locked_features(cfg, run, compute, dist, out)
     with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
@@ -112,7 +112,7 @@ def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start
         constraints = checkpoint_constraints(out, train_products, run.classes, cfg.constraints == "learn",
                                              cfg.taxonomy)
     calibrate_checkpoint(out, model, run.data, run.va, run.classes, run.tok, run.label_words, constraints,
-                         features=features)
+                         features=features, variants=run.label_variants)
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
 
 

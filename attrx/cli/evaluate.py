@@ -15,6 +15,15 @@ def cmd_eval(a) -> None:
              confidence=a.calibration_confidence, decisions=a.decisions)
 
 
+def cmd_variants(a) -> None:
+    need_training_extra()
+    from attrx.training.data.label_variants import learn_for_checkpoint
+
+    f = learn_for_checkpoint(a.checkpoint, a.catalog, a.synonyms)
+    print(f"label variants written to {f}: edit its \"variants\" (move a word from \"proposed\" to use it), "
+          "then `attrx eval` recalibrates with them")
+
+
 def precision_list(s: str) -> list[float]:
     return [float(x) for x in csv_list(s)]
 
@@ -54,5 +63,14 @@ def _eval_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _variants_parser(sub) -> None:
+    v = sub.add_parser("variants", help="learn how titles spell the values (label_variants.json) for a checkpoint")
+    input_argument(v, "the checkpoint's training catalog (its training split is read)")
+    v.add_argument("--checkpoint", required=True, help="checkpoint folder (from attrx train)")
+    v.add_argument("--synonyms", metavar="CSV", help="a taxonomy of synonyms, columns attribute,value,synonym")
+    v.set_defaults(func=cmd_variants)
+
+
 def add_parsers(sub) -> None:
     _eval_parser(sub)
+    _variants_parser(sub)

@@ -93,6 +93,13 @@ def _data_options(t) -> None:
                    help="allowed combinations: a CSV whose header names attributes and whose rows are the "
                         "combinations a record may hold; replaces what was learned for those attributes "
                         "(repeatable)")
+    t.add_argument("--label-variants", metavar="learn|none|FILE",
+                   help="how titles spell the values, for situations, silent-title training and calibration: "
+                        "learn (default: plural and singular, hyphens and spacing, spellings found in the "
+                        "training titles; written to OUT/label_variants.json), none (the labels only), or an "
+                        "(edited) label_variants.json")
+    t.add_argument("--synonyms", metavar="CSV", help="a taxonomy of synonyms, columns attribute,value,synonym, added "
+                                                     "to the learned variants")
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int, help="random seed")

@@ -97,6 +97,9 @@ class AttributeSpec(BaseModel):
     # v3: the words that name each label in a title (the situation matcher), acceptance per
     # situation, the conflict check, and the folded class that is never accepted
     label_words: list[str] | None = None
+    # how titles spell each label (label -> variants; its words are in label_words too): a user may
+    # edit them (label_variants.json beside the checkpoint) before the export
+    label_variants: dict[str, list[str]] | None = None
     situations: dict[str, SituationSpec] | None = None
     conflict: ConflictSpec | None = None
     folded_class: str | None = None

@@ -27,6 +27,7 @@ import numpy as np
 from attrx.service.contract.bundle import AttributeSpec, ConflictSpec, SituationSpec, precision_key
 from attrx.service.contract.constraints import Constraints, RecordDecoder
 from attrx.service.contract.decisions import AttributeRules, conflicts, decide, image_support
+from attrx.service.contract.label_variants import matcher_words_of
 from attrx.service.contract.situations import SITUATIONS
 from attrx.training.data.encode import IGNORE, OTHER, Encoded
 from attrx.training.evaluation import metrics
@@ -138,16 +139,19 @@ def calibrate_situations(cs: CalibrationSet, classes: dict[str, list[str]], cons
 def calibrate_checkpoint(path: str | Path | None, model, data: Encoded, va: np.ndarray, classes: dict[str, list[str]],
                          tok, label_words: dict[str, list[str]], constraints: Constraints | None,
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT,
-                         confidence: float = CONFIDENCE, features=None) -> dict:
+                         confidence: float = CONFIDENCE, features=None, variants: dict | None = None) -> dict:
     """Calibrate on the validation rows va and their copies; writes calibration.json into path (if
-    given). `features`: a locked tower's stored outputs for va (training/data/features.py), or None."""
-    cs = calibration_set(model, data, va, tok, label_words, features=features)
+    given). label_words: each attribute's labels; variants: how titles spell them (the matcher
+    matches both). `features`: a locked tower's stored outputs for va (training/data/features.py), or None."""
+    variants = variants or {}
+    label_words = matcher_words_of(label_words, variants)
+    cs = calibration_set(model, data, va, tok, label_words, features=features, variants=variants)
     nat = cs.copy == 0
     doc = calibrate_probs([p[nat] for p in cs.outputs["probs"]], cs.labels[nat], list(classes), targets,
                           min_support=min_support, confidence=confidence)
     doc.update(calibrate_situations(cs, classes, constraints, targets, min_support=min_support,
                                     confidence=confidence))
-    doc.update({"label_words": label_words, "constraints": constraints.model_dump() if constraints else None,
+    doc.update({"label_words": label_words, "label_variants": variants, "constraints": constraints.model_dump() if constraints else None,
                 "folded_class": {a: (OTHER if OTHER in cl else None) for a, cl in classes.items()},
                 "min_situation_support": MIN_SITUATION_SUPPORT,
                 "rows": {c: int((cs.copy == i).sum()) for i, c in enumerate(COPIES)}})
@@ -166,6 +170,7 @@ def attribute_specs(calib: dict, classes: dict[str, list[str]]) -> list[Attribut
         specs.append(AttributeSpec(
             name=a, classes=cl, thresholds=calib["thresholds"][a], support=calib.get("support", {}).get(a),
             min_support=calib.get("min_support"), label_words=(calib.get("label_words") or {}).get(a),
+            label_variants=(calib.get("label_variants") or {}).get(a) or None,
             situations=None if sits is None else {k: SituationSpec.model_validate(v) for k, v in sits.items()},
             conflict=None if conflict is None else ConflictSpec.model_validate(conflict),
             folded_class=(calib.get("folded_class") or {}).get(a)))

@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from attrx.service.contract.decisions import situation_index
+from attrx.service.contract.label_variants import LabelSpellings
 from attrx.service.contract.preprocess import encode_titles
-from attrx.service.contract.situations import SituationReader, label_pattern, names_label, strip_pattern
+from attrx.service.contract.situations import SituationReader, label_pattern, strip_pattern
 from attrx.training.data.encode import Encoded
 from attrx.training.evaluation.predict import predict_outputs
 
@@ -54,18 +55,24 @@ def _copy(data: Encoded, idx: np.ndarray, tok, *, titles=None, drop_image: bool 
     return Encoded(products, arrays, data.labels[idx], np.full(len(idx), "val"))
 
 
-def _rows(model, enc: Encoded, attrs: list[str], reader: SituationReader, copy: str,
+@dataclass
+class _Matcher:
+    reader: SituationReader  # each attribute's situation
+    spellings: list[LabelSpellings]  # whether a title names a given value of each attribute
+
+
+def _rows(model, enc: Encoded, attrs: list[str], m: _Matcher, copy: str,
           only: int | None = None, features=None, source: np.ndarray | None = None) -> CalibrationSet:
     titles = [p.title for p in enc.products]
     has_image = enc.arrays["image_present"] > 0
-    sits = np.array([situation_index(reader.read(t, bool(im))) for t, im in zip(titles, has_image, strict=True)],
+    sits = np.array([situation_index(m.reader.read(t, bool(im))) for t, im in zip(titles, has_image, strict=True)],
                     dtype=np.int64).reshape(len(enc), len(attrs))
     counts = np.ones((len(enc), len(attrs)), dtype=bool)
     if only is not None:
         counts[:] = False
         counts[:, only] = True
-    named = np.array([[names_label(t, p.labels.get(a) or "") for a in attrs] for t, p in
-                      zip(titles, enc.products, strict=True)], dtype=bool).reshape(len(enc), len(attrs))
+    named = np.array([[sp.names(t, p.labels.get(a)) for a, sp in zip(attrs, m.spellings, strict=True)]
+                      for t, p in zip(titles, enc.products, strict=True)], dtype=bool).reshape(len(enc), len(attrs))
     out = predict_outputs(model, enc, np.arange(len(enc)), features=features, source=source)
     return CalibrationSet(out, enc.labels, sits, counts, named, np.full(len(enc), COPIES.index(copy)))
 
@@ -79,16 +86,18 @@ def concat(parts: list[CalibrationSet]) -> CalibrationSet:
 
 
 def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict[str, list[str]],
-                    copies: bool = True, features=None) -> CalibrationSet:
+                    copies: bool = True, features=None, variants: dict | None = None) -> CalibrationSet:
     """The validation rows va as they are, and (with `copies`) their three kinds of copies. With
     `features` (a locked tower's stored outputs) every copy that keeps its image reads them instead
     of running the tower again, and the image-dropped copy reads the tower's one output on the
-    blank image it is served with."""
+    blank image it is served with. label_words: the matcher's words (labels and variants); variants:
+    how titles spell each label, to tell whether a title names the product's own label."""
     attrs = list(label_words)
+    match = _Matcher(SituationReader(label_words),
+                     [LabelSpellings(list((variants or {}).get(a, {})), (variants or {}).get(a)) for a in attrs])
     patterns = [label_pattern(ws) for ws in label_words.values()]
-    reader = SituationReader(label_words)
     natural = _copy(data, va, tok)
-    parts = [_rows(model, natural, attrs, reader, "natural", features=features, source=va)]
+    parts = [_rows(model, natural, attrs, match, "natural", features=features, source=va)]
     if not copies:
         return parts[0]
     titles = [p.title for p in natural.products]
@@ -98,18 +107,18 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         keep = changed & ((natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped]))
         if keep.any():
             enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-            parts.append(_rows(model, enc, attrs, reader, "strip", only=j, features=features, source=va[keep]))
+            parts.append(_rows(model, enc, attrs, match, "strip", only=j, features=features, source=va[keep]))
     every = label_pattern([w for ws in label_words.values() for w in ws])
     stripped = [strip_pattern(t, every) for t in titles]
     keep = np.array([s != t for s, t in zip(stripped, titles, strict=True)], dtype=bool)
     keep &= (natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped])
     if keep.any():
         enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-        parts.append(_rows(model, enc, attrs, reader, "strip_all", features=features, source=va[keep]))
+        parts.append(_rows(model, enc, attrs, match, "strip_all", features=features, source=va[keep]))
     with_image, with_title = natural.arrays["image_present"] > 0, natural.arrays["text_present"] > 0
     if with_image.any():
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),
-                           attrs, reader, "no_title", features=features, source=va[with_image]))
+                           attrs, match, "no_title", features=features, source=va[with_image]))
     if with_title.any():
         enc = _copy(data, va[with_title], tok, drop_image=True)
         blank = None
@@ -117,5 +126,5 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
             from attrx.training.data.features import BlankFeatures
 
             blank = BlankFeatures(model, enc.arrays["pixel_values"][:1])
-        parts.append(_rows(model, enc, attrs, reader, "no_image", features=blank))
+        parts.append(_rows(model, enc, attrs, match, "no_image", features=blank))
     return concat(parts)

@@ -17,14 +17,15 @@ import numpy as np
 
 from attrx.service.catalog.reader import read_catalog
 from attrx.service.contract.decisions import decide, situation_index
+from attrx.service.contract.label_variants import LabelSpellings, matcher_words_of
 from attrx.service.contract.situations import (
     SITUATIONS,
     SituationReader,
     label_pattern,
-    names_label,
     strip_pattern,
 )
 from attrx.training.data.encode import IGNORE, encode_catalog_on_disk, split_of
+from attrx.training.data.label_variants import read_variants
 from attrx.training.data.loader import default_threads
 from attrx.training.evaluation import metrics, situation_report
 from attrx.training.evaluation.calibration import (
@@ -71,8 +72,8 @@ def _conditioned_products(ck, cat, split: str, sp: dict, drop_title: bool, drop_
     """The evaluated rows with the test condition applied (title dropped or stripped, image dropped)."""
     if "all" in strip_label_words:
         strip_label_words = ck.attributes
-    words = [w for a in strip_label_words for w in (ck.meta.get("label_words", {}).get(a) or ck.classes[a])]
-    pattern = label_pattern(words)
+    matcher = matcher_of(ck)[0]
+    pattern = label_pattern([w for a in strip_label_words for w in matcher[a]])
     kept, excluded = [], 0
     for p in cat.products:
         if (drop_title or drop_image or strip_label_words) and (split == "all" or split_of(p.id, **sp) == "test"):
@@ -112,7 +113,15 @@ def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets,
     label_words = {a: label_words.get(a) or list(ck.classes[a]) for a in ck.attributes}
     return calibrate_checkpoint(None if custom else out, ck.model, data, va, ck.classes, ck.tokenizer,
                                 label_words, _constraints(ck, train_products, write=not custom and out == ck.path), targets,
-                                min_support=min_support, confidence=confidence)
+                                min_support=min_support, confidence=confidence, variants=read_variants(ck.path))
+
+
+def matcher_of(ck) -> tuple[dict[str, list[str]], dict]:
+    """A checkpoint's matcher words per attribute (its labels and their variants, as edited in its
+    label_variants.json) and the variants."""
+    label_words = ck.meta.get("label_words") or {}
+    variants = read_variants(ck.path) or {}
+    return matcher_words_of({a: label_words.get(a) or list(ck.classes[a]) for a in ck.attributes}, variants), variants
 
 
 def _situations(ck, prods, calib: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -122,9 +131,17 @@ def _situations(ck, prods, calib: dict) -> tuple[np.ndarray, np.ndarray]:
     n, k = len(prods), len(ck.attributes)
     sits = np.array([situation_index(reader.read(p.title, p.image is not None)) for p in prods],
                     dtype=np.int64).reshape(n, k)
-    groups = np.stack([situation_report.title_groups([p.title for p in prods], [p.labels.get(a) for p in prods], pt)
+    spell = spellings_of(ck.attributes, calib)
+    groups = np.stack([situation_report.title_groups([p.title for p in prods], [p.labels.get(a) for p in prods], pt,
+                                                     spell[a])
                        for a, pt in zip(ck.attributes, reader.patterns, strict=True)], 1).reshape(n, k)
     return sits, groups
+
+
+def spellings_of(attrs, calib: dict) -> dict[str, LabelSpellings]:
+    """How titles spell each attribute's labels, as calibrated (none: the labels themselves)."""
+    variants = calib.get("label_variants") or {}
+    return {a: LabelSpellings(list(variants.get(a, {})), variants.get(a)) for a in attrs}
 
 
 def _attribute_result(ck, a: str, j: int, labels, prods, outs, decisions, where, calib: dict, min_positives: int):
@@ -134,7 +151,8 @@ def _attribute_result(ck, a: str, j: int, labels, prods, outs, decisions, where,
     pt, yt, wt = outs["probs"][j][lab], y[lab], outs["weights"][j][lab]
     lp = [p for p, k in zip(prods, lab, strict=True) if k]
     both = np.array([p.title is not None and p.image is not None for p in lp], dtype=bool)
-    unnamed = np.array([not names_label(p.title, p.labels[a]) for p in lp], dtype=bool)
+    spell = spellings_of([a], calib)[a]
+    unnamed = np.array([not spell.names(p.title, p.labels[a]) for p in lp], dtype=bool)
     seen = yt >= 0
     answered = next(iter(decisions.values())).value[j][lab]
     unseen_counts: dict[str, int] = {}

@@ -53,14 +53,14 @@ def group_report(rows: np.ndarray, correct: np.ndarray, decisions: dict[str, Dec
     return out
 
 
-def title_groups(titles: Sequence[str | None], labels: Sequence[str | None], pattern) -> np.ndarray:
-    """Per product, what its title says about the attribute (pattern: its label words): index into
-    TITLE_GROUPS."""
+def title_groups(titles: Sequence[str | None], labels: Sequence[str | None], pattern, spellings=None) -> np.ndarray:
+    """Per product, what its title says about the attribute (pattern: its label words; spellings: a
+    LabelSpellings, how titles spell each label): index into TITLE_GROUPS."""
     out = np.empty(len(titles), dtype=np.int64)
     for i, (t, lab) in enumerate(zip(titles, labels, strict=True)):
         if not t:
             out[i] = 3
-        elif lab and names_label(t, lab):
+        elif lab and (spellings.names(t, lab) if spellings is not None else names_label(t, lab)):
             out[i] = 0
         elif pattern is not None and pattern.search(t):
             out[i] = 1
