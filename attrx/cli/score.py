@@ -55,5 +55,39 @@ def _score_parser(sub) -> None:
     c.set_defaults(func=cmd_score)
 
 
+def cmd_audit(a) -> None:
+    import json
+
+    from attrx.service.scoring.audit import AuditSettings, audit
+
+    s = AuditSettings(bundle=a.bundle, out=a.out, attributes=tuple(a.attributes or ()), max_p=a.max_p,
+                      review_queue=a.review_queue)
+    try:
+        summary = audit(a.catalog, s)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"attrx audit: {e}") from None
+    print(json.dumps(summary))
+
+
+def _audit_parser(sub) -> None:
+    from attrx.cli.common import csv_list
+
+    c = sub.add_parser("audit", help="list products whose stored label is likely wrong, with the evidence",
+                       description="Reads the catalog's labels and the bundle's answers (see docs/trust.md#label-"
+                                   "findings). Audit rows the bundle did not train on: a bundle is confident in the "
+                                   "labels it learned.")
+    c.add_argument("catalog", help="CSV, JSONL or Parquet with id, title, image and the attribute columns")
+    c.add_argument("--bundle", required=True, help="bundle folder")
+    c.add_argument("--out", required=True, help="findings, JSONL, strongest first")
+    c.add_argument("--attributes", type=csv_list, help="attributes to audit (default: every bundle attribute the "
+                                                       "catalog has)")
+    c.add_argument("--max-p", type=float, default=0.1,
+                   help="a finding: the model gives the stored label less than this (default 0.1; 0.5 when a "
+                        "duplicate image carries another label)")
+    c.add_argument("--review-queue", help="also append the findings to this review queue (reason label_suspect)")
+    c.set_defaults(func=cmd_audit)
+
+
 def add_parsers(sub) -> None:
     _score_parser(sub)
+    _audit_parser(sub)
