@@ -276,7 +276,26 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     figures(summary, out, docs / "figures")
     write_results_md(summary, docs / "RESULTS.md", sys.argv[1:])
+    if "cma-clip" in results:
+        trust_section(out, catalog, docs / "RESULTS.md")
     log(f"done in {summary['total_seconds'] / 60:.1f} min: {out / 'results.json'}, {docs / 'RESULTS.md'}")
+
+
+def trust_section(out: Path, catalog: Path, results_md: Path) -> None:
+    """benchmarks/trust.py on the CMA-CLIP checkpoint (the matcher, families, certified thresholds,
+    the accuracy estimate), rendered into RESULTS.md's "What to trust" section."""
+    ck, folder = out / "cma_clip", out / "trust"
+    folder.mkdir(exist_ok=True)
+    script = [sys.executable, str(ROOT / "benchmarks" / "trust.py")]
+    for what, args in (("matcher", ["--checkpoint", str(ck)]), ("certify", ["--checkpoint", str(ck)]),
+                       ("estimate", ["--checkpoint", str(ck)]), ("compare", ["--evals", str(ck), str(ck)])):
+        log(f"trust: {what}")
+        r = subprocess.run([*script, what, *args, "--catalog", str(catalog)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"benchmarks/trust.py {what} failed:\n{r.stderr[-3000:]}")
+        (folder / f"{what}.json").write_text(r.stdout)
+    subprocess.run([*script, "render", "--inputs", str(folder), "--results", str(results_md),
+                    "--source", f"the CMA-CLIP checkpoint of this run, {ck.name}"], check=True, capture_output=True)
 
 
 def cross_check(out: Path, catalog: Path) -> dict:

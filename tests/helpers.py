@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from attrx.service.contract.situations import SITUATIONS
+
 ATTRS = ["category", "colour", "pattern", "gender"]
 TARGETS = (0.90, 0.95)
 
@@ -29,14 +31,22 @@ TARGETS = (0.90, 0.95)
 def write_calibration(path: Path, classes: dict[str, list[str]], support: dict[str, list[int]]) -> dict:
     """Thresholds by hand, set around chance (1/n for n classes) so that an untrained model's answers
     fall on both sides: at P>=0.90 class k needs (1 + 0.05 k)/n, at P>=0.95 twice that; the last class
-    has no threshold (as a class without validation support: never accepted)."""
+    has no threshold (as a class without validation support: never accepted). Colour has the default
+    family Blue (blue, teal) at a threshold near its summed chance, so that its values, not accepted at
+    P>=0.95, are accepted at the family about as often as not."""
     def threshold(k: int, n: int, t: float) -> float | None:
         return None if k == n - 1 else round((1 + 0.05 * k) / n * (2 if t > 0.9 else 1), 4)
 
     thresholds = {a: {f"{t:.2f}": [threshold(k, len(c), t) for k in range(len(c))] for t in TARGETS}
                   for a, c in classes.items()}
     doc = {"precision_targets": list(TARGETS), "min_support": 10, "confidence": 0.5,
-           "thresholds": thresholds, "support": support}
+           "thresholds": thresholds, "support": support, "families": {}}
+    if "colour" in classes and {"blue", "teal"} <= set(classes["colour"]):  # the default colour family Blue
+        cl = classes["colour"]
+        doc["families"]["colour"] = {
+            "names": ["Blue"], "of_class": [0 if c in ("blue", "teal") else -1 for c in cl], "source": "default",
+            "situations": {s: {"support": 100, "thresholds": {f"{t:.2f}": [round((2.0 if t > 0.9 else 1.2) / len(cl), 4)]
+                                                            for t in TARGETS}} for s in SITUATIONS}}
     (path / "calibration.json").write_text(json.dumps(doc, indent=2))
     return doc
 

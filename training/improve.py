@@ -28,10 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from attrx.service.catalog.reader import Catalog, Product, read_catalog, write_errors
 from attrx.service.contract.label_variants import VARIANTS_FILE
 from attrx.training.data.encode import encode_catalog_on_disk, split_of
-from attrx.training.data.label_variants import read_variants
 from attrx.training.data.loader import default_threads
+from attrx.training.data.variant_learning import read_variants
 from attrx.training.device import resolve as resolve_compute
 from attrx.training.evaluation.constraint_learning import CONSTRAINTS, read_constraints
+from attrx.training.evaluation.family_calibration import FAMILIES_FILE, read_declared
 from attrx.training.models.checkpoint import TOKENIZER, load_checkpoint, save_checkpoint
 from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, data_workers
@@ -154,11 +155,12 @@ def _save(out: Path, ck, run: Prepared, tcfg: TrainConfig, cfg: ImproveConfig, w
                 improved_from={"checkpoint": str(ck.path), "corrections": cfg.corrections,
                                "trusted_weight": cfg.trusted_weight, **counts})
     save_checkpoint(out, ck.model, run.classes, run.pre, run.tok_file, meta)
-    for kept in (CONSTRAINTS, VARIANTS_FILE):
+    for kept in (CONSTRAINTS, VARIANTS_FILE, FAMILIES_FILE):
         if (ck.path / kept).is_file():
             shutil.copyfile(ck.path / kept, out / kept)
     calibrate_checkpoint(out, ck.model, run.data, run.va, run.classes, run.tok, run.label_words,
-                         read_constraints(out), features=features, variants=run.label_variants)
+                         read_constraints(out), features=features, variants=run.label_variants,
+                         families=read_declared(out))
     print(f"improved checkpoint written to {out}; thresholds recalibrated on the validation split only "
           f"({meta['train_seconds']:.0f}s)", flush=True)
 

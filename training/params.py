@@ -52,6 +52,12 @@ class TrainConfig(BaseModel):
     # only), or a label_variants.json to use as it is; synonyms: a CSV attribute,value,synonym
     label_variants: str = "learn"
     synonyms: str | None = None
+    # value families: a CSV attribute,value,family; none: no families (default: attrx's colour
+    # families for an attribute most of whose values are colour names)
+    families: str | None = None
+    # findings of `attrx audit` (JSONL): their (product, attribute) labels are left out of training
+    # and calibration, as if missing
+    exclude_suspect_labels: str | None = None
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
     test_frac: float = Field(0.1, ge=0.0, lt=0.5)
     seed: int = 0

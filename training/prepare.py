@@ -4,6 +4,7 @@ catalog (images in a disk store, or in memory)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import numpy as np
 import torch
 
 from attrx.service.catalog.reader import read_catalog, write_errors
+from attrx.service.contract.families import read_families
 from attrx.service.contract.label_variants import VARIANTS_FILE, matcher_words_of
 from attrx.service.contract.preprocess import PreprocessConfig, load_tokenizer
 from attrx.training.data import tokenizer
 from attrx.training.data.encode import Encoded, encode_catalog, encode_catalog_on_disk, label_maps, split_of
-from attrx.training.data.label_variants import learn_variants, read_synonyms, read_variants, write_variants
 from attrx.training.data.loader import default_threads
+from attrx.training.data.variant_learning import learn_variants, read_synonyms, read_variants, write_variants
 from attrx.training.distributed import Dist
 from attrx.training.models.checkpoint import TOKENIZER
 from attrx.training.models.factory import create_model, resolve_config
@@ -103,6 +105,9 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
     dist = dist or Dist()
     attrs = tuple(cfg.attributes)
     catalog = read_catalog(cfg.catalog, attrs, require_labels=True)
+    if cfg.exclude_suspect_labels:
+        n = drop_suspect_labels(catalog.products, cfg.exclude_suspect_labels)
+        print(f"--exclude-suspect-labels: {n} labels left out of training and calibration", flush=True)
     train_products = [p for p in catalog.products if split_of(p.id, cfg.val_frac, cfg.test_frac) == "train"]
     if not train_products:
         raise ValueError(f"{cfg.catalog}: no usable product in the training split")
@@ -111,6 +116,8 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
     # every label seen in training names its attribute, folded ones included
     label_words = {a: sorted({p.labels[a] for p in train_products if p.labels.get(a)} - {"other"}) for a in attrs}
     variants = run_variants(cfg, out, train_products, label_words, dist.main)
+    if cfg.families not in (None, "none"):
+        read_families(cfg.families, attrs)  # a bad file fails now, not after training
     raw_tok, tok_file = _tokenizer(cfg, out, [p.title for p in train_products], dist)
     model, pre = create_model(cfg, [len(classes[a]) for a in attrs], tokenizer.special_ids(raw_tok),
                              raw_tok.get_vocab_size())
@@ -133,6 +140,28 @@ def prepare(cfg: TrainConfig, out: Path, dist: Dist | None = None) -> tuple[Prep
         raise ValueError("the validation split is empty; use a larger catalog or a larger --val-frac")
     return Prepared(model, pre, tok, tok_file, data, classes, label_words, other_for, tr, va, errors, catalog.path,
                     variants), cfg
+
+
+def drop_suspect_labels(products, findings_file: str) -> int:
+    """Blank the labels `attrx audit` found suspect (a findings JSONL: id, attribute), in place."""
+    path = Path(findings_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--exclude-suspect-labels {path}: no such file (attrx audit --out writes it)")
+    suspect = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                f = json.loads(line)
+                suspect.add((str(f["id"]), f["attribute"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a finding of attrx audit ({type(e).__name__}: {e})") from None
+    dropped = 0
+    for p in products:
+        for a in list(p.labels):
+            if (p.id, a) in suspect and p.labels[a] is not None:
+                p.labels[a] = None
+                dropped += 1
+    return dropped
 
 
 def run_variants(cfg: TrainConfig, out: Path, train_products, label_words, write: bool) -> dict:

@@ -29,6 +29,7 @@ from attrx.training.distributed import Dist
 from attrx.training.distributed import setup as setup_distributed
 from attrx.training.evaluation.calibration import calibrate_checkpoint
 from attrx.training.evaluation.constraint_learning import checkpoint_constraints
+from attrx.training.evaluation.family_calibration import read_declared, write_declared
 from attrx.training.loop import Best, Run, fit
 from attrx.training.models.checkpoint import save_checkpoint
 from attrx.training.models.factory import resolve_config
@@ -111,8 +112,9 @@ def _save(out: Path, model, run: Prepared, cfg: TrainConfig, best: Best, t_start
         train_products = [run.data.products[i] for i in run.data.indices("train")]
         constraints = checkpoint_constraints(out, train_products, run.classes, cfg.constraints == "learn",
                                              cfg.taxonomy)
+    write_declared(out, cfg.families, list(run.classes))
     calibrate_checkpoint(out, model, run.data, run.va, run.classes, run.tok, run.label_words, constraints,
-                         features=features, variants=run.label_variants)
+                         features=features, variants=run.label_variants, families=read_declared(out))
     print(f"checkpoint written to {out}, thresholds calibrated on the validation split ({meta['train_seconds']:.0f}s)")
 
 

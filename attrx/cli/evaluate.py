@@ -12,12 +12,13 @@ def cmd_eval(a) -> None:
     evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.min_precision, min_positives=a.min_positives,
              progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
              strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
-             confidence=a.calibration_confidence, decisions=a.decisions)
+             confidence=a.calibration_confidence, decisions=a.decisions,
+             delta=None if a.calibration == "bound" else a.delta)
 
 
 def cmd_variants(a) -> None:
     need_training_extra()
-    from attrx.training.data.label_variants import learn_for_checkpoint
+    from attrx.training.data.variant_learning import learn_for_checkpoint
 
     f = learn_for_checkpoint(a.checkpoint, a.catalog, a.synonyms)
     print(f"label variants written to {f}: edit its \"variants\" (move a word from \"proposed\" to use it), "
@@ -42,8 +43,16 @@ def _eval_parser(sub) -> None:
                         "same rule for --split test and --split all, so the two figures count alike (default 5)")
     e.add_argument("--min-support", type=int, default=10,
                    help="when calibrating: a class needs this many validation positives to get a threshold (default 10)")
+    e.add_argument("--calibration", choices=["certified", "bound"], default="certified",
+                   help="when calibrating: certified (default): thresholds whose precision reaches the target "
+                        "with probability >= 1 - DELTA (Learn-then-Test, a fixed-sequence binomial test), and a small "
+                        "situation leans on its attribute's thresholds unless its own rows contradict them; bound: "
+                        "the lowest threshold whose one-sided Clopper-Pearson bound at --calibration-confidence "
+                        "reaches the target (the rule before certification)")
+    e.add_argument("--delta", type=float, default=0.1,
+                   help="certified calibration: the chance a threshold may miss its target (default 0.1)")
     e.add_argument("--calibration-confidence", type=float, default=0.5,
-                   help="when calibrating: a threshold's validation precision must reach the target at this "
+                   help="--calibration bound: a threshold's validation precision must reach the target at this "
                         "one-sided Clopper-Pearson confidence; 0 uses the point estimate (default 0.5)")
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="test: the checkpoint's own test split, thresholds calibrated on its validation split "

@@ -100,6 +100,13 @@ def _data_options(t) -> None:
                         "(edited) label_variants.json")
     t.add_argument("--synonyms", metavar="CSV", help="a taxonomy of synonyms, columns attribute,value,synonym, added "
                                                      "to the learned variants")
+    t.add_argument("--families", metavar="CSV|none",
+                   help="value families (columns attribute,value,family): an answer whose value is not accepted "
+                        "may be accepted at its family (default: attrx's colour families for an attribute most of "
+                        "whose values are colour names; none: no families)")
+    t.add_argument("--exclude-suspect-labels", metavar="FINDINGS",
+                   help="leave the labels `attrx audit` found suspect (its --out JSONL) out of training and "
+                        "calibration, as if missing")
     t.add_argument("--val-frac", type=float, help="validation fraction of the id-hash split (default 0.1)")
     t.add_argument("--test-frac", type=float, help="test fraction of the id-hash split (default 0.1)")
     t.add_argument("--seed", type=int, help="random seed")

@@ -29,9 +29,9 @@ from attrx.service.contract.preprocess import INPUT_NAMES, PreprocessConfig
 from attrx.service.contract.situations import SITUATIONS
 
 # v3: thresholds and support per situation, label words, conflict checks, record constraints,
-# unimodal outputs
-SCHEMA_VERSION = 4
-SUPPORTED_SCHEMAS = (1, 2, 3, 4)
+# unimodal outputs; v5: label variants, value families
+SCHEMA_VERSION = 5
+SUPPORTED_SCHEMAS = (1, 2, 3, 4, 5)
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 
@@ -64,6 +64,17 @@ def _check_thresholds(thresholds: dict[str, list[float | None]], n: int, where: 
             raise ValueError(f"{where}thresholds[{key!r}] has values outside [0, 1]: {bad[:3]}")
 
 
+def _check_families(fam: FamilySpec, spec) -> None:
+    n = len(fam.names)
+    if len(fam.of_class) != len(spec.classes) or any(not -1 <= k < n for k in fam.of_class):
+        raise ValueError(f"families.of_class needs one index in [-1, {n}) per class ({len(spec.classes)})")
+    unknown = sorted(set(fam.situations) - set(SITUATIONS))
+    if unknown:
+        raise ValueError(f"families: unknown situations {unknown}")
+    for name, sit in fam.situations.items():
+        _check_thresholds(sit.thresholds, n, f"families.situations[{name!r}].")
+
+
 class SituationSpec(BaseModel):
     """Acceptance in one situation: per target, one threshold per class (None: never accepted)."""
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +82,11 @@ class SituationSpec(BaseModel):
     natural: int = Field(0, ge=0)  # of them, validation products as they are
     class_support: list[int] | None = None
     thresholds: dict[str, list[float | None]]
+    # certified thresholds: which level's rows certified them (situation, or attribute where the
+    # situation is too small and its own rows do not contradict the attribute's), and per target how
+    # many more reviewed products at the current error rate would certify it (0: it is; None: it cannot)
+    certified_by: str | None = None
+    more_needed: dict[str, int | None] | None = None
 
 
 class ConflictSpec(BaseModel):
@@ -82,6 +98,17 @@ class ConflictSpec(BaseModel):
     max_image_probability: float = Field(ge=0.0, le=1.0)
     flagged_named: float | None = None  # share of validation products whose title names their label, flagged
     flagged_precision: float | None = None  # how often the flagged answers were right on validation
+
+
+class FamilySpec(BaseModel):
+    """A hierarchy over an attribute's values (service/contract/families.py): families of two or more
+    classes, and acceptance per situation of a family's summed probability, for the products whose
+    value is not accepted (None per family: never accepted)."""
+    model_config = ConfigDict(extra="forbid")
+    names: list[str] = Field(min_length=1)
+    of_class: list[int]  # per class: its family's index in names, -1 for none
+    situations: dict[str, SituationSpec] = {}
+    source: str = "default"  # "default" (attrx's colour families) or the catalog's file name
 
 
 class AttributeSpec(BaseModel):
@@ -103,6 +130,7 @@ class AttributeSpec(BaseModel):
     situations: dict[str, SituationSpec] | None = None
     conflict: ConflictSpec | None = None
     folded_class: str | None = None
+    families: FamilySpec | None = None
 
     @field_validator("classes")
     @classmethod
@@ -125,6 +153,8 @@ class AttributeSpec(BaseModel):
                                  f"{sorted(self.thresholds)}")
         if self.folded_class is not None and self.folded_class not in self.classes:
             raise ValueError(f"folded_class {self.folded_class!r} is not one of the classes")
+        if self.families is not None:
+            _check_families(self.families, self)
         if self.support is not None and len(self.support) != len(self.classes):
             raise ValueError(f"support has {len(self.support)} values for {len(self.classes)} classes")
         return self

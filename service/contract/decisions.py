@@ -30,19 +30,41 @@ BOTH_PRESENT = np.array([s.endswith("+image") and not s.startswith("no_title") f
 
 
 @dataclass(frozen=True)
+class Families:
+    """An attribute's value families as decisions use them (service/contract/families.py)."""
+    names: list[str]
+    of_class: np.ndarray  # [classes] family index, -1: none
+    thresholds: dict[str, np.ndarray]  # precision key -> [situations, families], nan: never accepted
+    onehot: np.ndarray = field(init=False, repr=False)  # [classes, families]
+    members: list[list[int]] = field(init=False, repr=False)
+    threshold_lists: dict[str, list[list[float | None]]] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        onehot = np.zeros((len(self.of_class), len(self.names)))
+        has = self.of_class >= 0
+        onehot[np.flatnonzero(has), self.of_class[has]] = 1.0
+        object.__setattr__(self, "onehot", onehot)
+        object.__setattr__(self, "members", [np.flatnonzero(self.of_class == k).tolist() for k in range(len(self.names))])
+        object.__setattr__(self, "threshold_lists", _lists(self.thresholds))
+
+
+def _lists(thresholds: dict[str, np.ndarray]) -> dict[str, list[list[float | None]]]:
+    return {k: [[None if t != t else float(t) for t in row] for row in v.tolist()] for k, v in thresholds.items()}
+
+
+@dataclass(frozen=True)
 class AttributeRules:
     name: str
     classes: list[str]
     thresholds: dict[str, np.ndarray]  # precision key -> [situations, classes], nan: never accepted
     other: int  # the folded class's index, -1 without one
     conflict: tuple[float, float] | None  # (min title confidence, max image probability); None: no check
+    families: Families | None = None
     # the same thresholds as nested lists (None: never accepted), built once, for one product at a time
     threshold_lists: dict[str, list[list[float | None]]] = field(init=False, repr=False)
 
     def __post_init__(self):
-        lists = {k: [[None if t != t else float(t) for t in row] for row in v.tolist()]
-                 for k, v in self.thresholds.items()}
-        object.__setattr__(self, "threshold_lists", lists)
+        object.__setattr__(self, "threshold_lists", _lists(self.thresholds))
 
 
 @dataclass
@@ -55,6 +77,12 @@ class Decisions:
     conflict: list[np.ndarray]
     constrained: list[np.ndarray]
     reason: list[np.ndarray]  # index into REVIEW_REASONS, -1 when accepted
+    # the value's family (-1: none), its summed probability and threshold, and whether the family is
+    # accepted (only where the value is not)
+    family: list[np.ndarray] = field(default_factory=list)
+    family_confidence: list[np.ndarray] = field(default_factory=list)
+    family_threshold: list[np.ndarray] = field(default_factory=list)
+    family_accepted: list[np.ndarray] = field(default_factory=list)
 
 
 def image_support(text_probs: np.ndarray, image_probs: np.ndarray) -> np.ndarray:
@@ -101,7 +129,41 @@ def decide(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs
         out.conflict.append(flag)
         out.constrained.append(changed[:, j])
         out.reason.append(reason)
+        fam = _family_decisions(r, key, probs[j], c, s, reason, no_fit[:, j],
+                                None if text_probs is None else text_probs[j],
+                                None if image_probs is None else image_probs[j])
+        for lst, v in zip((out.family, out.family_confidence, out.family_threshold, out.family_accepted), fam,
+                          strict=True):
+            lst.append(v)
     return out
+
+
+def family_conflicts(f: Families, text_probs: np.ndarray, image_probs: np.ndarray, both: np.ndarray,
+                     rule: tuple[float, float]) -> np.ndarray:
+    """A conflict across families: the title-only prediction names a value whose family the image
+    all but rules out (the image-only summed probability of that family <= rule[1]). A title value
+    without a family conflicts as the value does."""
+    named = text_probs.argmax(1)
+    tf = f.of_class[named]
+    img = (image_probs @ f.onehot)[np.arange(len(named)), np.maximum(tf, 0)]
+    img = np.where(tf >= 0, img, image_probs[np.arange(len(named)), named])
+    return both & (text_probs.max(1) >= rule[0]) & (img <= rule[1])
+
+
+def _family_decisions(r: AttributeRules, key: str, probs: np.ndarray, c: np.ndarray, s: np.ndarray,
+                      reason: np.ndarray, no_fit: np.ndarray, text_probs, image_probs) -> tuple:
+    n = len(c)
+    if r.families is None:
+        return np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
+    f = r.families
+    fam = f.of_class[c]
+    fconf = np.where(fam >= 0, (probs @ f.onehot)[np.arange(n), np.maximum(fam, 0)], np.nan)
+    fthr = np.where(fam >= 0, f.thresholds[key][s, np.maximum(fam, 0)], np.nan)
+    cross = np.zeros(n, dtype=bool)
+    if r.conflict is not None and text_probs is not None and image_probs is not None:
+        cross = family_conflicts(f, text_probs, image_probs, BOTH_PRESENT[s], r.conflict)
+    ok = (reason >= 0) & (fam >= 0) & ~no_fit & (c != r.other) & ~cross & (fconf >= fthr)
+    return fam, fconf, fthr, ok
 
 
 def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, probs: Sequence[np.ndarray],
@@ -109,7 +171,8 @@ def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, p
                image_probs: Sequence[np.ndarray] | None = None, rows: list[list[float]] | None = None) -> list[tuple]:
     """`decide` for one product, in plain Python where numpy's per-call cost would dominate (the
     serving path). probs: per attribute a 1-D row; rows: the same as lists, if the caller has them.
-    Per attribute: (value, confidence, threshold or None, reason index or -1, conflict, constrained).
+    Per attribute: (value, confidence, threshold or None, reason index or -1, conflict, constrained,
+    family or -1, family confidence or None, family threshold or None, family accepted).
     tests/unit/test_decisions.py holds the two equal."""
     rows = rows if rows is not None else [p.tolist() for p in probs]
     chosen = [max(range(len(r)), key=r.__getitem__) for r in rows]
@@ -123,14 +186,33 @@ def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, p
         conf = rows[j][c]
         thr = r.threshold_lists[key][s][c]
         flag = False
-        if r.conflict is not None and text_probs is not None and image_probs is not None and BOTH_PRESENT[s]:
+        both = text_probs is not None and image_probs is not None and BOTH_PRESENT[s]
+        if r.conflict is not None and both:
             t = text_probs[j]
             ti = int(t.argmax())
             flag = bool(t[ti] >= r.conflict[0]) and bool(image_probs[j][ti] <= r.conflict[1])
         checks = (no_fit[j], c == r.other, flag, thr is None, thr is None or not conf >= thr)
         reason = next((k for k, hit in enumerate(checks) if hit), -1)
-        out.append((c, conf, thr, reason, flag, changed[j]))
+        fam = _family_one(r, key, rows[j], c, s, reason, no_fit[j],
+                          (text_probs[j], image_probs[j]) if both and r.conflict is not None else None)
+        out.append((c, conf, thr, reason, flag, changed[j], *fam))
     return out
+
+
+def _family_one(r: AttributeRules, key: str, row: list[float], c: int, s: int, reason: int, no_fit: bool,
+                unimodal) -> tuple:
+    f = r.families
+    k = -1 if f is None else int(f.of_class[c])
+    if f is None or k < 0:
+        return -1, None, None, False
+    fconf = sum(row[i] for i in f.members[k])
+    fthr = f.threshold_lists[key][s][k]
+    cross = False
+    if unimodal is not None:
+        t, im = unimodal
+        cross = bool(family_conflicts(f, t[None], im[None], np.ones(1, dtype=bool), r.conflict)[0])
+    ok = reason >= 0 and not no_fit and c != r.other and not cross and fthr is not None and fconf >= fthr
+    return k, fconf, fthr, ok
 
 
 def situation_index(names: Sequence[str]) -> list[int]:
@@ -150,6 +232,15 @@ def _threshold_table(spec, key: str) -> np.ndarray:
                      for s in SITUATIONS], dtype=np.float64)
 
 
+def family_rules(spec, keys: Sequence[str]) -> Families:
+    """An AttributeSpec's FamilySpec as decisions use it (a situation it lacks: never accepted)."""
+    blank = [None] * len(spec.names)
+    table = {k: np.array([[np.nan if t is None else t for t in (spec.situations[s].thresholds[k]
+                                                                  if s in spec.situations else blank)]
+                          for s in SITUATIONS], dtype=np.float64) for k in keys}
+    return Families(list(spec.names), np.asarray(spec.of_class, dtype=np.int64), table)
+
+
 def rules_from_manifest(manifest, *, situations: bool = True, conflicts: bool = True,
                         constraints: bool = True) -> tuple[list[AttributeRules], RecordDecoder | None]:
     """The decision rules a bundle carries. Turning a part off (the benchmarks' comparison) falls back
@@ -162,7 +253,8 @@ def rules_from_manifest(manifest, *, situations: bool = True, conflicts: bool = 
             name=a.name, classes=a.classes, thresholds={k: _threshold_table(spec, k) for k in keys},
             other=a.classes.index(a.folded_class) if situations and a.folded_class else -1,
             conflict=(a.conflict.min_title_confidence, a.conflict.max_image_probability)
-            if conflicts and a.conflict and manifest.model.unimodal else None))
+            if conflicts and a.conflict and manifest.model.unimodal else None,
+            families=family_rules(a.families, keys) if situations and a.families else None))
     decoder = None
     if constraints and manifest.constraints is not None and manifest.constraints.groups:
         decoder = RecordDecoder({a.name: a.classes for a in manifest.attributes}, manifest.constraints)

@@ -115,6 +115,7 @@ class Statistics:
         uni = manifest.model.unimodal
         self._cols = [[where[n] for n in output_names(a.name, uni)][:2] for a in manifest.attributes]
         self.columns = {c for pair in self._cols for c in pair}  # the outputs bins() reads
+        self.prob_columns = [tuple(pair) for pair in self._cols]  # per attribute: (probabilities, weights)
         rules, _ = rules_from_manifest(manifest, constraints=False, conflicts=False)
         key = precision_key(manifest.precision_targets[0])
         self._thresholds = [r.thresholds[key] for r in rules]

@@ -10,6 +10,7 @@ costs a few numpy calls per interval instead of per batch (benchmarks/drift_cost
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +25,21 @@ from attrx.service.contract.drift_stats import (
     thresholds_for,
     write_json_atomically,
 )
+from attrx.service.contract.situations import SITUATIONS
 from attrx.service.telemetry.drift_window import DriftBlock, Window
+from attrx.service.telemetry.estimate import AccuracyEstimate
 
 INTERVAL_S = 0.1
+ESTIMATE_EVERY_S = 1.0
 
 
 class EngineDrift:
-    def __init__(self, settings, manifest, interval: float = INTERVAL_S):
+    def __init__(self, settings, manifest, interval: float = INTERVAL_S, on_estimate=None):
+        """on_estimate: called with the accuracy estimate of the window (telemetry/estimate.py), at
+        most once per ESTIMATE_EVERY_S, from the fold thread."""
         self.stats = Statistics(manifest)
+        self.estimate = AccuracyEstimate([a.name for a in manifest.attributes], SITUATIONS, settings.drift_window)
+        self.on_estimate, self._estimated, self._dirty = on_estimate, 0.0, False
         # read here once (a bad file stops the server at startup) and handed to the front-ends
         self.thresholds = thresholds_for(self.stats.stats, load_thresholds(settings.drift_thresholds)
                                          if settings.drift_thresholds else None)
@@ -54,16 +62,29 @@ class EngineDrift:
         self.pending.append((outputs, profiles))
 
     def fold(self) -> None:
-        """What was kept since the last fold, into the window, in batch order."""
+        """What was kept since the last fold, into the window, in batch order; the accuracy estimate
+        is published when it changed and a second has passed since it last was."""
         parts = []
         while self.pending:
             parts.append(self.pending.popleft())
-        if not parts:
-            return
-        cols = self.stats.columns
-        outputs = [np.concatenate([p[0][c] for p in parts]) if c in cols else None
-                   for c in range(len(parts[0][0]))]
-        self.window.add(self.stats.bins(outputs, np.concatenate([p[1] for p in parts])))
+        if parts:
+            cols = self.stats.columns
+            outputs = [np.concatenate([p[0][c] for p in parts]) if c in cols else None
+                       for c in range(len(parts[0][0]))]
+            profiles = np.concatenate([p[1] for p in parts])
+            self.window.add(self.stats.bins(outputs, profiles))
+            self._estimate(outputs, profiles)
+        now = time.monotonic()
+        if self._dirty and self.on_estimate is not None and now - self._estimated >= ESTIMATE_EVERY_S:
+            self._estimated, self._dirty = now, False
+            self.on_estimate(self.estimate.summary())
+
+    def _estimate(self, outputs, profiles: np.ndarray) -> None:
+        """The window's answered probabilities (the most probable value's: constraints, decided in
+        the front-ends, change few) and situations, into the accuracy estimate."""
+        conf = np.stack([outputs[pc].max(axis=1) for pc, _ in self.stats.prob_columns], 1)
+        self.estimate.add(conf, profiles[:, :conf.shape[1]].astype(np.int64))
+        self._dirty = True
 
     def rebaseline(self, source: str, reference_path: str | None) -> int:
         """The reference becomes the window ('traffic') or the bundle's again ('bundle'), for every

@@ -288,7 +288,8 @@ def engine_main(settings_data: dict, ctl, ready, progress_values=None) -> None:
         metrics.set_model(bundle.manifest, backend.variant, backend.name, backend.providers[0])
         item = predictor.decode_request(*warmup_product()).inputs
         layout = _layout(predictor, item)
-        drift = EngineDrift(settings, bundle.manifest) if settings.drift_window > 0 else None
+        drift = EngineDrift(settings, bundle.manifest, on_estimate=metrics.set_estimates) \
+            if settings.drift_window > 0 else None
     except Exception as e:  # noqa: BLE001 - the parent reports it and exits
         ctl.send(("error", f"{type(e).__name__}: {e}"))
         return

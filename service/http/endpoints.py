@@ -395,4 +395,5 @@ class Endpoints:
 
 def _attribute_info(a) -> AttributeInfo:
     return AttributeInfo.model_validate(a.model_dump(include={"name", "classes", "thresholds", "support",
-                                                              "situations", "conflict", "folded_class"}))
+                                                              "situations", "conflict", "folded_class", "label_variants",
+                                                              "families"}))

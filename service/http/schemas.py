@@ -34,6 +34,14 @@ class ModalityWeights(BaseModel):
     image: float = Field(description="weight of the image; 0 when the product has none")
 
 
+class FamilyAnswer(BaseModel):
+    name: str = Field(description="the value's family (e.g. the colour family Blue for Navy Blue)")
+    confidence: float = Field(description="the family's summed probability")
+    threshold: float | None = Field(description="the family's threshold in the product's situation; null: never "
+                                                "accepted there")
+    accepted: bool = Field(description="the value is not accepted, and the family is: fill in the family")
+
+
 class AttributePrediction(BaseModel):
     value: str
     confidence: float
@@ -56,6 +64,11 @@ class AttributePrediction(BaseModel):
     review: str | None = Field(None, description="why the value is not accepted: no_allowed_combination, other "
                                                  "(the folded class), conflict, no_support, below_threshold; "
                                                  "null when accepted")
+    accepted_level: str | None = Field(None, description="the finest level accepted: value (accepted is true), "
+                                                         "family (the value is not accepted, its family is), or "
+                                                         "null (nothing)")
+    family: FamilyAnswer | None = Field(None, description="the value's family, for attributes with families and "
+                                                          "values in one")
 
 
 class ModelRef(BaseModel):
@@ -117,6 +130,14 @@ class SituationInfo(BaseModel):
     thresholds: dict[str, list[float | None]] = Field(description="per precision target, one threshold per class")
 
 
+class FamilyInfo(BaseModel):
+    names: list[str]
+    of_class: list[int] = Field(description="per class, its family's index in names (-1: none)")
+    situations: dict[str, SituationInfo] = Field(description="per situation, one threshold per family and target, "
+                                                             "for products whose value is not accepted")
+    source: str = Field(description="default (attrx's colour families) or catalog (the catalog's own file)")
+
+
 class AttributeInfo(BaseModel):
     name: str
     classes: list[str]
@@ -129,6 +150,9 @@ class AttributeInfo(BaseModel):
                                                     "max_image_probability, and the share of validation products "
                                                     "whose title names their label that it flags")
     folded_class: str | None = Field(None, description="the class of folded rare labels: never accepted")
+    label_variants: dict[str, list[str]] | None = Field(None, description="how titles spell each label (the "
+                                                                          "situation matcher matches these too)")
+    families: FamilyInfo | None = Field(None, description="value families, and their thresholds per situation")
 
 
 class ModelInfo(BaseModel):

@@ -149,7 +149,8 @@ class Predictor:
                              [outputs[c[2]][i] for c in cols] if uni else None,
                              [outputs[c[3]][i] for c in cols] if uni else None, rows=rows)
         result = {}
-        for j, (rule, (c, conf, thr, why, conflict, constrained)) in enumerate(zip(self.rules, answers, strict=True)):
+        for j, (rule, (c, conf, thr, why, conflict, constrained, fam, fconf, fthr, fok)) in enumerate(
+                zip(self.rules, answers, strict=True)):
             p, (w_text, w_image) = rows[j], outputs[cols[j][1]][i].tolist()
             top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[: max(1, min(top_k, len(p)))]
             result[rule.name] = {
@@ -158,6 +159,9 @@ class Predictor:
                 "modality_weights": {"text": w_text, "image": w_image},
                 "situation": situations[j], "threshold": thr, "accepted": why < 0, "conflict": conflict,
                 "constrained": constrained, "review": None if why < 0 else REVIEW_REASONS[why],
+                "accepted_level": "value" if why < 0 else ("family" if fok else None),
+                "family": None if fam < 0 else {"name": rule.families.names[fam], "confidence": fconf,
+                                                "threshold": fthr, "accepted": fok},
             }
             if conflict:
                 result[rule.name]["conflict_values"] = {

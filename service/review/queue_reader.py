@@ -58,6 +58,10 @@ class Vocabulary:
 
     def __init__(self, manifest):
         self.values = {a.name: [c for c in a.classes if c != a.folded_class] for a in manifest.attributes}
+        # attribute -> family -> its values, for attributes with value families
+        self.families = {a.name: {f: [c for c, k in zip(a.classes, a.families.of_class, strict=True) if k == i]
+                                  for i, f in enumerate(a.families.names)}
+                         for a in manifest.attributes if getattr(a, "families", None)}
         self.groups = [(g.attributes, [tuple(c) for c in g.allowed])
                        for g in (manifest.constraints.groups if manifest.constraints else [])
                        if all(a in self.values for a in g.attributes)]
@@ -73,6 +77,12 @@ class Vocabulary:
             fixed = [(i, record.get(a)) for i, a in enumerate(attrs) if a != attribute and record.get(a)]
             keep &= {c[k] for c in combos if all(c[i] == v for i, v in fixed)}
         return [v for v in self.values[attribute] if v in keep]
+
+    def family_values(self, attribute: str, family: str | None, allowed: list[str]) -> list[str]:
+        """The family's values among the allowed ones: where the family is accepted, what is left to
+        review is which of them."""
+        members = self.families.get(attribute, {}).get(family or "", [])
+        return [v for v in allowed if v in members]
 
     def problems(self, record: dict[str, str | None]) -> list[str]:
         """Why a record cannot be stored: values outside an attribute's list, or a combination that

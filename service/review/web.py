@@ -108,8 +108,15 @@ class Review:
 
     def view(self, q: QueueItem) -> dict:
         """What the page shows: the queue line, and per attribute the values a reviewer may pick."""
+        allowed = self.allowed(q, {})
+        family_values = {}
+        for a, att in q.attributes.items():
+            fam = att.get("family") or {}
+            if fam.get("accepted"):
+                family_values[a] = self.vocab.family_values(a, fam.get("name"), allowed[a])
         return {"id": q.id, "title": q.title, "has_image": bool(q.image), "priority": q.priority,
-                "accepted": q.accepted, "attributes": q.attributes, "allowed": self.allowed(q, {})}
+                "accepted": q.accepted, "attributes": q.attributes, "allowed": allowed,
+                "family_values": family_values}
 
     def answers(self, q: QueueItem, body: DecisionBody) -> list[Answer]:
         missing, extra = set(q.attributes) - set(body.answers), set(body.answers) - set(q.attributes)

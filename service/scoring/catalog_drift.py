@@ -27,6 +27,8 @@ from attrx.service.contract.drift_stats import (
     thresholds_for,
     write_json_atomically,
 )
+from attrx.service.contract.situations import SITUATIONS
+from attrx.service.telemetry.estimate import EstimateSums
 
 
 class CatalogDrift:
@@ -37,6 +39,7 @@ class CatalogDrift:
         self.ref, self.ref_items, self.source = starting_reference(manifest, self.stats, reference_file)
         self.counts = np.zeros(self.stats.total, np.int64)
         self.items = 0
+        self.estimate = EstimateSums([a.name for a in manifest.attributes], SITUATIONS)
         self.min_products = min_products  # the thresholds were chosen for windows of DEFAULT_WINDOW products
 
     @classmethod
@@ -51,16 +54,22 @@ class CatalogDrift:
 
     def add(self, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
         self.add_counts(self.stats.count(self.stats.bins(outputs, profiles)), len(profiles))
+        add_estimate(self.estimate, self.stats, outputs, profiles)
 
-    def add_counts(self, counts: np.ndarray, items: int) -> None:
+    def add_counts(self, counts: np.ndarray, items: int, estimate: np.ndarray | None = None) -> None:
         self.counts += counts
         self.items += int(items)
+        if estimate is not None:
+            self.estimate.add_vector(estimate)
 
     def resume_from(self, meta_file: Path) -> None:
         """The counts an earlier run of this output recorded (none when it was killed before)."""
         try:
-            old = json.loads(meta_file.read_text(encoding="utf-8")).get("drift") or {}
-            self.add_counts(self.stats.check_reference(old["counts"]), old["counts"]["items"])
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            old = meta.get("drift") or {}
+            sums = (meta.get("accuracy_estimate") or {}).get("sums")
+            self.add_counts(self.stats.check_reference(old["counts"]), old["counts"]["items"],
+                            np.asarray(sums) if sums and len(sums) == self.estimate.size else None)
         except (OSError, ValueError, KeyError, TypeError, ReferenceError):
             pass
 
@@ -77,6 +86,8 @@ class CatalogDrift:
         cmp = self.comparison()
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         meta["drift"] = cmp
+        meta["accuracy_estimate"] = {"note": ESTIMATE_NOTE, "attributes": self.estimate.summary(),
+                                     "sums": self.estimate.sums.ravel().tolist()}
         write_json_atomically(meta_file, meta, indent=2)
         if cmp["exceeded"]:
             print(f"attrx score: WARNING: the catalog drifted from the model's reference ({self.source}): "
@@ -86,17 +97,29 @@ class CatalogDrift:
         return cmp
 
 
-def sum_parts(folder: Path, total: int) -> tuple[np.ndarray, int]:
-    """The Ray actors' partial counts (one .npy per actor: counts, then the number of products)."""
-    counts, items = np.zeros(total, np.int64), 0
+ESTIMATE_NOTE = ("an ESTIMATE that assumes calibrated probabilities: the mean probability of the values answered, "
+                 "with its 95% interval; it cannot see label shift (docs/trust.md)")
+
+
+def add_estimate(sums: EstimateSums, stats: Statistics, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
+    """The products' answered probabilities (the most probable value's) and situations into sums."""
+    conf = np.stack([outputs[pc].max(axis=1) for pc, _ in stats.prob_columns], 1)
+    sums.add(conf, profiles[:, :conf.shape[1]].astype(np.int64))
+
+
+def sum_parts(folder: Path, total: int, estimate_size: int = 0) -> tuple[np.ndarray, int, np.ndarray]:
+    """The Ray actors' partial counts (one .npy per actor: counts, the estimate's sums, then the
+    number of products)."""
+    counts, items, est = np.zeros(total, np.int64), 0, np.zeros(estimate_size, np.int64)
     for part in sorted(folder.glob("part-*.npy")):
         arr = np.load(part)
-        counts += arr[:-1]
+        counts += arr[:total]
+        est += arr[total:total + estimate_size]
         items += int(arr[-1])
-    return counts, items
+    return counts, items, est
 
 
-def save_part(path: Path, counts: np.ndarray, items: int) -> None:
+def save_part(path: Path, counts: np.ndarray, items: int, estimate: np.ndarray | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.append(counts, items))
+    np.save(tmp, np.concatenate([counts, estimate if estimate is not None else [], [items]]).astype(np.int64))
     os.replace(tmp, path)

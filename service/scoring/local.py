@@ -45,7 +45,8 @@ def output_columns(attributes: list[str], title_only: bool = False) -> list[str]
     cols = ["id"]
     for a in attributes:
         cols += [a, f"{a}_confidence", f"{a}_accepted", f"{a}_text_weight", f"{a}_image_weight",
-                 f"{a}_situation", f"{a}_threshold", f"{a}_conflict", f"{a}_constrained", f"{a}_review"]
+                 f"{a}_situation", f"{a}_threshold", f"{a}_conflict", f"{a}_constrained", f"{a}_review",
+                 f"{a}_accepted_level", f"{a}_family", f"{a}_family_confidence"]
     return cols + [IMAGE_ERROR] if title_only else cols
 
 
@@ -62,6 +63,10 @@ def flatten(pid: str, preds: dict[str, dict]) -> dict:
         row[f"{a}_conflict"] = p["conflict"]
         row[f"{a}_constrained"] = p["constrained"]
         row[f"{a}_review"] = p["review"]
+        fam = p.get("family")
+        row[f"{a}_accepted_level"] = p.get("accepted_level")
+        row[f"{a}_family"] = fam["name"] if fam else None
+        row[f"{a}_family_confidence"] = round(fam["confidence"], 6) if fam else None
     return row
 
 

@@ -61,6 +61,10 @@ def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, d
                          "modality_weights": {k: round(v, 6) for k, v in p["modality_weights"].items()},
                          "candidates": [{"value": c["value"], "probability": round(c["probability"], 6)}
                                         for c in others]}
+        if p.get("family"):  # accepted at the family: what is left to review is which of its values
+            f = p["family"]
+            attributes[a]["family"] = {"name": f["name"], "confidence": round(f["confidence"], 6),
+                                       "accepted": f["accepted"]}
     accepted = {a: p["value"] for a, p in preds.items() if p["accepted"]}
     return {"format": FORMAT, "id": pid, "title": title, "image": image,
             "priority": round(priority(preds), 6), "attributes": attributes, "accepted": accepted}

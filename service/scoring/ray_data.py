@@ -39,7 +39,7 @@ from attrx.service.contract.drift_stats import PROFILE_KEY, Statistics, write_js
 from attrx.service.contract.preprocess import INPUT_NAMES
 from attrx.service.contract.situations import SITUATIONS
 from attrx.service.inference.predictor import Predictor
-from attrx.service.scoring.catalog_drift import CatalogDrift, save_part, sum_parts
+from attrx.service.scoring.catalog_drift import CatalogDrift, add_estimate, save_part, sum_parts
 from attrx.service.scoring.local import flatten, output_columns
 from attrx.service.scoring.outputs import (
     RESUME_CHECKS,
@@ -52,6 +52,7 @@ from attrx.service.scoring.queue_writer import CANDIDATES, queue_row
 from attrx.service.scoring.ray_decode import decode_batch, decode_memory
 from attrx.service.scoring.remote import IMAGE_ERROR, cache_dir, columns, image_name, image_reader
 from attrx.service.scoring.score_settings import ScoreSettings
+from attrx.service.telemetry.estimate import EstimateSums
 
 META = "_attrx_meta.json"
 ERRORS = "_errors"
@@ -164,6 +165,7 @@ class Infer:
                                                                 precision=precision))
         self.stats = Statistics(bundle.manifest)
         self.drift_counts, self.drift_items = np.zeros(self.stats.total, np.int64), 0
+        self.estimate = EstimateSums(self.predictor.attributes, SITUATIONS)
         self.key = key
         self.title_only = title_only
         self.schema = parquet_schema(output_columns(self.predictor.attributes, title_only))
@@ -191,7 +193,8 @@ class Infer:
         if self.drift_path is not None:
             self.drift_counts += self.stats.count(self.stats.bins(outputs, profiles))
             self.drift_items += len(profiles)
-            save_part(self.drift_path, self.drift_counts, self.drift_items)
+            add_estimate(self.estimate, self.stats, outputs, profiles)
+            save_part(self.drift_path, self.drift_counts, self.drift_items, self.estimate.sums.ravel())
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -287,7 +290,7 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
             ray.shutdown()
     if queue_dir is not None:
         join_queue(queue_dir, Path(s.review_queue), keep=set(done_ids_in_folder(out)), previous=s.resume)
-    drift.add_counts(*sum_parts(drift_dir, drift.stats.total))
+    drift.add_counts(*sum_parts(drift_dir, drift.stats.total, drift.estimate.size))
     shutil.rmtree(drift_dir, ignore_errors=True)
     summary = _summary(out, skip, time.perf_counter() - t0, t_read)
     summary["drift_exceeded"] = drift.finish(out / META)["exceeded"]

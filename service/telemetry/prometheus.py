@@ -89,6 +89,15 @@ class Metrics:
         self.image_weight = Histogram("attrx_image_modality_weight",
                                       "modality-attention weight of the image (0 = title only)",
                                       ["attribute"], buckets=UNIT_BUCKETS, registry=r)
+        # set by the inference process, which keeps the drift window
+        self.estimated_accuracy = Gauge("attrx_estimated_accuracy", "ESTIMATE, assuming calibrated probabilities: "
+                                        "the accuracy of the drift window's answers (the mean probability of the "
+                                        "values answered; bound low/high: its 95% interval), per attribute and "
+                                        "situation (all: every product)", ["attribute", "situation", "bound"],
+                                        registry=r, multiprocess_mode="mostrecent")
+        self.estimated_products = Gauge("attrx_estimated_accuracy_products", "products behind "
+                                        "attrx_estimated_accuracy", ["attribute", "situation"],
+                                        registry=r, multiprocess_mode="mostrecent")
         if front:
             self._drift_gauges(r)
         for reason in REJECTION_REASONS:
@@ -148,6 +157,16 @@ class Metrics:
         for source in ("bundle", "file", "traffic"):
             self.drift_reference.labels(source).set(cmp["reference"]["items"] if cmp["reference"]["source"] == source
                                                     else 0)
+
+    def set_estimates(self, summary: dict[str, dict]) -> None:
+        """The accuracy estimate of the window (attrx.service.telemetry.estimate), per attribute and situation."""
+        for a, sits in summary.items():
+            for sit, e in sits.items():
+                if e is None:
+                    continue
+                for bound in ("estimate", "low", "high"):
+                    self.estimated_accuracy.labels(a, sit, bound).set(e[bound])
+                self.estimated_products.labels(a, sit).set(e["products"])
 
     def set_model(self, manifest, variant: str, backend: str, provider: str) -> None:
         """Set by the inference process, the one that knows which variant runs, and on what."""

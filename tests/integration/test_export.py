@@ -83,7 +83,7 @@ def test_variants_are_listed_with_their_reports(variant_bundle):
     assert variant_bundle.variants == ["fp32", "fp16", "int8"] and variant_bundle.refused == {}
     b = load_bundle(variant_bundle.path)
     m = b.manifest
-    assert m.schema_version == 4 and m.model.attention == "fused" and m.model.opset >= 23 and m.model.unimodal
+    assert m.schema_version == 5 and m.model.attention == "fused" and m.model.opset >= 23 and m.model.unimodal
     assert {k: (v.file, v.precision, v.providers) for k, v in m.variants.items()} == {
         "fp32": ("model.onnx", "fp32", ["cpu", "cuda", "tensorrt"]),
         "fp16": ("model.fp16.onnx", "fp16", ["cuda", "tensorrt"]),
@@ -169,9 +169,9 @@ def test_v1_bundle_still_loads(bundle, tmp_path):
     b = load_bundle(old)
     assert list(b.manifest.variants) == ["fp32"] and b.manifest.model.attention == "unfused"
     assert b.manifest.variants["fp32"].parity == raw["parity"]
-    raw["schema_version"] = 5
+    raw["schema_version"] = 6
     (old / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="schema_version 5 is not supported by this attrx \\(supports 1, 2, 3, 4\\)"):
+    with pytest.raises(BundleError, match="schema_version 6 is not supported by this attrx \\(supports 1, 2, 3, 4, 5\\)"):
         load_bundle(old)
 
 

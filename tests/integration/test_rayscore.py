@@ -75,6 +75,11 @@ def test_ray_scores_exactly_what_attrx_score_does(messy_catalog, bundle, tmp_pat
     assert ray["items"] == local["items"] == 40 and not (out / "_drift").exists()
     assert ray["counts"]["counts"] == local["counts"]["counts"]
     assert ray["attributes"] == local["attributes"] and ray["inputs"] == local["inputs"]
+    # the accuracy estimate: the actors' sums add up to local scoring's
+    local_est = json.loads(Path(str(ref) + ".meta.json").read_text())["accuracy_estimate"]
+    ray_est = json.loads((out / "_attrx_meta.json").read_text())["accuracy_estimate"]
+    assert ray_est["sums"] == local_est["sums"] and ray_est["attributes"] == local_est["attributes"]
+    assert local_est["attributes"]["colour"]["all"]["products"] == 40
 
 
 def test_killed_run_then_resume_has_every_id_once(demo_catalog, bundle, tmp_path):

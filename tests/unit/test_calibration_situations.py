@@ -37,11 +37,26 @@ def test_a_silent_situation_gets_its_own_stricter_threshold():
     assert all(t is None for t in silent)
 
 
-def test_a_situation_without_support_is_left_out():
+def test_a_situation_without_support_is_left_out_by_the_bound_rule():
     cs = _set(2000, 20, acc_named=0.99, acc_silent=0.99)
-    doc = calibrate_situations(cs, {"colour": ["red", "blue"]}, None, (0.90,), min_situation_support=50)
+    doc = calibrate_situations(cs, {"colour": ["red", "blue"]}, None, (0.90,), min_situation_support=50, delta=None)
     assert set(doc["situations"]["colour"]) == {"named+image"}
     assert doc["situations"]["colour"]["named+image"]["support"] == 2000
+
+
+@pytest.mark.parametrize(("acc_silent", "leans"), [(0.99, True), (0.3, False)])
+def test_a_small_situation_leans_on_its_certified_attribute_unless_its_rows_contradict(acc_silent, leans):
+    cs = _set(2000, 30, acc_named=0.99, acc_silent=acc_silent)
+    doc = calibrate_situations(cs, {"colour": ["red", "blue"]}, None, (0.90,), min_situation_support=50)
+    named, silent = (doc["situations"]["colour"][s] for s in ("named+image", "silent+image"))
+    assert named["certified_by"] == "situation" and named["more_needed"] == {"0.90": 0}
+    assert all(t is not None for t in named["thresholds"]["0.90"])
+    assert silent["support"] == 30
+    if leans:
+        assert silent["certified_by"] == "attribute" and all(t is not None for t in silent["thresholds"]["0.90"])
+    else:  # right 30% of the time: its own rows say the attribute's thresholds do not hold here
+        assert silent["certified_by"] is None and silent["thresholds"]["0.90"] == [None, None]
+        assert silent["more_needed"] == {"0.90": None}  # 30% cannot reach 0.90 with more of the same
 
 
 def _products(rows):

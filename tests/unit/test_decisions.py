@@ -100,11 +100,16 @@ def test_one_product_at_a_time_answers_as_the_batch_does():
     allowed = Constraints(groups=[ConstraintGroup(attributes=["type", "master"], allowed=[
         ["shirt", "apparel"], ["shoe", "footwear"], ["bag", "accessories"], ["other", "apparel"]])], fit_ratio=0.05)
     decoder = RecordDecoder(classes, allowed)
+    from attrx.service.contract.decisions import Families
+
+    families = {"type": Families(["wear"], np.array([0, 0, -1, -1]), {"0.90": rng.uniform(0.3, 0.9, (len(SITUATIONS), 1))}),
+                "colour": Families(["any"], np.array([0, 0, -1]), {"0.90": rng.uniform(0.3, 0.9, (len(SITUATIONS), 1))})}
     rules = []
     for a, cl in classes.items():
         table = rng.uniform(0.2, 0.9, (len(SITUATIONS), len(cl)))
         table[rng.random(table.shape) < 0.2] = np.nan
-        rules.append(AttributeRules(a, cl, {"0.90": table}, len(cl) - 1 if cl[-1] == "other" else -1, (0.5, 0.2)))
+        rules.append(AttributeRules(a, cl, {"0.90": table}, len(cl) - 1 if cl[-1] == "other" else -1, (0.5, 0.2),
+                                    families.get(a)))
     n = 400
 
     def draw(c):
@@ -116,10 +121,15 @@ def test_one_product_at_a_time_answers_as_the_batch_does():
     for i in range(n):
         one = decide_one(rules, decoder, [p[i] for p in probs], sits[i].tolist(), "0.90", [t[i] for t in text],
                          [m[i] for m in image])
-        for j, (c, conf, thr, why, flag, changed) in enumerate(one):
+        for j, (c, conf, thr, why, flag, changed, fam, fconf, fthr, fok) in enumerate(one):
             assert (c, why, flag, changed) == (batch.value[j][i], batch.reason[j][i], batch.conflict[j][i],
                                                batch.constrained[j][i])
             assert conf == pytest.approx(batch.confidence[j][i]) and (thr is None) == np.isnan(batch.threshold[j][i])
+            assert (fam, fok) == (batch.family[j][i], batch.family_accepted[j][i])
+            assert (fconf is None) == np.isnan(batch.family_confidence[j][i]) and (fthr is None) == np.isnan(batch.family_threshold[j][i])
+            assert fconf is None or fconf == pytest.approx(batch.family_confidence[j][i])
+    assert 0 < sum(int(f.sum()) for f in batch.family_accepted) < n  # the family level is exercised
+    assert not any((f & a).any() for f, a in zip(batch.family_accepted, batch.accepted, strict=True))
     reasons = {int(r) for rs in batch.reason for r in rs}
     assert reasons == {-1, 0, 1, 2, 3, 4}  # every outcome was exercised
 

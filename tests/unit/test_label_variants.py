@@ -16,7 +16,7 @@ from attrx.service.contract.label_variants import (
     spelling_key,
 )
 from attrx.service.contract.situations import SituationReader
-from attrx.training.data.label_variants import (
+from attrx.training.data.variant_learning import (
     learn_predictors,
     learn_spellings,
     learn_variants,

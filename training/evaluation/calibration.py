@@ -24,22 +24,29 @@ from pathlib import Path
 
 import numpy as np
 
-from attrx.service.contract.bundle import AttributeSpec, ConflictSpec, SituationSpec, precision_key
+from attrx.service.contract.bundle import (
+    AttributeSpec,
+    ConflictSpec,
+    FamilySpec,
+    SituationSpec,
+)
 from attrx.service.contract.constraints import Constraints, RecordDecoder
 from attrx.service.contract.decisions import AttributeRules, conflicts, decide, image_support
 from attrx.service.contract.label_variants import matcher_words_of
 from attrx.service.contract.situations import SITUATIONS
 from attrx.training.data.encode import IGNORE, OTHER, Encoded
-from attrx.training.evaluation import metrics
+from attrx.training.evaluation import certify, metrics
 from attrx.training.evaluation.calibration_set import COPIES, CalibrationSet, calibration_set
+from attrx.training.evaluation.family_calibration import calibrate_families
 from attrx.training.models.checkpoint import CALIBRATION
 
 DEFAULT_TARGETS = (0.90, 0.95)
 MIN_SUPPORT = 10
 MIN_SITUATION_SUPPORT = 50
-MIN_POOL = 10  # the shared threshold of the classes without their own needs this many answers
 CONFIDENCE = 0.5
+DELTA = certify.DELTA
 TITLE_CONFIDENCE = 0.5
+DELTA = certify.DELTA
 CONFLICT_BUDGET = 0.01
 
 
@@ -82,26 +89,6 @@ def conflict_check(cs: CalibrationSet, j: int, budget: float = CONFLICT_BUDGET,
                         flagged_precision=round(float(right[flagged].mean()), 4))
 
 
-def _class_thresholds(conf, value, label, n_classes: int, targets, min_support: int, confidence: float) -> dict:
-    """Per target, one threshold per class for the acceptable rows of one situation."""
-    support = np.bincount(label[label >= 0], minlength=n_classes)
-    own = support >= max(1, min_support)
-    rare = ~own[value]
-    out = {}
-    for t in targets:
-        ths: list[float | None] = [None] * n_classes
-        for c in np.flatnonzero(own):
-            ths[c] = metrics.recall_at_precision(np.where(value == c, conf, -np.inf), label == c, t,
-                                                 confidence).threshold
-        if rare.sum() >= MIN_POOL:
-            shared = metrics.recall_at_precision(np.where(rare, conf, -np.inf), rare & (value == label), t,
-                                                 confidence).threshold
-            for c in np.flatnonzero(~own):
-                ths[c] = shared
-        out[precision_key(t)] = ths
-    return out
-
-
 def _open_rules(classes: dict[str, list[str]], conflict: dict[str, ConflictSpec | None]) -> list[AttributeRules]:
     """Rules that accept everything that needs no review (threshold 0): what the thresholds are fitted on."""
     return [AttributeRules(a, cl, {"open": np.zeros((len(SITUATIONS), len(cl)))},
@@ -112,37 +99,90 @@ def _open_rules(classes: dict[str, list[str]], conflict: dict[str, ConflictSpec 
 
 def calibrate_situations(cs: CalibrationSet, classes: dict[str, list[str]], constraints: Constraints | None,
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT, confidence: float = CONFIDENCE,
-                         min_situation_support: int = MIN_SITUATION_SUPPORT) -> dict:
-    """{"situations": {attr: {situation: SituationSpec}}, "conflict": {attr: ConflictSpec}}."""
+                         min_situation_support: int = MIN_SITUATION_SUPPORT, delta: float | None = DELTA) -> dict:
+    """{"situations": {attr: {situation: SituationSpec}}, "conflict": {attr: ConflictSpec}}. delta:
+    certified thresholds (training/evaluation/certify.py), and a situation under min_situation_support
+    leans on its attribute's thresholds where its own rows do not contradict them; None: the
+    one-sided bound at `confidence` (the rule before certification), small situations never accepted."""
     attrs = list(classes)
     conflict = {a: conflict_check(cs, j) for j, a in enumerate(attrs)}
     d = decide(_open_rules(classes, conflict), RecordDecoder(classes, constraints), cs.outputs["probs"],
                cs.situations, "open", cs.outputs["text"], cs.outputs["image"])
+    rule = {"targets": sorted(targets), "min_support": min_support, "confidence": confidence, "delta": delta}
     situations = {}
     for j, a in enumerate(attrs):
         situations[a] = {}
+        lab = cs.labels[:, j]
+        known = cs.counts[:, j] & (lab != IGNORE)
+        parent = None
         for k, name in enumerate(SITUATIONS):
-            rows = cs.counts[:, j] & (cs.situations[:, j] == k) & (cs.labels[:, j] != IGNORE)
-            if rows.sum() < min_situation_support:
+            rows = known & (cs.situations[:, j] == k)
+            if not rows.any() or (delta is None and rows.sum() < min_situation_support):
                 continue  # no support: never accepted
-            ok = rows & d.accepted[j]
-            lab = cs.labels[:, j]
+            if rows.sum() >= min_situation_support:
+                ths, by = _thresholds(d, j, rows, lab, len(classes[a]), rule), "situation"
+            else:
+                parent = parent if parent is not None else _thresholds(d, j, known, lab, len(classes[a]), rule)
+                ths, by = _lean_on(parent, d, j, rows, lab, delta), "attribute"
             situations[a][name] = SituationSpec(
                 support=int(rows.sum()), natural=int((rows & (cs.copy == 0)).sum()),
                 class_support=np.bincount(lab[rows & (lab >= 0)], minlength=len(classes[a])).tolist(),
-                thresholds=_class_thresholds(d.confidence[j][ok], d.value[j][ok], lab[ok], len(classes[a]),
-                                             targets, min_support, confidence))
+                thresholds=ths, certified_by=by if delta is not None and _any(ths) else None,
+                more_needed=None if delta is None else _more_needed(d, j, rows, lab, ths, delta))
     return {"situations": {a: {k: v.model_dump() for k, v in s.items()} for a, s in situations.items()},
             "conflict": {a: (c.model_dump() if c else None) for a, c in conflict.items()}}
+
+
+def _any(ths: dict) -> bool:
+    return any(t is not None for v in ths.values() for t in v)
+
+
+def _thresholds(d, j: int, rows: np.ndarray, lab: np.ndarray, n_classes: int, rule: dict) -> dict:
+    ok = rows & d.accepted[j]
+    return metrics.class_thresholds(d.confidence[j][ok], d.value[j][ok], lab[ok], n_classes, rule["targets"],
+                                    rule["min_support"], rule["confidence"], rule["delta"])
+
+
+def _lean_on(parent: dict, d, j: int, rows: np.ndarray, lab: np.ndarray, delta: float) -> dict:
+    """The attribute's thresholds for a small situation, per target, unless the situation's own rows
+    accepted at them say its precision is below the target."""
+    ok = rows & d.accepted[j]
+    out = {}
+    for key, ths in parent.items():
+        thr = np.array([np.nan if t is None else t for t in ths])[d.value[j][ok]]
+        acc = d.confidence[j][ok] >= thr
+        right = (d.value[j][ok] == lab[ok])[acc]
+        bad = certify.contradicts(int(right.sum()), int(acc.sum()), float(key), delta)
+        out[key] = [None] * len(ths) if bad else list(ths)
+    return out
+
+
+def _more_needed(d, j: int, rows: np.ndarray, lab: np.ndarray, ths: dict, delta: float) -> dict:
+    """Per target, how many more reviewed products at the situation's current error rate would
+    certify it: 0 when some class is certified, None when its best precision does not beat the target."""
+    ok = rows & d.accepted[j]
+    conf, right = d.confidence[j][ok], d.value[j][ok] == lab[ok]
+    out = {}
+    for key, v in ths.items():
+        if any(t is not None for t in v):
+            out[key] = 0
+            continue
+        best = metrics.recall_at_precision(conf, right, float(key), 0.0)
+        m = int((conf >= best.threshold).sum()) if best.threshold is not None else 0
+        k = int((right & (conf >= best.threshold)).sum()) if m else 0
+        out[key] = certify.reviews_to_certify(k, m, float(key), delta) if m else None
+    return out
 
 
 def calibrate_checkpoint(path: str | Path | None, model, data: Encoded, va: np.ndarray, classes: dict[str, list[str]],
                          tok, label_words: dict[str, list[str]], constraints: Constraints | None,
                          targets=DEFAULT_TARGETS, *, min_support: int = MIN_SUPPORT,
-                         confidence: float = CONFIDENCE, features=None, variants: dict | None = None) -> dict:
+                         confidence: float = CONFIDENCE, features=None, variants: dict | None = None,
+                         families: tuple[dict, bool] = ({}, True), delta: float | None = DELTA) -> dict:
     """Calibrate on the validation rows va and their copies; writes calibration.json into path (if
     given). label_words: each attribute's labels; variants: how titles spell them (the matcher
-    matches both). `features`: a locked tower's stored outputs for va (training/data/features.py), or None."""
+    matches both); families: a declared hierarchy {attr: {value: family}} and whether attrx's colour
+    families apply to the other attributes (family_calibration.read_declared). `features`: a locked tower's stored outputs for va (training/data/features.py), or None."""
     variants = variants or {}
     label_words = matcher_words_of(label_words, variants)
     cs = calibration_set(model, data, va, tok, label_words, features=features, variants=variants)
@@ -150,10 +190,16 @@ def calibrate_checkpoint(path: str | Path | None, model, data: Encoded, va: np.n
     doc = calibrate_probs([p[nat] for p in cs.outputs["probs"]], cs.labels[nat], list(classes), targets,
                           min_support=min_support, confidence=confidence)
     doc.update(calibrate_situations(cs, classes, constraints, targets, min_support=min_support,
-                                    confidence=confidence))
+                                    confidence=confidence, delta=delta))
+    doc["families"] = calibrate_families(
+        cs, classes, constraints, {a: {k: SituationSpec.model_validate(v) for k, v in s.items()}
+                                   for a, s in doc["situations"].items()},
+        {a: ConflictSpec.model_validate(c) if c else None for a, c in doc["conflict"].items()}, families[0], targets,
+        min_support=min_support, confidence=confidence, min_situation_support=MIN_SITUATION_SUPPORT,
+        use_default=families[1], delta=delta)
     doc.update({"label_words": label_words, "label_variants": variants, "constraints": constraints.model_dump() if constraints else None,
                 "folded_class": {a: (OTHER if OTHER in cl else None) for a, cl in classes.items()},
-                "min_situation_support": MIN_SITUATION_SUPPORT,
+                "min_situation_support": MIN_SITUATION_SUPPORT, "delta": delta,
                 "rows": {c: int((cs.copy == i).sum()) for i, c in enumerate(COPIES)}})
     if path is not None:
         (Path(path) / CALIBRATION).write_text(json.dumps(doc, indent=1))
@@ -173,7 +219,8 @@ def attribute_specs(calib: dict, classes: dict[str, list[str]]) -> list[Attribut
             label_variants=(calib.get("label_variants") or {}).get(a) or None,
             situations=None if sits is None else {k: SituationSpec.model_validate(v) for k, v in sits.items()},
             conflict=None if conflict is None else ConflictSpec.model_validate(conflict),
-            folded_class=(calib.get("folded_class") or {}).get(a)))
+            folded_class=(calib.get("folded_class") or {}).get(a),
+            families=FamilySpec.model_validate(calib["families"][a]) if (calib.get("families") or {}).get(a) else None))
     return specs
 
 

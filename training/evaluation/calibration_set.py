@@ -35,6 +35,13 @@ class CalibrationSet:
     counts: np.ndarray  # [N, A] the row counts for the attribute (a strip copy counts for its own only)
     names_label: np.ndarray  # [N, A] the title names the product's catalog label
     copy: np.ndarray  # [N] which of COPIES the row is
+    product: np.ndarray | None = None  # [N] the row's product: its index in the encoded data
+
+    def take(self, rows: np.ndarray) -> CalibrationSet:
+        """The rows selected by a mask or an index array."""
+        return CalibrationSet({k: [o[rows] for o in v] for k, v in self.outputs.items()}, self.labels[rows],
+                              self.situations[rows], self.counts[rows], self.names_label[rows], self.copy[rows],
+                              None if self.product is None else self.product[rows])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,7 +68,7 @@ class _Matcher:
     spellings: list[LabelSpellings]  # whether a title names a given value of each attribute
 
 
-def _rows(model, enc: Encoded, attrs: list[str], m: _Matcher, copy: str,
+def _rows(model, enc: Encoded, attrs: list[str], m: _Matcher, copy: str, products: np.ndarray,
           only: int | None = None, features=None, source: np.ndarray | None = None) -> CalibrationSet:
     titles = [p.title for p in enc.products]
     has_image = enc.arrays["image_present"] > 0
@@ -74,14 +81,15 @@ def _rows(model, enc: Encoded, attrs: list[str], m: _Matcher, copy: str,
     named = np.array([[sp.names(t, p.labels.get(a)) for a, sp in zip(attrs, m.spellings, strict=True)]
                       for t, p in zip(titles, enc.products, strict=True)], dtype=bool).reshape(len(enc), len(attrs))
     out = predict_outputs(model, enc, np.arange(len(enc)), features=features, source=source)
-    return CalibrationSet(out, enc.labels, sits, counts, named, np.full(len(enc), COPIES.index(copy)))
+    return CalibrationSet(out, enc.labels, sits, counts, named, np.full(len(enc), COPIES.index(copy)),
+                          np.asarray(products))
 
 
 def concat(parts: list[CalibrationSet]) -> CalibrationSet:
     outs = {k: [np.concatenate([p.outputs[k][j] for p in parts]) for j in range(len(parts[0].outputs[k]))]
             for k in parts[0].outputs}
     cat = [np.concatenate([getattr(p, f) for p in parts]) for f in ("labels", "situations", "counts",
-                                                                     "names_label", "copy")]
+                                                                     "names_label", "copy", "product")]
     return CalibrationSet(outs, *cat)
 
 
@@ -97,7 +105,7 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
                      [LabelSpellings(list((variants or {}).get(a, {})), (variants or {}).get(a)) for a in attrs])
     patterns = [label_pattern(ws) for ws in label_words.values()]
     natural = _copy(data, va, tok)
-    parts = [_rows(model, natural, attrs, match, "natural", features=features, source=va)]
+    parts = [_rows(model, natural, attrs, match, "natural", va, features=features, source=va)]
     if not copies:
         return parts[0]
     titles = [p.title for p in natural.products]
@@ -107,18 +115,19 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
         keep = changed & ((natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped]))
         if keep.any():
             enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-            parts.append(_rows(model, enc, attrs, match, "strip", only=j, features=features, source=va[keep]))
+            parts.append(_rows(model, enc, attrs, match, "strip", va[keep], only=j, features=features,
+                               source=va[keep]))
     every = label_pattern([w for ws in label_words.values() for w in ws])
     stripped = [strip_pattern(t, every) for t in titles]
     keep = np.array([s != t for s, t in zip(stripped, titles, strict=True)], dtype=bool)
     keep &= (natural.arrays["image_present"] > 0) | np.array([s is not None for s in stripped])
     if keep.any():
         enc = _copy(data, va[keep], tok, titles=[s for s, k in zip(stripped, keep, strict=True) if k])
-        parts.append(_rows(model, enc, attrs, match, "strip_all", features=features, source=va[keep]))
+        parts.append(_rows(model, enc, attrs, match, "strip_all", va[keep], features=features, source=va[keep]))
     with_image, with_title = natural.arrays["image_present"] > 0, natural.arrays["text_present"] > 0
     if with_image.any():
         parts.append(_rows(model, _copy(data, va[with_image], tok, titles=[None] * int(with_image.sum())),
-                           attrs, match, "no_title", features=features, source=va[with_image]))
+                           attrs, match, "no_title", va[with_image], features=features, source=va[with_image]))
     if with_title.any():
         enc = _copy(data, va[with_title], tok, drop_image=True)
         blank = None
@@ -126,5 +135,5 @@ def calibration_set(model, data: Encoded, va: np.ndarray, tok, label_words: dict
             from attrx.training.data.features import BlankFeatures
 
             blank = BlankFeatures(model, enc.arrays["pixel_values"][:1])
-        parts.append(_rows(model, enc, attrs, match, "no_image", features=blank))
+        parts.append(_rows(model, enc, attrs, match, "no_image", va[with_title], features=blank))
     return concat(parts)

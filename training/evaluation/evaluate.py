@@ -25,12 +25,13 @@ from attrx.service.contract.situations import (
     strip_pattern,
 )
 from attrx.training.data.encode import IGNORE, encode_catalog_on_disk, split_of
-from attrx.training.data.label_variants import read_variants
 from attrx.training.data.loader import default_threads
+from attrx.training.data.variant_learning import read_variants
 from attrx.training.evaluation import metrics, situation_report
 from attrx.training.evaluation.calibration import (
     CONFIDENCE,
     DEFAULT_TARGETS,
+    DELTA,
     MIN_SUPPORT,
     calibrate_checkpoint,
     decision_rules,
@@ -41,6 +42,7 @@ from attrx.training.evaluation.constraint_learning import (
     read_constraints,
     write_constraints,
 )
+from attrx.training.evaluation.family_calibration import read_declared
 from attrx.training.evaluation.plots import plot_pr, plot_situations
 from attrx.training.evaluation.predict import predict_outputs
 from attrx.training.models.checkpoint import CALIBRATION, METRICS, load_checkpoint
@@ -97,7 +99,8 @@ def _constraints(ck, train_products, write: bool):
     return c
 
 
-def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets, min_support, confidence) -> dict:
+def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets, min_support, confidence,
+                 delta: float | None = DELTA) -> dict:
     """The plain evaluation calibrates (and writes calibration.json into out); a condition or another
     catalog uses the checkpoint's, unless it is from before situations (then it is recalibrated
     in memory, on the validation rows)."""
@@ -113,7 +116,8 @@ def _calibration(ck, data, va, train_products, custom: bool, out: Path, targets,
     label_words = {a: label_words.get(a) or list(ck.classes[a]) for a in ck.attributes}
     return calibrate_checkpoint(None if custom else out, ck.model, data, va, ck.classes, ck.tokenizer,
                                 label_words, _constraints(ck, train_products, write=not custom and out == ck.path), targets,
-                                min_support=min_support, confidence=confidence, variants=read_variants(ck.path))
+                                min_support=min_support, confidence=confidence, variants=read_variants(ck.path),
+                                families=read_declared(ck.path), delta=delta)
 
 
 def matcher_of(ck) -> tuple[dict[str, list[str]], dict]:
@@ -180,8 +184,14 @@ def _attribute_result(ck, a: str, j: int, labels, prods, outs, decisions, where,
         # what a user gets at each target, as served: precision of the accepted answers, and how many
         "accepted_precision": {k: situation_report.accepted_stats(right, d.accepted[j][lab])
                                for k, d in decisions.items()},
-        **situation_report.attribute_report(y, where[0][:, j], where[1][:, j], decisions, j),
+        **situation_report.attribute_report(y, where[0][:, j], where[1][:, j], decisions, j,
+                                            _family_of(calib, a)),
     }, wt[both, 1], (unnamed & both)
+
+
+def _family_of(calib: dict, a: str) -> np.ndarray | None:
+    fam = (calib.get("families") or {}).get(a)
+    return None if not fam else np.asarray(fam["of_class"])
 
 
 def _prepare_rows(ck, catalog, split: str, drop_title: bool, drop_image: bool, strip_label_words, out: Path,
@@ -240,7 +250,8 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
              targets: list[float] = DEFAULT_TARGETS, min_positives: int = 5, progress: bool = True,
              split: str = "test", drop_title: bool = False, drop_image: bool = False,
              strip_label_words: list[str] = (), report: str | Path | None = None,
-             min_support: int = MIN_SUPPORT, confidence: float = CONFIDENCE, decisions: str = "full") -> dict:
+             min_support: int = MIN_SUPPORT, confidence: float = CONFIDENCE, decisions: str = "full",
+             delta: float | None = DELTA) -> dict:
     """split="test": thresholds (re)calibrated on the checkpoint's validation split and its copies,
     figures on its test split (the catalog it was trained on). split="all": every row of any catalog
     with the same attribute columns, at the thresholds the checkpoint carries. drop_title / drop_image
@@ -258,7 +269,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
     elif len(va) == 0 or len(ev) == 0:
         raise ValueError(f"{catalog}: the validation ({len(va)}) or test ({len(ev)}) split is empty; "
                          "for a catalog the model was not trained on, use --split all")
-    calib = _calibration(ck, data, va, train_products, custom, out, targets, min_support, confidence)
+    calib = _calibration(ck, data, va, train_products, custom, out, targets, min_support, confidence, delta)
     outs = predict_outputs(ck.model, data, ev)
     concepts = concept_report(ck.model, ck.tokenizer, data, ev, ck.attributes, ck.classes, out)
     (out / ".images.f32").unlink(missing_ok=True)  # the pixels are no longer needed

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attrx.service.contract.bundle import precision_key
+from attrx.training.evaluation.certify import certified_threshold
+
 UNREACHABLE = "unreachable"
 
 
@@ -186,3 +189,32 @@ def recall_report(
         "min_positives": min_positives,
         "per_class": per_class,
     }
+
+
+MIN_POOL = 10  # the shared threshold of the classes without their own needs this many answers
+
+
+def class_thresholds(conf, value, label, n_classes: int, targets, min_support: int, confidence: float,
+                     delta: float | None = None) -> dict:
+    """Per target, one threshold per class for the acceptable rows of one situation: certified at
+    delta (training/evaluation/certify.py), or (delta None) the lowest whose one-sided bound at
+    `confidence` reaches the target."""
+    def pick(scores, positive, t):
+        if delta is not None:
+            return certified_threshold(scores, positive, t, delta)
+        return recall_at_precision(scores, positive, t, confidence).threshold
+
+    support = np.bincount(label[label >= 0], minlength=n_classes)
+    own = support >= max(1, min_support)
+    rare = ~own[value]
+    out = {}
+    for t in targets:
+        ths: list[float | None] = [None] * n_classes
+        for c in np.flatnonzero(own):
+            ths[c] = pick(np.where(value == c, conf, -np.inf), label == c, t)
+        if rare.sum() >= MIN_POOL:
+            shared = pick(np.where(rare, conf, -np.inf), rare & (value == label), t)
+            for c in np.flatnonzero(~own):
+                ths[c] = shared
+        out[precision_key(t)] = ths
+    return out

@@ -42,12 +42,24 @@ def accepted_stats(correct: np.ndarray, accepted: np.ndarray) -> dict:
     return out
 
 
-def group_report(rows: np.ndarray, correct: np.ndarray, decisions: dict[str, Decisions], j: int) -> dict:
-    """Accuracy, acceptance per target and review reasons of the rows selected by `rows`."""
+def group_report(rows: np.ndarray, correct: np.ndarray, decisions: dict[str, Decisions], j: int,
+                 family_right: np.ndarray | None = None) -> dict:
+    """Accuracy, acceptance per target and review reasons of the rows selected by `rows`; with value
+    families (family_right: the answered family is the label's), also what is accepted at the value
+    or, where the value is not, at the family (`accepted_any`) and how much of it at the family."""
     first = next(iter(decisions.values()))
     out = {"n": int(rows.sum()), "accuracy": round(float(correct[rows].mean()), 4) if rows.any() else None,
            "conflicts": int(first.conflict[j][rows].sum()), "constrained": int(first.constrained[j][rows].sum()),
            "accepted": {k: accepted_stats(correct[rows], d.accepted[j][rows]) for k, d in decisions.items()}}
+    if family_right is not None:
+        out["accepted_any"] = {}
+        for k, d in decisions.items():
+            fam = d.family_accepted[j][rows]
+            out["accepted_any"][k] = {**accepted_stats(np.where(fam, family_right[rows], correct[rows]),
+                                                       d.accepted[j][rows] | fam),
+                                      "at_family": int(fam.sum()),
+                                      "family_precision": round(float(family_right[rows][fam].mean()), 4)
+                                      if fam.any() else None}
     reasons = first.reason[j][rows]
     out["review"] = {r: int((reasons == i).sum()) for i, r in enumerate(REVIEW_REASONS) if (reasons == i).any()}
     return out
@@ -70,15 +82,23 @@ def title_groups(titles: Sequence[str | None], labels: Sequence[str | None], pat
 
 
 def attribute_report(labels: np.ndarray, situations: np.ndarray, groups: np.ndarray,
-                     decisions: dict[str, Decisions], j: int) -> dict:
-    """Per situation and per title group, for attribute j (rows with a label only)."""
+                     decisions: dict[str, Decisions], j: int, family_of: np.ndarray | None = None) -> dict:
+    """Per situation and per title group, for attribute j (rows with a label only). family_of: per
+    class its family (-1: none), for an attribute with value families."""
     lab = labels != -100
-    correct = next(iter(decisions.values())).value[j] == labels
-    by_sit = {s: group_report(lab & (situations == k), correct, decisions, j) for k, s in enumerate(SITUATIONS)
-              if (lab & (situations == k)).any()}
-    by_title = {g: group_report(lab & (groups == k), correct, decisions, j) for k, g in enumerate(TITLE_GROUPS)
-                if (lab & (groups == k)).any()}
-    return {"all": group_report(lab, correct, decisions, j), "situations": by_sit, "title_groups": by_title}
+    first = next(iter(decisions.values()))
+    correct = first.value[j] == labels
+    right = None
+    if family_of is not None:
+        fam_label = np.where(labels >= 0, family_of[np.maximum(labels, 0)], -1)
+        right = (first.family[j] >= 0) & (first.family[j] == fam_label)
+
+    def report(rows):
+        return group_report(rows, correct, decisions, j, right)
+
+    by_sit = {s: report(lab & (situations == k)) for k, s in enumerate(SITUATIONS) if (lab & (situations == k)).any()}
+    by_title = {g: report(lab & (groups == k)) for k, g in enumerate(TITLE_GROUPS) if (lab & (groups == k)).any()}
+    return {"all": report(lab), "situations": by_sit, "title_groups": by_title}
 
 
 def seen_pairs(train_values: list[dict[str, str]], attrs: list[str]) -> dict[tuple[str, str], set]:
