@@ -37,3 +37,6 @@ stage2_steps
 stage3_steps
 # numpy: a read-only view (service/telemetry/drift_window.py: readers of the drift block)
 _.writeable
+# pydantic fields written into manifests and answers, read by clients as JSON
+certified_by
+accepted_level

@@ -4,6 +4,8 @@
     python benchmarks/trust.py certify  --checkpoint CK --catalog C [--seeds 1,2,3]
     python benchmarks/trust.py estimate --checkpoint CK --catalog C
     python benchmarks/trust.py compare  --evals OLD_CK NEW_CK [--attribute baseColour]
+    python benchmarks/trust.py noise    [--catalog C]
+    python benchmarks/trust.py judged   --scored SCORED.jsonl --judgements benchmarks/label_judgements.csv --catalog C
     python benchmarks/trust.py render   --inputs DIR [--results docs/RESULTS.md]
 
 - matcher: per attribute, the share of the test split's titles that name a value with the
@@ -22,6 +24,10 @@
   evaluated checkpoints (`attrx eval` of each condition, as benchmarks/quality.py runs them), and
   the family-or-value level of the second.
 
+- noise: per attribute, the share of pairs of products with the very same image bytes whose
+  labels differ (the catalog's own label noise).
+- judged: accepted precision on a scored test split against the stored labels and against the
+  labels corrected by a person's judgements of label findings (benchmarks/label_rubric.md).
 - render: the "What to trust" section of docs/RESULTS.md (between its markers) from the JSON files
   the others printed, saved as DIR/matcher.json, compare.json, certify.json and estimate.json.
 

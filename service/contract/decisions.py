@@ -186,15 +186,14 @@ def decide_one(rules: Sequence[AttributeRules], decoder: RecordDecoder | None, p
         conf = rows[j][c]
         thr = r.threshold_lists[key][s][c]
         flag = False
-        both = text_probs is not None and image_probs is not None and BOTH_PRESENT[s]
-        if r.conflict is not None and both:
-            t = text_probs[j]
-            ti = int(t.argmax())
-            flag = bool(t[ti] >= r.conflict[0]) and bool(image_probs[j][ti] <= r.conflict[1])
+        uni = None  # (title-only, image-only) where the conflict check applies
+        if r.conflict is not None and text_probs is not None and image_probs is not None and BOTH_PRESENT[s]:
+            uni = (text_probs[j], image_probs[j])
+            ti = int(uni[0].argmax())
+            flag = bool(uni[0][ti] >= r.conflict[0]) and bool(uni[1][ti] <= r.conflict[1])
         checks = (no_fit[j], c == r.other, flag, thr is None, thr is None or not conf >= thr)
         reason = next((k for k, hit in enumerate(checks) if hit), -1)
-        fam = _family_one(r, key, rows[j], c, s, reason, no_fit[j],
-                          (text_probs[j], image_probs[j]) if both and r.conflict is not None else None)
+        fam = _family_one(r, key, rows[j], c, s, reason, no_fit[j], uni)
         out.append((c, conf, thr, reason, flag, changed[j], *fam))
     return out
 
@@ -208,7 +207,7 @@ def _family_one(r: AttributeRules, key: str, row: list[float], c: int, s: int, r
     fconf = sum(row[i] for i in f.members[k])
     fthr = f.threshold_lists[key][s][k]
     cross = False
-    if unimodal is not None:
+    if unimodal is not None and r.conflict is not None:
         t, im = unimodal
         cross = bool(family_conflicts(f, t[None], im[None], np.ones(1, dtype=bool), r.conflict)[0])
     ok = reason >= 0 and not no_fit and c != r.other and not cross and fthr is not None and fconf >= fthr

@@ -69,6 +69,10 @@ class AttributePrediction(BaseModel):
                                                          "null (nothing)")
     family: FamilyAnswer | None = Field(None, description="the value's family, for attributes with families and "
                                                           "values in one")
+    reviews_to_certify: int | None = Field(None, description="how many more reviewed products in this situation, at "
+                                                             "its current error rate, would certify its threshold for "
+                                                             "the requested precision: 0 when it is certified; null "
+                                                             "when unknown or out of reach")
 
 
 class ModelRef(BaseModel):
@@ -128,6 +132,11 @@ class SituationInfo(BaseModel):
                                      "copies with label words removed, title or image dropped)")
     natural: int = Field(0, description="of them, validation products as they are")
     thresholds: dict[str, list[float | None]] = Field(description="per precision target, one threshold per class")
+    certified_by: str | None = Field(None, description="which rows certified the thresholds: situation, or attribute "
+                                                       "(a small situation leaning on its attribute); null: none")
+    more_needed: dict[str, int | None] | None = Field(None, description="per target, how many more reviewed products "
+                                                                        "at the current error rate would certify it "
+                                                                        "(0: certified; null: it cannot)")
 
 
 class FamilyInfo(BaseModel):

@@ -94,6 +94,9 @@ class Predictor:
         full = decisions == "full"
         self.rules, self.decoder = rules_from_manifest(self.manifest, situations=full, conflicts=full, constraints=full)
         self.read_situations = SituationReader.of_attributes(self.manifest.attributes)
+        # per attribute, situation and target: reviewed products that would certify it (0: it is)
+        self._to_certify = [{s: (v.more_needed or {}) for s, v in (a.situations or {}).items()} if full else {}
+                            for a in self.manifest.attributes]
         where = {n: i for i, n in enumerate(self.manifest.model.outputs)}
         uni = self.manifest.model.unimodal
         self._cols = [[where[n] for n in output_names(a, uni)] for a in self.attributes]
@@ -160,6 +163,7 @@ class Predictor:
                 "situation": situations[j], "threshold": thr, "accepted": why < 0, "conflict": conflict,
                 "constrained": constrained, "review": None if why < 0 else REVIEW_REASONS[why],
                 "accepted_level": "value" if why < 0 else ("family" if fok else None),
+                "reviews_to_certify": self._to_certify[j].get(situations[j], {}).get(key),
                 "family": None if fam < 0 else {"name": rule.families.names[fam], "confidence": fconf,
                                                 "threshold": fthr, "accepted": fok},
             }

@@ -40,10 +40,16 @@ def lowest_confidence(confidence: np.ndarray, accepted: np.ndarray) -> np.ndarra
     return np.where(np.isfinite(low), 1.0 - low, 0.0)
 
 
+CERTIFY_BONUS = 0.5
+
+
 def priority(preds: dict[str, dict]) -> float:
     """priorities() of one product's predictions (attrx score's per-attribute dicts), in plain Python:
-    it runs once per queued product while scoring, where numpy's per-call cost would dominate."""
-    return float(sum(1.0 - p["confidence"] for p in preds.values() if not p["accepted"]))
+    it runs once per queued product while scoring, where numpy's per-call cost would dominate. An
+    attribute whose situation is not certified yet but could be (reviews_to_certify > 0) adds
+    CERTIFY_BONUS: its answer also counts toward certifying that situation."""
+    return float(sum(1.0 - p["confidence"] + (CERTIFY_BONUS if (p.get("reviews_to_certify") or 0) > 0 else 0.0)
+                     for p in preds.values() if not p["accepted"]))
 
 
 def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, dict]) -> dict | None:
@@ -57,7 +63,7 @@ def queue_row(pid: str, title: str | None, image: str | None, preds: dict[str, d
         attributes[a] = {"value": p["value"], "confidence": round(p["confidence"], 6),
                          "situation": p["situation"],
                          "threshold": None if p["threshold"] is None else round(p["threshold"], 6),
-                         "review": p["review"],
+                         "review": p["review"], "reviews_to_certify": p.get("reviews_to_certify"),
                          "modality_weights": {k: round(v, 6) for k, v in p["modality_weights"].items()},
                          "candidates": [{"value": c["value"], "probability": round(c["probability"], 6)}
                                         for c in others]}

@@ -22,6 +22,11 @@ def test_priority_counts_expected_wrong_values_and_differs_from_lowest_confidenc
     assert lowest_confidence(conf, acc) == pytest.approx([0.5, 0.8, 0.0])  # ... which this order puts first
     preds = {"a": {"confidence": 0.5, "accepted": False}, "b": {"confidence": 0.7, "accepted": True}}
     assert priority(preds) == pytest.approx(0.5)
+    # a situation one more review round could certify comes first: its answers count twice
+    preds["a"]["reviews_to_certify"] = 40
+    assert priority(preds) == pytest.approx(1.0)
+    preds["a"]["reviews_to_certify"] = 0  # certified already (or None: out of reach): no bonus
+    assert priority(preds) == pytest.approx(0.5)
 
 
 def _manifest():
