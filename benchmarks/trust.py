@@ -28,6 +28,8 @@
   labels differ (the catalog's own label noise).
 - judged: accepted precision on a scored test split against the stored labels and against the
   labels corrected by a person's judgements of label findings (benchmarks/label_rubric.md).
+- dupcheck: among the audited products whose exact image bytes appear again with another label,
+  how many the audit flagged.
 - render: the "What to trust" section of docs/RESULTS.md (between its markers) from the JSON files
   the others printed, saved as DIR/matcher.json, compare.json, certify.json and estimate.json.
 
@@ -252,6 +254,30 @@ def judged(a) -> dict:
     return out
 
 
+def dupcheck(a) -> dict:
+    """Per attribute: the products of the audited catalog whose exact image bytes appear again with
+    another label, and how many of them `attrx audit` flagged (its --out, given as --findings)."""
+    import csv
+    import hashlib
+    from collections import defaultdict
+
+    from attrx.training.data.encode import split_of
+
+    cat = Path(a.catalog)
+    rows = list(csv.DictReader(open(cat, newline="", encoding="utf-8")))
+    groups = defaultdict(list)
+    for r in rows:
+        f = Path(r["image"]) if Path(r["image"]).is_absolute() else cat.parent / r["image"]
+        groups[hashlib.sha256(f.read_bytes()).hexdigest()].append(r)
+    found = {(f["id"], f["attribute"]) for f in map(json.loads, Path(a.findings).read_text().splitlines())}
+    out = {}
+    for x in {f[1] for f in found}:
+        dis = [r for g in groups.values() if len(g) > 1 for r in g if any(o[x] != r[x] for o in g)]
+        out[x] = {"products": len(dis), "flagged": sum((r["id"], x) in found for r in dis),
+                  "in_training_split": sum(split_of(r["id"], 0.1, 0.1) == "train" for r in dis)}
+    return dict(sorted(out.items()))
+
+
 START, END = "<!-- trust:start (benchmarks/trust.py render) -->", "<!-- trust:end -->"
 
 
@@ -308,6 +334,45 @@ def _estimate_md(e: dict) -> list[str]:
     return out
 
 
+def _findings_md(judgements: Path, noise: dict | None, judged_p: dict | None, dups: dict | None) -> list[str]:
+    import csv
+    from collections import Counter, defaultdict
+
+    rows = list(csv.DictReader(open(judgements, newline="", encoding="utf-8")))
+    verdicts = ("label wrong", "synonym", "label right", "unclear")
+    total, by = Counter(r["verdict"] for r in rows), defaultdict(Counter)
+    for r in rows:
+        by[r["attribute"]][r["verdict"]] += 1
+    out = [f"The {len(rows)} strongest findings, judged blind by the rubric in `benchmarks/label_rubric.md` "
+           "(the judgements: `benchmarks/label_judgements.csv`):", "",
+           "| attribute | findings | " + " | ".join(verdicts) + " |", "|---|---|" + "---|" * len(verdicts)]
+    for x, c in sorted(by.items(), key=lambda t: -sum(t[1].values())):
+        out.append(f"| {x} | {sum(c.values())} | " + " | ".join(str(c[v]) for v in verdicts) + " |")
+    out += [f"| all | {len(rows)} | " + " | ".join(str(total[v]) for v in verdicts) + " |", ""]
+    if noise:
+        out += ["Pairs of products with the very same image bytes whose labels differ (`trust.py noise`): " + ", ".join(
+            f"{x} {r['disagree']}/{r['pairs']}" for x, r in noise["attributes"].items()) + ".", ""]
+    if dups:
+        out += ["Of the audited products whose exact image appears again with another label, flagged by the audit "
+                "(`trust.py dupcheck`; most are training rows, in sample for the bundle): " + ", ".join(
+                    f"{x} {r['flagged']}/{r['products']}" for x, r in dups.items() if r["products"]) + ".", ""]
+    if judged_p:
+        out += ["| attribute | accepted at P >= 0.90 (test split) | precision, stored labels | precision, judged labels |",
+                "|---|---|---|---|"]
+        out += [f"| {x} | {r['accepted']} of {r['of']} | {_f(r['precision_stored_labels'])} | "
+                f"{_f(r['precision_judged_labels'])} |" for x, r in judged_p.items()]
+    return out
+
+
+def _exclude_md(e: dict) -> list[str]:
+    out = ["| attribute | " + " | ".join(e) + " |", "|---|" + "---|" * len(e)]
+    attrs = list(next(iter(e.values())))
+    for x in attrs:
+        out.append(f"| {x} | " + " | ".join(f"{_f(r[x]['accuracy'])}, {_f(r[x]['precision'])} ({_f(r[x]['coverage'], 2)})"
+                                           for r in e.values()) + " |")
+    return out
+
+
 def render(a) -> dict:
     """The "What to trust" section of RESULTS.md from the JSON files of the other commands."""
     d = Path(a.inputs)
@@ -321,14 +386,20 @@ def render(a) -> dict:
     sections = (("matcher", "### How titles spell the values", lambda x: _matcher_md(x)),
                 ("compare", "### The matcher, before and after (value level, P >= 0.90, rule before certification)",
                  lambda x: _compare_md(x, ("gender", "subCategory", "articleType", "baseColour", "season"))),
-                ("compare", "### Families: colour at the family or the value (P >= 0.90)",
+                ("families", "### Families: colour at the family or the value (P >= 0.90)",
                  lambda x: _families_md(x, "baseColour")),
                 ("certify", "### Certified thresholds against the rule before them (P >= 0.90, delta 0.1)", _certify_md),
                 ("estimate", "### Accuracy without labels: estimated vs realised", _estimate_md))
     for name, title, fn in sections:
-        x = load(name)
+        x = load(name) if name != "families" else (load("families") or load("compare"))
         if x is not None:
             parts += [title, "", *fn(x), ""]
+    judgements = Path(a.judgements or ROOT / "benchmarks" / "label_judgements.csv")  # the file render reads
+    if judgements.is_file() and load("judged") is not None:
+        parts += ["### Label findings", "", *_findings_md(judgements, load("noise"), load("judged"), load("dupcheck")), ""]
+    if load("exclude") is not None:
+        parts += ["### Training without the suspect labels (test split: accuracy, accepted precision at P >= 0.90 "
+                  "(coverage))", "", *_exclude_md(load("exclude")), ""]
     parts.append(END)
     res = Path(a.results)
     text = res.read_text() if res.is_file() else ""
@@ -343,7 +414,8 @@ def render(a) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["matcher", "certify", "estimate", "compare", "render", "noise", "judged"])
+    ap.add_argument("what", choices=["matcher", "certify", "estimate", "compare", "render", "noise", "judged",
+                                     "dupcheck"])
     ap.add_argument("--checkpoint")
     ap.add_argument("--catalog", default=str(ROOT.parent / "shared" / "data" / "fashion-products" / "catalog.csv"))
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
@@ -353,14 +425,15 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "docs" / "RESULTS.md"), help="render: the page to write into")
     ap.add_argument("--scored", help="judged: attrx score's JSONL output for the test split")
     ap.add_argument("--judgements", help="judged: benchmarks/label_judgements.csv")
+    ap.add_argument("--findings", help="dupcheck: attrx audit's --out")
     ap.add_argument("--source", default="", help="render: which checkpoints and commands, said in the section")
     a = ap.parse_args()
-    if a.what not in ("compare", "render", "noise", "judged") and not a.checkpoint:
+    if a.what not in ("compare", "render", "noise", "judged", "dupcheck") and not a.checkpoint:
         ap.error(f"{a.what} needs --checkpoint")
     if a.what == "compare" and not a.evals:
         ap.error("compare needs --evals BEFORE AFTER")
     fns = {"matcher": matcher, "certify": certify, "estimate": estimate, "compare": compare, "render": render,
-           "noise": noise, "judged": judged}
+           "noise": noise, "judged": judged, "dupcheck": dupcheck}
     print(json.dumps(fns[a.what](a), indent=1))
 
 

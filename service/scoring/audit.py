@@ -7,12 +7,16 @@ Per product and attribute with a stored label the bundle knows, the audit reads:
   the labels it learned, so training rows yield few findings (docs/trust.md#label-findings);
 - the title-only and image-only predictions (the bundle's unimodal outputs), and the values the
   title names (by the bundle's label variants);
-- other products with the very same image bytes (sha256) or a near-identical image (a 64-bit
-  difference hash at most NEAR_BITS apart) and another stored label.
+- other products with the very same image bytes (sha256) or the same photo processed otherwise
+  (re-encoded, resized: a 64-bit difference hash at most NEAR_BITS apart and 16x16 colour thumbnails
+  at most NEAR_MAD apart on average; a difference hash alone matches different products shot alike
+  on white) and another stored label.
 
-A finding's strength is 1 - p_stored, plus 0.5 when a duplicate image carries another label. A
-product becomes a finding when p_stored < max_p (default 0.1) or a duplicate disagrees and
-p_stored < 0.5. Findings are written strongest first (JSONL); with a review queue, each goes to it
+A product becomes a finding when p_stored < max_p (default 0.1), or a duplicate disagrees and
+p_stored < 0.5. Its strength is the probability of the model's answer (the most probable other
+value), plus 0.5 when a duplicate image carries another label: a finding is strong when the model is
+sure of another value, not merely unsure of the stored one (1 - p_stored is high wherever the
+attribute is hard to see, as a season is, whether the label is right or not). Findings are written strongest first (JSONL); with a review queue, each goes to it
 with the reason `label_suspect`: a reviewer who keeps the stored value says "label right", one
 who picks another says "label wrong", and either is stored as any decision is.
 """
@@ -37,6 +41,7 @@ from attrx.service.inference.predictor import ImageError, InputError, Predictor
 from attrx.service.scoring.queue_writer import FORMAT
 
 NEAR_BITS = 4
+NEAR_MAD = 0.004  # mean absolute difference of 16x16 RGB thumbnails (0-1): a JPEG re-encode is ~0.0025
 REASON = "label_suspect"
 
 
@@ -80,18 +85,34 @@ def _predict(predictor: Predictor, products, reader: ImageReader, batch_size: in
     return kept, outputs
 
 
-def image_keys(kept) -> list[tuple[str | None, int | None]]:
-    """Per product: (sha256 of its image bytes, its difference hash); None without an image."""
-    return [(hashlib.sha256(data).hexdigest(), dhash(data)) if data else (None, None) for _, data, _ in kept]
+def thumbnail(data: bytes) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB").resize((16, 16)), dtype=np.float32) / 255.0
+    except (OSError, ValueError):
+        return None
+
+
+def image_keys(kept) -> list[tuple]:
+    """Per product: (sha256 of its image bytes, its difference hash, its thumbnail); Nones without one."""
+    return [(hashlib.sha256(data).hexdigest(), dhash(data), thumbnail(data)) if data else (None, None, None)
+            for _, data, _ in kept]
+
+
+def _same_photo(a: tuple, b: tuple) -> bool:
+    return a[2] is None or b[2] is None or float(np.abs(a[2] - b[2]).mean()) <= NEAR_MAD
 
 
 def _near_pairs(keys) -> set[tuple[int, int]]:
-    """Pairs of products whose difference hashes are at most NEAR_BITS apart (and not identical
-    bytes): candidates share one of NEAR_BITS + 1 slices of the hash (pigeonhole), then are checked."""
+    """Pairs of products whose difference hashes are at most NEAR_BITS apart and whose thumbnails
+    agree (and not identical bytes): candidates share one of NEAR_BITS + 1 slices of the hash
+    (pigeonhole), then are checked."""
     slices = NEAR_BITS + 1
     width = 64 // slices
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (_, h) in enumerate(keys):
+    for i, (_, h, _) in enumerate(keys):
         if h is not None:
             for b in range(slices):
                 buckets[(b, (h >> (b * width)) & ((1 << width) - 1))].append(i)
@@ -99,7 +120,8 @@ def _near_pairs(keys) -> set[tuple[int, int]]:
     for group in buckets.values():
         for a, i in enumerate(group):
             for k in group[a + 1:]:
-                if keys[i][0] != keys[k][0] and bin(keys[i][1] ^ keys[k][1]).count("1") <= NEAR_BITS:
+                if keys[i][0] != keys[k][0] and bin(keys[i][1] ^ keys[k][1]).count("1") <= NEAR_BITS \
+                        and _same_photo(keys[i], keys[k]):
                     out.add((min(i, k), max(i, k)))
     return out
 
@@ -110,7 +132,7 @@ def _duplicates(kept, keys, near: set[tuple[int, int]], attr: str) -> dict[int, 
         return kept[i][0].labels.get(attr)
 
     exact = defaultdict(list)
-    for i, (sha, _) in enumerate(keys):
+    for i, (sha, _, _) in enumerate(keys):
         if sha is not None:
             exact[sha].append(i)
     out: dict[int, list[dict]] = defaultdict(list)
@@ -150,8 +172,11 @@ def _findings(predictor: Predictor, kept, outputs, dups: dict[int, list[dict]], 
         ev = {"title_names": spell.named(p.title), "duplicates": dups.get(i, [])}
         if uni is not None:
             ev.update(title_only=_top(uni[0][i], spec.classes), image_only=_top(uni[1][i], spec.classes))
-        out.append({"id": p.id, "attribute": attr, "stored": stored, "suggested": spec.classes[int(probs[i].argmax())],
-                    "p_stored": round(ps, 4), "strength": round(1 - ps + 0.5 * disagree, 4), "situation": sits[j],
+        alt = probs[i].copy()
+        alt[spec.classes.index(stored)] = -1.0
+        k = int(alt.argmax())
+        out.append({"id": p.id, "attribute": attr, "stored": stored, "suggested": spec.classes[k],
+                    "p_stored": round(ps, 4), "strength": round(float(alt[k]) + 0.5 * disagree, 4), "situation": sits[j],
                     "title": p.title, "image": str(p.image) if p.image is not None else None, "evidence": ev,
                     "probs": probs[i]})
     return out

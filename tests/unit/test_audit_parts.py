@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from attrx.service.catalog.reader import Product
@@ -24,10 +25,14 @@ def test_near_pairs_are_the_brute_force_pairs():
             for b in rng.sample(range(64), flips):
                 x ^= 1 << b
             hashes.append(x)
-    keys = [(f"sha{i}", h) for i, h in enumerate(hashes)] + [(None, None)]
+    keys = [(f"sha{i}", h, None) for i, h in enumerate(hashes)] + [(None, None, None)]
     brute = {(i, k) for i in range(len(hashes)) for k in range(i + 1, len(hashes))
              if bin(hashes[i] ^ hashes[k]).count("1") <= NEAR_BITS}
     assert _near_pairs(keys) == brute and brute
+    # and the thumbnails must agree: a photo shot alike is not the same photo
+    a, b = np.zeros((16, 16, 3), np.float32), np.full((16, 16, 3), 0.003, np.float32)
+    close = [("x", 0, a), ("y", 1, b), ("z", 3, a + 0.05)]
+    assert _near_pairs(close) == {(0, 1)}
 
 
 def test_suspect_labels_are_left_out(tmp_path):
