@@ -83,13 +83,15 @@ class EstimateSums:
     def add(self, confidence: np.ndarray, situations: np.ndarray) -> None:
         """[N, A] probabilities of the answered values, [N, A] situation indices."""
         p = np.asarray(confidence, dtype=np.float64)
+        # each product rounded on its own: the sums are then the same however the products are split
+        # into batches, actors and resumed runs
+        sp, sv = np.rint(p * self.SCALE), np.rint(p * (1 - p) * self.SCALE)
+        n = len(self.names)
         for j in range(len(self.attributes)):
             k = situations[:, j].astype(np.int64)
-            n = len(self.names)
             self.sums[j, :, 0] += np.bincount(k, minlength=n)[:n]
-            self.sums[j, :, 1] += np.rint(np.bincount(k, p[:, j] * self.SCALE, minlength=n)[:n]).astype(np.int64)
-            self.sums[j, :, 2] += np.rint(np.bincount(k, p[:, j] * (1 - p[:, j]) * self.SCALE,
-                                                      minlength=n)[:n]).astype(np.int64)
+            self.sums[j, :, 1] += np.bincount(k, sp[:, j], minlength=n)[:n].astype(np.int64)
+            self.sums[j, :, 2] += np.bincount(k, sv[:, j], minlength=n)[:n].astype(np.int64)
 
     def add_vector(self, v: np.ndarray) -> None:
         self.sums += np.asarray(v, dtype=np.int64).reshape(self.sums.shape)
