@@ -95,3 +95,27 @@ def test_rare_classes_fold_into_other(checkpoint):
     assert folded.labels[:, 0].tolist() == [1, 2, 2]  # red; rare teal and never-seen labels -> other
     plain, _ = encode_catalog(cat, ck.tokenizer, ck.preprocess, classes, progress=False)
     assert plain.labels[:, 0].tolist() == [1, -1, -1]  # without folding they are unseen (counted wrong)
+
+
+def test_the_plain_evaluation_reports_duplicate_images_labelled_otherwise(checkpoint, demo_catalog, tmp_path):
+    """metrics.json's label_noise: pairs of products with byte-identical images, and per attribute
+    how many disagree (one injected copy of a product's image, with another colour)."""
+    import csv
+
+    from attrx.training.evaluation.evaluate import evaluate
+
+    rows = list(csv.DictReader(open(demo_catalog, newline="", encoding="utf-8")))
+    for r in rows:
+        r["image"] = str(demo_catalog.parent / r["image"]) if r["image"] else ""
+    first = next(r for r in rows if r["image"])
+    other = next(r["colour"] for r in rows if r["colour"] != first["colour"])
+    rows.append(dict(first, id=first["id"] + "-copy", colour=other))
+    cat = tmp_path / "catalog.csv"
+    with open(cat, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = evaluate(checkpoint, cat, out=tmp_path / "ev", progress=False)
+    noise = res["label_noise"]
+    assert noise["pairs"] >= 1 and noise["attributes"]["colour"]["disagree"] >= 1
+    assert noise["attributes"]["pattern"]["disagree"] <= noise["attributes"]["colour"]["disagree"] - 1

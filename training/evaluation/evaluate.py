@@ -43,6 +43,7 @@ from attrx.training.evaluation.constraint_learning import (
     write_constraints,
 )
 from attrx.training.evaluation.family_calibration import read_declared
+from attrx.training.evaluation.label_noise import duplicate_disagreement
 from attrx.training.evaluation.plots import plot_pr, plot_situations
 from attrx.training.evaluation.predict import predict_outputs
 from attrx.training.models.checkpoint import CALIBRATION, METRICS, load_checkpoint
@@ -294,6 +295,8 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         "calibration": {k: calib.get(k) for k in ("min_support", "confidence", "min_situation_support", "rows")},
         "situation_calibrated": "situations" in calib, "decisions": decisions,
         "records": _records(ck, data.labels[ev], answers, train_products) if train_products else None,
+        # the catalog's own noise: exact-duplicate images labelled otherwise (the plain evaluation only)
+        "label_noise": None if custom else duplicate_disagreement([*train_products, *data.products], ck.attributes),
         "attributes": results,
         **({"concepts": concepts} if concepts else {}),
     }
