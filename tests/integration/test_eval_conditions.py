@@ -119,3 +119,7 @@ def test_the_plain_evaluation_reports_duplicate_images_labelled_otherwise(checkp
     noise = res["label_noise"]
     assert noise["pairs"] >= 1 and noise["attributes"]["colour"]["disagree"] >= 1
     assert noise["attributes"]["pattern"]["disagree"] <= noise["attributes"]["colour"]["disagree"] - 1
+    # and, per situation, what certified its thresholds and what more reviews would (0: certified)
+    cert = res["certification"]["colour"]
+    assert cert and all(set(c["more_needed"]) == {"0.90", "0.95"} for c in cert.values())
+    assert all((c["certified_by"] is None) == all(m != 0 for m in c["more_needed"].values()) for c in cert.values())

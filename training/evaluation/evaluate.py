@@ -292,7 +292,11 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
                        "rows_excluded_nothing_left": excluded},
         "splits": {"val": int(len(va)), "test": int(len(ev))}, "rows_skipped": skipped,
         "precision_targets": calib["precision_targets"],
-        "calibration": {k: calib.get(k) for k in ("min_support", "confidence", "min_situation_support", "rows")},
+        "calibration": {k: calib.get(k) for k in ("min_support", "confidence", "min_situation_support", "rows", "delta")},
+        # per attribute and situation: which rows certified its thresholds, and how many more reviewed
+        # products at its current error rate would certify each target (0: certified; None: cannot)
+        "certification": {a: {sit: {"certified_by": v.get("certified_by"), "more_needed": v.get("more_needed")}
+                              for sit, v in sits.items()} for a, sits in (calib.get("situations") or {}).items()},
         "situation_calibrated": "situations" in calib, "decisions": decisions,
         "records": _records(ck, data.labels[ev], answers, train_products) if train_products else None,
         # the catalog's own noise: exact-duplicate images labelled otherwise (the plain evaluation only)
