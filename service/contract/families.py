@@ -46,22 +46,31 @@ def default_families(classes: list[str]) -> dict[str, str] | None:
     return named if named and len(named) >= COVERS * len(classes) else None
 
 
-def read_families(path: str | Path, attrs: Iterable[str]) -> dict[str, dict[str, str]]:
-    """A catalog's hierarchy file (CSV: attribute,value,family) -> {attr: {value: family}}."""
+def read_value_pairs(path: str | Path, attrs: Iterable[str], column: str, option: str) -> list[tuple[str, str, str]]:
+    """A CSV of attribute,value,<column> rows (a hierarchy, synonyms): checked, as (attribute, value,
+    that column's) triples. `option` names the flag it came with, for the errors."""
     path, attrs = Path(path), list(attrs)
     if not path.is_file():
-        raise FileNotFoundError(f"--families {path}: no such file")
-    out: dict[str, dict[str, str]] = {}
+        raise FileNotFoundError(f"{option} {path}: no such file")
+    out = []
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f)
-        if not {"attribute", "value", "family"} <= set(rows.fieldnames or []):
-            raise ValueError(f"{path}: a families file needs the columns attribute,value,family")
+        if not {"attribute", "value", column} <= set(rows.fieldnames or []):
+            raise ValueError(f"{path}: {option} needs the columns attribute,value,{column}")
         for i, r in enumerate(rows, start=2):
             if r["attribute"] not in attrs:
                 raise ValueError(f"{path}:{i}: no attribute {r['attribute']!r} ({', '.join(attrs)})")
-            if not (r["value"] or "").strip() or not (r["family"] or "").strip():
-                raise ValueError(f"{path}:{i}: an empty value or family")
-            out.setdefault(r["attribute"], {})[r["value"].strip()] = r["family"].strip()
+            if not (r["value"] or "").strip() or not (r[column] or "").strip():
+                raise ValueError(f"{path}:{i}: an empty value or {column}")
+            out.append((r["attribute"], r["value"].strip(), r[column].strip()))
+    return out
+
+
+def read_families(path: str | Path, attrs: Iterable[str]) -> dict[str, dict[str, str]]:
+    """A catalog's hierarchy file (CSV: attribute,value,family) -> {attr: {value: family}}."""
+    out: dict[str, dict[str, str]] = {}
+    for a, value, family in read_value_pairs(path, attrs, "family", "--families"):
+        out.setdefault(a, {})[value] = family
     return out
 
 

@@ -18,12 +18,12 @@ spellings seen, synonyms: what the matcher uses), "proposed": {attr: {label: {wo
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from attrx.service.contract.families import read_value_pairs
 from attrx.service.contract.label_variants import VARIANTS_FILE, merge, rule_variants, spelling_key
 
 _TOKEN = re.compile(r"[0-9A-Za-z]+(?:-[0-9A-Za-z]+)*")
@@ -76,18 +76,9 @@ def learn_predictors(titles: list[str], values: list[str | None]) -> dict[str, d
 
 def read_synonyms(path: str | Path, attrs) -> dict[str, dict[str, list[str]]]:
     """A synonyms taxonomy (CSV: attribute,value,synonym) -> {attr: {value: [synonym, ...]}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--synonyms {path}: no such file")
     out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f)
-        if not {"attribute", "value", "synonym"} <= set(rows.fieldnames or []):
-            raise ValueError(f"{path}: a synonyms file needs the columns attribute,value,synonym")
-        for i, r in enumerate(rows, start=2):
-            if r["attribute"] not in attrs:
-                raise ValueError(f"{path}:{i}: no attribute {r['attribute']!r} ({', '.join(attrs)})")
-            out[r["attribute"]][r["value"]].append(r["synonym"])
+    for a, value, synonym in read_value_pairs(path, attrs, "synonym", "--synonyms"):
+        out[a][value].append(synonym)
     return {a: dict(v) for a, v in out.items()}
 
 
