@@ -36,8 +36,10 @@ from attrx.service.contract.bundle import (
     output_names,
     sha256_file,
 )
+from attrx.service.contract.label_variants import VARIANTS_FILE
 from attrx.service.contract.preprocess import INPUT_NAMES
 from attrx.training.data.encode import encode_catalog, split_of
+from attrx.training.data.variant_learning import read_variants
 from attrx.training.evaluation.calibration import attribute_specs
 from attrx.training.models.checkpoint import CALIBRATION, METRICS, TOKENIZER, load_checkpoint
 
@@ -87,7 +89,13 @@ def _read_calibration(ck) -> tuple[dict, dict]:
                                 f"`attrx eval --checkpoint {ck.path} --catalog ...` first, it calibrates the "
                                 "per-class thresholds the bundle carries")
     metrics = json.loads((ck.path / METRICS).read_text()) if (ck.path / METRICS).is_file() else {}
-    return json.loads(calib_file.read_text()), metrics
+    calib = json.loads(calib_file.read_text())
+    edited = read_variants(ck.path)
+    if edited is not None and "label_variants" in calib and edited != calib["label_variants"]:
+        raise ValueError(f"{ck.path / VARIANTS_FILE} differs from the variants the thresholds were calibrated with: "
+                         f"run `attrx eval --checkpoint {ck.path} CATALOG` first, so that situations and "
+                         "thresholds follow the edited variants")
+    return calib, metrics
 
 
 def _metrics_summary(metrics: dict) -> dict:
@@ -206,6 +214,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, name: str | None =
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if metrics:
             (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
+        if (ck.path / VARIANTS_FILE).is_file():  # the variants used (also in the manifest) and the proposed
+            shutil.copyfile(ck.path / VARIANTS_FILE, tmp / VARIANTS_FILE)
         load_bundle(tmp)  # never hand out a bundle the service would refuse
         _step(bar, "drift reference")
         _add_drift_reference(tmp, manifest, ck, catalog, progress)

@@ -252,3 +252,26 @@ def test_a_bundle_is_readable_by_other_users(bundle):
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask
     for f in bundle.iterdir():
         assert f.stat().st_mode & stat.S_IROTH or umask & 0o004, f
+
+
+def test_edited_label_variants_need_a_recalibration_before_export(checkpoint, tmp_path):
+    """label_variants.json travels into the bundle; edited after calibration, export refuses and says
+    to run attrx eval (situations and thresholds follow the variants)."""
+    import shutil
+
+    from attrx.export.build import export_bundle
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint, ck)
+    calib = json.loads((ck / "calibration.json").read_text())
+    calib["label_variants"] = {"colour": {"grey": ["gray"]}}
+    (ck / "calibration.json").write_text(json.dumps(calib))
+    (ck / "label_variants.json").write_text(json.dumps({"variants": {"colour": {"grey": ["gray", "charcoal"]}},
+                                                        "proposed": {}}))
+    with pytest.raises(ValueError, match="attrx eval --checkpoint"):
+        export_bundle(ck, tmp_path / "b1", progress=False)
+    (ck / "label_variants.json").write_text(json.dumps({"variants": {"colour": {"grey": ["gray"]}}, "proposed": {}}))
+    out = export_bundle(ck, tmp_path / "b2", progress=False).path
+    assert json.loads((out / "label_variants.json").read_text())["variants"] == calib["label_variants"]
+    colour = next(a for a in json.loads((out / "manifest.json").read_text())["attributes"] if a["name"] == "colour")
+    assert colour["label_variants"] == {"grey": ["gray"]}
