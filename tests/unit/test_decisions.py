@@ -149,3 +149,20 @@ def test_the_served_reader_reads_every_title_as_the_matcher_does():
         for img in (b"x", None):
             want = [situation_of(normalise_title(t), img is not None, pats[a]) for a in words]
             assert read(t, img) == want, t
+
+
+def test_a_conflict_within_a_family_may_be_accepted_at_the_family_never_across():
+    """Title "olive", image green: the values conflict, the family Green is agreed on and accepted.
+    Title "red", image green: a conflict across families is accepted at no level."""
+    from attrx.service.contract.decisions import Families
+
+    classes = ["olive", "green", "red"]
+    fam = Families(["Green"], np.array([0, 0, -1]), {"0.90": np.full((len(SITUATIONS), 1), 0.8)})
+    rules = [AttributeRules("colour", classes, {"0.90": np.full((len(SITUATIONS), 3), 0.95)}, -1, (0.5, 0.1), fam)]
+    both = SITUATIONS.index("named+image")
+    probs = np.array([[0.5, 0.45, 0.05], [0.05, 0.5, 0.45]])
+    text = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]])
+    image = np.array([[0.05, 0.9, 0.05], [0.05, 0.9, 0.05]])
+    d = decide(rules, None, [probs], np.full((2, 1), both), "0.90", [text], [image])
+    assert d.conflict[0].tolist() == [True, True] and not d.accepted[0].any()
+    assert d.family[0].tolist() == [0, 0] and d.family_accepted[0].tolist() == [True, False]
