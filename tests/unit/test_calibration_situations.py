@@ -90,3 +90,15 @@ def test_a_taxonomy_replaces_what_was_learned_for_its_attributes(tmp_path):
     f.write_text("gender,colour\nMen,Red\n")
     with pytest.raises(ValueError, match="unknown: \\['colour'\\]"):
         read_taxonomy(f, classes)
+
+
+def test_certified_classes_too_small_for_their_own_test_share_one_threshold():
+    """12 classes, 20 confident right answers each: no class has the rows a certified test of its own
+    needs (44 at 0.90), so they share one, certified on all 240 rows: accepted, not left out."""
+    from attrx.training.evaluation.metrics import class_thresholds
+
+    rng = np.random.default_rng(0)
+    value = np.repeat(np.arange(12), 20)
+    conf = rng.uniform(0.95, 1.0, len(value))
+    ths = class_thresholds(conf, value, value.copy(), 12, (0.90,), 10, 0.5, delta=0.1)["0.90"]
+    assert len(set(ths)) == 1 and ths[0] is not None

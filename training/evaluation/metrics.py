@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attrx.service.contract.bundle import precision_key
-from attrx.training.evaluation.certify import certified_threshold
+from attrx.training.evaluation.certify import certified_threshold, first_size
 
 UNREACHABLE = "unreachable"
 
@@ -198,17 +198,22 @@ def class_thresholds(conf, value, label, n_classes: int, targets, min_support: i
                      delta: float | None = None) -> dict:
     """Per target, one threshold per class for the acceptable rows of one situation: certified at
     delta (training/evaluation/certify.py), or (delta None) the lowest whose one-sided bound at
-    `confidence` reaches the target."""
+    `confidence` reaches the target. A class gets its own threshold with at least `min_support`
+    positives (certified: and as many answers as the test's first step needs); the other classes
+    share one, fitted on the rows answered with any of them."""
     def pick(scores, positive, t):
         if delta is not None:
             return certified_threshold(scores, positive, t, delta)
         return recall_at_precision(scores, positive, t, confidence).threshold
 
     support = np.bincount(label[label >= 0], minlength=n_classes)
-    own = support >= max(1, min_support)
-    rare = ~own[value]
+    answered = np.bincount(value, minlength=n_classes)
     out = {}
     for t in targets:
+        own = support >= max(1, min_support)
+        if delta is not None:
+            own &= answered >= first_size(t, delta)
+        rare = ~own[value]
         ths: list[float | None] = [None] * n_classes
         for c in np.flatnonzero(own):
             ths[c] = pick(np.where(value == c, conf, -np.inf), label == c, t)
