@@ -79,12 +79,18 @@ def test_training_keeps_the_best_epoch_across_stages_and_calibrates(trained_chec
             for thr, n in zip(per_class, calib["support"][a], strict=True):
                 assert thr is None or n >= calib["min_support"]  # no threshold without support
     assert cfg["training"]["silence_title"] > 0 and cfg["model"]["aux_heads"]  # the defaults for multimodal
-    # acceptance per situation, on the validation split and its copies; situations need support
+    # acceptance per situation, on the validation split and its copies, certified: a situation with too
+    # little support of its own accepts only by leaning on its attribute (or not at all)
     assert set(calib["situations"]) == set(cfg["attributes"]) and calib["rows"]["no_title"] > 0
+    assert calib["delta"] == 0.1
     for sits in calib["situations"].values():
-        assert all(s["support"] >= calib["min_situation_support"] for s in sits.values())
+        for s in sits.values():
+            small = s["support"] < calib["min_situation_support"]
+            assert s["certified_by"] in ((None, "attribute") if small else (None, "situation"))
+            assert set(s["more_needed"]) == set(s["thresholds"])
     assert (checkpoint / "constraints.json").is_file() and "constraints" in calib
     assert cfg["label_words"]["colour"] and "other" not in cfg["label_words"]["colour"]
+    assert (checkpoint / "label_variants.json").is_file() and "label_variants" in calib  # how titles spell them
 
 
 def test_checkpoint_has_everything_and_logs_three_stages(trained_checkpoint):
