@@ -207,9 +207,12 @@ def _family_one(r: AttributeRules, key: str, row: list[float], c: int, s: int, r
     fconf = sum(row[i] for i in f.members[k])
     fthr = f.threshold_lists[key][s][k]
     cross = False
-    if unimodal is not None and r.conflict is not None:
+    if unimodal is not None and r.conflict is not None:  # family_conflicts for one product, in plain Python
         t, im = unimodal
-        cross = bool(family_conflicts(f, t[None], im[None], np.ones(1, dtype=bool), r.conflict)[0])
+        ti = int(t.argmax())
+        tf = int(f.of_class[ti])
+        img = sum(float(im[i]) for i in f.members[tf]) if tf >= 0 else float(im[ti])
+        cross = bool(t[ti] >= r.conflict[0]) and img <= r.conflict[1]
     ok = reason >= 0 and not no_fit and c != r.other and not cross and fthr is not None and fconf >= fthr
     return k, fconf, fthr, ok
 

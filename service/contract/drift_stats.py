@@ -115,12 +115,15 @@ class Statistics:
         uni = manifest.model.unimodal
         self._cols = [[where[n] for n in output_names(a.name, uni)][:2] for a in manifest.attributes]
         self.columns = {c for pair in self._cols for c in pair}  # the outputs bins() reads
-        self.prob_columns = [tuple(pair) for pair in self._cols]  # per attribute: (probabilities, weights)
         rules, _ = rules_from_manifest(manifest, constraints=False, conflicts=False)
         key = precision_key(manifest.precision_targets[0])
         self._thresholds = [r.thresholds[key] for r in rules]
         self._other = [r.other for r in rules]
         self._offsets = np.asarray([s.offset for s in self.stats], dtype=np.int64)
+
+    def answered(self, outputs: Sequence[np.ndarray | None]) -> np.ndarray:
+        """[N, A] the probability of each attribute's most probable value (what the accuracy estimate reads)."""
+        return np.stack([outputs[pc].max(axis=1) for pc, _ in self._cols], 1)
 
     def bins(self, outputs: Sequence[np.ndarray | None], profiles: np.ndarray) -> np.ndarray:
         """int64 [N, statistics]: each product's bin per statistic, as indices into the flat counts."""

@@ -82,7 +82,7 @@ class EngineDrift:
     def _estimate(self, outputs, profiles: np.ndarray) -> None:
         """The window's answered probabilities (the most probable value's: constraints, decided in
         the front-ends, change few) and situations, into the accuracy estimate."""
-        conf = np.stack([outputs[pc].max(axis=1) for pc, _ in self.stats.prob_columns], 1)
+        conf = self.stats.answered(outputs)
         self.estimate.add(conf, profiles[:, :conf.shape[1]].astype(np.int64))
         self._dirty = True
 

@@ -103,7 +103,7 @@ ESTIMATE_NOTE = ("an ESTIMATE that assumes calibrated probabilities: the mean pr
 
 def add_estimate(sums: EstimateSums, stats: Statistics, outputs: list[np.ndarray], profiles: np.ndarray) -> None:
     """The products' answered probabilities (the most probable value's) and situations into sums."""
-    conf = np.stack([outputs[pc].max(axis=1) for pc, _ in stats.prob_columns], 1)
+    conf = stats.answered(outputs)
     sums.add(conf, profiles[:, :conf.shape[1]].astype(np.int64))
 
 
