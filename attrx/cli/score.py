@@ -61,10 +61,13 @@ def cmd_audit(a) -> None:
     from attrx.service.scoring.audit import AuditSettings, audit
 
     s = AuditSettings(bundle=a.bundle, out=a.out, attributes=tuple(a.attributes or ()), max_p=a.max_p,
-                      review_queue=a.review_queue)
+                      review_queue=a.review_queue, batch_size=a.batch_size, ray=a.ray,
+                      ray_concurrency=a.ray_concurrency, ray_local_cpus=a.ray_local_cpus)
+    from attrx.service.scoring.ray_data import RayNotInstalled
+
     try:
         summary = audit(a.catalog, s)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RayNotInstalled) as e:
         raise SystemExit(f"attrx audit: {e}") from None
     print(json.dumps(summary))
 
@@ -85,6 +88,13 @@ def _audit_parser(sub) -> None:
                    help="a finding: the model gives the stored label less than this (default 0.1; 0.5 when a "
                         "duplicate image carries another label)")
     c.add_argument("--review-queue", help="also append the findings to this review queue (reason label_suspect)")
+    c.add_argument("--batch-size", type=int, default=32, help="products per model run (default 32)")
+    g = c.add_argument_group("Ray Data (pip install 'attrx[ray]')")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="read, key and predict on Ray Data: a cluster's address (or RAY_ADDRESS), else a local Ray; "
+                        "the findings are judged on this machine, the same as without --ray")
+    g.add_argument("--ray-concurrency", type=int, default=1, help="inference actors (default 1)")
+    g.add_argument("--ray-local-cpus", type=int, help="CPUs of the local Ray (default: all)")
     c.set_defaults(func=cmd_audit)
 
 

@@ -19,12 +19,13 @@ sure of another value, not merely unsure of the stored one (1 - p_stored is high
 attribute is hard to see, as a season is, whether the label is right or not). Findings are written strongest first (JSONL); with a review queue, each goes to it
 with the reason `label_suspect`: a reviewer who keeps the stored value says "label right", one
 who picks another says "label wrong", and either is stored as any decision is.
+
+With `ray` set, the per-product work (reading, keying and predicting) runs on Ray Data
+(attrx.service.scoring.audit_ray) and the judging here, on the driver: the same findings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from attrx.service.catalog.sources import ImageReader
 from attrx.service.contract.bundle import load_bundle, output_names
 from attrx.service.contract.label_variants import LabelSpellings
 from attrx.service.inference.predictor import ImageError, InputError, Predictor
+from attrx.service.scoring.image_keys import image_key
 from attrx.service.scoring.queue_writer import FORMAT
 
 NEAR_BITS = 4
@@ -53,52 +55,42 @@ class AuditSettings:
     max_p: float = 0.1
     review_queue: str | None = None
     batch_size: int = 32
-
-
-def dhash(data: bytes) -> int | None:
-    """A 64-bit difference hash of an image (9x8 grey, each pixel brighter than its right neighbour)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            g = np.asarray(im.convert("L").resize((9, 8)), dtype=np.int16)
-    except (OSError, ValueError):
-        return None
-    bits = (g[:, 1:] > g[:, :-1]).ravel()
-    return int(sum(1 << i for i, b in enumerate(bits) if b))
+    ray: str | None = None  # None: on this machine; "" a local Ray; else a cluster's address
+    ray_concurrency: int = 1  # inference actors
+    ray_local_cpus: int | None = None
 
 
 def _predict(predictor: Predictor, products, reader: ImageReader, batch_size: int):
-    """Per readable product: (product, image bytes, situations, outputs row index); the outputs."""
-    kept, items, outputs = [], [], None
+    """Per readable product: (product, its image key, situations); the outputs, one row per kept
+    product. Each image's bytes are read, keyed and dropped batch by batch: the audit holds keys
+    (a thumbnail of 3 KB a product), never the catalog's images."""
+    kept, outputs, items = [], [], []
+
+    def run():
+        if items:
+            outputs.append(predictor.run_batch(items))
+            items.clear()
+
     for p in products:
         try:
             data = reader.read(p.image) if p.image is not None else None
             d = predictor.decode_request(p.title, data)
         except (InputError, ImageError, OSError, ValueError):
             continue
-        kept.append((p, data, d.situations))
+        kept.append((p, image_key(data), d.situations))
         items.append(d.inputs)
-    parts = [predictor.run_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
-    if parts:
-        outputs = [np.concatenate([part[k] for part in parts]) for k in range(len(parts[0]))]
-    return kept, outputs
+        if len(items) == batch_size:
+            run()
+    run()
+    return kept, join_outputs(outputs)
 
 
-def thumbnail(data: bytes) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB").resize((16, 16)), dtype=np.float32) / 255.0
-    except (OSError, ValueError):
-        return None
+def join_outputs(parts: list[list[np.ndarray]]) -> list[np.ndarray] | None:
+    return [np.concatenate([part[k] for part in parts]) for k in range(len(parts[0]))] if parts else None
 
 
 def image_keys(kept) -> list[tuple]:
-    """Per product: (sha256 of its image bytes, its difference hash, its thumbnail); Nones without one."""
-    return [(hashlib.sha256(data).hexdigest(), dhash(data), thumbnail(data)) if data else (None, None, None)
-            for _, data, _ in kept]
+    return [key for _, key, _ in kept]
 
 
 def _same_photo(a: tuple, b: tuple) -> bool:
@@ -210,7 +202,14 @@ def audit(catalog: str | Path, s: AuditSettings) -> dict:
         raise ValueError(f"--attributes {unknown}: the bundle has {', '.join(predictor.attributes)}")
     cat = read_catalog(catalog, attrs)
     reader = ImageReader(ImageLimits.of(None, (), catalog))
-    kept, outputs = _predict(predictor, cat.products, reader, s.batch_size)
+    if s.ray is None:
+        kept, outputs = _predict(predictor, cat.products, reader, s.batch_size)
+    else:
+        from attrx.service.scoring.audit_ray import predict_on_ray
+
+        kept, outputs = predict_on_ray(str(bundle.path), cat.products, reader, address=s.ray,
+                                       batch_size=s.batch_size, concurrency=s.ray_concurrency,
+                                       local_cpus=s.ray_local_cpus)
     keys = image_keys(kept)
     near = _near_pairs(keys)
     findings = [f for a in attrs for f in (_findings(predictor, kept, outputs, _duplicates(kept, keys, near, a), a,

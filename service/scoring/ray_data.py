@@ -65,12 +65,12 @@ class RayNotInstalled(RuntimeError):
     pass
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise RayNotInstalled("attrx score --ray needs Ray Data: pip install 'attrx[ray]'") from None
+        raise RayNotInstalled("--ray needs Ray Data: pip install 'attrx[ray]'") from None
     return ray
 
 
@@ -220,7 +220,7 @@ class Infer:
 
 
 # -- the job --------------------------------------------------------------------------------------------
-def _rows_table(products):
+def rows_table(products):
     import pyarrow as pa
 
     cols = {"id": [p.id for p in products], "line": [p.line for p in products],
@@ -231,7 +231,7 @@ def _rows_table(products):
     return pa.table(cols)
 
 
-def _connect(ray, address: str | None, num_cpus: int | None, progress: bool) -> bool:
+def connect_ray(ray, address: str | None, num_cpus: int | None, progress: bool) -> bool:
     """Join a cluster (address or RAY_ADDRESS) or start a local Ray; True when this call started it."""
     if ray.is_initialized():
         return False
@@ -260,7 +260,7 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
     attribute not accepted also go there (each actor writes a part under OUT, joined at the end).
     Returns the run's summary."""
     fmt = output_format(s.out, s.ray_format)
-    ray = _import_ray()
+    ray = import_ray()
     out, t0 = Path(s.out), time.perf_counter()
     bundle = load_bundle(s.bundle)
     predictor = Predictor(bundle)
@@ -279,11 +279,11 @@ def score_ray(catalog: str | Path, s: ScoreSettings) -> dict:
     todo = [p for p in cat.products if p.id not in skip]
     queue_dir = _queue_parts(out, s.review_queue, resume=s.resume)
     t_read = time.perf_counter() - t0
-    started = bool(todo) and _connect(ray, s.ray or None, s.ray_local_cpus, s.progress)  # nothing to do: no Ray
+    started = bool(todo) and connect_ray(ray, s.ray or None, s.ray_local_cpus, s.progress)  # nothing to do: no Ray
     try:
         if todo:
             _check_cpus(ray, s.ray_concurrency, s.ray_num_cpus)
-            _run(ray, _rows_table(todo), out, bundle, s, key=key, queue_dir=queue_dir, drift_dir=drift_dir,
+            _run(ray, rows_table(todo), out, bundle, s, key=key, queue_dir=queue_dir, drift_dir=drift_dir,
                  reader=image_reader(s, catalog))
     finally:
         if started:

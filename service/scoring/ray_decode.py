@@ -36,7 +36,7 @@ def _reader(reader: ImageReader) -> ImageReader:
     return _readers.setdefault(hash(repr(reader)), reader)
 
 
-def _refs(batch: dict) -> list:
+def image_refs(batch: dict) -> list:
     """Each row's image: bytes (a Parquet catalog's image column), a path or a URL, or None."""
     data = batch.get("image_bytes")
     return [bytes(b) if data is not None and b is not None and len(b) else (str(i) if i else None)
@@ -49,7 +49,7 @@ def decode_batch(batch: dict, bundle_dir: str, max_image_pixels: int | None, rea
     `detail` (a remote image's url, status and tries, as JSON) and `image_error` (title-only rows)."""
     pred, reader = _predictor(bundle_dir, max_image_pixels), _reader(reader)
     items, errors, details, notes, sits = [], [], [], [], []
-    rows = zip(batch["title"], _refs(batch), strict=True)
+    rows = zip(batch["title"], image_refs(batch), strict=True)
     for (title, ref), got, err in prefetched(rows, lambda r: r[1], reader, concurrency=concurrency):
         note, detail = (str(err) if err is not None and title_only and title else ""), ""
         try:  # the catalog's one image reader: regular files only, size-limited; URLs fetched above

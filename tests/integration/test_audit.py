@@ -73,3 +73,23 @@ def test_audit_refuses_an_attribute_the_bundle_lacks(bundle, demo_catalog, tmp_p
     r = subprocess.run([EXE, "audit", str(demo_catalog), "--bundle", str(bundle), "--out", str(tmp_path / "f.jsonl"),
                         "--attributes", "size"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--attributes ['size']" in r.stderr and "colour" in r.stderr
+
+
+def test_ray_finds_what_the_local_audit_finds(bundle, demo_catalog, tmp_path):
+    """The per-product work on a real local Ray (2 CPUs, 2 actors): the same findings, byte for byte."""
+    import pytest
+
+    pytest.importorskip("ray.data", reason="Ray Data is the optional extra attrx[ray]")
+    cat, pairs = _catalog(demo_catalog, tmp_path)
+    base = [EXE, "audit", str(cat), "--bundle", str(bundle), "--attributes", "colour", "--max-p", "0.05",
+            "--batch-size", "8"]
+    local, ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    r = subprocess.run([*base, "--out", str(local)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*base, "--out", str(ray), "--ray", "--ray-local-cpus", "2", "--ray-concurrency", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["audited"] == 62 and summary["findings"] >= 4
+    assert {*pairs["exact"], *pairs["near"]} <= {json.loads(x)["id"] for x in ray.read_text().splitlines()}
+    assert ray.read_text() == local.read_text()
