@@ -40,3 +40,4 @@ _.writeable
 # pydantic fields written into manifests and answers, read by clients as JSON
 certified_by
 accepted_level
+instance  # RFC 9457 problem details: the occurrence (service/http/schemas.py Problem)

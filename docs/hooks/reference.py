@@ -3,7 +3,8 @@ cannot drift from it:
 - reference/cli.md from `attrx`'s argparse parsers (attrx.cli.build_parser);
 - reference/http.md (and reference/openapi.json) from the FastAPI app's OpenAPI document, the one
   `/openapi.json` serves (attrx.service.http.app.openapi_document);
-- reference/configuration.md from the settings models of attrx serve, score and review.
+- reference/configuration.md from the settings models of attrx serve, score and review;
+- reference/errors.md from the registry of error reasons (attrx.service.http.problems.REASONS).
 """
 
 from __future__ import annotations
@@ -22,10 +23,24 @@ def on_files(files, config):
 
     spec = openapi_document()
     pages = {"reference/cli.md": cli_markdown(), "reference/http.md": api_markdown(spec),
-             "reference/openapi.json": json.dumps(spec, indent=2), "reference/configuration.md": settings_markdown()}
+             "reference/openapi.json": json.dumps(spec, indent=2), "reference/configuration.md": settings_markdown(),
+             "reference/errors.md": errors_markdown()}
     for uri, text in pages.items():
         files.append(File.generated(config, uri, content=text))
     return files
+
+
+# -- the error reasons -----------------------------------------------------------------------------
+def errors_markdown() -> str:
+    from attrx.service.http.problems import REASONS, TYPE_PREFIX
+
+    out = ["# Error reasons", "", f"{GENERATED} Every error answer is `application/problem+json` (RFC 9457) whose "
+           f"`type` is `{TYPE_PREFIX}REASON` and whose `reason` member is the code below; the server answers "
+           f"`GET {TYPE_PREFIX}REASON` with the same text. The shape: [HTTP API](../http-api.md#errors).", "",
+           "| reason | status | title | when, and what to do |", "|---|---|---|---|"]
+    out += [f"| <span id=\"{r}\"></span>`{r}` | {', '.join(map(str, st))} | {title} | {text} |"
+            for r, (title, st, text) in REASONS.items()]
+    return "\n".join(out) + "\n"
 
 
 # -- the CLI ----------------------------------------------------------------------------------------

@@ -126,24 +126,26 @@ class EngineClient:
             raise QueueFull(f"all {self.arena.n} slots of this front-end are taken")
         return self._free.pop()
 
-    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True, key: int = 0
-               ) -> tuple[asyncio.Future, int]:
+    def submit(self, inputs: dict[str, np.ndarray], deadline: float, *, counted: bool = True, key: int = 0,
+               tag: str = "") -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot). Raises QueueFull when every slot is taken, EngineGone.
         counted=False: a warm-up product, kept out of the prediction metrics. key: the product's
-        (`attrx.service.http.dedup.engine_key`; 0: none)."""
+        (`attrx.service.http.dedup.engine_key`; 0: none). tag: its request id, for the engine's log."""
         k = self._take_slot()
         try:
             self.arena.write_inputs(k, inputs)
+            self.arena.write_tag(k, tag)
         except BaseException:
             self._free.append(k)
             raise
         return self._send(RUN, k, deadline, int(counted), key), k
 
-    def follow(self, key: int, deadline: float) -> tuple[asyncio.Future, int]:
+    def follow(self, key: int, deadline: float, tag: str = "") -> tuple[asyncio.Future, int]:
         """(future of a BatchResult, slot): the output of the product with this key that another
         front-end leads. The future raises Miss when nobody leads it (then do the work here)."""
         k = self._take_slot()
         self.arena.flags[k] = 0  # no inputs to write: only the cancel flag to clear
+        self.arena.write_tag(k, tag)
         return self._send(FOLLOW, k, deadline, 1, key), k
 
     def baseline(self, source: str) -> tuple[asyncio.Future, int]:

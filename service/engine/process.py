@@ -210,7 +210,7 @@ class Engine:
             exc = fut.exception()
             status = status_of(exc)
             if status == FAILED:
-                log.error("attrx engine: a batch failed: %r", exc)
+                log.error("attrx engine: [%s] the batch of this product failed: %r", link.arena.read_tag(slot), exc)
         link.send(REPLY.pack(slot, status, 0, 0.0, 0.0))
         if key:
             self._miss(self.leads.end(key, link))  # its followers do the work themselves

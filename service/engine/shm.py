@@ -18,6 +18,7 @@ from attrx.service.contract.drift_stats import PROFILE_KEY
 from attrx.service.procutil import close_shared_memory, segment_name
 
 ALIGN = 64
+TAG_BYTES = 128  # after the cancel flag: the product's request id (and trace context), ASCII, NUL-padded
 
 
 def _aligned(n: int) -> int:
@@ -58,7 +59,7 @@ class Layout:
             f = Field(f"output{i}", (1, *arr.shape[1:]), arr.dtype.str, offset)
             fields_out.append(f)
             offset = _aligned(offset + f.nbytes)
-        return cls(tuple(fields_in), tuple(fields_out), offset, _aligned(offset + 1))
+        return cls(tuple(fields_in), tuple(fields_out), offset, _aligned(offset + 1 + TAG_BYTES))
 
 
 class Arena:
@@ -74,6 +75,7 @@ class Arena:
         # every process dies without closing it; the creator unlinks it on a normal exit
         buf = self.shm.buf
         self.flags = np.ndarray((n,), np.uint8, buf, layout.flag_offset, (layout.slot_bytes,))
+        self.tags = np.ndarray((n, TAG_BYTES), np.uint8, buf, layout.flag_offset + 1, (layout.slot_bytes, 1))
         self._inputs = [self._views(buf, f) for f in layout.inputs]
         self._outputs = [self._views(buf, f) for f in layout.outputs]
         names = [f.name for f in layout.inputs]
@@ -95,6 +97,15 @@ class Arena:
                 raise ValueError(f"input {f.name} has shape {arr.shape}; the slot holds {f.shape}")
             views[k][...] = arr
         self.flags[k] = 0
+
+    def write_tag(self, k: int, tag: str) -> None:
+        """What the engine's log lines about slot k's product name it by (its request id)."""
+        raw = tag.encode("ascii", "replace")[:TAG_BYTES]
+        self.tags[k, :len(raw)] = np.frombuffer(raw, np.uint8)
+        self.tags[k, len(raw):] = 0
+
+    def read_tag(self, k: int) -> str:
+        return self.tags[k].tobytes().rstrip(b"\0").decode("ascii", "replace")
 
     def read_outputs(self, k: int) -> list[np.ndarray]:
         """Copies: the slot is reused once this returns."""

@@ -18,21 +18,24 @@ from typing import Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from attrx.service.engine.client import EngineLink
 from attrx.service.http.asgi import BodyLimit, Gate, RequestMetrics
 from attrx.service.http.auth import admin_guard, inference_guard
 from attrx.service.http.endpoints import Endpoints
-from attrx.service.http.errors import ApiError, ClientGone, error_body
+from attrx.service.http.errors import ApiError, ClientGone, problem_response
+from attrx.service.http.problems import MEDIA_TYPE, describe
+from attrx.service.http.request_id import current, from_headers
 from attrx.service.http.schemas import (
     BatchResponse,
-    ErrorResponse,
     ExtractResponse,
     ModelInfo,
+    Problem,
     calibrated_targets,
     request_schemas,
 )
@@ -63,13 +66,19 @@ def _error_handlers(app: FastAPI, svc: Endpoints) -> None:
     async def _api_error(request: Request, e: ApiError):
         if not e.counted:
             svc.reject(e.reason)
-        return JSONResponse(error_body(e.reason, e.message), status_code=e.status, headers=e.headers)
+        return problem_response(e.status, e.reason, e.message, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
-        svc.reject("bad_request")
         msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        return JSONResponse(error_body("bad_request", msg), status_code=422)
+        reason = "malformed_json" if any(err.get("type") == "json_invalid" for err in e.errors()) else "bad_request"
+        svc.reject(reason)
+        return problem_response(400 if reason == "malformed_json" else 422, reason, msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
+        return problem_response(e.status_code, reason, str(e.detail), getattr(e, "headers", None))
 
     @app.exception_handler(ClientGone)
     @app.exception_handler(ClientDisconnect)
@@ -77,6 +86,13 @@ def _error_handlers(app: FastAPI, svc: Endpoints) -> None:
         # the client hung up (while sending its body, or while its work waited): nobody to answer
         svc.reject("client_gone")
         return Response(status_code=499)
+
+
+# documented on the operations that take a body; every route takes it (attrx.service.http.request_id)
+REQUEST_ID_PARAMETER = {"name": "X-Request-ID", "in": "header", "required": False,
+                        "description": "your id for this request, echoed in the answer's X-Request-ID and named in "
+                                       "the server's log lines about it (else the server makes one)",
+                        "schema": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$"}}
 
 
 class Baseline(BaseModel):
@@ -93,7 +109,7 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
 
     @app.post("/v1/extract", response_model=ExtractResponse, dependencies=auth,
               summary="Attributes of one product",
-              openapi_extra={"requestBody": {"required": True, "content": {
+              openapi_extra={"parameters": [REQUEST_ID_PARAMETER], "requestBody": {"required": True, "content": {
                   "application/json": {"schema": json_schema},
                   "multipart/form-data": {"schema": multipart_schema}}}})
     async def extract(request: Request):
@@ -103,8 +119,8 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
 
     @app.post("/v1/extract/batch", response_model=BatchResponse, dependencies=auth,
               summary="Attributes of several products",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "type": "array", "items": json_schema}}}}})
+              openapi_extra={"parameters": [REQUEST_ID_PARAMETER], "requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "array", "items": json_schema}}}}})
     async def extract_batch(request: Request):
         """A JSON list of products (each as in /v1/extract's JSON form). One failed item gets its own
         error entry and does not fail the others."""
@@ -127,7 +143,7 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         return svc.drift(st)
 
     @app.post("/v1/drift/baseline", dependencies=admin, summary="Make recent traffic the drift reference (admin key)",
-              responses={403: {"model": ErrorResponse}})
+              responses={403: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
     async def drift_baseline(body: Baseline | None = None, st: State = Depends(model_handle)):
         """`{"source": "traffic"}` (the default): the window's products become the reference, in every
         process, and with `--drift-reference FILE` in that file too, so a restart keeps it.
@@ -135,17 +151,26 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         off (403) without one."""
         return await svc.rebaseline(st, (body or Baseline()).source)
 
+    @app.get("/problems/{reason}", summary="What an error answer's type means", tags=["errors"],
+             responses={404: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
+    async def problem_type(reason: str):
+        """An error answer's `type` is `/problems/{reason}`: this says what the reason means."""
+        found = describe(reason)
+        if found is None:
+            raise ApiError(404, "not_found", f"no problem type {reason!r}", counted=True)
+        return found
+
     @app.get("/healthz", summary="This front-end process answers (it says nothing about progress: see /livez)")
     async def healthz():
         return {"status": "ok"}
 
     @app.get("/livez", summary="Liveness: 503 once the inference process or this front-end has made no progress "
-                               "for liveness_timeout_s", responses={503: {"model": ErrorResponse}})
+                               "for liveness_timeout_s", responses={503: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
     async def livez():
         return svc.livez()
 
     @app.get("/readyz", summary="Readiness: 200 once the bundle is loaded and warmed up; 503 before, while draining "
-                                "and while work waits past the stall bound", responses={503: {"model": ErrorResponse}})
+                                "and while work waits past the stall bound", responses={503: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
     async def readyz():
         return svc.readyz()
 
@@ -160,8 +185,25 @@ class AttrxApp(FastAPI):
     service: Endpoints
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        rid = from_headers(scope["headers"])
+        token = current.set(rid)
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(msg):
+            if msg["type"] == "http.response.start":
+                msg["headers"] = [*msg.get("headers", ()), header]
+            await send(msg)
+
+        try:
+            await self._admitted(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
+
+    async def _admitted(self, scope, receive, send):
         gate = self.service.gate
-        if gate is None or scope["type"] != "http" or scope["path"] not in Gate.PATHS:
+        if gate is None or scope["path"] not in Gate.PATHS:
             return await super().__call__(scope, receive, send)
         # admitted already by the HTTP protocol (`attrx.service.http.frontend`), or decided here
         ticket = scope["attrx.ticket"] if "attrx.admitted" in scope else gate.admit(scope["path"])
@@ -192,7 +234,7 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
         description="Product attribute extraction from a title and an image: per attribute the value, its "
                     "confidence, the modality weights and whether it is accepted in the product's situation.",
         version=__version__, lifespan=svc.lifespan, docs_url=None, redoc_url=None,
-        responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 500, 503, 504)},
+        responses={code: {"model": Problem, "content": {MEDIA_TYPE: {}}} for code in (401, 408, 413, 415, 422, 429, 500, 503, 504)},
         # FastAPI's own OpenTelemetry asks the global providers on every request whether it is on;
         # attrx reports through Prometheus, so it is off outright
         **_telemetry_off(),

@@ -6,29 +6,24 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
-from attrx.service.http.errors import TooLarge, error_body, raw_error
+from attrx.service.http.errors import TooLarge, raw_error
+from attrx.service.http.problems import MEDIA_TYPE, problem_bytes
+from attrx.service.http.request_id import current
 
 ENDPOINTS = {"/v1/extract", "/v1/extract/batch", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
              "/openapi.json"}
 
 
-def json_response(status: int, body: dict, headers: dict | None = None) -> tuple[dict, dict]:
-    """The two ASGI messages of a JSON answer (built once, sendable many times)."""
-    data = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+async def send_problem(send, status: int, reason: str, message: str, headers: dict | None = None) -> None:
+    """An error answer sent from ASGI middleware (the request id from the request's context)."""
+    data = problem_bytes(status, reason, message, current.get())
+    raw = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-    return {"type": "http.response.start", "status": status, "headers": raw}, {"type": "http.response.body",
-                                                                               "body": data}
-
-
-async def send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
-    start, body_msg = json_response(status, body, headers)
-    await send(start)
-    await send(body_msg)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
 
 
 class Gate:
@@ -40,11 +35,7 @@ class Gate:
 
     def __init__(self, admission, metrics):
         self.admission = admission
-        message = f"{admission.limit} products are in flight, the server's limit; retry shortly"
-        self._answer = json_response(429, error_body("overloaded", message), {"Retry-After": "1"})
-        # for the HTTP protocol's own refusals (attrx.service.http.frontend)
-        self.raw_429 = raw_error(429, "overloaded", message, close=False, retry_after=1)
-        self.raw_429_close = raw_error(429, "overloaded", message, close=True, retry_after=1)
+        self.message = f"{admission.limit} products are in flight, the server's limit; retry shortly"
         self._count = {p: (metrics.requests.labels(p, "429"), metrics.request_seconds.labels(p))
                        for p in self.PATHS}
         self._rejected = metrics.rejections.labels("overloaded")
@@ -62,10 +53,13 @@ class Gate:
         counter.inc()
         hist.observe(seconds)
 
+    def raw_429(self, request_id: str, *, close: bool) -> bytes:
+        """The HTTP protocol's own refusal (attrx.service.http.frontend), as bytes for its socket."""
+        return raw_error(429, "overloaded", self.message, close=close, request_id=request_id, retry_after=1)
+
     async def refuse(self, path: str, send) -> None:
         t0 = time.perf_counter()
-        await send(self._answer[0])
-        await send(self._answer[1])
+        await send_problem(send, 429, "overloaded", self.message, {"Retry-After": "1"})
         self.record_refusal(path, time.perf_counter() - t0)
 
 
@@ -80,7 +74,7 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self.on_reject()
             e = TooLarge(self.limit)
-            return await send_json(send, 413, error_body(e.reason, e.message))
+            return await send_problem(send, 413, e.reason, e.message)
         seen = 0
         started = False
 
@@ -104,7 +98,7 @@ class BodyLimit:
         except TooLarge as e:  # raised outside a route (normally answered inside one)
             if not started:
                 self.on_reject()
-                await send_json(send, 413, error_body(e.reason, e.message))
+                await send_problem(send, 413, e.reason, e.message)
 
 
 class RequestMetrics:

@@ -22,9 +22,17 @@ from attrx.service.engine.client import BatchFailed, DriftOff, EmptyWindow, Engi
 from attrx.service.http.admission import Ticket
 from attrx.service.http.asgi import Gate
 from attrx.service.http.dedup import InFlight, ResponseCache, Shared, SharedKeys, engine_key, product_key
-from attrx.service.http.errors import ApiError, ClientGone, error_body, explain, input_error, retry_later
+from attrx.service.http.errors import (
+    ApiError,
+    ClientGone,
+    explain,
+    input_error,
+    problem_response,
+    retry_later,
+)
 from attrx.service.http.health import Health
 from attrx.service.http.image_url import ImageUrls
+from attrx.service.http.request_id import current
 from attrx.service.http.requests import (
     ProductRequest,
     check_options,
@@ -33,8 +41,8 @@ from attrx.service.http.requests import (
     read_batch,
     read_one,
 )
-from attrx.service.http.schemas import AttributeInfo, ExtractRequest, ModelInfo
-from attrx.service.http.state import State, count_warm, load_state, warm_up
+from attrx.service.http.schemas import ExtractRequest, ModelInfo
+from attrx.service.http.state import State, count_warm, load_state, model_info, warm_up
 from attrx.service.http.watch import Drain, Watch
 from attrx.service.inference.predictor import InputError
 from attrx.service.settings import ServeSettings
@@ -194,7 +202,7 @@ class Endpoints:
     async def _follow(self, s: Shared, p: ProductRequest, key: int, deadline: float, ticket: Ticket | None):
         """The output of another front-end's work on this product, or None (a miss: nobody leads it now)."""
         st = self.loaded
-        job, slot = st.engine.follow(key, deadline)
+        job, slot = st.engine.follow(key, deadline, tag=current.get())
         s.cancel_queued = partial(st.engine.cancel, slot)
         if ticket is not None:
             ticket.hold(job)
@@ -228,7 +236,7 @@ class Endpoints:
             if now >= deadline:
                 raise ApiError(504, "timeout", f"the deadline of {self.settings.request_timeout_ms:.0f} ms passed "
                                                "before queueing")
-            job, slot = st.engine.submit(inputs, deadline, key=key)
+            job, slot = st.engine.submit(inputs, deadline, key=key, tag=current.get())
             queued = True
         finally:
             if key and not queued:
@@ -328,19 +336,7 @@ class Endpoints:
 
     # -- the rest -----------------------------------------------------------------------------
     def model_info(self, st: State) -> ModelInfo:
-        m, s = st.bundle.manifest, st.settings
-        return ModelInfo(
-            name=m.name, version=m.version, family=m.model.family, created=m.created,
-            precision_targets=m.precision_targets, situation_calibrated=m.situation_calibrated,
-            attributes=[_attribute_info(a) for a in m.attributes],
-            constraints=m.constraints.model_dump() if m.constraints else None,
-            metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
-            precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
-            batching={"policy": s.batching, "max_batch_size": s.max_batch_size,
-                      "max_queue_delay_ms": s.max_queue_delay_ms, "max_queue_size": s.max_queue_size,
-                      "max_in_flight": s.max_in_flight, "request_timeout_ms": s.request_timeout_ms,
-                      "dedup": s.dedup, "response_cache": s.response_cache},
-        )
+        return model_info(st)
 
     def drift(self, st: State) -> dict:
         if st.drift is None:
@@ -367,19 +363,19 @@ class Endpoints:
                  f", written to {done['file']}" if done["file"] else "")
         return done
 
-    def readyz(self) -> JSONResponse:
+    def readyz(self) -> Response:
         try:
             st = self.ready_state()
             self.health.check_progress(st)
         except ApiError as e:
-            return JSONResponse(error_body(e.reason, e.message), status_code=503, headers=e.headers)
+            return problem_response(503, e.reason, e.message, e.headers)
         warm, workers = sum(st.link.warm), st.link.workers
         if warm < workers:  # this process is ready, not yet every one that shares the socket
-            return JSONResponse(error_body("not_ready", f"{warm} of {workers} front-end processes are ready"),
-                                status_code=503, headers={"Retry-After": "1"})
+            return problem_response(503, "not_ready", f"{warm} of {workers} front-end processes are ready",
+                                    {"Retry-After": "1"})
         return JSONResponse({"status": "ready", "model": st.model_ref})
 
-    def livez(self) -> JSONResponse:
+    def livez(self) -> Response:
         return self.health.livez(self.state)
 
     def metrics(self) -> Response:
@@ -391,9 +387,3 @@ class Endpoints:
             st.metrics.set_drift(st.drift.compare())
         body, media_type = exposition(st.metrics.registry)
         return Response(body, media_type=media_type)
-
-
-def _attribute_info(a) -> AttributeInfo:
-    return AttributeInfo.model_validate(a.model_dump(include={"name", "classes", "thresholds", "support",
-                                                              "situations", "conflict", "folded_class", "label_variants",
-                                                              "families"}))

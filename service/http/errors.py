@@ -1,13 +1,14 @@
-"""The service's error answers: one JSON shape, {"error": {"reason": ..., "message": ...}}."""
+"""The service's error answers as exceptions; their bodies are problem details (attrx.service.http.problems)."""
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 
 from pydantic import ValidationError
 
 from attrx.service.contract.preprocess import ImageError
+from attrx.service.http.problems import MEDIA_TYPE, problem_bytes
+from attrx.service.http.request_id import current
 from attrx.service.inference.predictor import InputError
 
 
@@ -29,20 +30,25 @@ class ClientGone(Exception):
     """The client hung up: there is nobody to answer."""
 
 
-def error_body(reason: str, message: str) -> dict:
-    return {"error": {"reason": reason, "message": message}}
-
-
-def raw_error(status: int, reason: str, message: str, *, close: bool, retry_after: int | None = None) -> bytes:
+def raw_error(status: int, reason: str, message: str, *, close: bool, request_id: str,
+              retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 error answer as bytes, for the protocol to write to a socket itself."""
-    body = json.dumps(error_body(reason, message)).encode()
-    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-    head += f"content-length: {len(body)}\r\n"
+    body = problem_bytes(status, reason, message, request_id)
+    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: {MEDIA_TYPE}\r\n"
+    head += f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
     if retry_after is not None:
         head += f"retry-after: {retry_after}\r\n"
     if close:
         head += "connection: close\r\n"
     return (head + "\r\n").encode() + body
+
+
+def problem_response(status: int, reason: str, message: str, headers: dict | None = None):
+    """An error answer from a route or a handler (the request id from the request's context)."""
+    from starlette.responses import Response
+
+    return Response(problem_bytes(status, reason, message, current.get()), status_code=status, headers=headers,
+                    media_type=MEDIA_TYPE)
 
 
 def input_error(e: Exception) -> ApiError:

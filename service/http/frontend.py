@@ -26,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from attrx.service.http.admission import Admission
 from attrx.service.http.errors import raw_error
+from attrx.service.http.request_id import from_headers, new_id, uvicorn_log_config
 
 log = logging.getLogger("uvicorn.error")
 
@@ -62,7 +63,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._conn_ticket is None:
             self._close("too_many_connections", raw_error(
                 503, "too_many_connections", f"the server holds {self.max_connections} connections, its limit; "
-                "retry shortly", close=True, retry_after=1))
+                "retry shortly", close=True, request_id=new_id(), retry_after=1))
             return
         self._arm(self.header_timeout_s, "slow_headers")
         _Sweeper.ensure(self.loop, self.connections)
@@ -105,7 +106,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             scope["attrx.admitted"], scope["attrx.ticket"] = True, ticket
             return False
         keep = self.parser.should_keep_alive()
-        self.transport.write(gate.raw_429 if keep else gate.raw_429_close)
+        self.transport.write(gate.raw_429(from_headers(self.headers), close=not keep))
         gate.record_refusal(path)
         self.cycle = _Answered()  # type: ignore[assignment]  # duck-typed: the body that follows is read and dropped
         self._deadline = None
@@ -136,8 +137,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return self._close("slow_client", b"")
         limit = self.header_timeout_s if what == "slow_headers" else self.body_timeout_s
         part = "headers" if what == "slow_headers" else "body"
+        headers = self.headers if what == "slow_body" else []  # the headers of this request, once complete
         self._close("slow_client", raw_error(
-            408, "slow_client", f"the request's {part} did not arrive within {limit:g} s", close=True))
+            408, "slow_client", f"the request's {part} did not arrive within {limit:g} s", close=True,
+            request_id=from_headers(headers)))
 
     def _close(self, reason: str, response: bytes) -> None:
         if response:
@@ -240,7 +243,7 @@ def frontend_main(settings_data: dict, link, log_level: str, access_log: bool) -
                                 connections_limit=Admission(settings.max_connections,
                                                             shared=(link.connections, link.index)))
     config = uvicorn.Config(
-        app, log_level=log_level, access_log=access_log, http=protocol,
+        app, log_level=log_level, access_log=access_log, http=protocol, log_config=uvicorn_log_config(),
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds as a float
         # the app answers what cannot finish by the drain deadline itself (503); uvicorn's own
         # cancellation, which would answer 500, only comes after it

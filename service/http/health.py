@@ -11,12 +11,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from attrx.service.engine.client import EngineClient, EngineLink
 from attrx.service.engine.progress import TICK_S
 from attrx.service.http.drift_report import FrontDrift
-from attrx.service.http.errors import error_body, retry_later
+from attrx.service.http.errors import problem_response, retry_later
 from attrx.service.http.state import State
 from attrx.service.settings import ServeSettings
 
@@ -98,7 +98,7 @@ class Health:
             raise retry_later(503, "stalled", f"{where} has made no progress for {stalled:.1f} s "
                                               f"(the bound is {bound:.1f} s); retry shortly")
 
-    def livez(self, st: State | None) -> JSONResponse:
+    def livez(self, st: State | None) -> Response:
         """503 once the engine or this front-end has made no progress for liveness_timeout_s (an
         orchestrator restarts the pod; the supervisor replaces the process meanwhile). Loading,
         warming up and draining are alive."""
@@ -107,6 +107,6 @@ class Health:
         stalled, where = self.stalled_for(st)
         limit = self.settings.liveness_timeout_s
         if stalled > limit:
-            return JSONResponse(error_body("stalled", f"{where} has made no progress for {stalled:.1f} s "
-                                                      f"(the liveness bound is {limit:g} s)"), status_code=503)
+            return problem_response(503, "stalled", f"{where} has made no progress for {stalled:.1f} s "
+                                                   f"(the liveness bound is {limit:g} s)")
         return JSONResponse({"status": "alive", "stalled_s": round(stalled, 3)})

@@ -61,6 +61,8 @@ async def read_one(request: Request) -> ProductRequest:
         try:
             return from_model(ExtractRequest.model_validate_json(await request.body()))
         except ValidationError as e:
+            if any(err["type"] == "json_invalid" for err in e.errors()):
+                raise ApiError(400, "malformed_json", f"body is not valid JSON: {explain(e)}") from None
             raise ApiError(422, "bad_request", explain(e)) from None
     raise ApiError(415, "unsupported_media_type",
                    f"content type {ctype or '(none)'!r} is not accepted; send multipart/form-data or application/json")
@@ -111,11 +113,11 @@ async def read_batch(request: Request, max_items: int) -> list:
     try:
         body = json.loads(await request.body())
     except (ValueError, RecursionError):
-        raise ApiError(422, "bad_request", "body is not valid JSON (or nests too deeply)") from None
+        raise ApiError(400, "malformed_json", "body is not valid JSON (or nests too deeply)") from None
     if not isinstance(body, list):
         raise ApiError(422, "bad_request", "body must be a JSON list of products")
     if len(body) > max_items:
-        raise ApiError(413, "too_large", f"{len(body)} products; the limit is {max_items}")
+        raise ApiError(413, "too_many_items", f"{len(body)} products; the limit is {max_items} a call")
     return body
 
 

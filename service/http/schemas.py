@@ -107,8 +107,18 @@ class ErrorBody(BaseModel):
     message: str
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+class Problem(BaseModel):
+    """An error answer: RFC 9457 problem details, served as application/problem+json."""
+
+    type: str = Field(description="what the error is: /problems/{reason}, which the server itself explains")
+    title: str
+    status: int
+    detail: str = Field(description="this occurrence, in words")
+    instance: str | None = Field(None, description="urn:attrx:request:{request_id}")
+    reason: str = Field(description="attrx's code for the error (the last segment of type)")
+    request_id: str | None = Field(None, description="the answer's X-Request-ID")
+    error: ErrorBody | None = Field(None, description="the error shape before problem details, kept for one "
+                                                      "release: read reason and detail instead")
 
 
 class BatchItemResult(BaseModel):
@@ -182,6 +192,8 @@ class ModelInfo(BaseModel):
     variant: str = Field(description="its key in the bundle's variants (a precision, or tensorrt)")
     variants: list[str] = Field(description="the variants the bundle has")
     batching: dict
+    limits: dict | None = Field(None, description="what one request may hold: max_request_items (products in a "
+                                                  "/v1/extract/batch call), max_body_bytes, max_title_chars")
 
 
 def calibrated_targets(settings: ServeSettings) -> list[float] | None:
@@ -194,19 +206,22 @@ def calibrated_targets(settings: ServeSettings) -> list[float] | None:
 
 
 def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
-    """(JSON, multipart) request schemas; min_precision lists the calibrated targets, which are the
-    only values the server takes."""
-    mp = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    """(JSON, multipart) request schemas. min_precision is a number in (0, 1]; the bundle's calibrated
+    targets, the only values the server takes, are named in its description and listed in
+    `x-attrx-calibrated-targets`, not as an enum: client generators take enums of strings and
+    integers only (openapi-python-client skipped both extract operations over a float enum)."""
+    mp: dict = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    about = ExtractRequest.model_json_schema()["properties"]["min_precision"].get("description", "")
     if targets:
-        mp = {"type": "number", "enum": targets}
+        mp["x-attrx-calibrated-targets"] = targets
+        about += f" (this server's bundle: {', '.join(f'{t:g}' for t in targets)})"
     js = ExtractRequest.model_json_schema()
-    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}],
-                                         "description": js["properties"]["min_precision"].get("description", "")}
+    js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}], "description": about}
     multipart = {"type": "object", "properties": {
         "title": {"type": "string", "description": "product title (may be left out if an image is sent)"},
         "image": {"type": "string", "format": "binary",
                   "description": "the image file: JPEG, PNG, WebP, ... (may be left out if a title is sent)"},
-        "min_precision": {**mp, "description": js["properties"]["min_precision"]["description"]},
+        "min_precision": {**mp, "description": about},
         "top_k": {"type": "integer", "minimum": 1, "maximum": 50,
                   "description": "how many candidates to list per attribute (default 1)"}}}
     return js, multipart

@@ -17,6 +17,7 @@ from attrx.service.engine.client import BatchFailed, EngineClient, EngineGone, E
 from attrx.service.engine.shm import Arena
 from attrx.service.http.admission import Admission
 from attrx.service.http.drift_report import FrontDrift
+from attrx.service.http.schemas import AttributeInfo, ModelInfo
 from attrx.service.inference.predictor import Predictor, load_predictor, warmup_product
 from attrx.service.settings import ServeSettings
 from attrx.service.telemetry.prometheus import Metrics
@@ -105,3 +106,28 @@ async def warm_up(st: State, engine_ready) -> None:
 def count_warm(st: State, n: int) -> None:
     """This front-end's entry of the server's ready count (its own entry only: see shared_counter)."""
     st.link.warm[st.link.index] += n
+
+
+def model_info(st: State) -> ModelInfo:
+    """What GET /v1/model answers."""
+    m, s = st.bundle.manifest, st.settings
+    return ModelInfo(
+        name=m.name, version=m.version, family=m.model.family, created=m.created,
+        precision_targets=m.precision_targets, situation_calibrated=m.situation_calibrated,
+        attributes=[_attribute_info(a) for a in m.attributes],
+        constraints=m.constraints.model_dump() if m.constraints else None,
+        metrics=m.metrics, backend=st.link.info["backend"], providers=st.link.info["providers"],
+        precision=st.link.info["precision"], variant=st.link.info["variant"], variants=list(m.variants),
+        batching={"policy": s.batching, "max_batch_size": s.max_batch_size,
+                  "max_queue_delay_ms": s.max_queue_delay_ms, "max_queue_size": s.max_queue_size,
+                  "max_in_flight": s.max_in_flight, "request_timeout_ms": s.request_timeout_ms,
+                  "dedup": s.dedup, "response_cache": s.response_cache},
+        limits={"max_request_items": s.max_request_items, "max_body_bytes": s.max_body_bytes,
+                "max_title_chars": s.max_title_chars},
+    )
+
+
+def _attribute_info(a) -> AttributeInfo:
+    return AttributeInfo.model_validate(a.model_dump(include={"name", "classes", "thresholds", "support",
+                                                              "situations", "conflict", "folded_class", "label_variants",
+                                                              "families"}))

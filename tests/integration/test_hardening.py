@@ -56,15 +56,19 @@ def test_past_the_in_flight_limit_requests_get_429_at_once(start_server):
                 for i in range(4)]
         wait_metric(s, "attrx_in_flight", 4)
         t0 = time.monotonic()
-        refused = [httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=5) for _ in range(5)]
+        refused = [httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=5,
+                              headers={"X-Request-ID": f"refused-{i}"}) for i in range(5)]
         batch = httpx.post(s.url + "/v1/extract/batch", json=[{"title": "Tee"}], timeout=5)
         fast = time.monotonic() - t0
         assert [r.status_code for r in held_results(held)] == [200] * 4
     assert [r.status_code for r in refused] == [429] * 5 and batch.status_code == 429
     assert fast < 1.5, f"6 refusals took {fast:.2f} s: they waited for work instead of being refused"
-    body = refused[0].json()["error"]
-    assert body["reason"] == "overloaded" and "4 products are in flight" in body["message"]
-    assert refused[0].headers["retry-after"] == "1"
+    body = refused[0].json()  # refused by the HTTP protocol itself or by the app: the same problem either way
+    assert refused[0].headers["content-type"] == "application/problem+json"
+    assert body["reason"] == "overloaded" and "4 products are in flight" in body["detail"] and body["status"] == 429
+    assert [r.headers["x-request-id"] for r in refused] == [f"refused-{i}" for i in range(5)]
+    assert [r.json()["request_id"] for r in refused] == [f"refused-{i}" for i in range(5)]
+    assert refused[0].headers["retry-after"] == "1" and batch.json()["reason"] == "overloaded"
     after = scrape(s)
     assert metric(after, "attrx_rejections_total", '{reason="overloaded"}') == 6
     assert metric(after, "attrx_in_flight") == 0  # every slot came back
@@ -107,7 +111,7 @@ def test_an_image_sent_as_a_text_field_is_a_4xx(server):
 def test_deeply_nested_json_is_a_4xx(server, body):
     for path in ("/v1/extract/batch", "/v1/extract"):
         r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=10)
-        assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_request", (path, r.text[:200])
+        assert r.status_code == 400 and r.json()["reason"] == "malformed_json", (path, r.text[:200])
 
 
 def test_chunked_multipart_over_the_body_limit_is_413(server):
@@ -149,8 +153,12 @@ def test_the_schema_says_what_the_server_accepts(server):
     body = spec["paths"]["/v1/extract"]["post"]["requestBody"]["content"]
     targets = httpx.get(server.url + "/v1/model", timeout=10).json()["precision_targets"]
     mp = body["application/json"]["schema"]["properties"]["min_precision"]["anyOf"][0]
-    assert mp["enum"] == targets  # the calibrated targets are the only values the server takes
-    assert body["multipart/form-data"]["schema"]["properties"]["min_precision"]["enum"] == targets
+    # the calibrated targets are the only values the server takes: listed, and named in the description
+    # (not an enum of floats, which client generators cannot take)
+    assert mp["x-attrx-calibrated-targets"] == targets and "enum" not in mp
+    multipart = body["multipart/form-data"]["schema"]["properties"]["min_precision"]
+    assert multipart["x-attrx-calibrated-targets"] == targets
+    assert all(f"{t:g}" in multipart["description"] for t in targets)
 
 
 # -- slow and vanished clients ----------------------------------------------------------------------
@@ -182,6 +190,7 @@ def test_slow_clients_are_closed(impatient, kind):
         assert data == b""
     else:
         assert data.startswith(b"HTTP/1.1 408") and b'"reason": "slow_client"' in data, data[:300]
+        assert b"content-type: application/problem+json" in data and b"x-request-id: " in data
     after = metric(scrape(impatient), "attrx_rejections_total", '{reason="slow_client"}')
     assert after == before + 1
     assert httpx.post(impatient.url + "/v1/extract", json={"title": "Tee"}, timeout=10).status_code == 200

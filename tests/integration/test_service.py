@@ -122,6 +122,19 @@ def test_a_client_that_disconnects_is_dropped_from_the_queue(start_server):
     assert httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=10).status_code == 200
 
 
+def check_problem(r: httpx.Response, server, status: int, reason: str) -> None:
+    """An RFC 9457 problem: its media type, members, the request id in the header and the body, the
+    old shape kept for one release, and a type the server explains."""
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["reason"] == reason and body["detail"] and body["title"]
+    assert body["type"] == f"/problems/{reason}" and body["request_id"] == r.headers["x-request-id"]
+    assert body["instance"] == f"urn:attrx:request:{body['request_id']}"
+    assert body["error"] == {"reason": reason, "message": body["detail"]}
+    about = httpx.get(server.url + body["type"], timeout=10).json()
+    assert about["reason"] == reason and status in about["statuses"]
+
+
 @pytest.mark.parametrize(
     "kind, status, reason",
     [
@@ -134,7 +147,7 @@ def test_a_client_that_disconnects_is_dropped_from_the_queue(start_server):
         ("empty_title_no_image", 422, "empty"),
         ("long_title", 422, "title_too_long"),
         ("wrong_content_type", 415, "unsupported_media_type"),
-        ("bad_json", 422, "bad_request"),
+        ("bad_json", 400, "malformed_json"),
     ],
 )
 def test_bad_input_is_answered_and_the_server_keeps_serving(server, product_images, kind, status, reason):
@@ -161,8 +174,7 @@ def test_bad_input_is_answered_and_the_server_keeps_serving(server, product_imag
     else:
         r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["reason"] == reason and err["message"]
+    check_problem(r, server, status, reason)
     ok = httpx.post(url, json={"title": "Roadster Men Blue Tee"}, timeout=10)
     assert ok.status_code == 200
     assert metric(scrape(server), "attrx_rejections_total", f'{{reason="{reason}"}}') >= 1
@@ -262,3 +274,39 @@ def test_openapi_documents_the_api(server):
     assert {"application/json", "multipart/form-data"} <= set(content)
     assert httpx.get(server.url + "/docs", timeout=10).status_code == 200
 
+
+
+def test_the_request_id_is_kept_or_made_and_an_unknown_problem_type_is_a_problem(server):
+    r = httpx.post(server.url + "/v1/extract", json={"title": "Blue Tee"}, headers={"X-Request-ID": "order-42.a:b"},
+                   timeout=10)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "order-42.a:b"
+    made = httpx.post(server.url + "/v1/extract", json={"title": "Blue Tee"}, timeout=10).headers["x-request-id"]
+    forged = httpx.post(server.url + "/v1/extract", json={"title": "Blue Tee"},
+                        headers={"X-Request-ID": "x\tINFO: forged log line"}, timeout=10).headers["x-request-id"]
+    assert len(made) == 32 and len(forged) == 32 and forged != made  # not a valid id: one of the server's own
+    check_problem(httpx.get(server.url + "/problems/no_such_reason", timeout=10), server, 404, "not_found")
+    check_problem(httpx.get(server.url + "/no/such/path", timeout=10), server, 404, "not_found")
+    check_problem(httpx.get(server.url + "/v1/extract", timeout=10), server, 405, "method_not_allowed")
+
+
+def test_a_batch_over_the_item_limit_has_its_own_reason(server):
+    r = httpx.post(server.url + "/v1/extract/batch", json=[{"title": "Tee"}] * 33, timeout=10)
+    assert r.status_code == 413
+    check_problem(r, server, 413, "too_many_items")
+
+
+def test_the_request_id_is_in_the_log_lines_of_both_processes(start_server):
+    # half the batches fail: the inference process logs the failure of each product, naming its request
+    s = start_server(log_level="info", access_log=True, env={"ATTRX_INJECT_FAULTS": "raise=0.5,seed=3"})
+    for i in range(40):
+        r = httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, headers={"X-Request-ID": f"trace-me-{i}"},
+                       timeout=20)
+        if r.status_code == 500:
+            break
+    assert r.status_code == 500 and r.json()["reason"] == "batch_failed"
+    rid = r.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(lines := [x for x in s.output().splitlines() if f"[{rid}]" in x]) < 2:
+        time.sleep(0.1)
+    assert any("attrx engine" in x and "failed" in x for x in lines), lines  # the inference process
+    assert any('"POST /v1/extract HTTP/1.1" 500' in x for x in lines), lines  # the front-end's access log
