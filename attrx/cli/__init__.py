@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line as the CLI reads it: argparse, then the requirements that the old spellings
     and the environment variables keep out of argparse (the input data, --bundle)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["review"] and argv[1:2] in (["export"], ["import"]):  # attrx review export|import
+        argv = [f"review-{argv[1]}", *argv[2:]]
     args = parser.parse_args(argv)
     check_required(args, parser.error)
     return args

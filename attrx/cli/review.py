@@ -90,6 +90,45 @@ def _review_parser(sub) -> None:
     c.set_defaults(func=cmd_corrections)
 
 
+def cmd_review_export(a) -> None:
+    from attrx.service.contract.bundle import load_bundle
+    from attrx.service.review.label_studio import export_tasks
+    from attrx.service.review.queue_reader import read_queue
+
+    if a.image_url_prefix and not a.document_root:
+        raise ValueError("--image-url-prefix replaces the --document-root part of each image path: give both")
+    summary = export_tasks(read_queue(a.queue), load_bundle(a.bundle, verify_hashes=False).manifest, a.out,
+                           document_root=a.document_root, url_prefix=a.image_url_prefix)
+    print(json.dumps(summary))
+
+
+def cmd_review_import(a) -> None:
+    from attrx.service.review.label_studio import import_annotations
+    from attrx.service.review.store import DecisionStore
+
+    print(json.dumps(import_annotations(a.export, DecisionStore(a.db))))
+
+
+def _label_studio_parsers(sub) -> None:
+    e = sub.add_parser("review-export", help="the review queue as Label Studio tasks with attrx's answers as "
+                                             "predictions, and its labelling configuration (also: attrx review "
+                                             "export)")
+    e.add_argument("queue", help="the review queue (attrx score ... --review-queue FILE)")
+    e.add_argument("--format", choices=["label-studio"], default="label-studio", help="the tool (label-studio)")
+    e.add_argument("--bundle", required=True, help="the bundle that answered (its attributes, values and version)")
+    e.add_argument("--out", required=True, help="folder for tasks.json and label_config.xml")
+    e.add_argument("--document-root", help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: local images are "
+                                           "given as /data/local-files/?d=<path under it>")
+    e.add_argument("--image-url-prefix", help="instead, images are published here: URL + <path under "
+                                              "--document-root>")
+    e.set_defaults(func=cmd_review_export)
+    i = sub.add_parser("review-import", help="Label Studio's JSON export into the decisions store, as corrections "
+                                             "attrx improve learns from (also: attrx review import)")
+    i.add_argument("export", help="Label Studio's JSON export (Export > JSON)")
+    i.add_argument("--db", required=True, help="the decisions store (created if missing; attrx review's --db)")
+    i.set_defaults(func=cmd_review_import)
+
+
 def _improve_parser(sub) -> None:
     m = sub.add_parser("improve", help="fine-tune a checkpoint on its catalog plus reviewed corrections, "
                                        "recalibrate on the validation split, report before/after")
@@ -110,5 +149,6 @@ def _improve_parser(sub) -> None:
 
 def add_parsers(sub) -> None:
     _review_parser(sub)
+    _label_studio_parsers(sub)
     _improve_parser(sub)
 

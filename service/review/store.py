@@ -122,13 +122,14 @@ class DecisionStore:
     # -- decisions ------------------------------------------------------------------------------------
     def record(self, product_id: str, reviewer: str, answers: list[Answer], title: str | None = None,
                image: str | None = None, now: float | None = None, verified: bool = True,
-               revision: bool = False) -> int:
+               revision: bool = False, at: str | None = None) -> int:
         """Store a product's answers in one transaction, committed (on disk) before returning. Refused
         (LeaseError) when another reviewer holds the product now; an expired or missing lease of one's
         own is fine: nobody else took the product meanwhile. Refused (AnsweredError) when the product
         was answered already, unless this is a revision; a revision of a product nobody answered is
-        refused too. The check and the write are one transaction, so of two answers racing, one wins."""
-        at = _now()
+        refused too. The check and the write are one transaction, so of two answers racing, one wins.
+        at: when it was decided (ISO 8601 UTC), where another tool recorded it; default now."""
+        at = at or _now()
         with self._lock, self._tx():
             other = self._db.execute("SELECT reviewer FROM leases WHERE product_id=? AND expires>? AND reviewer<>?",
                                      (product_id, time.time() if now is None else now, reviewer)).fetchone()
