@@ -106,10 +106,11 @@ def prepare_improvement(cfg: ImproveConfig, ck, tcfg: TrainConfig, out: Path) ->
     return run, weights, counts
 
 
-def improve(cfg: ImproveConfig) -> Path:
+def improve(cfg: ImproveConfig, tracker=None) -> Path:
     from attrx.training.data.augment import TitleSilencer
     from attrx.training.distributed import Dist
     from attrx.training.loop import Run, fit
+    from attrx.training.tracking import EpochLog
     from attrx.training.train import locked_features
 
     t0 = time.time()
@@ -134,7 +135,8 @@ def improve(cfg: ImproveConfig) -> Path:
     features = locked_features(tcfg, run, compute, dist, out)
     silencer = TitleSilencer(run.matcher_words, tcfg.silence_title, run.tok, cfg.seed) if tcfg.silence_title else None
     model = ck.model.to(compute.device)
-    with open(out / "train_log.jsonl", "w") as log:
+    with open(out / "train_log.jsonl", "w") as f:
+        log = EpochLog(f, tracker) if tracker is not None else f
         best = fit(Run(model, run, tcfg, compute, dist, compute.generator(cfg.seed), silencer, log,
                        features=features, item_weights=weights))
     model = model.to("cpu")

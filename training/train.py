@@ -35,24 +35,26 @@ from attrx.training.models.checkpoint import save_checkpoint
 from attrx.training.models.factory import resolve_config
 from attrx.training.params import TrainConfig
 from attrx.training.prepare import Prepared, prepare
+from attrx.training.tracking import EpochLog
 
 __all__ = ["TrainConfig", "train"]
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train in this process, or as one rank of a torchrun group (rank 0 writes everything)."""
+def train(cfg: TrainConfig, tracker=None) -> Path:
+    """Train in this process, or as one rank of a torchrun group (rank 0 writes everything). tracker:
+    an attrx.training.tracking.Tracker that also gets each epoch's metrics (rank 0)."""
     resolve_config(cfg.config, cfg.family)  # an unknown family or config fails here, before any work
     compute = resolve_compute(cfg.device, cfg.amp)
     dist = setup_distributed(compute.device)
     try:
         quiet = contextlib.nullcontext() if dist.main else contextlib.redirect_stdout(io.StringIO())
         with quiet:
-            return _train(cfg, compute, dist)
+            return _train(cfg, compute, dist, tracker if dist.main else None)
     finally:
         dist.close()
 
 
-def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
+def _train(cfg: TrainConfig, compute: Compute, dist: Dist, tracker=None) -> Path:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or default_threads())
@@ -68,6 +70,7 @@ def _train(cfg: TrainConfig, compute: Compute, dist: Dist) -> Path:
         if cfg.silence_title else None
     features = locked_features(cfg, run, compute, dist, out)
     with open(out / "train_log.jsonl", "w") if dist.main else contextlib.nullcontext() as log:
+        log = EpochLog(log, tracker) if tracker is not None else log
         best = fit(Run(model, run, cfg, compute, dist, compute.generator(cfg.seed + dist.rank), silencer, log,
                        features=features))
     model = model.to("cpu")  # the checkpoint and the calibration are device-free

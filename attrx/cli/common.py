@@ -154,3 +154,11 @@ def model_defaults(p: argparse.ArgumentParser, model) -> None:
         shown = ",".join(map(str, default)) if isinstance(default, list) else f"{default:g}" \
             if isinstance(default, float) else default
         action.help = re.sub(r"\s*\(default [^()]*\)", "", action.help) + f" (default {shown})"
+
+
+def mlflow_flags(p: argparse.ArgumentParser, what: str = "this run") -> None:
+    """--mlflow-uri and --mlflow-experiment: track `what` in MLflow (the extra attrx[mlflow])."""
+    g = p.add_argument_group("MLflow (pip install 'attrx[mlflow]')")
+    g.add_argument("--mlflow-uri", help=f"log {what} to this MLflow tracking server (default: MLFLOW_TRACKING_URI; "
+                                        "neither: not tracked)")
+    g.add_argument("--mlflow-experiment", default="attrx", help="the MLflow experiment (default attrx)")

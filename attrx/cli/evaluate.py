@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from attrx.cli.common import csv_list, deprecated, input_argument, need_training_extra
+from attrx.cli.common import csv_list, deprecated, input_argument, mlflow_flags, need_training_extra
 
 
 def cmd_eval(a) -> None:
     need_training_extra()
-    from attrx.training.evaluation.evaluate import evaluate
+    from attrx.training.tracked import tracked_evaluate
+    from attrx.training.tracking import tracking_uri
 
-    evaluate(a.checkpoint, a.catalog, out=a.out, targets=a.min_precision, min_positives=a.min_positives,
+    tracked_evaluate(a.checkpoint, a.catalog, tracking_uri(a.mlflow_uri), a.mlflow_experiment, out=a.out, targets=a.min_precision, min_positives=a.min_positives,
              progress=not a.quiet, split=a.split, drop_title=a.drop_title, drop_image=a.drop_image,
              strip_label_words=a.strip_label_words or [], report=a.report, min_support=a.min_support,
              confidence=a.calibration_confidence, decisions=a.decisions,
@@ -69,6 +70,7 @@ def _eval_parser(sub) -> None:
                         "constraints (what bundles before situations did), for comparison")
     e.add_argument("--report", help="also write figures and a Markdown summary (summary.md) into this folder")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    mlflow_flags(e, "the evaluation's metrics, per-situation table and plots")
     e.set_defaults(func=cmd_eval)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from attrx.cli.common import bundle_option, csv_list, deprecated, need_training_extra
+from attrx.cli.common import bundle_option, csv_list, deprecated, mlflow_flags, need_training_extra
 
 
 def cmd_export(a) -> None:
@@ -22,10 +22,26 @@ def cmd_export(a) -> None:
         from attrx.export.tensorrt_engine import build_engine
 
         build_engine(result.path, max_batch_size=a.max_batch_size)
+    if a.register:
+        _register(a, result.path)
     if result.refused:
         refused = "; ".join(f"{k}: {v}" for k, v in result.refused.items())
         print(f"attrx export: written without {', '.join(result.refused)} ({refused})", file=sys.stderr)
         raise SystemExit(3)  # done, but part of the result refused
+
+
+def _register(a, bundle) -> None:
+    from attrx.export.registry import register_bundle
+    from attrx.training.tracking import TrackingUnavailable, tracking_uri
+
+    uri = tracking_uri(a.mlflow_uri)
+    if uri is None:
+        raise SystemExit("attrx export: --register needs an MLflow tracking server: --mlflow-uri or MLFLOW_TRACKING_URI")
+    try:
+        print(f"attrx export: registered as {register_bundle(bundle, a.register, uri, experiment=a.mlflow_experiment, checkpoint=a.checkpoint)}"
+              f" (attrx serve --bundle models:/{a.register}/VERSION serves it)", flush=True)
+    except TrackingUnavailable as e:
+        raise SystemExit(f"attrx export: {e}") from None
 
 
 def cmd_build_engine(a) -> None:
@@ -93,6 +109,9 @@ def _export_parser(sub) -> None:
     x.add_argument("--max-batch-size", type=int, default=32, help="TensorRT profile's largest batch (default 32)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     deprecated(x, "--precision", "--variants", "variants", type=csv_list)
+    x.add_argument("--register", metavar="NAME", help="also register the bundle as a new version of NAME in the MLflow "
+                                                     "model registry, its thresholds and gates as tags")
+    mlflow_flags(x, "the export run and the registered version")
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="bundle -> TensorRT engine (model.plan) for the lean runtime; needs "
                                             "the full tensorrt package and an NVIDIA GPU")

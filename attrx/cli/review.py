@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from attrx.cli.common import deprecated, input_argument, need_training_extra, settings_flags, settings_from
+from attrx.cli.common import (
+    deprecated,
+    input_argument,
+    mlflow_flags,
+    need_training_extra,
+    settings_flags,
+    settings_from,
+)
 
 
 def cmd_review(a) -> None:
@@ -57,13 +64,15 @@ def corrections_catalog(path: str, out: Path, checkpoint: str) -> Path:
 
 def cmd_improve(a) -> None:
     need_training_extra()
-    from attrx.training.improve import ImproveConfig, improve
+    from attrx.training.improve import ImproveConfig
+    from attrx.training.tracked import tracked_improve
+    from attrx.training.tracking import tracking_uri
 
     corrections = corrections_catalog(a.corrections, Path(a.out), a.checkpoint)
     fields = ImproveConfig.model_fields
     given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
     cfg = ImproveConfig(**{**given, "corrections": str(corrections)}, progress=not a.quiet)
-    improve(cfg)
+    tracked_improve(cfg, tracking_uri(a.mlflow_uri), a.mlflow_experiment)
 
 
 def _review_parser(sub) -> None:
@@ -144,6 +153,7 @@ def _improve_parser(sub) -> None:
     m.add_argument("--seed", type=int, help="random seed (default 0)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: every core this process may use)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
+    mlflow_flags(m, "the fine-tuning's parameters, per-epoch metrics and before/after table")
     m.set_defaults(func=cmd_improve)
 
 

@@ -10,6 +10,7 @@ from attrx.cli.common import deprecated, settings_flags, settings_from
 
 def cmd_serve(a) -> None:
     from attrx.service.contract.bundle import BundleError, load_bundle
+    from attrx.service.serving.model_registry import RegistryError, with_local_bundle
     from attrx.service.serving.supervisor import serve
     from attrx.service.settings import ServeSettings
 
@@ -19,8 +20,9 @@ def cmd_serve(a) -> None:
     _renamed_environment()
     settings = settings_from(ServeSettings, a)
     try:
+        settings = with_local_bundle(settings)
         load_bundle(settings.bundle)
-    except BundleError as e:
+    except (BundleError, RegistryError) as e:
         raise SystemExit(f"attrx serve: {e}") from None
     url = f"http://{settings.host}:{settings.port}"
     auth = ' -H "Authorization: Bearer $ATTRX_API_KEY"' if settings.api_key else ""

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from attrx.cli.common import csv_list, deprecated, input_argument, model_defaults, need_training_extra
+from attrx.cli.common import (
+    csv_list,
+    deprecated,
+    input_argument,
+    mlflow_flags,
+    model_defaults,
+    need_training_extra,
+)
 from attrx.training.models.configs import config_families, list_configs
 
 
 def cmd_train(a) -> None:
     need_training_extra()
-    from attrx.training.train import TrainConfig, train
+    from attrx.training.tracked import tracked_train
+    from attrx.training.tracking import tracking_uri
+    from attrx.training.train import TrainConfig
 
     fields = TrainConfig.model_fields
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None}, progress=not a.quiet)
-    train(cfg)
+    tracked_train(cfg, tracking_uri(a.mlflow_uri), a.mlflow_experiment)
 
 
 def cmd_pretrain(a) -> None:
@@ -81,6 +90,7 @@ def _train_parser(sub) -> None:
     _data_options(t)
     deprecated(t, "--precision", "--amp", "amp", choices=["fp32", "bf16", "fp16"])
     model_defaults(t, TrainConfig)
+    mlflow_flags(t, "the run's parameters, per-epoch metrics and files")
     t.set_defaults(func=cmd_train)
 
 

@@ -297,7 +297,7 @@ def evaluate(checkpoint: str | Path, catalog: str | Path, *, out: str | Path | N
         # products at its current error rate would certify each target (0: certified; None: cannot)
         "certification": {a: {sit: {"certified_by": v.get("certified_by"), "more_needed": v.get("more_needed")}
                               for sit, v in sits.items()} for a, sits in (calib.get("situations") or {}).items()},
-        "situation_calibrated": "situations" in calib, "decisions": decisions,
+        "situation_calibrated": "situations" in calib, "decisions": decisions, "output": str(out),
         "records": _records(ck, data.labels[ev], answers, train_products) if train_products else None,
         # the catalog's own noise: exact-duplicate images labelled otherwise (the plain evaluation only)
         "label_noise": None if custom else duplicate_disagreement([*train_products, *data.products], ck.attributes),
