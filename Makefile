@@ -6,7 +6,7 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 # tensorrt: the TensorRT lean runtime, so the tests check its no-GPU error path; ray: `attrx score --ray`;
 # vision: pretrained image backbones' weights (the tests load the real ones); docs: the documentation site (mkdocs)
-EXTRAS      ?= train,dev,tensorrt,ray,vision,docs,remote
+EXTRAS      ?= train,dev,tensorrt,ray,vision,docs,remote,mlflow,tracing
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.attrx-installed
 SCAN_VENV   ?= .venv-scan

@@ -66,6 +66,8 @@ class ServeSettings(BaseSettings):
                                 "responses per front-end process, keyed on the bundle's sha256, the product and "
                                 "the options (0: off)")
     inference_threads: int = Field(1, ge=1, description="threads running model batches")
+    tracing: bool = Field(False, description="OpenTelemetry spans of each request through both processes, over "
+                                             "OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the extra attrx[tracing])")
     # half the cores each for preprocessing and the model: on 2 cores this beat onnxruntime's
     # all-cores default by ~19% in requests/s (benchmarks/serve.py), less thread contention
     preprocess_threads: int = Field(default_factory=lambda: _half_cores(), ge=1,

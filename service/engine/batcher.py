@@ -155,6 +155,7 @@ class Batcher:
         self._flushing = False
         self._stopping = False
         self._in_flight = 0
+        self._thread = threading.local()  # per inference thread: its last model run's (start, end)
         self._threads = [threading.Thread(target=self._loop, name=f"attrx-infer-{i}", daemon=True)
                          for i in range(workers)]
         self._on_batch, self._on_dequeue = on_batch, on_dequeue
@@ -314,6 +315,10 @@ class Batcher:
             if not j.future.done():
                 j.future.set_exception(e)
 
+    def last_run(self) -> tuple[float, float] | None:
+        """(start, end) of the model run this inference thread did last (time.monotonic), for on_complete."""
+        return getattr(self._thread, "run", None)
+
     def _run_unique(self, jobs: list[_Job]) -> list[np.ndarray]:
         """run_batch on the batch's distinct products; every job gets its product's row."""
         first: dict[object, int] = {}
@@ -327,7 +332,9 @@ class Batcher:
             where.append(first[k])
         t0 = time.monotonic()
         outputs = self.run_batch(unique)
-        self.costs.observe(len(unique), time.monotonic() - t0)
+        t1 = time.monotonic()
+        self.costs.observe(len(unique), t1 - t0)
+        self._thread.run = (t0, t1)  # this worker's last model run (tracing reads it in on_complete)
         if len(unique) == len(jobs):
             return outputs
         take = np.asarray(where)

@@ -110,8 +110,10 @@ class _Link:
 
 
 class Engine:
-    def __init__(self, settings, predictor: Predictor, metrics, drift=None, progress: Progress | None = None):
+    def __init__(self, settings, predictor: Predictor, metrics, drift=None, progress: Progress | None = None,
+                 tracer=None):
         self.settings, self.predictor, self.metrics, self.drift = settings, predictor, metrics, drift
+        self.tracer = tracer  # OpenTelemetry (attrx serve --tracing): each product's spans after its batch
         self.links: dict[int, _Link] = {}
         self.leads = Leads()
         self.progress = progress
@@ -217,6 +219,9 @@ class Engine:
 
     # -- results out --------------------------------------------------------------------------
     def _complete(self, jobs, outputs: list[np.ndarray], t0: float, dt: float) -> None:
+        # the slots' tags are read before the answers go: a slot answered is reused at once
+        tags = [job.tag[0].arena.read_tag(job.tag[1]) if job.tag is not None else "" for job in jobs] \
+            if self.tracer is not None else None
         replies: dict[_Link, list[bytes]] = {}
         n = len(jobs)
         counted = [row for row, job in enumerate(jobs) if job.tag is not None and job.tag[2]]
@@ -240,6 +245,17 @@ class Engine:
                 replies.setdefault(to, []).append(REPLY.pack(to_slot, OK, n, t0 - job.enqueued, dt))
         for link, parts in replies.items():
             link.send(b"".join(parts))
+        if tags is not None:
+            self._trace(jobs, tags, t0, dt)
+
+    def _trace(self, jobs, tags: list[str], t0: float, dt: float) -> None:
+        from attrx.service.telemetry.tracing import engine_spans, split_tag
+
+        run = self.batcher.last_run()
+        for job, tag in zip(jobs, tags, strict=True):
+            if tag:
+                rid, tp = split_tag(tag)
+                engine_spans(self.tracer, tp, rid, job.enqueued, t0, t0 + dt, run, len(jobs))
 
     # -- life cycle ---------------------------------------------------------------------------
     def attach(self, index: int, sock: socket.socket, arena: Arena) -> None:
@@ -299,7 +315,12 @@ def engine_main(settings_data: dict, ctl, ready, progress_values=None) -> None:
     progress = Progress(progress_values, settings.workers) if progress_values is not None else None
     if progress is not None:
         progress.reset_engine(time.monotonic(), settings.stall_timeout_s + settings.max_queue_delay_ms / 1000)
-    engine = Engine(settings, predictor, metrics, drift, progress)
+    tracer = None
+    if settings.tracing:
+        from attrx.service.telemetry.tracing import setup
+
+        tracer = setup("engine")
+    engine = Engine(settings, predictor, metrics, drift, progress, tracer)
     if drift is not None:
         drift.start()
     engine.batcher.start()

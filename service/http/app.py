@@ -40,6 +40,7 @@ from attrx.service.http.schemas import (
     request_schemas,
 )
 from attrx.service.http.state import State
+from attrx.service.http.traces import TRACED, traced_call
 from attrx.service.settings import ServeSettings
 from attrx.version import __version__
 
@@ -197,7 +198,11 @@ class AttrxApp(FastAPI):
             await send(msg)
 
         try:
-            await self._admitted(scope, receive, send_with_id)
+            tracer = self.service.tracer
+            if tracer is not None and scope["path"] in TRACED:
+                await traced_call(tracer, self._admitted, scope, receive, send_with_id)
+            else:
+                await self._admitted(scope, receive, send_with_id)
         finally:
             current.reset(token)
 

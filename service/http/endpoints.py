@@ -32,7 +32,6 @@ from attrx.service.http.errors import (
 )
 from attrx.service.http.health import Health
 from attrx.service.http.image_url import ImageUrls
-from attrx.service.http.request_id import current
 from attrx.service.http.requests import (
     ProductRequest,
     check_options,
@@ -43,6 +42,7 @@ from attrx.service.http.requests import (
 )
 from attrx.service.http.schemas import ExtractRequest, ModelInfo
 from attrx.service.http.state import State, count_warm, load_state, model_info, warm_up
+from attrx.service.http.traces import engine_tag, span_until, tracer_for
 from attrx.service.http.watch import Drain, Watch
 from attrx.service.inference.predictor import InputError
 from attrx.service.settings import ServeSettings
@@ -69,6 +69,7 @@ class Endpoints:
         self.cache = ResponseCache(0, "")  # off until the lifespan knows the bundle
         self.health = Health(settings, link)
         self.urls = ImageUrls(settings)  # image_url: off unless the settings allow hosts
+        self.tracer = tracer_for(settings, link)
 
     @property
     def loaded(self) -> State:
@@ -202,7 +203,7 @@ class Endpoints:
     async def _follow(self, s: Shared, p: ProductRequest, key: int, deadline: float, ticket: Ticket | None):
         """The output of another front-end's work on this product, or None (a miss: nobody leads it now)."""
         st = self.loaded
-        job, slot = st.engine.follow(key, deadline, tag=current.get())
+        job, slot = st.engine.follow(key, deadline, tag=engine_tag(self.tracer))
         s.cancel_queued = partial(st.engine.cancel, slot)
         if ticket is not None:
             ticket.hold(job)
@@ -224,6 +225,8 @@ class Endpoints:
         queued = False
         try:
             fut = s.decoding = st.pool.submit(st.predictor.decode_request, p.title, p.image)
+            if self.tracer is not None:
+                span_until(self.tracer, "attrx.decode", fut)
             if ticket is not None:
                 ticket.hold(fut)
             inputs, situations = await asyncio.wrap_future(fut)
@@ -236,7 +239,7 @@ class Endpoints:
             if now >= deadline:
                 raise ApiError(504, "timeout", f"the deadline of {self.settings.request_timeout_ms:.0f} ms passed "
                                                "before queueing")
-            job, slot = st.engine.submit(inputs, deadline, key=key, tag=current.get())
+            job, slot = st.engine.submit(inputs, deadline, key=key, tag=engine_tag(self.tracer))
             queued = True
         finally:
             if key and not queued:

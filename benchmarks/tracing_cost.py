@@ -1,0 +1,87 @@
+"""What OpenTelemetry tracing costs the server at concurrency 32: `attrx serve --tracing` against the same
+server without it, over HTTP with wrk, alternating on and off, --repeats runs each (target: the median
+throughput cost at most 3%, reported with its range).
+
+    python benchmarks/tracing_cost.py --bundle build/demo-bundle --catalog build/demo/data/catalog.csv
+
+The traced server exports every span (no sampling: the dearest setting) over OTLP/HTTP to an endpoint
+in this process (benchmarks/otlp_sink.py), which decodes nothing and answers at once, so the cost is
+attrx's and the SDK's, not a collector's. Each repetition runs both servers, the order alternating;
+the cost of a repetition is 1 - traced / untraced requests per second. Also reported: p50 and p99
+per configuration and the spans received (5 a request: the proof that the traced runs traced).
+
+Prints JSON; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from otlp_sink import OtlpSink  # noqa: E402
+from serve import LUA, log, serve_and_load  # noqa: E402
+
+
+def spread(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="build/demo-bundle")
+    ap.add_argument("--catalog", default="build/demo/data/catalog.csv")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--products", type=int, default=128)
+    a = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/tracing_cost.py needs wrk (Debian: apt-get install wrk)")
+    from attrx.service.catalog.reader import read_catalog
+
+    products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
+    work = Path(tempfile.mkdtemp(prefix="attrx-tracing-"))
+    bodies, script = work / "bodies.jsonl", work / "post.lua"
+    bodies.write_text("".join(json.dumps({"title": p.title, "image_base64": base64.b64encode(
+        p.image.read_bytes()).decode()}) + "\n" for p in products))
+    script.write_text(LUA)
+    a.compare_bundle, a.max_batch_size, a.max_queue_delay_ms = None, 32, None  # serve_and_load reads these
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with OtlpSink(keep=False) as sink:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url  # the untraced server ignores it
+        for rep in range(a.repeats):
+            order = ("off", "on") if rep % 2 == 0 else ("on", "off")
+            for name in order:
+                extra = ["--tracing"] if name == "on" else []
+                row = serve_and_load(a, f"tracing-{name}", extra, bodies, script, [a.concurrency])[0]
+                runs[name].append(row)
+        exports = sink.requests
+    costs = [1 - on["requests_per_s"] / off["requests_per_s"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    result = {
+        "benchmark": "tracing_cost", "machine": {"cpus": os.cpu_count()}, "concurrency": a.concurrency,
+        "duration_s": a.duration, "repeats": a.repeats, "products": len(products),
+        "throughput_cost": spread(costs), "target": "median <= 0.03",
+        "met": statistics.median(costs) <= 0.03,
+        "requests_per_s": {k: spread([r["requests_per_s"] for r in v]) for k, v in runs.items()},
+        "p50_ms": {k: spread([r["p50_ms"] for r in v]) for k, v in runs.items()},
+        "p99_ms": {k: spread([r["p99_ms"] for r in v]) for k, v in runs.items()},
+        "otlp_exports_received": exports, "raw": runs,
+    }
+    log(f"tracing cost at c={a.concurrency}: median {result['throughput_cost']['median']:.3f} "
+        f"(range {result['throughput_cost']['min']:.3f} to {result['throughput_cost']['max']:.3f})")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

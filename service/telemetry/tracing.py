@@ -1,0 +1,90 @@
+"""OpenTelemetry traces of a request through both processes (`attrx serve --tracing`, the extra
+attrx[tracing]), exported over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the SDK's own variables:
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, _HEADERS, OTEL_BSP_* and OTEL_TRACES_SAMPLER apply).
+
+One trace per request:
+
+    POST /v1/extract                 front-end (server span; http.*, attrx.request_id)
+    ├── attrx.decode                 front-end: image decoding and tokenising in the thread pool
+    ├── attrx.queue                  inference process: from the batcher's queue to its batch's start
+    └── attrx.batch                  inference process: the batch this product ran in (attrx.batch_size)
+        └── attrx.inference          inference process: the model run of that batch
+
+The front-end hands the request's context to the inference process in the product's slot (its W3C
+traceparent beside the request id: attrx.service.engine.shm), so the engine's spans are children
+of the request's span. The engine makes them after each batch from the times it measured, so a
+batch costs no tracing calls while it runs. With tracing off (the default) nothing here is imported
+by the serving path and no span is made.
+"""
+
+from __future__ import annotations
+
+import time
+
+SERVICE = "attrx"
+_clock_offset_ns = time.time_ns() - time.monotonic_ns()  # monotonic seconds -> epoch nanoseconds
+
+
+class TracingUnavailable(RuntimeError):
+    pass
+
+
+def setup(process: str):
+    """A tracer for this process, exporting in batches over OTLP/HTTP."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise TracingUnavailable("--tracing needs the extra: pip install 'attrx[tracing]'") from None
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE, "attrx.process": process}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer("attrx")
+
+
+def epoch_ns(monotonic_s: float) -> int:
+    return int(monotonic_s * 1e9) + _clock_offset_ns
+
+
+def traceparent() -> str:
+    """The current span's W3C traceparent ('' without a valid span)."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def _parent(tp: str):
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({"traceparent": tp})
+
+
+def engine_spans(tracer, tp: str, request_id: str, enqueued: float, start: float, end: float,
+                 run: tuple[float, float] | None, batch_size: int) -> None:
+    """The inference process's spans of one product, children of its request's span (times: monotonic s)."""
+    if not tp:
+        return
+    from opentelemetry import trace
+
+    ctx = _parent(tp)
+    attrs = {"attrx.request_id": request_id}
+    q = tracer.start_span("attrx.queue", context=ctx, start_time=epoch_ns(enqueued), attributes=attrs)
+    q.end(end_time=epoch_ns(start))
+    b = tracer.start_span("attrx.batch", context=ctx, start_time=epoch_ns(start),
+                          attributes={**attrs, "attrx.batch_size": batch_size})
+    if run is not None:
+        inner = trace.set_span_in_context(b)
+        tracer.start_span("attrx.inference", context=inner, start_time=epoch_ns(run[0])).end(end_time=epoch_ns(run[1]))
+    b.end(end_time=epoch_ns(end))
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """A slot's tag -> (request id, traceparent)."""
+    rid, _, tp = tag.partition("|")
+    return rid, tp
