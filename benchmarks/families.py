@@ -9,7 +9,7 @@ then fine-tuned. Every model gets the same `attrx train` epochs, learning rates,
 modality dropout. SIMLA's rows add the concept head's colour rank-1 (from the image alone, the
 true colour first among all the catalog's colour words).
 Prints JSON (parameters, training time, per-attribute accuracy and recall@0.90, onnxruntime
-items/s at batch 32); --markdown also prints the table in docs/measured-results.md. Takes ~10 minutes on 2 cores:
+items/s at batch 32); --markdown also prints the table in docs/results/. Takes ~10 minutes on 2 cores:
 run it in the background with its output in a file.
 """
 

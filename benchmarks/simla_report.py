@@ -4,7 +4,7 @@
     python benchmarks/simla_report.py --results build/quality-simla
 
 Prints JSON (the targets of issue 26 and the figures behind them) and, with --markdown, the tables
-of docs/measured-results.md#simla: accuracy per attribute in every condition, accepted precision
+of docs/results/simla.md: accuracy per attribute in every condition, accepted precision
 and coverage per situation at P>=0.90, and the concept head's colour rank-1 (`attrx eval`'s
 `concepts`, from the image alone) against the image-only model's colour accuracy.
 """

@@ -68,6 +68,9 @@ class ServeSettings(BaseSettings):
     inference_threads: int = Field(1, ge=1, description="threads running model batches")
     tracing: bool = Field(False, description="OpenTelemetry spans of each request through both processes, over "
                                              "OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the extra attrx[tracing])")
+    tracing_sample_ratio: float = Field(0.05, gt=0, le=1, description="with tracing, the share of requests traced "
+                                        "(a request whose caller's traceparent is sampled always is); "
+                                        "OTEL_TRACES_SAMPLER, where set, decides instead")
     # half the cores each for preprocessing and the model: on 2 cores this beat onnxruntime's
     # all-cores default by ~19% in requests/s (benchmarks/serve.py), less thread contention
     preprocess_threads: int = Field(default_factory=lambda: _half_cores(), ge=1,

@@ -319,7 +319,7 @@ def engine_main(settings_data: dict, ctl, ready, progress_values=None) -> None:
     if settings.tracing:
         from attrx.service.telemetry.tracing import setup
 
-        tracer = setup("engine")
+        tracer = setup("engine", settings.tracing_sample_ratio)
     engine = Engine(settings, predictor, metrics, drift, progress, tracer)
     if drift is not None:
         drift.start()

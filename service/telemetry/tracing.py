@@ -2,7 +2,8 @@
 attrx[tracing]), exported over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the SDK's own variables:
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, _HEADERS, OTEL_BSP_* and OTEL_TRACES_SAMPLER apply).
 
-One trace per request:
+One trace per traced request (a share of them, `tracing_sample_ratio`, default 5%, unless the
+caller's own traceparent header says its trace is sampled, or OTEL_TRACES_SAMPLER decides):
 
     POST /v1/extract                 front-end (server span; http.*, attrx.request_id)
     ├── attrx.decode                 front-end: image decoding and tokenising in the thread pool
@@ -29,17 +30,24 @@ class TracingUnavailable(RuntimeError):
     pass
 
 
-def setup(process: str):
-    """A tracer for this process, exporting in batches over OTLP/HTTP."""
+def setup(process: str, sample_ratio: float = 1.0):
+    """A tracer for this process, exporting in batches over OTLP/HTTP. Sampling: OTEL_TRACES_SAMPLER
+    where set, else parent-based at `sample_ratio` (the engine's spans always follow their request's
+    decision: their parent is the request's span)."""
+    import os
+
     try:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     except ImportError:
         raise TracingUnavailable("--tracing needs the extra: pip install 'attrx[tracing]'") from None
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE, "attrx.process": process}))
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE, "attrx.process": process}),
+                              sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return trace.get_tracer("attrx")
@@ -50,11 +58,11 @@ def epoch_ns(monotonic_s: float) -> int:
 
 
 def traceparent() -> str:
-    """The current span's W3C traceparent ('' without a valid span)."""
+    """The current span's W3C traceparent ('' without a valid, sampled span: the engine then makes none)."""
     from opentelemetry import trace
 
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
         return ""
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
@@ -63,6 +71,16 @@ def _parent(tp: str):
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     return TraceContextTextMapPropagator().extract({"traceparent": tp})
+
+
+def incoming(headers) -> object | None:
+    """The caller's trace context from a request's traceparent/tracestate headers (None: none sent)."""
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in (b"traceparent", b"tracestate")}
+    if "traceparent" not in carrier:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(carrier)
 
 
 def engine_spans(tracer, tp: str, request_id: str, enqueued: float, start: float, end: float,

@@ -30,7 +30,8 @@ def _wait(sink: OtlpSink, want: int, rid: str, timeout: float = 20.0) -> list[di
 
 def test_a_request_is_one_trace_through_the_front_end_and_the_engine(start_server, product_images):
     with OtlpSink() as sink:
-        s = start_server(tracing=True, env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        s = start_server(tracing=True, tracing_sample_ratio=1.0,
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "100"})
         r = httpx.post(s.url + "/v1/extract", data={"title": "Blue Denim Jacket"},
                        files={"image": ("a.jpg", product_images[0], "image/jpeg")},
                        headers={"X-Request-ID": "traced-1"}, timeout=20)
@@ -52,3 +53,24 @@ def test_a_request_is_one_trace_through_the_front_end_and_the_engine(start_serve
     assert by_name["attrx.queue"]["end"] == batch["start"]
     assert batch["start"] <= by_name["attrx.inference"]["start"] <= by_name["attrx.inference"]["end"] <= batch["end"]
     assert root["start"] <= by_name["attrx.decode"]["start"] and batch["end"] <= root["end"]
+
+
+def test_a_callers_sampled_trace_is_continued_and_other_requests_are_sampled(start_server):
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with OtlpSink() as sink:
+        s = start_server(tracing=True, tracing_sample_ratio=0.01,
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        r = httpx.post(s.url + "/v1/extract", json={"title": "Red Cap"}, timeout=20,
+                       headers={"X-Request-ID": "from-caller", "traceparent": f"00-{caller_trace}-{caller_span}-01"})
+        assert r.status_code == 200
+        spans = _wait(sink, 4, "from-caller")
+        for i in range(20):  # at 1%, these are (almost all) not traced
+            httpx.post(s.url + "/v1/extract", json={"title": f"Cap {i}"}, headers={"X-Request-ID": f"plain-{i}"},
+                       timeout=20)
+        time.sleep(1.0)
+        with sink.lock:
+            plain = {sp["attributes"].get("attrx.request_id") for sp in sink.spans} - {"from-caller", None}
+    root = next(sp for sp in spans if sp["name"] == "POST /v1/extract")
+    assert root["trace_id"] == caller_trace and root["parent"] == caller_span  # the caller's trace, continued
+    assert {sp["name"] for sp in spans} >= {"attrx.queue", "attrx.batch", "attrx.inference"}
+    assert len(plain) <= 3, plain  # 1% sampled: 20 requests leave (almost) nothing

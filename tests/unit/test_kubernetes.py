@@ -166,7 +166,7 @@ def test_the_pod_is_locked_down(overlay):
 
 
 # the worst image the default limits let through, decoded (benchmarks/decode_memory.py: WebP lossless with
-# alpha at 16.8 MP, 261 MB), and the server's own resident memory (4 processes, docs/measured-results.md)
+# alpha at 16.8 MP, 261 MB), and the server's own resident memory (4 processes, docs/results/)
 WORST_DECODE_MB, SERVER_MB = 270, 400
 
 
