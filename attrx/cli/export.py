@@ -31,7 +31,7 @@ def cmd_export(a) -> None:
 
 
 def _register(a, bundle) -> None:
-    from attrx.export.registry import register_bundle
+    from attrx.export.mlflow_registry import register_bundle
     from attrx.training.tracking import TrackingUnavailable, tracking_uri
 
     uri = tracking_uri(a.mlflow_uri)

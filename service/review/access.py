@@ -12,11 +12,11 @@ key never gets a body read or parsed."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from attrx.service.http.auth import bearer_token, same
+from attrx.service.http.problems import MEDIA_TYPE, problem_bytes
 from attrx.service.review.keys import NAME, Reviewer, find
 
 
@@ -67,8 +67,8 @@ class ReviewAuth:
         try:
             who = self.access.identify(dict(scope["headers"]))
         except Denied as e:
-            body = json.dumps({"error": e.code, "detail": e.detail}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            body = problem_bytes(e.status, e.code, e.detail, None)
+            headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
             if e.status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
             await send({"type": "http.response.start", "status": e.status, "headers": headers})

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from attrx.service.catalog.sources import is_remote
 from attrx.service.http.asgi import BodyLimit
-from attrx.service.http.errors import ApiError
+from attrx.service.http.errors import ApiError, problem_response
 from attrx.service.review.access import Access, Denied, ReviewAuth, Who, remote_image, servable_image
 from attrx.service.review.keys import Reviewer
 from attrx.service.review.queue_reader import QueueItem, Vocabulary, read_queue
@@ -154,16 +154,16 @@ def create_review_app(cfg: ReviewConfig) -> FastAPI:
     @app.exception_handler(ReviewError)
     @app.exception_handler(Denied)
     async def _err(request: Request, e: ReviewError | Denied):
-        return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+        return problem_response(e.status, e.code, e.detail)
 
     @app.exception_handler(ApiError)  # the body limit's 413
     async def _api(request: Request, e: ApiError):
-        return JSONResponse({"error": e.reason, "detail": e.message}, status_code=e.status, headers=e.headers)
+        return problem_response(e.status, e.reason, e.message, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad(request: Request, e: RequestValidationError):
         what = "; ".join(f"{'.'.join(str(x) for x in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors())
-        return JSONResponse({"error": "bad_request", "detail": what}, status_code=422)
+        return problem_response(422, "bad_request", what)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():

@@ -170,10 +170,10 @@ def test_a_second_answer_is_refused_and_a_revision_keeps_the_first(start_review,
     r = start_review(db=tmp_path / "revise.sqlite")
     pid, first = answer_next(r, "alice")
     again = r.call("POST", f"/api/products/{pid}/decision", "bob", json={"answers": first})
-    assert again.status_code == 409 and again.json()["error"] == "answered" and "revision" in again.json()["detail"]
+    assert again.status_code == 409 and again.json()["reason"] == "answered" and "revision" in again.json()["detail"]
     assert r.call("POST", f"/api/products/{pid}/decision", "alice", json={"answers": first}).status_code == 409
     refused = r.call("POST", f"/api/products/{pid}/revision", "alice", json={"answers": first})
-    assert refused.status_code == 403 and refused.json()["error"] == "cannot_revise"  # alice is no reviser
+    assert refused.status_code == 403 and refused.json()["reason"] == "cannot_revise"  # alice is no reviser
     skip_all = {a: {"action": "skip"} for a in first}
     revised = r.call("POST", f"/api/products/{pid}/revision", "bob", json={"answers": skip_all})
     assert revised.status_code == 200 and revised.json()["revision"] is True
@@ -194,7 +194,7 @@ def test_a_caller_without_a_key_gets_no_body_parsed_and_bodies_are_bounded(start
     resp = r.call("POST", "/api/products/x/decision", None, content=huge, headers={"Content-Type": "application/json"})
     assert resp.status_code in (401, 413)
     small = r.call("POST", "/api/products/x/decision", None, content=b"{", headers={"Content-Type": "application/json"})
-    assert small.status_code == 401 and small.json()["error"] == "unauthorized"
+    assert small.status_code == 401 and small.json()["reason"] == "unauthorized"
     big = r.call("POST", "/api/products/x/decision", "alice", content=b"{" + b" " * 100_000 + b"}",
                  headers={"Content-Type": "application/json"})
     assert big.status_code == 413
@@ -272,7 +272,7 @@ def test_values_outside_the_bundles_lists_are_refused(start_review):
     junk = r.call("POST", f"/api/products/{p['id']}/decision", json={"answers": {a: {"action": "maybe"}}})
     assert junk.status_code == 422 and "answers." in junk.json()["detail"]  # a readable reason, not a schema dump
     notjson = r.call("POST", f"/api/products/{p['id']}/decision", content=b"{", headers={"Content-Type": "application/json"})
-    assert notjson.status_code == 422 and notjson.json()["error"] == "bad_request"
+    assert notjson.status_code == 422 and notjson.json()["reason"] == "bad_request"
     assert r.call("GET", "/api/decisions").json()["decisions"] == []  # nothing refused was stored
 
 

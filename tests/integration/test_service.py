@@ -69,7 +69,7 @@ def test_min_precision_selects_thresholds(server):
     p = body["predictions"]["colour"]
     assert p["threshold"] == colour["thresholds"]["0.95"][colour["classes"].index(p["value"])]
     r = httpx.post(server.url + "/v1/extract", json={"title": "Cap", "min_precision": 0.5}, timeout=10)
-    assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_option"
+    assert r.status_code == 422 and r.json()["reason"] == "bad_option"
 
 
 def test_concurrent_requests_form_batches(start_server, product_images):
@@ -97,12 +97,12 @@ def test_queue_overflow_is_429_and_expired_deadline_is_504(start_server):
     codes = sorted(r.status_code for r in rs)
     assert codes.count(200) == 4 and codes.count(429) == 4, codes
     r429 = next(r for r in rs if r.status_code == 429)
-    assert r429.headers["retry-after"] == "1" and r429.json()["error"]["reason"] == "queue_full"
+    assert r429.headers["retry-after"] == "1" and r429.json()["reason"] == "queue_full"
 
     t = start_server(batching="fixed", max_queue_delay_ms=1500, max_batch_size=64, request_timeout_ms=200)
     before = scrape(t)
     r = httpx.post(t.url + "/v1/extract", json={"title": "Red Cap"}, timeout=20)
-    assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
+    assert r.status_code == 504 and r.json()["reason"] == "timeout"
     time.sleep(1.6)  # past the batch delay: the expired request must not have been run
     after = scrape(t)
     assert metric(after, "attrx_batch_size_count") == metric(before, "attrx_batch_size_count")
@@ -207,7 +207,7 @@ def test_readyz_turns_200_after_warmup(start_server):
     assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
     r = httpx.post(s.url + "/v1/extract", json={"title": "Tee"}, timeout=5)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    assert r.json()["error"]["reason"] == "not_ready" and first.json()["error"]["reason"] == "not_ready"
+    assert r.json()["reason"] == "not_ready" and first.json()["reason"] == "not_ready"
     s.wait_ready()
     assert httpx.get(s.url + "/readyz", timeout=5).json()["status"] == "ready"
     assert metric(scrape(s), "attrx_ready") == 1
@@ -218,7 +218,7 @@ def test_api_key(start_server):
     url = s.url + "/v1/extract"
     assert httpx.post(url, json={"title": "Tee"}, timeout=10).status_code == 401
     bad = httpx.post(url, json={"title": "Tee"}, headers={"Authorization": "Bearer nope"}, timeout=10)
-    assert bad.status_code == 401 and bad.json()["error"]["reason"] == "unauthorized"
+    assert bad.status_code == 401 and bad.json()["reason"] == "unauthorized"
     good = httpx.post(url, json={"title": "Tee"}, headers={"Authorization": "Bearer s3cret-inference-key"}, timeout=10)
     assert good.status_code == 200
     assert httpx.get(s.url + "/v1/model", timeout=10).status_code == 401
