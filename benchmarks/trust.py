@@ -293,6 +293,10 @@ def main() -> None:
     ap.add_argument("--judgements", help="judged: benchmarks/label_judgements.csv")
     ap.add_argument("--findings", help="dupcheck: attrx audit's --out")
     ap.add_argument("--source", default="", help="render: which checkpoints and commands, said in the section")
+    ap.add_argument("--kept", default=str(ROOT / "benchmarks" / "trust_inputs"),
+                    help="render: kept JSON of the measurements one bench-quality run cannot make (the matcher "
+                         "before/after, families, label findings and their judgements, training without suspect "
+                         "labels); these take the place of the run's own files of the same name")
     a = ap.parse_args()
     if a.what not in ("compare", "render", "noise", "judged", "dupcheck") and not a.checkpoint:
         ap.error(f"{a.what} needs --checkpoint")

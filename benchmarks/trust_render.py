@@ -103,12 +103,20 @@ def _exclude_md(e: dict) -> list[str]:
     return out
 
 
+KEPT = ("compare", "families", "judged", "noise", "dupcheck", "exclude")
+
+
 def render(a) -> dict:
     """The "What to trust" section of RESULTS.md from the JSON files of the other commands."""
     d = Path(a.inputs)
+    kept = Path(a.kept) if getattr(a, "kept", None) else None
 
     def load(name):
+        """The run's own file; for the measurements one run of bench-quality cannot make (before/after
+        checkpoints, a person's judgements, cross-fitted folds), the kept one in --kept first."""
         f = d / f"{name}.json"
+        if kept is not None and name in KEPT and (kept / f"{name}.json").is_file():
+            f = kept / f"{name}.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
     parts = [START, "## What to trust", "", f"Measured by `benchmarks/trust.py` ({a.source}); what each "
