@@ -223,6 +223,20 @@ def serve_and_load(args, name: str, extra: list[str], bodies: Path, script: Path
         server_log.close()
 
 
+def load_bodies(catalog: str, n: int, prefix: str) -> tuple[list, Path, Path]:
+    """The catalog's first n products with a title and an image, as wrk's request bodies (JSON, the
+    image base64) and its Lua script, in a new temporary folder."""
+    from attrx.service.catalog.reader import read_catalog
+
+    products = [p for p in read_catalog(catalog).products if p.title and p.image][:n]
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    bodies, script = work / "bodies.jsonl", work / "post.lua"
+    bodies.write_text("".join(json.dumps({"title": p.title, "image_base64": base64.b64encode(
+        p.image.read_bytes()).decode()}) + "\n" for p in products))
+    script.write_text(LUA)
+    return products, bodies, script
+
+
 def dup_bodies(bodies: Path, out: Path) -> Path:
     """Every product twice in a row: wrk's one thread sends consecutive requests on different
     connections, so each pair is in flight together."""
@@ -407,14 +421,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk (Debian: apt-get install wrk)")
 
-    from attrx.service.catalog.reader import read_catalog
 
-    products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
-    work = Path(tempfile.mkdtemp(prefix="attrx-bench-"))
-    bodies, script = work / "bodies.jsonl", work / "post.lua"
-    bodies.write_text("".join(json.dumps({"title": p.title, "image_base64": base64.b64encode(
-        p.image.read_bytes()).decode()}) + "\n" for p in products))
-    script.write_text(LUA)
+    products, bodies, script = load_bodies(a.catalog, a.products, "attrx-bench-")
+    work = bodies.parent
 
     log("in-process pipeline (preprocess + inference, batch 32, no HTTP)...")
     inproc = in_process(a.bundle, products, 32, 5.0)

@@ -16,13 +16,11 @@ Prints JSON; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from otlp_sink import OtlpSink  # noqa: E402
-from serve import LUA, log, serve_and_load  # noqa: E402
+from serve import load_bodies, log, serve_and_load  # noqa: E402
 
 
 def spread(xs: list[float]) -> dict:
@@ -48,14 +46,7 @@ def main() -> None:
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/tracing_cost.py needs wrk (Debian: apt-get install wrk)")
-    from attrx.service.catalog.reader import read_catalog
-
-    products = [p for p in read_catalog(a.catalog).products if p.title and p.image][: a.products]
-    work = Path(tempfile.mkdtemp(prefix="attrx-tracing-"))
-    bodies, script = work / "bodies.jsonl", work / "post.lua"
-    bodies.write_text("".join(json.dumps({"title": p.title, "image_base64": base64.b64encode(
-        p.image.read_bytes()).decode()}) + "\n" for p in products))
-    script.write_text(LUA)
+    products, bodies, script = load_bodies(a.catalog, a.products, "attrx-tracing-")
     a.compare_bundle, a.max_batch_size, a.max_queue_delay_ms = None, 32, None  # serve_and_load reads these
     configs = {"off": [], "on": ["--tracing"], "on-all": ["--tracing", "--tracing-sample-ratio", "1"]}
     runs: dict[str, list[dict]] = {k: [] for k in configs}

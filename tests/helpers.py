@@ -154,6 +154,29 @@ def wait_listening(url: str, proc: subprocess.Popen, output, timeout: float = 60
     raise TimeoutError(f"server not listening after {timeout}s: {output()}")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log, what: str, timeout: float = 180.0) -> None:
+    """Until `url` answers 200 (another tool's server: Label Studio, MLflow); its log (an open file) in the
+    failure when it exits first or never answers."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"{what} exited with {proc.returncode}: {log.read()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not answer {url} within {timeout:g} s")
+
+
 def server_factory(bundle):
     servers = []
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port, wait_healthy
 
 mlflow = pytest.importorskip("mlflow", reason="the client side is the optional extra attrx[mlflow]")
 
@@ -44,9 +44,7 @@ def _tool() -> Path:
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
     exe = _tool()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data = tmp_path_factory.mktemp("mlflow")
     log = open(data / "server.log", "w+")
     proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -55,19 +53,7 @@ def tracking(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT, cwd=data)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the MLflow server exited: {log.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow server did not answer /health within 180 s")
+        wait_healthy(url + "/health", proc, log, "the MLflow server")
         yield url
     finally:
         proc.terminate()
@@ -129,9 +115,7 @@ def test_train_eval_improve_export_and_serve_through_mlflow(tracking, demo_catal
 
 
 def _serve_and_ask(uri: str, tracking: str, cache: Path, name: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "ATTRX_MODEL_CACHE": str(cache)}
     proc = subprocess.Popen([EXE, "serve", "--bundle", uri, "--port", str(port), "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

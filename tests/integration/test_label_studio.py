@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import venv
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port, wait_healthy
 
 PACKAGES = ["label-studio==1.23.2", "sentry-sdk<3"]  # sentry-sdk 3 drops an option Label Studio 1.23 passes
 TOOL = Path(__file__).resolve().parents[2] / "build" / "venv-label-studio"
@@ -42,9 +41,7 @@ def _tool() -> Path:
 @pytest.fixture(scope="module")
 def label_studio(demo_catalog, tmp_path_factory):
     exe = _tool()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data = tmp_path_factory.mktemp("label-studio")
     env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(demo_catalog.parent), "SENTRY_DSN": "",
@@ -56,19 +53,7 @@ def label_studio(demo_catalog, tmp_path_factory):
                              "--enable-legacy-api-token"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"Label Studio exited: {log.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("Label Studio did not answer /health within 300 s")
+        wait_healthy(url + "/health", proc, log, "Label Studio", timeout=300)
         yield httpx.Client(base_url=url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
     finally:
         proc.terminate()
