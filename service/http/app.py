@@ -40,7 +40,7 @@ from attrx.service.http.schemas import (
     request_schemas,
 )
 from attrx.service.http.state import State
-from attrx.service.http.traces import TRACED, traced_call
+from attrx.service.http.traces import traced_call
 from attrx.service.settings import ServeSettings
 from attrx.version import __version__
 
@@ -88,6 +88,9 @@ def _error_handlers(app: FastAPI, svc: Endpoints) -> None:
         svc.reject("client_gone")
         return Response(status_code=499)
 
+
+# an error answer in the OpenAPI document: the Problem schema under its own media type
+PROBLEM = {"model": Problem, "content": {MEDIA_TYPE: {}}}
 
 # documented on the operations that take a body; every route takes it (attrx.service.http.request_id)
 REQUEST_ID_PARAMETER = {"name": "X-Request-ID", "in": "header", "required": False,
@@ -144,7 +147,7 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         return svc.drift(st)
 
     @app.post("/v1/drift/baseline", dependencies=admin, summary="Make recent traffic the drift reference (admin key)",
-              responses={403: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
+              responses={403: PROBLEM})
     async def drift_baseline(body: Baseline | None = None, st: State = Depends(model_handle)):
         """`{"source": "traffic"}` (the default): the window's products become the reference, in every
         process, and with `--drift-reference FILE` in that file too, so a restart keeps it.
@@ -153,7 +156,7 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         return await svc.rebaseline(st, (body or Baseline()).source)
 
     @app.get("/problems/{reason}", summary="What an error answer's type means", tags=["errors"],
-             responses={404: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
+             responses={404: PROBLEM})
     async def problem_type(reason: str):
         """An error answer's `type` is `/problems/{reason}`: this says what the reason means."""
         found = describe(reason)
@@ -166,12 +169,12 @@ def _routes(app: FastAPI, svc: Endpoints) -> None:
         return {"status": "ok"}
 
     @app.get("/livez", summary="Liveness: 503 once the inference process or this front-end has made no progress "
-                               "for liveness_timeout_s", responses={503: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
+                               "for liveness_timeout_s", responses={503: PROBLEM})
     async def livez():
         return svc.livez()
 
     @app.get("/readyz", summary="Readiness: 200 once the bundle is loaded and warmed up; 503 before, while draining "
-                                "and while work waits past the stall bound", responses={503: {"model": Problem, "content": {MEDIA_TYPE: {}}}})
+                                "and while work waits past the stall bound", responses={503: PROBLEM})
     async def readyz():
         return svc.readyz()
 
@@ -199,7 +202,7 @@ class AttrxApp(FastAPI):
 
         try:
             tracer = self.service.tracer
-            if tracer is not None and scope["path"] in TRACED:
+            if tracer is not None and scope["path"] in Gate.PATHS:  # the extract routes
                 await traced_call(tracer, self._admitted, scope, receive, send_with_id)
             else:
                 await self._admitted(scope, receive, send_with_id)
@@ -239,7 +242,7 @@ def create_app(settings: ServeSettings, link: EngineLink | None) -> FastAPI:
         description="Product attribute extraction from a title and an image: per attribute the value, its "
                     "confidence, the modality weights and whether it is accepted in the product's situation.",
         version=__version__, lifespan=svc.lifespan, docs_url=None, redoc_url=None,
-        responses={code: {"model": Problem, "content": {MEDIA_TYPE: {}}} for code in (401, 408, 413, 415, 422, 429, 500, 503, 504)},
+        responses={code: PROBLEM for code in (401, 408, 413, 415, 422, 429, 500, 503, 504)},
         # FastAPI's own OpenTelemetry asks the global providers on every request whether it is on;
         # attrx reports through Prometheus, so it is off outright
         **_telemetry_off(),

@@ -211,11 +211,11 @@ def request_schemas(targets: list[float] | None) -> tuple[dict, dict]:
     `x-attrx-calibrated-targets`, not as an enum: client generators take enums of strings and
     integers only (openapi-python-client skipped both extract operations over a float enum)."""
     mp: dict = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
-    about = ExtractRequest.model_json_schema()["properties"]["min_precision"].get("description", "")
+    js = ExtractRequest.model_json_schema()
+    about = js["properties"]["min_precision"].get("description", "")
     if targets:
         mp["x-attrx-calibrated-targets"] = targets
         about += f" (this server's bundle: {', '.join(f'{t:g}' for t in targets)})"
-    js = ExtractRequest.model_json_schema()
     js["properties"]["min_precision"] = {"anyOf": [mp, {"type": "null"}], "description": about}
     multipart = {"type": "object", "properties": {
         "title": {"type": "string", "description": "product title (may be left out if an image is sent)"},

@@ -7,8 +7,6 @@ import random
 
 from attrx.service.http.request_id import current
 
-TRACED = ("/v1/extract", "/v1/extract/batch")
-
 
 class Tracer:
     """The SDK's tracer and the share of requests without a sampled caller to trace. The share is
