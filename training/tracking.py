@@ -94,11 +94,11 @@ class Tracker:
         acc = {f"val_accuracy.{a}": v for a, v in (rec.get("val_accuracy") or {}).items()}
         self.metrics({"train_loss": rec.get("train_loss"), "val_loss": rec.get("val_loss"), **acc}, step=self.step)
 
-    def artifacts(self, folder: Path, path: str | None = None) -> None:
+    def artifacts(self, folder: Path, path: str | None = None, recursive: bool = True) -> None:
         """The folder's reports (JSON, JSONL, PNG, Markdown, CSV; not weights), its layout kept."""
         if self.mlflow is None:
             return
-        for f in sorted(Path(folder).rglob("*")):
+        for f in sorted(Path(folder).rglob("*") if recursive else Path(folder).glob("*")):
             if f.is_file() and f.suffix in ARTIFACT_SUFFIXES and f.stat().st_size <= MAX_ARTIFACT_BYTES:
                 rel = f.parent.relative_to(folder).as_posix()
                 where = "/".join(x for x in (path, rel if rel != "." else None) if x) or None
@@ -167,4 +167,6 @@ def situation_table(m: dict) -> str:
 def log_evaluation(tracker: Tracker, out: Path, metrics: dict) -> None:
     tracker.metrics(evaluation_metrics(metrics))
     tracker.text(situation_table(metrics), "situations.csv")
-    tracker.artifacts(out, "evaluation")
+    # this evaluation's files only: by default they sit in the checkpoint folder, beside its other
+    # conditions' eval/ folders, which their own runs logged
+    tracker.artifacts(out, "evaluation", recursive=False)
